@@ -1,0 +1,105 @@
+"""Shared measuring tools for the benchmarks (see ../shared/BENCHMARKING.md).
+
+- Time: implementations run interleaved in one process (A B C, B C A, ...) after a warm-up;
+  medians and ratios are reported, never absolute times alone.
+- Peak memory: each implementation in a fresh subprocess. After the inputs are allocated the
+  high-water mark is reset (``/proc/self/clear_refs``), the code runs once, and ``VmHWM`` minus
+  the resident size at the reset is the peak above the inputs. The returned gradient is part
+  of the peak. ``ru_maxrss`` is not used: in a child it carries the parent's peak.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
+MiB = 1024**2
+
+_PEAK_PROBE = """
+import gc, json, sys
+def _status(key):
+    with open('/proc/self/status') as f:
+        for line in f:
+            if line.startswith(key + ':'):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError(key)
+{setup}
+gc.collect()
+with open('/proc/self/clear_refs', 'w') as f:
+    f.write('5')
+_base = _status('VmRSS')
+{run}
+_peak = _status('VmHWM')
+print('PEAK_JSON ' + json.dumps({{'base': _base, 'peak': _peak}}))
+"""
+
+
+def interleaved_times(
+    fns: dict[str, Callable[[], object]], repeats: int = 7, warmup: int = 1
+) -> dict[str, list[float]]:
+    """Seconds per call for each function, run interleaved with a rotating order."""
+    names = list(fns)
+    for _ in range(warmup):
+        for name in names:
+            fns[name]()
+    times: dict[str, list[float]] = {name: [] for name in names}
+    for r in range(repeats):
+        order = names[r % len(names) :] + names[: r % len(names)]
+        for name in order:
+            t0 = time.perf_counter()
+            fns[name]()
+            times[name].append(time.perf_counter() - t0)
+    return times
+
+
+def median(xs: Sequence[float]) -> float:
+    return float(statistics.median(xs))
+
+
+def peak_memory_above_inputs(setup: str, run: str, env: dict[str, str] | None = None) -> int:
+    """Bytes of peak resident memory above the inputs, measured in a fresh interpreter.
+
+    ``setup`` allocates the inputs (and may warm up on small ones); ``run`` executes the
+    measured code once and must keep its outputs alive until the end of ``run``.
+    """
+    code = _PEAK_PROBE.format(setup=textwrap.dedent(setup), run=textwrap.dedent(run))
+    proc = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **(env or {})},
+        check=False,
+    )
+    for line in proc.stdout.splitlines():
+        if line.startswith("PEAK_JSON "):
+            data = json.loads(line[len("PEAK_JSON ") :])
+            return int(data["peak"]) - int(data["base"])
+    raise RuntimeError(f"peak-memory probe failed:\n{proc.stdout}\n{proc.stderr}")
+
+
+def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
+    lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def write_result(name: str, markdown: str) -> Path:
+    """Write one benchmark's markdown section to ``benchmarks/results/<name>.md``."""
+    RESULTS_DIR.mkdir(exist_ok=True)
+    path = RESULTS_DIR / f"{name}.md"
+    path.write_text(markdown.rstrip() + "\n")
+    return path
+
+
+def machine_line() -> str:
+    import platform
+
+    return f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
