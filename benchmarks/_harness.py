@@ -102,4 +102,5 @@ def write_result(name: str, markdown: str) -> Path:
 def machine_line() -> str:
     import platform
 
-    return f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
+    cpu = platform.processor() or platform.machine()
+    return f"{cpu}, {os.cpu_count()} cores, Python {platform.python_version()}"

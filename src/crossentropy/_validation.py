@@ -74,9 +74,7 @@ def check_same_shape(
         fail(fn, name_b, f"have the same shape as {name_a} {a.shape}", f"shape {b.shape}")
 
 
-def check_broadcastable_to(
-    x: NDArray[Any], shape: tuple[int, ...], fn: str, arg: str
-) -> None:
+def check_broadcastable_to(x: NDArray[Any], shape: tuple[int, ...], fn: str, arg: str) -> None:
     """``x`` must broadcast to ``shape`` without changing ``shape``."""
     try:
         out = np.broadcast_shapes(x.shape, shape)

@@ -68,8 +68,13 @@ def value_and_grad(loss: Callable[..., Any]) -> ValueAndGrad:
         return _REGISTRY[loss]
     except (KeyError, TypeError):
         known = ", ".join(sorted(getattr(f, "__name__", repr(f)) for f in _REGISTRY))
-        fail("value_and_grad", "loss", f"be one of the library's losses ({known})",
-             describe(loss), TypeError)
+        fail(
+            "value_and_grad",
+            "loss",
+            f"be one of the library's losses ({known})",
+            describe(loss),
+            TypeError,
+        )
 
 
 def registered() -> dict[Callable[..., Any], ValueAndGrad]:
@@ -78,4 +83,3 @@ def registered() -> dict[Callable[..., Any], ValueAndGrad]:
 
 
 __all__ = ["gradient_of", "registered", "value_and_grad"]
-
