@@ -18,10 +18,13 @@ TOL: dict[Any, dict[str, float]] = {
 
 def tol(dtype: Any) -> dict[str, float]:
     """Tolerances for results of ``dtype`` (numpy or torch dtype, or its name)."""
-    name = str(dtype).replace("torch.", "")
-    if name == "bfloat16":
-        return {"rtol": 2e-2, "atol": 1e-2}
-    return TOL[np.dtype(name)]
+    name = str(dtype)
+    if name.startswith("torch."):
+        name = name.removeprefix("torch.")
+        if name == "bfloat16":
+            return {"rtol": 2e-2, "atol": 1e-2}
+        return TOL[np.dtype(name)]
+    return TOL[np.dtype(dtype)]
 
 
 @pytest.fixture

@@ -83,8 +83,9 @@ def log_sigmoid(z: ArrayLike) -> FloatArray:
 
 def _shifted(x: FloatArray, axis: int) -> tuple[FloatArray, FloatArray]:
     """``x - max(x)`` along ``axis`` and the (finite-ised) max, keepdims."""
-    m = np.max(x, axis=axis, keepdims=True)
-    # An all -inf slice has max -inf; shifting by it would give -inf - -inf = NaN.
+    # initial=-inf: an empty slice has max -inf instead of raising (PyTorch returns empty/-inf).
+    m = np.max(x, axis=axis, keepdims=True, initial=-np.inf)
+    # An all -inf (or empty) slice has max -inf; shifting by it would give -inf - -inf = NaN.
     m = np.where(np.isfinite(m), m, 0.0).astype(x.dtype, copy=False)
     return x - m, m
 
@@ -133,6 +134,8 @@ def logsumexp(z: ArrayLike, axis: int = -1) -> FloatArray:
     ax = check_axis(axis, x.ndim, "logsumexp")
     if x.ndim == 0:
         return x.astype(dtype)
+    if x.shape[ax] == 0:  # the log of an empty sum: -inf, as PyTorch (no argmax to take)
+        return np.full(np.delete(x.shape, ax), -np.inf, dtype=dtype)
     shifted, m = _shifted(x, ax)
     e = np.exp(shifted)
     # Keep the max term (exactly 1) out of the sum: zero one argmax entry per slice.
@@ -176,9 +179,10 @@ def log_softmax(z: ArrayLike, axis: int = -1) -> FloatArray:
     if x.ndim == 0:
         return np.zeros_like(x, dtype=dtype)
     shifted, _ = _shifted(x, ax)
-    with np.errstate(divide="ignore"):
+    with np.errstate(divide="ignore", invalid="ignore"):  # an all -inf slice is NaN, as PyTorch
         lse = np.log(np.sum(np.exp(shifted), axis=ax, keepdims=True))
-    return (shifted - lse).astype(dtype, copy=False)
+        out = shifted - lse
+    return out.astype(dtype, copy=False)
 
 
 def softmax(z: ArrayLike, axis: int = -1) -> FloatArray:
