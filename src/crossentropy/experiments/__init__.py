@@ -1,0 +1,43 @@
+"""The article's claims as runnable experiments.
+
+Every experiment uses only the core API (losses, their closed-form gradients via
+``value_and_grad``, ``sigmoid``/``softmax``) and returns a plain frozen dataclass; nothing here
+draws or prints — :mod:`crossentropy.report` renders the results.
+
+1. :func:`gradient_anatomy` — :math:`\\partial L/\\partial z` of MSE and BCE under a sigmoid.
+2. :func:`saturated_neuron` — one neuron started confidently wrong, trained both ways.
+3. :func:`fair_race` — logistic / softmax regression on real data, each loss at its best
+   learning rate.
+4. :func:`derivation_checks` — the article's formulas vs finite differences and torch autograd.
+5. :func:`identities` — cross-entropy = −log-likelihood / n, H(p, q) = H(p) + KL(p‖q),
+   two-class softmax CE = BCE on the logit difference.
+
+:func:`run_demo` runs all five for ``crossentropy demo``.
+"""
+
+from .anatomy import GradientAnatomy, gradient_anatomy
+from .checks import DerivationChecks, GradientCheck, derivation_checks
+from .demo import DemoResults, DemoSettings, run_demo
+from .identities import Identity, identities
+from .neuron import NeuronRun, SaturatedNeuron, saturated_neuron
+from .race import Race, RaceRun, Trial, fair_race
+
+__all__ = [
+    "DemoResults",
+    "DemoSettings",
+    "DerivationChecks",
+    "GradientAnatomy",
+    "GradientCheck",
+    "Identity",
+    "NeuronRun",
+    "Race",
+    "RaceRun",
+    "SaturatedNeuron",
+    "Trial",
+    "derivation_checks",
+    "fair_race",
+    "gradient_anatomy",
+    "identities",
+    "run_demo",
+    "saturated_neuron",
+]

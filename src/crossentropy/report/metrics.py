@@ -1,0 +1,106 @@
+"""``metrics.json``: every number the report shows, machine-readable."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from ..experiments import DemoResults
+from .sections import Section
+
+
+def _num(x: float) -> float | None:
+    """JSON has no NaN or infinity: those become ``null``."""
+    return float(x) if math.isfinite(x) else None
+
+
+def build_metrics(
+    results: DemoResults, sections: list[Section], versions: dict[str, str]
+) -> dict[str, Any]:
+    """The ``metrics.json`` document (plain JSON types only)."""
+    r = results
+    return {
+        "settings": {
+            "seed": r.settings.seed,
+            "quick": r.settings.quick,
+            "race_steps": r.race.steps,
+            "learning_rate_grid": list(r.race.grid),
+            "saturation": r.race.saturation,
+            "neuron_steps": r.neuron.steps,
+            "neuron_learning_rate": r.neuron.learning_rate,
+        },
+        "races": [
+            {
+                "experiment": run.experiment,
+                "dataset": run.dataset,
+                "init": run.init,
+                "loss": run.loss,
+                "learning_rate": run.learning_rate,
+                "target_accuracy": run.target_accuracy,
+                "steps_to_target": run.steps_to_target,
+                "final_accuracy": _num(run.final_accuracy),
+                "final_log_loss": _num(run.final_log_loss),
+                "grid": [
+                    {
+                        "learning_rate": t.learning_rate,
+                        "steps_to_target": t.steps_to_target,
+                        "final_val_accuracy": _num(t.final_val_accuracy),
+                        "final_val_log_loss": _num(t.final_val_log_loss),
+                    }
+                    for t in run.trials
+                ],
+            }
+            for run in r.race.runs
+        ],
+        "gradient_checks": [
+            {
+                "name": f"{c.name} vs {c.reference}",
+                "formula": c.formula,
+                "reference": c.reference,
+                "max_abs_error": _num(c.max_abs_error),
+                "max_abs_value": _num(c.max_abs_value),
+            }
+            for c in r.checks.checks
+        ],
+        "identities": [
+            {
+                "name": i.name,
+                "statement": i.statement,
+                "data": i.data,
+                "lhs": _num(i.lhs),
+                "rhs": _num(i.rhs),
+                "abs_error": _num(i.abs_error),
+            }
+            for i in r.identities
+        ],
+        "gradient_anatomy": {
+            "z_range": [float(r.anatomy.z[0]), float(r.anatomy.z[-1])],
+            "points": int(r.anatomy.z.size),
+            "fd_max_abs_error": {k: _num(v) for k, v in r.anatomy.fd_max_abs_error.items()},
+            "wrong_saturated_grad": {
+                "z": float(r.anatomy.z[0]),
+                "y": 1.0,
+                "mse": r.anatomy.at(float(r.anatomy.z[0]), 1.0)[0],
+                "bce": r.anatomy.at(float(r.anatomy.z[0]), 1.0)[1],
+            },
+        },
+        "saturated_neuron": [
+            {
+                "start": run.start,
+                "w0": r.neuron.starts[run.start][0],
+                "b0": r.neuron.starts[run.start][1],
+                "loss": run.loss,
+                "learning_rate": r.neuron.learning_rate,
+                "steps_to_correct": run.steps_to_correct,
+                "steps_to_close": run.steps_to_close,
+                "final_output": _num(float(run.output[-1])),
+            }
+            for run in r.neuron.runs
+        ],
+        "verdicts": [
+            {"section": s.key, "title": s.title, "status": s.status, "verdict": s.verdict}
+            for s in sections
+        ],
+        "seconds": {k: round(v, 4) for k, v in r.seconds.items()},
+        "versions": versions,
+    }
