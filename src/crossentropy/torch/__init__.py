@@ -1,0 +1,41 @@
+"""Fused PyTorch backend of ``crossentropy`` (optional extra: ``pip install crossentropy[torch]``).
+
+- :func:`cross_entropy`: drop-in for ``torch.nn.functional.cross_entropy``, blocked and
+  fused: one gradient-sized buffer, the gradient computed while each block is in cache.
+- :func:`linear_cross_entropy`: ``cross_entropy(hidden @ weight.T + bias, target)`` without
+  materialising the logits.
+- :class:`CrossEntropyLoss`, :class:`LinearCrossEntropyLoss`: ``nn.Module`` wrappers.
+- ``vocab_parallel_cross_entropy``, ``vocab_parallel_linear_cross_entropy`` (from
+  :mod:`crossentropy.torch.distributed`, loaded on first use): the vocabulary sharded across
+  the ranks of a process group.
+
+The building blocks (per-row statistics and gradient passes over a vocabulary shard) are in
+:mod:`crossentropy.torch._kernels`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .functional import cross_entropy, linear_cross_entropy
+from .modules import CrossEntropyLoss, LinearCrossEntropyLoss
+
+__all__ = [
+    "CrossEntropyLoss",
+    "LinearCrossEntropyLoss",
+    "cross_entropy",
+    "linear_cross_entropy",
+    "vocab_parallel_cross_entropy",
+    "vocab_parallel_linear_cross_entropy",
+]
+
+_DISTRIBUTED = ("vocab_parallel_cross_entropy", "vocab_parallel_linear_cross_entropy")
+
+
+def __getattr__(name: str) -> Any:
+    # torch.distributed is imported only when its functions are first asked for.
+    if name in _DISTRIBUTED:
+        from . import distributed
+
+        return getattr(distributed, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,0 +1,847 @@
+r"""Blocked softmax cross-entropy kernels built from torch ops (the layer under ``functional``).
+
+Everything here works on *rows*: ``logits`` has shape ``(*rows, C)`` with the classes on the
+last dimension (any strides), ``target`` has shape ``rows`` and holds **global** class indices.
+A kernel may see only a *shard* of the vocabulary: columns ``[class_offset, class_offset + C)``
+of a global vocabulary of ``num_classes`` classes. The single-process functional passes
+``class_offset=0`` and the whole vocabulary; the vocabulary-parallel code
+(``crossentropy.torch.distributed``) passes its shard and combines the per-row statistics
+across ranks.
+
+Two passes, kept separate so a caller can reduce statistics between them:
+
+1. **statistics** (:func:`logits_row_stats`, :func:`linear_row_stats`) -> :class:`RowStats`:
+   per row, over the shard, the max ``m``, ``Σ_{c ≠ y} exp(x_c − m)`` (the *target column
+   excluded*, so a confident row keeps ``Σ_{c ≠ y} p_c`` to full relative precision), the
+   target logit ``x_y`` when ``y`` lies in the shard, and optionally ``Σ_c w_c x_c`` (needed by
+   label smoothing). Combine shards with :func:`merge_row_stats` (or the same formula with
+   ``all_reduce``: max of ``m``; sum of ``sumexp · exp(m − M)``; sum of ``target_logit`` and
+   ``has_target``; sum of ``sum_logits``), then :func:`row_lse` / :func:`row_nll`.
+2. **gradient** (:func:`logits_grad`, :func:`linear_grad`) given the *global* per-row ``lse``
+   and a :class:`GradCoefficients` from :func:`index_target_coefficients`:
+
+   .. math::
+       g_{ic} = \alpha_i \, e^{x_{ic} - \mathrm{lse}_i} - \beta_i w_c \quad (c \ne y_i),
+       \qquad g_{i y_i} = \tau_i,
+
+   with ``α`` = ``p_scale``, ``β`` = ``smooth_scale``, ``τ`` = ``target_grad``. For the loss
+   ``ℓ_i = (1−ε) w_{y_i} (lse_i − x_{iy_i}) + (ε/C) Σ_c w_c (lse_i − x_{ic})`` scaled by the
+   upstream ``s_i``: ``α = s ((1−ε) w_y + (ε/C) W)``, ``β = s ε / C`` and
+   ``τ = s ((ε/C)(W − w_y)) − α q`` where ``W = Σ_c w_c`` and ``q = Σ_{c≠y} p_c``: the true-class
+   gradient written without the cancelling ``p_y − 1``.
+
+:func:`logits_fused` and :func:`linear_fused` do both passes in one sweep when the whole
+vocabulary is local and the row scales are known in the forward (``"mean"``/``"sum"``): the
+gradient is the forward's by-product, as in the article (``∂L/∂z = a − y``).
+
+Work is done in row blocks of about :data:`BLOCK_ELEMENTS` elements so a block stays in cache
+between the max, exp, sum and scale steps: each logit is read from memory once per pass and
+each gradient element written once. Low-precision logits (float16/bfloat16) are upcast block by
+block into a float32 work buffer: every accumulation is float32 (float64 for float64).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+#: Elements per row block (float32: 8 MiB): a block stays in the shared L3 between its steps.
+#: Measured on the 2-core project machine: blocks of 1 MiB or less lose to per-op overhead.
+BLOCK_ELEMENTS = 1 << 21
+
+#: Opt-in: back large CPU gradient buffers by transparent huge pages (see :func:`empty_buffer`).
+#: Off by default: measured faster when the kernel has free huge pages, but with the usual
+#: ``defrag=madvise`` setting a fault can stall in direct compaction for seconds.
+HUGE_PAGES = False
+
+#: Bytes of logits per chunk of the linear kernels (see :func:`default_chunk_rows`). Measured
+#: for (N, D, V) = (4096, 1024, 32768) fp32: 256-row chunks (32 MiB) lose ~10 % to the
+#: small inner dimension of the ``d weight`` matmul; 384 rows (48 MiB) match one big matmul.
+LINEAR_CHUNK_BYTES = 48 << 20
+
+
+@dataclass(frozen=True)
+class RowStats:
+    """Per-row statistics of a (shard of the) logits, all of shape ``rows`` in compute dtype.
+
+    Attributes
+    ----------
+    max : Tensor
+        ``m_i = max_c x_ic`` over the shard's columns.
+    sumexp : Tensor
+        ``Σ_{c ≠ y_i} exp(x_ic − m_i)`` over the shard: the target column is excluded.
+    target_logit : Tensor
+        ``x_{i y_i}`` if ``y_i`` lies in the shard, else 0.
+    has_target : Tensor
+        Boolean: ``y_i`` lies in the shard (false for ignored rows).
+    sum_logits : Tensor or None
+        ``Σ_c w_c x_ic`` over the shard (``w ≡ 1`` without class weights), if requested.
+    """
+
+    max: Tensor
+    sumexp: Tensor
+    target_logit: Tensor
+    has_target: Tensor
+    sum_logits: Tensor | None = None
+
+
+@dataclass(frozen=True)
+class GradCoefficients:
+    """Per-row coefficients of the gradient pass (see the module docstring), shape ``rows``.
+
+    ``g_ic = p_scale_i · exp(x_ic − lse_i) − smooth_scale_i · w_c`` for ``c ≠ y_i`` and
+    ``g_{i y_i} = target_grad_i`` (when ``y_i`` is in the shard). ``smooth_scale`` is ``None``
+    without label smoothing.
+    """
+
+    p_scale: Tensor
+    smooth_scale: Tensor | None
+    target_grad: Tensor
+
+
+def compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    """float64 stays float64; every other floating dtype computes in float32."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def default_block_rows(row_elements: int, block_elements: int = BLOCK_ELEMENTS) -> int:
+    """Rows per block so that a block holds about ``block_elements`` elements (at least 1)."""
+    return max(1, block_elements // max(1, row_elements))
+
+
+def default_chunk_rows(
+    num_classes: int, itemsize: int, chunk_bytes: int = LINEAR_CHUNK_BYTES
+) -> int:
+    """Rows per chunk of the linear kernels: a chunk of logits takes about ``chunk_bytes``."""
+    return max(16, chunk_bytes // max(1, num_classes * itemsize))
+
+
+def empty_buffer(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> Tensor:
+    """A new uninitialised tensor for a gradient (``torch.empty`` unless :data:`HUGE_PAGES`).
+
+    Much of the cost of a fresh gradient-sized buffer is the kernel handing out (and zeroing)
+    its pages on first touch: ~0.22-0.27 s per GiB on the project machine with 4 KiB pages.
+    With :data:`HUGE_PAGES` set, large CPU buffers come from NumPy's allocator, which asks for
+    2 MiB pages (``madvise``); torch's allocator does not unless ``THP_MEM_ALLOC_ENABLE`` is
+    set. Measured: 0.06 s/GiB when free huge pages exist, but 1.2 s/GiB on first use and, after
+    other allocations fragmented memory, a (2048, 131072) fp32 cross-entropy took 4.9 s instead
+    of 0.55 s (direct compaction). Hence off by default. The tensor shares the NumPy array's
+    memory and keeps it alive; autograd treats it as any other tensor.
+    """
+    numel = math.prod(shape)
+    size = numel * torch.empty((), dtype=dtype).element_size()
+    if not HUGE_PAGES or device.type != "cpu" or size < 1 << 22:
+        return torch.empty(shape, dtype=dtype, device=device)
+    import numpy as np
+
+    np_dtype = {torch.float32: np.float32, torch.float64: np.float64, torch.float16: np.float16}
+    if dtype in np_dtype:
+        return torch.from_numpy(np.empty(shape, dtype=np_dtype[dtype]))
+    if dtype == torch.bfloat16:
+        return torch.from_numpy(np.empty(shape, dtype=np.uint16)).view(torch.bfloat16)
+    return torch.empty(shape, dtype=dtype, device=device)
+
+
+def _local_index(target: Tensor, class_offset: int, num_local: int) -> tuple[Tensor, Tensor]:
+    """(index into the shard clamped to a valid column, whether the target is in the shard)."""
+    local = target.to(torch.int64) - class_offset
+    inside = (local >= 0) & (local < num_local)
+    return torch.where(inside, local, 0).unsqueeze(-1), inside
+
+
+def _block_stats(
+    xb: Tensor,
+    idx: Tensor,
+    inside: Tensor,
+    work: Tensor,
+    class_weight: Tensor | None,
+    with_sum: bool,
+) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
+    """Statistics of one block; leaves ``exp(x − m)`` (target column zeroed) in ``work``.
+
+    Low-precision ``xb`` is first copied into ``work`` (float32): measured on CPU, mixed-dtype
+    ``out=`` ops take a slow unvectorised path, so one explicit upcast is cheaper.
+    """
+    cdt = work.dtype
+    if xb.dtype != cdt:
+        work.copy_(xb)
+        xb = work
+    # Read everything needed from xb first: ``work`` may alias it (in-place gradient).
+    m = torch.amax(xb, dim=-1, keepdim=True)
+    xt = torch.where(inside, xb.gather(-1, idx).squeeze(-1), 0.0)
+    s = None
+    if with_sum:
+        s = xb.sum(dim=-1) if class_weight is None else torch.matmul(xb, class_weight)
+    torch.sub(xb, m, out=work)
+    work.exp_()
+    # Exclude the target column from the sum: Σ_{c≠y} p_c keeps its relative precision.
+    kept = torch.where(inside.unsqueeze(-1), 0.0, work.gather(-1, idx))
+    work.scatter_(-1, idx, kept)
+    sumexp = work.sum(dim=-1)
+    return m.squeeze(-1), sumexp, xt, s
+
+
+def logits_row_stats(
+    logits: Tensor,
+    target: Tensor,
+    *,
+    class_offset: int = 0,
+    class_weight: Tensor | None = None,
+    with_sum: bool = False,
+    block_rows: int | None = None,
+) -> RowStats:
+    """Per-row statistics of a shard of logits (pass 1).
+
+    Parameters
+    ----------
+    logits : Tensor, shape ``(*rows, C)``
+        The shard's logits, classes last (any strides, any floating dtype).
+    target : Tensor, shape ``rows``, integer
+        Global class indices. Rows whose target is outside ``[class_offset, class_offset + C)``
+        (including ignored rows) get ``has_target = False``.
+    class_offset : int
+        Global index of the shard's first column.
+    class_weight : Tensor, shape ``(C,)``, optional
+        The shard's class weights (compute dtype), used only for ``sum_logits``.
+    with_sum : bool
+        Also compute ``sum_logits`` (label smoothing needs it).
+    block_rows : int, optional
+        Rows (along the first dimension) per block; default from :data:`BLOCK_ELEMENTS`.
+
+    Returns
+    -------
+    RowStats
+        Shape ``rows``, dtype :func:`compute_dtype` of the logits.
+    """
+    cdt = compute_dtype(logits.dtype)
+    rows, num_local = tuple(logits.shape[:-1]), logits.shape[-1]
+    idx, inside = _local_index(target, class_offset, num_local)
+    out = [torch.empty(rows, dtype=cdt, device=logits.device) for _ in range(3)]
+    total = torch.empty(rows, dtype=cdt, device=logits.device) if with_sum else None
+    n0 = rows[0] if rows else 1
+    x = logits if rows else logits.unsqueeze(0)
+    per_row = x[0].numel() if n0 else 1
+    step = block_rows or default_block_rows(per_row)
+    work = torch.empty(min(step, max(n0, 1)) * per_row, dtype=cdt, device=logits.device)
+    idx_, inside_ = (idx, inside) if rows else (idx.unsqueeze(0), inside.unsqueeze(0))
+    outs = [o if rows else o.unsqueeze(0) for o in out]
+    total_ = total if (rows or total is None) else total.unsqueeze(0)
+    for a in range(0, n0, step):
+        b = min(n0, a + step)
+        xb = x[a:b]
+        w = work[: xb.numel()].view(xb.shape)
+        m, se, xt, s = _block_stats(xb, idx_[a:b], inside_[a:b], w, class_weight, with_sum)
+        outs[0][a:b] = m
+        outs[1][a:b] = se
+        outs[2][a:b] = xt
+        if total_ is not None and s is not None:
+            total_[a:b] = s
+    return RowStats(out[0], out[1], out[2], inside, total)
+
+
+def merge_row_stats(parts: list[RowStats]) -> RowStats:
+    """Combine the statistics of disjoint vocabulary shards (what an all-reduce computes).
+
+    ``M = max_k m_k``, ``sumexp = Σ_k sumexp_k · exp(m_k − M)``, and sums of ``target_logit``,
+    ``has_target`` and ``sum_logits``.
+    """
+    big = torch.stack([p.max for p in parts]).amax(dim=0)
+    sumexp = sum(
+        (p.sumexp * torch.exp(p.max - big).nan_to_num(nan=0.0) for p in parts),
+        torch.zeros_like(big),
+    )
+    xt = sum((p.target_logit for p in parts), torch.zeros_like(big))
+    has = torch.stack([p.has_target for p in parts]).any(dim=0)
+    sums = [p.sum_logits for p in parts]
+    total = None
+    if all(s is not None for s in sums):
+        total = sum((s for s in sums if s is not None), torch.zeros_like(big))
+    return RowStats(big, sumexp, xt, has, total)
+
+
+def target_exp(stats: RowStats) -> Tensor:
+    """``exp(x_y − m)`` for rows whose target is present, else 0."""
+    return torch.where(stats.has_target, torch.exp(stats.target_logit - stats.max), 0.0)
+
+
+def row_lse(stats: RowStats) -> Tensor:
+    """``lse_i = m_i + log(Σ_{c≠y} exp(x_ic − m_i) + exp(x_{iy} − m_i))`` from global stats."""
+    return stats.max + torch.log(stats.sumexp + target_exp(stats))
+
+
+def row_nll(stats: RowStats, lse: Tensor | None = None) -> Tensor:
+    """``lse_i − x_{iy_i}`` from global stats, accurate for confident rows.
+
+    When the target is (near) the max, ``lse − x_y = log1p(Σ_{c≠y} e^{x_c − x_y})`` keeps the
+    tiny loss that ``lse − x_y`` would round to 0; elsewhere the plain difference is exact
+    enough. Rows without a target get 0.
+    """
+    lse = row_lse(stats) if lse is None else lse
+    et = target_exp(stats)
+    near = et > 2.0**-20
+    ratio = stats.sumexp / torch.where(near, et, 1.0)
+    nll = torch.where(near, torch.log1p(ratio), lse - stats.target_logit)
+    return torch.where(stats.has_target, nll, 0.0)
+
+
+def other_prob(stats: RowStats) -> Tensor:
+    """``q_i = Σ_{c≠y_i} p_ic`` from global stats, to full relative precision."""
+    et = target_exp(stats)
+    return stats.sumexp / (stats.sumexp + et)
+
+
+def index_target_coefficients(
+    stats: RowStats,
+    row_scale: Tensor,
+    target_weight: Tensor,
+    *,
+    label_smoothing: float,
+    num_classes: int,
+    weight_total: float | Tensor,
+) -> GradCoefficients:
+    """Gradient coefficients for index targets (see the module docstring).
+
+    Parameters
+    ----------
+    stats : RowStats
+        *Global* statistics (after merging the shards).
+    row_scale : Tensor, shape ``rows``
+        ``s_i = ∂(reduced loss)/∂ℓ_i`` times the upstream gradient; 0 for ignored rows.
+    target_weight : Tensor, shape ``rows``
+        ``w_{y_i}`` (1 without class weights; any value for ignored rows).
+    label_smoothing : float
+        ``ε``.
+    num_classes : int
+        Global vocabulary size ``C``.
+    weight_total : float or Tensor
+        ``W = Σ_c w_c`` over the global vocabulary (``C`` without class weights).
+    """
+    eps = float(label_smoothing)
+    a = (1.0 - eps) * target_weight
+    if eps:
+        a = a + (eps / num_classes) * weight_total
+    p_scale = row_scale * a
+    tgrad = -p_scale * other_prob(stats)
+    smooth = None
+    if eps:
+        smooth = row_scale * (eps / num_classes)
+        tgrad = tgrad + smooth * (weight_total - target_weight)
+    # Ignored rows (scale 0) get an exact 0 even if their statistics are not finite.
+    zero = row_scale == 0
+    return GradCoefficients(
+        torch.where(zero, 0.0, p_scale),
+        None if smooth is None else torch.where(zero, 0.0, smooth),
+        torch.where(zero, 0.0, tgrad),
+    )
+
+
+def _write_grad_block(
+    work: Tensor,
+    idx: Tensor,
+    inside: Tensor,
+    p_scale: Tensor,
+    smooth_scale: Tensor | None,
+    target_grad: Tensor,
+    class_weight: Tensor | None,
+) -> None:
+    """``work`` holds probabilities (times any per-row factor folded into ``p_scale``)."""
+    work.mul_(p_scale.unsqueeze(-1))
+    if smooth_scale is not None:
+        if class_weight is None:
+            work.sub_(smooth_scale.unsqueeze(-1))
+        else:
+            work.addcmul_(smooth_scale.unsqueeze(-1), class_weight, value=-1.0)
+    keep = torch.where(inside, target_grad, work.gather(-1, idx).squeeze(-1))
+    work.scatter_(-1, idx, keep.unsqueeze(-1))
+
+
+def logits_grad(
+    logits: Tensor,
+    target: Tensor,
+    lse: Tensor,
+    coef: GradCoefficients,
+    *,
+    class_offset: int = 0,
+    class_weight: Tensor | None = None,
+    out: Tensor | None = None,
+    block_rows: int | None = None,
+) -> Tensor:
+    """The gradient pass: ``d loss / d logits`` for a shard, given the *global* ``lse``.
+
+    Parameters
+    ----------
+    logits : Tensor, shape ``(*rows, C)``
+        The shard's logits (classes last).
+    target : Tensor, shape ``rows``
+        Global class indices.
+    lse : Tensor, shape ``rows``
+        Global log-sum-exp per row (compute dtype).
+    coef : GradCoefficients
+        From :func:`index_target_coefficients` (shape ``rows``).
+    class_offset : int
+        Global index of the shard's first column.
+    class_weight : Tensor, shape ``(C,)``, optional
+        The shard's class weights (only used with label smoothing).
+    out : Tensor, shape ``(*rows, C)``, optional
+        Where to write the gradient (any floating dtype, may be ``logits`` itself). Default: a
+        new tensor of the logits' dtype.
+
+    Returns
+    -------
+    Tensor
+        ``out``.
+    """
+    cdt = compute_dtype(logits.dtype)
+    if out is None:
+        out = empty_buffer(tuple(logits.shape), logits.dtype, logits.device)
+    rows, num_local = tuple(logits.shape[:-1]), logits.shape[-1]
+    idx, inside = _local_index(target, class_offset, num_local)
+    x, g = (logits, out) if rows else (logits.unsqueeze(0), out.unsqueeze(0))
+    if not rows:
+        idx, inside = idx.unsqueeze(0), inside.unsqueeze(0)
+        lse = lse.unsqueeze(0)
+        coef = GradCoefficients(
+            coef.p_scale.unsqueeze(0),
+            None if coef.smooth_scale is None else coef.smooth_scale.unsqueeze(0),
+            coef.target_grad.unsqueeze(0),
+        )
+    n0 = x.shape[0]
+    per_row = x[0].numel() if n0 else 1
+    step = block_rows or default_block_rows(per_row)
+    direct = out.dtype == cdt
+    work_buf = None if direct else torch.empty(min(step, n0) * per_row, dtype=cdt, device=x.device)
+    for a in range(0, n0, step):
+        b = min(n0, a + step)
+        xb, gb = x[a:b], g[a:b]
+        work = gb if direct else work_buf[: xb.numel()].view(xb.shape)  # type: ignore[index]
+        lb = lse[a:b].unsqueeze(-1)
+        torch.sub(xb, lb, out=work)
+        work.exp_()
+        ss = None if coef.smooth_scale is None else coef.smooth_scale[a:b]
+        _write_grad_block(
+            work, idx[a:b], inside[a:b], coef.p_scale[a:b], ss, coef.target_grad[a:b], class_weight
+        )
+        if not direct:
+            gb.copy_(work)
+    return out
+
+
+def logits_fused(
+    logits: Tensor,
+    target: Tensor,
+    row_scale: Tensor,
+    target_weight: Tensor,
+    *,
+    label_smoothing: float,
+    weight_total: float | Tensor,
+    class_weight: Tensor | None = None,
+    out: Tensor | None = None,
+    block_rows: int | None = None,
+) -> tuple[RowStats, Tensor]:
+    """Both passes in one sweep over the whole (unsharded) vocabulary.
+
+    Returns the statistics and the gradient ``out`` (new tensor of the logits' dtype unless
+    given) for the row scales ``row_scale`` (see :func:`index_target_coefficients`): each
+    block's ``exp(x − m)`` becomes its gradient while still in cache.
+    """
+    cdt = compute_dtype(logits.dtype)
+    if out is None:
+        out = empty_buffer(tuple(logits.shape), logits.dtype, logits.device)
+    rows, num_classes = tuple(logits.shape[:-1]), logits.shape[-1]
+    idx, inside = _local_index(target, 0, num_classes)
+    eps = float(label_smoothing)
+    x, g = (logits, out) if rows else (logits.unsqueeze(0), out.unsqueeze(0))
+    if not rows:
+        idx, inside = idx.unsqueeze(0), inside.unsqueeze(0)
+        row_scale, target_weight = row_scale.unsqueeze(0), target_weight.unsqueeze(0)
+    n0 = x.shape[0]
+    shape0 = tuple(x.shape[:-1])
+    m_all, se_all, xt_all = (torch.empty(shape0, dtype=cdt, device=x.device) for _ in range(3))
+    s_all = torch.empty(shape0, dtype=cdt, device=x.device) if eps else None
+    per_row = x[0].numel() if n0 else 1
+    step = block_rows or default_block_rows(per_row)
+    direct = out.dtype == cdt
+    work_buf = None
+    if not direct:
+        work_buf = torch.empty(min(step, n0) * per_row, dtype=cdt, device=x.device)
+    for a in range(0, n0, step):
+        b = min(n0, a + step)
+        xb, gb = x[a:b], g[a:b]
+        work = gb if direct else work_buf[: xb.numel()].view(xb.shape)  # type: ignore[index]
+        m, se, xt, s = _block_stats(xb, idx[a:b], inside[a:b], work, class_weight, bool(eps))
+        st = RowStats(m, se, xt, inside[a:b], s)
+        coef = index_target_coefficients(
+            st,
+            row_scale[a:b],
+            target_weight[a:b],
+            label_smoothing=eps,
+            num_classes=num_classes,
+            weight_total=weight_total,
+        )
+        # work holds exp(x − m) with the target column zeroed: p = work / (sumexp + e_t).
+        p_scale = (coef.p_scale / (se + target_exp(st))).unsqueeze(-1)
+        work.mul_(p_scale)
+        if coef.smooth_scale is not None:
+            if class_weight is None:
+                work.sub_(coef.smooth_scale.unsqueeze(-1))
+            else:
+                work.addcmul_(coef.smooth_scale.unsqueeze(-1), class_weight, value=-1.0)
+        if not direct:
+            gb.copy_(work)
+        # Every row's target is in the (whole) vocabulary; ignored rows are all zeros and
+        # get target_grad = 0 written at column 0.
+        gb.scatter_(-1, idx[a:b], coef.target_grad.unsqueeze(-1).to(gb.dtype))
+        m_all[a:b], se_all[a:b], xt_all[a:b] = m, se, xt
+        if s_all is not None and s is not None:
+            s_all[a:b] = s
+    if not rows:
+        m_all, se_all, xt_all = m_all[0], se_all[0], xt_all[0]
+        s_all = None if s_all is None else s_all[0]
+        inside = inside[0]
+    return RowStats(m_all, se_all, xt_all, inside, s_all), out
+
+
+# --------------------------------------------------------------------------- soft targets
+
+
+def _smoothed_block(yb: Tensor, cdt: torch.dtype, eps: float, num_classes: int) -> Tensor:
+    y = yb.to(cdt)
+    if eps:
+        y = y * (1.0 - eps) + eps / num_classes
+    return y
+
+
+def prob_row_stats(
+    logits: Tensor,
+    target: Tensor,
+    *,
+    class_weight: Tensor | None = None,
+    label_smoothing: float = 0.0,
+    block_rows: int | None = None,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Pass 1 for probability targets ``y`` (same shape as ``logits``, classes last).
+
+    With ``y' = (1 − ε) y + ε / C``, returns per row ``(lse, loss, A)`` where
+    ``loss_i = Σ_c w_c y'_ic (lse_i − x_ic)`` and ``A_i = Σ_c w_c y'_ic`` (compute dtype).
+    """
+    cdt = compute_dtype(logits.dtype)
+    rows, num_classes = tuple(logits.shape[:-1]), logits.shape[-1]
+    x = logits if rows else logits.unsqueeze(0)
+    y = target if rows else target.unsqueeze(0)
+    shape0 = tuple(x.shape[:-1])
+    lse, loss, amass = (torch.empty(shape0, dtype=cdt, device=x.device) for _ in range(3))
+    n0 = x.shape[0]
+    per_row = x[0].numel() if n0 else 1
+    step = block_rows or default_block_rows(per_row)
+    for a in range(0, n0, step):
+        b = min(n0, a + step)
+        xf = x[a:b].to(cdt)
+        m = torch.amax(xf, dim=-1, keepdim=True)
+        l_b = (m + torch.log(torch.exp(xf - m).sum(dim=-1, keepdim=True))).squeeze(-1)
+        wy = _smoothed_block(y[a:b], cdt, label_smoothing, num_classes)
+        if class_weight is not None:
+            wy = wy * class_weight
+        am = wy.sum(dim=-1)
+        lse[a:b], amass[a:b] = l_b, am
+        loss[a:b] = am * l_b - (wy * xf).sum(dim=-1)
+    if not rows:
+        return lse[0], loss[0], amass[0]
+    return lse, loss, amass
+
+
+def prob_grad(
+    logits: Tensor,
+    target: Tensor,
+    lse: Tensor,
+    row_scale: Tensor,
+    amass: Tensor,
+    *,
+    class_weight: Tensor | None = None,
+    label_smoothing: float = 0.0,
+    out: Tensor | None = None,
+    block_rows: int | None = None,
+) -> Tensor:
+    """Pass 2 for probability targets: ``g_ic = s_i (A_i p_ic − w_c y'_ic)`` into ``out``."""
+    cdt = compute_dtype(logits.dtype)
+    if out is None:
+        out = empty_buffer(tuple(logits.shape), logits.dtype, logits.device)
+    rows, num_classes = tuple(logits.shape[:-1]), logits.shape[-1]
+    x, y, g = (logits, target, out) if rows else (t.unsqueeze(0) for t in (logits, target, out))
+    if not rows:
+        lse, row_scale, amass = lse.unsqueeze(0), row_scale.unsqueeze(0), amass.unsqueeze(0)
+    n0 = x.shape[0]
+    per_row = x[0].numel() if n0 else 1
+    step = block_rows or default_block_rows(per_row)
+    for a in range(0, n0, step):
+        b = min(n0, a + step)
+        p = torch.exp(x[a:b].to(cdt) - lse[a:b].unsqueeze(-1))
+        p.mul_((row_scale[a:b] * amass[a:b]).unsqueeze(-1))
+        wy = _smoothed_block(y[a:b], cdt, label_smoothing, num_classes)
+        if class_weight is not None:
+            wy = wy * class_weight
+        p.sub_(wy * row_scale[a:b].unsqueeze(-1))
+        g[a:b] = p
+    return out
+
+
+# --------------------------------------------------------------------------- linear
+
+
+@dataclass(frozen=True)
+class LinearGrads:
+    """Gradients of the linear kernels in compute dtype (``None`` when not requested).
+
+    ``hidden``: ``(R, D)``; ``weight``: ``(C, D)`` (the shard's rows); ``bias``: ``(C,)``.
+    For a vocabulary shard, ``hidden`` is this shard's *partial* gradient: sum it over ranks.
+    """
+
+    hidden: Tensor | None
+    weight: Tensor | None
+    bias: Tensor | None
+
+
+def _linear_logits(h: Tensor, weight: Tensor, bias: Tensor | None, buf: Tensor) -> Tensor:
+    """``h @ weight.T + bias`` written into the first rows of the reused chunk buffer ``buf``
+    (a fresh buffer per chunk would pay its page faults again every time)."""
+    z = buf[: h.shape[0]]
+    if bias is None:
+        return torch.mm(h, weight.t(), out=z)
+    return torch.addmm(bias, h, weight.t(), out=z)
+
+
+def _chunk_buffer(hidden: Tensor, weight: Tensor, step: int) -> Tensor:
+    rows = min(step, hidden.shape[0])
+    return torch.empty((rows, weight.shape[0]), dtype=hidden.dtype, device=hidden.device)
+
+
+def linear_row_stats(
+    hidden: Tensor,
+    weight: Tensor,
+    target: Tensor,
+    *,
+    bias: Tensor | None = None,
+    class_offset: int = 0,
+    class_weight: Tensor | None = None,
+    with_sum: bool = False,
+    chunk_rows: int | None = None,
+) -> RowStats:
+    """Pass 1 for ``logits = hidden @ weight.T + bias`` without materialising them.
+
+    Parameters
+    ----------
+    hidden : Tensor, shape ``(R, D)``
+    weight : Tensor, shape ``(C, D)``
+        The shard's rows of the output projection (global classes
+        ``class_offset … class_offset + C − 1``).
+    target : Tensor, shape ``(R,)``
+        Global class indices.
+    bias : Tensor, shape ``(C,)``, optional
+        The shard's bias.
+    class_weight, with_sum, class_offset
+        As in :func:`logits_row_stats`.
+    chunk_rows : int, optional
+        Rows of logits alive at a time (default :func:`default_chunk_rows`).
+    """
+    n = hidden.shape[0]
+    step = chunk_rows or default_chunk_rows(weight.shape[0], hidden.element_size())
+    parts = []
+    buf = _chunk_buffer(hidden, weight, step)
+    for a in range(0, n, step):
+        b = min(n, a + step)
+        z = _linear_logits(hidden[a:b], weight, bias, buf)
+        parts.append(
+            logits_row_stats(
+                z,
+                target[a:b],
+                class_offset=class_offset,
+                class_weight=class_weight,
+                with_sum=with_sum,
+            )
+        )
+        del z
+    if not parts:
+        return logits_row_stats(
+            torch.empty((0, weight.shape[0]), dtype=hidden.dtype, device=hidden.device),
+            target,
+            class_offset=class_offset,
+            with_sum=with_sum,
+        )
+    sums = [p.sum_logits for p in parts]
+    return RowStats(
+        torch.cat([p.max for p in parts]),
+        torch.cat([p.sumexp for p in parts]),
+        torch.cat([p.target_logit for p in parts]),
+        torch.cat([p.has_target for p in parts]),
+        torch.cat([s for s in sums if s is not None]) if with_sum else None,
+    )
+
+
+def _accumulate(
+    grads: LinearGrads,
+    gz: Tensor,
+    h: Tensor,
+    weight: Tensor,
+    rows: slice,
+) -> None:
+    """Add one chunk's ``d logits`` (in the matmul dtype) to the three gradients."""
+    if grads.hidden is not None:
+        if grads.hidden.dtype == gz.dtype:
+            torch.mm(gz, weight, out=grads.hidden[rows])
+        else:
+            grads.hidden[rows] = torch.mm(gz, weight)
+    if grads.weight is not None:
+        if grads.weight.dtype == gz.dtype and rows.start == 0:
+            torch.mm(gz.t(), h, out=grads.weight)  # first chunk: no read of a zeroed buffer
+        elif grads.weight.dtype == gz.dtype:
+            grads.weight.addmm_(gz.t(), h)
+        else:
+            # Low precision: this sum runs over all rows, so it accumulates in float32.
+            grads.weight.addmm_(gz.t().to(grads.weight.dtype), h.to(grads.weight.dtype))
+    if grads.bias is not None:
+        grads.bias.add_(gz.sum(dim=0, dtype=grads.bias.dtype))
+
+
+def _empty_grads(
+    hidden: Tensor, weight: Tensor, need_hidden: bool, need_weight: bool, need_bias: bool
+) -> LinearGrads:
+    cdt = compute_dtype(hidden.dtype)
+    dev = hidden.device
+    fill_free = hidden.shape[0] > 0 and cdt == hidden.dtype
+    return LinearGrads(
+        torch.empty(hidden.shape, dtype=cdt, device=dev) if need_hidden else None,
+        # The first chunk overwrites it (same dtype); zeroed only when it accumulates.
+        (torch.empty if fill_free else torch.zeros)(weight.shape, dtype=cdt, device=dev)
+        if need_weight
+        else None,
+        torch.zeros(weight.shape[0], dtype=cdt, device=dev) if need_bias else None,
+    )
+
+
+def linear_grad(
+    hidden: Tensor,
+    weight: Tensor,
+    target: Tensor,
+    lse: Tensor,
+    coef: GradCoefficients,
+    *,
+    bias: Tensor | None = None,
+    class_offset: int = 0,
+    class_weight: Tensor | None = None,
+    chunk_rows: int | None = None,
+    need_hidden: bool = True,
+    need_weight: bool = True,
+    need_bias: bool = False,
+) -> LinearGrads:
+    """Pass 2 for ``logits = hidden @ weight.T + bias``: recompute each chunk of logits, turn it
+    into ``d logits`` in place (:func:`logits_grad`), and accumulate
+    ``d hidden = g @ weight``, ``d weight += g.T @ hidden``, ``d bias += Σ_rows g``.
+
+    Arguments as in :func:`linear_row_stats` and :func:`logits_grad`; ``lse`` and ``coef`` are
+    global per-row values of shape ``(R,)``. Returns :class:`LinearGrads` in compute dtype.
+    """
+    n = hidden.shape[0]
+    step = chunk_rows or default_chunk_rows(weight.shape[0], hidden.element_size())
+    grads = _empty_grads(hidden, weight, need_hidden, need_weight, need_bias)
+    buf = _chunk_buffer(hidden, weight, step)
+    for a in range(0, n, step):
+        b = min(n, a + step)
+        z = _linear_logits(hidden[a:b], weight, bias, buf)
+        sl = slice(a, b)
+        c = GradCoefficients(
+            coef.p_scale[sl],
+            None if coef.smooth_scale is None else coef.smooth_scale[sl],
+            coef.target_grad[sl],
+        )
+        logits_grad(
+            z, target[sl], lse[sl], c, class_offset=class_offset, class_weight=class_weight, out=z
+        )
+        _accumulate(grads, z, hidden[sl], weight, sl)
+        del z
+    return grads
+
+
+def linear_fused(
+    hidden: Tensor,
+    weight: Tensor,
+    target: Tensor,
+    row_scale: Tensor,
+    target_weight: Tensor,
+    *,
+    bias: Tensor | None = None,
+    label_smoothing: float,
+    weight_total: float | Tensor,
+    class_weight: Tensor | None = None,
+    chunk_rows: int | None = None,
+    need_hidden: bool = True,
+    need_weight: bool = True,
+    need_bias: bool = False,
+) -> tuple[RowStats, LinearGrads]:
+    """Statistics and gradients in one sweep (whole vocabulary local, row scales known): three
+    matmuls in all — each chunk of logits is computed once and turned into its gradient."""
+    n = hidden.shape[0]
+    step = chunk_rows or default_chunk_rows(weight.shape[0], hidden.element_size())
+    grads = _empty_grads(hidden, weight, need_hidden, need_weight, need_bias)
+    parts = []
+    buf = _chunk_buffer(hidden, weight, step)
+    for a in range(0, n, step):
+        b = min(n, a + step)
+        sl = slice(a, b)
+        z = _linear_logits(hidden[sl], weight, bias, buf)
+        st, _ = logits_fused(
+            z,
+            target[sl],
+            row_scale[sl],
+            target_weight[sl],
+            label_smoothing=label_smoothing,
+            weight_total=weight_total,
+            class_weight=class_weight,
+            out=z,
+        )
+        parts.append(st)
+        _accumulate(grads, z, hidden[sl], weight, sl)
+        del z
+    if not parts:
+        st = logits_row_stats(
+            torch.empty((0, weight.shape[0]), dtype=hidden.dtype, device=hidden.device),
+            target,
+            with_sum=bool(label_smoothing),
+        )
+        return st, grads
+    sums = [p.sum_logits for p in parts]
+    stats = RowStats(
+        torch.cat([p.max for p in parts]),
+        torch.cat([p.sumexp for p in parts]),
+        torch.cat([p.target_logit for p in parts]),
+        torch.cat([p.has_target for p in parts]),
+        torch.cat([s for s in sums if s is not None]) if label_smoothing else None,
+    )
+    return stats, grads
+
+
+__all__ = [
+    "BLOCK_ELEMENTS",
+    "GradCoefficients",
+    "LinearGrads",
+    "RowStats",
+    "compute_dtype",
+    "default_block_rows",
+    "default_chunk_rows",
+    "empty_buffer",
+    "index_target_coefficients",
+    "linear_fused",
+    "linear_grad",
+    "linear_row_stats",
+    "logits_fused",
+    "logits_grad",
+    "logits_row_stats",
+    "merge_row_stats",
+    "other_prob",
+    "prob_grad",
+    "prob_row_stats",
+    "row_lse",
+    "row_nll",
+    "target_exp",
+]

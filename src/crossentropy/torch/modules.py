@@ -1,0 +1,126 @@
+"""``nn.Module`` wrappers: they store the options and call the functional (one code path)."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from .functional import cross_entropy, linear_cross_entropy
+
+__all__ = ["CrossEntropyLoss", "LinearCrossEntropyLoss"]
+
+
+class CrossEntropyLoss(torch.nn.Module):
+    """Module form of :func:`crossentropy.torch.cross_entropy` (like ``nn.CrossEntropyLoss``).
+
+    Parameters
+    ----------
+    weight : Tensor, shape ``(C,)``, optional
+        Class weights, stored as a buffer (moves with ``.to()``).
+    ignore_index, reduction, label_smoothing
+        As in :func:`crossentropy.torch.cross_entropy`.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from crossentropy.torch import CrossEntropyLoss
+    >>> CrossEntropyLoss(label_smoothing=0.1)(torch.tensor([[1.0, 2.0]]), torch.tensor([1]))
+    tensor(0.3633)
+    """
+
+    weight: Tensor | None
+
+    def __init__(
+        self,
+        weight: Tensor | None = None,
+        ignore_index: int = -100,
+        reduction: str = "mean",
+        label_smoothing: float = 0.0,
+    ) -> None:
+        super().__init__()
+        self.register_buffer("weight", weight)
+        self.ignore_index = ignore_index
+        self.reduction = reduction
+        self.label_smoothing = label_smoothing
+
+    def forward(self, input: Tensor, target: Tensor) -> Tensor:
+        return cross_entropy(
+            input,
+            target,
+            weight=self.weight,
+            ignore_index=self.ignore_index,
+            reduction=self.reduction,
+            label_smoothing=self.label_smoothing,
+        )
+
+    def extra_repr(self) -> str:
+        return (
+            f"ignore_index={self.ignore_index}, reduction={self.reduction!r}, "
+            f"label_smoothing={self.label_smoothing}"
+        )
+
+
+class LinearCrossEntropyLoss(torch.nn.Module):
+    """Module form of :func:`crossentropy.torch.linear_cross_entropy`.
+
+    Stores the loss options; ``forward(hidden, weight, target, bias=None)`` takes the output
+    projection as arguments (typically an ``nn.Linear``'s ``weight`` and ``bias``).
+
+    Parameters
+    ----------
+    class_weight : Tensor, shape ``(C,)``, optional
+        Class weights, stored as a buffer.
+    ignore_index, reduction, label_smoothing, chunk_size
+        As in :func:`crossentropy.torch.linear_cross_entropy`.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from crossentropy.torch import LinearCrossEntropyLoss
+    >>> head = torch.nn.Linear(2, 3, bias=False)
+    >>> with torch.no_grad():
+    ...     _ = head.weight.copy_(torch.tensor([[1.0, 0.0], [0.0, 1.0], [-1.0, 1.0]]))
+    >>> loss = LinearCrossEntropyLoss(chunk_size=2)
+    >>> h = torch.tensor([[1.0, 0.0], [0.0, 2.0], [1.0, 1.0]])
+    >>> round(loss(h, head.weight, torch.tensor([0, 1, 2])).item(), 4)
+    1.0094
+    """
+
+    class_weight: Tensor | None
+
+    def __init__(
+        self,
+        ignore_index: int = -100,
+        reduction: str = "mean",
+        label_smoothing: float = 0.0,
+        *,
+        class_weight: Tensor | None = None,
+        chunk_size: int | None = None,
+    ) -> None:
+        super().__init__()
+        self.register_buffer("class_weight", class_weight)
+        self.ignore_index = ignore_index
+        self.reduction = reduction
+        self.label_smoothing = label_smoothing
+        self.chunk_size = chunk_size
+
+    def forward(
+        self, hidden: Tensor, weight: Tensor, target: Tensor, bias: Tensor | None = None
+    ) -> Tensor:
+        return linear_cross_entropy(
+            hidden,
+            weight,
+            target,
+            bias,
+            ignore_index=self.ignore_index,
+            reduction=self.reduction,
+            label_smoothing=self.label_smoothing,
+            class_weight=self.class_weight,
+            chunk_size=self.chunk_size,
+        )
+
+    def extra_repr(self) -> str:
+        return (
+            f"ignore_index={self.ignore_index}, reduction={self.reduction!r}, "
+            f"label_smoothing={self.label_smoothing}, chunk_size={self.chunk_size}"
+        )
