@@ -1,0 +1,899 @@
+"""Vocabulary-parallel cross-entropy over ``torch.distributed``.
+
+When the output layer is split over the vocabulary across the ranks of a process group
+(tensor parallelism), rank ``r`` holds the contiguous columns ``[start_r, stop_r)`` of the
+``(N, V)`` logits. The loss is computed without gathering the logits anywhere: each rank
+reduces its shard to a few numbers per row, and only those cross the network.
+
+Per call, each rank sends
+
+- one all-gather of a 14-integer handshake (shard width, rows, dtype, a target checksum and
+  range, the options), which fixes the shard offsets and validates the input on every rank
+  before any collective that could hang on bad input;
+- one all-reduce (MAX) of the ``N`` row maxima;
+- one all-reduce (SUM) of at most ``4 N + 1`` scalars: the sum of exponentials, the target
+  logit (its owner contributes it), the label-smoothing term and the target's class weight;
+- for the linear form only, in backward, one all-reduce (SUM) of ``d hidden`` (``N x D``).
+
+Nothing of size ``N x V`` ever crosses the network.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import struct
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import Tensor
+
+from .._validation import fail
+from . import _kernels
+
+__all__ = ["vocab_parallel_cross_entropy", "vocab_parallel_linear_cross_entropy"]
+
+_REDUCTIONS = ("none", "mean", "sum")
+_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+# Handshake columns, one int64 each, all-gathered once per call.
+_COLUMNS = (
+    "ok",
+    "width",
+    "rows",
+    "dtype",
+    "checksum",
+    "tmin",
+    "tmax",
+    "reduction",
+    "ignore_index",
+    "label_smoothing",
+    "weight",
+    "vocab_size",
+    "hidden_dim",
+    "hidden_grad",
+)
+_INT64_MAX = 2**63 - 1
+_INT64_MIN = -(2**63)
+_PRIME = 2**31 - 1  # modulus of the target checksum: every partial product fits in int64
+
+
+# ---------------------------------------------------------------------------------------------
+# Validation: local checks, one all-gather, the same global checks on every rank
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Layout:
+    """Where this rank's shard sits in the global vocabulary."""
+
+    rank: int
+    widths: tuple[int, ...]
+    start: int
+    stop: int
+    vocab: int
+
+
+def _float_bits(x: float) -> int:
+    return int(struct.unpack("<q", struct.pack("<d", float(x)))[0])
+
+
+def _bits_float(bits: int) -> float:
+    return float(struct.unpack("<d", struct.pack("<q", int(bits)))[0])
+
+
+def _check_group(fn: str, group: Any) -> tuple[int, int]:
+    """This process's rank in ``group`` and the group's size; raised locally (no collective)."""
+    if not dist.is_available() or not dist.is_initialized():
+        fail(
+            fn,
+            "group",
+            "belong to an initialised process group (call torch.distributed.init_process_group)",
+            "no default process group",
+        )
+    rank = dist.get_rank(group)
+    if rank < 0:
+        fail(fn, "group", "contain the calling process", "a group without this rank")
+    return rank, dist.get_world_size(group)
+
+
+def _check_tensor(fn: str, arg: str, x: object, *, floating: bool) -> Tensor:
+    if not isinstance(x, Tensor):
+        fail(fn, arg, "be a torch.Tensor", type(x).__name__, TypeError)
+    if floating and not x.is_floating_point():
+        fail(fn, arg, "have a floating-point dtype", f"dtype {x.dtype}", TypeError)
+    if not floating and (x.is_floating_point() or x.is_complex() or x.dtype == torch.bool):
+        fail(fn, arg, "have an integer dtype (class indices)", f"dtype {x.dtype}", TypeError)
+    return x
+
+
+def _check_float_dtype(fn: str, arg: str, x: Tensor) -> None:
+    if x.dtype not in _DTYPES:
+        names = ", ".join(str(d).removeprefix("torch.") for d in _DTYPES)
+        fail(fn, arg, f"have one of the dtypes {names}", f"dtype {x.dtype}", TypeError)
+
+
+def _check_options(
+    fn: str,
+    reduction: object,
+    ignore_index: object,
+    label_smoothing: object,
+    vocab_size: object,
+) -> None:
+    if not isinstance(reduction, str) or reduction not in _REDUCTIONS:
+        options = ", ".join(repr(r) for r in _REDUCTIONS)
+        fail(fn, "reduction", f"be one of {options}", repr(reduction))
+    if isinstance(ignore_index, bool) or not isinstance(ignore_index, int):
+        fail(fn, "ignore_index", "be an int", type(ignore_index).__name__, TypeError)
+    if not _INT64_MIN <= ignore_index <= _INT64_MAX:
+        fail(fn, "ignore_index", "fit in int64", ignore_index)
+    if isinstance(label_smoothing, bool) or not isinstance(label_smoothing, (int, float)):
+        fail(fn, "label_smoothing", "be a float", type(label_smoothing).__name__, TypeError)
+    if not 0.0 <= float(label_smoothing) <= 1.0:
+        fail(fn, "label_smoothing", "be in [0, 1]", label_smoothing)
+    if vocab_size is not None:
+        if isinstance(vocab_size, bool) or not isinstance(vocab_size, int):
+            fail(fn, "vocab_size", "be an int or None", type(vocab_size).__name__, TypeError)
+        if not 1 <= vocab_size <= _INT64_MAX:
+            fail(fn, "vocab_size", "be positive (and fit in int64)", vocab_size)
+
+
+def _check_target(fn: str, target: object, rows: int, device: torch.device) -> Tensor:
+    target = _check_tensor(fn, "target", target, floating=False)
+    if target.shape != (rows,):
+        fail(fn, "target", f"have shape ({rows},) (one class index per row)", tuple(target.shape))
+    if target.device != device:
+        fail(fn, "target", f"be on the logits' device {device}", f"device {target.device}")
+    return target
+
+
+def _check_class_weight(
+    fn: str, arg: str, weight: object, width: int, device: torch.device
+) -> Tensor | None:
+    if weight is None:
+        return None
+    weight = _check_tensor(fn, arg, weight, floating=True)
+    if weight.shape != (width,):
+        fail(
+            fn,
+            arg,
+            f"have shape ({width},) (this rank's slice of the class weights)",
+            f"shape {tuple(weight.shape)}",
+        )
+    if weight.device != device:
+        fail(fn, arg, f"be on the logits' device {device}", f"device {weight.device}")
+    return weight
+
+
+def _target_summary(target: Tensor, ignore_index: int) -> tuple[int, int, int]:
+    """(checksum, min, max) of the target; min/max over the rows that are not ignored."""
+    t = target.to(torch.int64)
+    coeff = (torch.arange(t.numel(), dtype=torch.int64, device=t.device) * 48271 + 12345) % _PRIME
+    checksum = int((((t % _PRIME) * coeff) % _PRIME).sum().item()) % _PRIME
+    kept = t[t != ignore_index]
+    if kept.numel() == 0:
+        return checksum, _INT64_MAX, _INT64_MIN
+    return checksum, int(kept.min().item()), int(kept.max().item())
+
+
+def _handshake(fn: str, group: Any, row: Sequence[int], error: Exception | None) -> list[list[int]]:
+    """All-gather every rank's handshake row; raise the first rank's local error everywhere.
+
+    The error is raised with the same type (TypeError, ValueError, else RuntimeError) and
+    message on every rank, the message ending with the failing rank.
+    """
+    world = dist.get_world_size(group)
+    device = (
+        torch.device("cuda", torch.cuda.current_device())
+        if dist.get_backend(group) == "nccl"
+        else torch.device("cpu")
+    )
+    mine = torch.tensor(list(row), dtype=torch.int64, device=device)
+    parts = [torch.empty_like(mine) for _ in range(world)]
+    dist.all_gather(parts, mine, group=group)
+    table = [[int(v) for v in p.tolist()] for p in parts]
+    if all(r[0] == 1 for r in table):
+        return table
+    # Only on the error path: exchange the messages so that every rank raises the same one.
+    messages: list[Any] = [None] * world
+    local = None if error is None else (type(error).__name__, str(error))
+    dist.all_gather_object(messages, local, group=group)
+    for rank, message in enumerate(messages):
+        if message is not None:
+            kind, text = message
+            kinds = {"TypeError": TypeError, "ValueError": ValueError}
+            raise kinds.get(kind, RuntimeError)(f"{text} on rank {rank}")
+    raise RuntimeError(f"{fn}: handshake failed without a message")  # pragma: no cover
+
+
+def _check_table(
+    fn: str, table: list[list[int]], rank: int, *, logits_arg: str, weight_arg: str
+) -> _Layout:
+    """The checks every rank runs on the same gathered table: same result on every rank."""
+    col = {name: [r[i] for r in table] for i, name in enumerate(_COLUMNS)}
+
+    def same(name: str, arg: str, shown: Sequence[object], what: str = "be the same") -> None:
+        if len(set(col[name])) > 1:
+            fail(fn, arg, f"{what} on every rank", f"{list(shown)} (by rank)")
+
+    same("dtype", logits_arg, [_DTYPES[d] for d in col["dtype"]], "have the same dtype")
+    same("reduction", "reduction", [_REDUCTIONS[r] for r in col["reduction"]])
+    same("ignore_index", "ignore_index", list(col["ignore_index"]))
+    same("label_smoothing", "label_smoothing", [_bits_float(b) for b in col["label_smoothing"]])
+    given = [bool(w) for w in col["weight"]]
+    same("weight", weight_arg, ["given" if g else None for g in given], "be given (or None)")
+    same("vocab_size", "vocab_size", [None if v < 0 else v for v in col["vocab_size"]])
+    same("hidden_dim", "hidden", list(col["hidden_dim"]), "have the same number of columns")
+    grads = [bool(g) for g in col["hidden_grad"]]
+    same("hidden_grad", "hidden", grads, "have the same requires_grad")
+    same("rows", logits_arg, list(col["rows"]), "have the same number of rows")
+    if len(set(col["checksum"])) > 1:
+        differ = [r for r, c in enumerate(col["checksum"]) if c != col["checksum"][0]]
+        fail(fn, "target", "be identical on every rank", f"a different target on ranks {differ}")
+    widths = tuple(col["width"])
+    vocab = sum(widths)
+    vocab_size = col["vocab_size"][0]
+    if vocab_size >= 0 and vocab != vocab_size:
+        fail(
+            fn,
+            "the shard widths",
+            f"add up to vocab_size={vocab_size}",
+            f"widths {list(widths)} (sum {vocab})",
+        )
+    if vocab == 0:
+        fail(fn, "the shard widths", "add up to at least one class", f"widths {list(widths)}")
+    tmin, tmax = col["tmin"][0], col["tmax"][0]
+    if tmin <= tmax and (tmin < 0 or tmax >= vocab):
+        ignore_index = col["ignore_index"][0]
+        fail(
+            fn,
+            "target",
+            f"contain class indices in [0, {vocab}) or ignore_index={ignore_index}",
+            f"values in [{tmin}, {tmax}]",
+        )
+    start = sum(widths[:rank])
+    return _Layout(rank, widths, start, start + widths[rank], vocab)
+
+
+@dataclass(frozen=True)
+class _Local:
+    """What a rank's local checks found: the handshake row is built from it."""
+
+    width: int
+    rows: int
+    dtype: torch.dtype
+    target: Tensor
+    hidden_dim: int = 0
+    hidden_grad: bool = False
+
+
+def _validate(
+    fn: str,
+    group: Any,
+    local_checks: Callable[[], _Local],
+    *,
+    reduction: Any,
+    ignore_index: Any,
+    label_smoothing: Any,
+    vocab_size: Any,
+    has_weight: bool,
+    logits_arg: str,
+    weight_arg: str,
+) -> _Layout:
+    """Local checks, one all-gather of the handshake rows, then the same global checks."""
+    rank, _ = _check_group(fn, group)
+    row = [0] * len(_COLUMNS)
+    error: Exception | None = None
+    try:
+        _check_options(fn, reduction, ignore_index, label_smoothing, vocab_size)
+        local = local_checks()
+        checksum, tmin, tmax = _target_summary(local.target, ignore_index)
+        row = [
+            1,
+            local.width,
+            local.rows,
+            _DTYPES.index(local.dtype),
+            checksum,
+            tmin,
+            tmax,
+            _REDUCTIONS.index(reduction),
+            ignore_index,
+            _float_bits(label_smoothing),
+            int(has_weight),
+            -1 if vocab_size is None else vocab_size,
+            local.hidden_dim,
+            int(local.hidden_grad),
+        ]
+    except Exception as exc:  # carried to every rank: none may be left waiting
+        error = exc
+        row = [0] * len(_COLUMNS)
+    table = _handshake(fn, group, row, error)
+    return _check_table(fn, table, rank, logits_arg=logits_arg, weight_arg=weight_arg)
+
+
+# ---------------------------------------------------------------------------------------------
+# The computation: the shared kernels' per-row statistics, reduced across the ranks
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Options:
+    ignore_index: int
+    reduction: str
+    label_smoothing: float
+
+
+@dataclass(frozen=True)
+class _Saved:
+    """What backward needs besides the inputs: O(N) numbers."""
+
+    stats: _kernels.RowStats  # global statistics of each row
+    lse: Tensor  # global log-sum-exp of each row
+    valid: Tensor  # target != ignore_index
+    target_weight: Tensor  # class weight of the row's target (1 without class weights)
+    weight_total: float | Tensor  # sum of the class weights over the global vocabulary
+    denominator: Tensor  # of the mean: kept rows, or their total target weight
+
+
+def _finite(m: Tensor) -> Tensor:
+    """The row max with -inf (an empty or fully masked shard row) replaced by 0, to shift by."""
+    return torch.where(m == float("-inf"), torch.zeros_like(m), m)
+
+
+def _shard_stats(
+    compute: Callable[[], _kernels.RowStats],
+    rows: int,
+    width: int,
+    with_sum: bool,
+    cdtype: torch.dtype,
+    device: torch.device,
+) -> _kernels.RowStats:
+    """The shard's statistics; an empty shard, or a row that is -inf on this shard, adds 0."""
+    if width == 0:
+        zeros = torch.zeros(rows, dtype=cdtype, device=device)
+        return _kernels.RowStats(
+            torch.full((rows,), float("-inf"), dtype=cdtype, device=device),
+            zeros,
+            zeros,
+            torch.zeros(rows, dtype=torch.bool, device=device),
+            zeros if with_sum else None,
+        )
+    stats = compute()
+    # exp(-inf - (-inf)) is NaN in the kernel: such a row's shard holds no probability mass.
+    sumexp = torch.where(stats.max == float("-inf"), 0.0, stats.sumexp)
+    return dataclasses.replace(stats, sumexp=sumexp)
+
+
+def _reduce_stats(
+    local: _kernels.RowStats,
+    target: Tensor,
+    layout: _Layout,
+    class_weight: Tensor | None,
+    opts: _Options,
+    group: Any,
+) -> tuple[Tensor, _Saved]:
+    """All-reduce the shards' statistics; return the per-row losses and backward's state.
+
+    Two collectives of O(N) numbers: MAX of the row maxima, then one SUM of the rescaled sums
+    of exponentials, target logits, smoothing terms and target weights (packed together).
+    """
+    big = local.max.clone()
+    dist.all_reduce(big, op=dist.ReduceOp.MAX, group=group)
+    shift = _finite(big)
+    eps = opts.label_smoothing
+    target64 = target.to(torch.int64)
+    valid = target64 != opts.ignore_index
+    columns = [local.sumexp * torch.exp(local.max - shift), local.target_logit]
+    if local.sum_logits is not None:
+        columns.append(local.sum_logits)
+    if class_weight is not None:
+        local_index = (target64 - layout.start).clamp(0, max(layout.stop - layout.start - 1, 0))
+        owned = local.has_target & valid
+        picked = class_weight[local_index] if class_weight.numel() else torch.zeros_like(big)
+        columns.append(torch.where(owned, picked, 0.0))
+    packed = torch.stack(columns, dim=1).reshape(-1)
+    if class_weight is not None:
+        packed = torch.cat([packed, class_weight.sum().reshape(1)])
+    dist.all_reduce(packed, op=dist.ReduceOp.SUM, group=group)
+
+    rows = big.shape[0]
+    per_row = packed[: rows * len(columns)].reshape(rows, len(columns))
+    # Every target is in [0, V) or ignore_index (checked): which rows have a target column
+    # somewhere is known without communicating.
+    has_target = (target64 >= 0) & (target64 < layout.vocab)
+    stats = _kernels.RowStats(
+        shift,
+        per_row[:, 0],
+        per_row[:, 1],
+        has_target,
+        per_row[:, 2] if local.sum_logits is not None else None,
+    )
+    lse = _kernels.row_lse(stats)
+    nll = _kernels.row_nll(stats, lse)
+    if class_weight is None:
+        target_weight = torch.ones_like(nll)
+        weight_total: float | Tensor = float(layout.vocab)
+    else:
+        target_weight = per_row[:, -1]
+        weight_total = packed[-1]
+    loss = (1.0 - eps) * target_weight * nll
+    if stats.sum_logits is not None:
+        # Σ_j w_j (lse - x_j) over the *global* vocabulary
+        loss = loss + (eps / layout.vocab) * (weight_total * lse - stats.sum_logits)
+    loss = torch.where(valid, loss, 0.0)
+    denominator = torch.where(valid, target_weight, 0.0).sum()
+    return loss, _Saved(stats, lse, valid, target_weight, weight_total, denominator)
+
+
+def _reduce(loss: Tensor, reduction: str, denominator: Tensor) -> Tensor:
+    if reduction == "none":
+        return loss
+    if reduction == "sum":
+        return loss.sum()
+    return loss.sum() / denominator  # every row ignored: 0/0 = NaN, as in PyTorch
+
+
+def _coefficients(
+    grad: Tensor, saved: _Saved, layout: _Layout, opts: _Options
+) -> _kernels.GradCoefficients:
+    """The gradient pass's per-row coefficients for the upstream gradient ``grad``."""
+    if opts.reduction == "none":
+        scale = grad.to(saved.lse.dtype)
+    else:
+        d = saved.denominator
+        if opts.reduction == "mean":  # no kept row: every scale below is 0, never 0/0
+            d = torch.where(d > 0, d, torch.ones_like(d))
+        scale = (grad.to(saved.lse.dtype) / (d if opts.reduction == "mean" else 1.0)).expand(
+            saved.lse.shape
+        )
+    row_scale = torch.where(saved.valid, scale, 0.0)
+    return _kernels.index_target_coefficients(
+        saved.stats,
+        row_scale,
+        saved.target_weight,
+        label_smoothing=opts.label_smoothing,
+        num_classes=layout.vocab,
+        weight_total=saved.weight_total,
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# autograd Functions
+# ---------------------------------------------------------------------------------------------
+
+
+class _VocabParallelCrossEntropy(torch.autograd.Function):
+    """Loss of the gathered logits; backward gives each rank its shard's gradient (no comm)."""
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx: Any,
+        logits_shard: Tensor,
+        target: Tensor,
+        class_weight: Tensor | None,
+        layout: _Layout,
+        opts: _Options,
+        group: Any,
+    ) -> Tensor:
+        cdtype = _kernels.compute_dtype(logits_shard.dtype)
+        rows, width = logits_shard.shape
+        w = None if class_weight is None else class_weight.to(cdtype)
+        with_sum = opts.label_smoothing > 0
+        local = _shard_stats(
+            lambda: _kernels.logits_row_stats(
+                logits_shard, target, class_offset=layout.start, class_weight=w, with_sum=with_sum
+            ),
+            rows,
+            width,
+            with_sum,
+            cdtype,
+            logits_shard.device,
+        )
+        loss, saved = _reduce_stats(local, target, layout, w, opts, group)
+        ctx.save_for_backward(logits_shard, target)
+        ctx.state = (saved, w, layout, opts)
+        return _reduce(loss, opts.reduction, saved.denominator).to(logits_shard.dtype)
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
+        logits_shard, target = ctx.saved_tensors
+        saved, w, layout, opts = ctx.state
+        if logits_shard.shape[1] == 0:
+            d_logits = torch.zeros_like(logits_shard)
+        else:
+            coef = _coefficients(grad, saved, layout, opts)
+            d_logits = _kernels.logits_grad(
+                logits_shard, target, saved.lse, coef, class_offset=layout.start, class_weight=w
+            )
+        return d_logits, None, None, None, None, None
+
+
+class _VocabParallelLinearCrossEntropy(torch.autograd.Function):
+    """The fused linear form: logits recomputed chunk by chunk, never all at once."""
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx: Any,
+        hidden: Tensor,
+        weight_shard: Tensor,
+        bias_shard: Tensor | None,
+        target: Tensor,
+        class_weight: Tensor | None,
+        layout: _Layout,
+        opts: _Options,
+        group: Any,
+        chunk_size: int | None,
+    ) -> Tensor:
+        cdtype = _kernels.compute_dtype(hidden.dtype)
+        w = None if class_weight is None else class_weight.to(cdtype)
+        with_sum = opts.label_smoothing > 0
+        local = _shard_stats(
+            lambda: _kernels.linear_row_stats(
+                hidden,
+                weight_shard,
+                target,
+                bias=bias_shard,
+                class_offset=layout.start,
+                class_weight=w,
+                with_sum=with_sum,
+                chunk_rows=chunk_size,
+            ),
+            hidden.shape[0],
+            weight_shard.shape[0],
+            with_sum,
+            cdtype,
+            hidden.device,
+        )
+        loss, saved = _reduce_stats(local, target, layout, w, opts, group)
+        ctx.save_for_backward(hidden, weight_shard, bias_shard, target)
+        ctx.state = (saved, w, layout, opts, group, chunk_size)
+        return _reduce(loss, opts.reduction, saved.denominator).to(hidden.dtype)
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
+        hidden, weight_shard, bias_shard, target = ctx.saved_tensors
+        saved, w, layout, opts, group, chunk_size = ctx.state
+        need_h, need_w, need_b = ctx.needs_input_grad[:3]
+        cdtype = saved.lse.dtype
+        if weight_shard.shape[0] == 0:
+            grads = _kernels.LinearGrads(
+                torch.zeros(hidden.shape, dtype=cdtype, device=hidden.device) if need_h else None,
+                torch.zeros_like(weight_shard, dtype=cdtype) if need_w else None,
+                torch.zeros(0, dtype=cdtype, device=hidden.device) if need_b else None,
+            )
+        else:
+            grads = _kernels.linear_grad(
+                hidden,
+                weight_shard,
+                target,
+                saved.lse,
+                _coefficients(grad, saved, layout, opts),
+                bias=bias_shard,
+                class_offset=layout.start,
+                class_weight=w,
+                chunk_rows=chunk_size,
+                need_hidden=need_h,
+                need_weight=need_w,
+                need_bias=need_b,
+            )
+        d_hidden = grads.hidden
+        if d_hidden is not None:
+            # hidden is replicated on every rank: its gradient is the sum of every shard's part
+            dist.all_reduce(d_hidden, op=dist.ReduceOp.SUM, group=group)
+        return (
+            None if d_hidden is None else d_hidden.to(hidden.dtype),
+            None if grads.weight is None else grads.weight.to(weight_shard.dtype),
+            None if grads.bias is None else grads.bias.to(bias_shard.dtype),
+            None,
+            None,
+            None,
+            None,
+            None,
+            None,
+        )
+
+
+# ---------------------------------------------------------------------------------------------
+# Public functions
+# ---------------------------------------------------------------------------------------------
+
+
+def vocab_parallel_cross_entropy(
+    logits_shard: Tensor,
+    target: Tensor,
+    *,
+    group: Any = None,
+    weight: Tensor | None = None,
+    ignore_index: int = -100,
+    reduction: str = "mean",
+    label_smoothing: float = 0.0,
+    vocab_size: int | None = None,
+) -> Tensor:
+    r"""Cross-entropy of logits split over the vocabulary across the ranks of ``group``.
+
+    Equal to ``F.cross_entropy(logits, target, weight, ignore_index=ignore_index,
+    reduction=reduction, label_smoothing=label_smoothing)`` on the gathered ``(N, V)``
+    logits, which are never gathered: rank ``r`` holds the columns ``[start_r, stop_r)``,
+    and only per-row scalars cross the network.
+
+    Parameters
+    ----------
+    logits_shard : Tensor, shape (N, V_r)
+        This rank's contiguous columns of the logits, float16/bfloat16/float32/float64.
+        Shards may have different widths (even 0); they are laid out in rank order, so
+        ``start_r`` is the sum of the widths of the ranks before ``r``.
+    target : Tensor, shape (N,)
+        Global class indices in ``[0, V)`` (or ``ignore_index``), any integer dtype,
+        **identical on every rank** (checked with a checksum).
+    group : ProcessGroup, optional
+        The ranks that share the vocabulary; the default process group if None.
+    weight : Tensor, shape (V_r,), optional
+        **This rank's slice** of the class weights, sharded like the logits:
+        ``weight_full[start_r:stop_r]`` (so, like every per-class quantity here, its memory
+        falls as 1/P, and no rank needs the whole vector). Treated as a constant (no
+        gradient). Given on every rank or on none.
+    ignore_index : int, default -100
+        Rows whose target equals it contribute nothing (and are left out of the mean).
+    reduction : {"mean", "sum", "none"}, default "mean"
+        ``"mean"`` divides by the number of kept rows, or by their total class weight.
+    label_smoothing : float in [0, 1], default 0.0
+        Mixes the target with the uniform distribution over the **global** vocabulary ``V``.
+    vocab_size : int, optional
+        If given, the shard widths must add up to it.
+
+    Returns
+    -------
+    Tensor
+        The loss, identical on every rank, in the logits' dtype: a scalar, or shape (N,) for
+        ``reduction="none"`` (0 on ignored rows). Its gradient with respect to
+        ``logits_shard`` is this rank's columns of the full gradient; backward does not
+        communicate.
+
+    Raises
+    ------
+    TypeError, ValueError
+        On every rank, with the same message, if any rank's input is bad: the ranks first
+        exchange one small handshake (shard width, rows, dtype, a target checksum and
+        range, the options), so a bad input on one rank cannot leave the others waiting in
+        a collective. A rank's own bad input is reported as ``"... on rank r"``.
+    ValueError
+        Locally, without any collective, if there is no process group (every rank is then
+        in the same situation).
+    RuntimeError
+        From ``torch.distributed`` if a rank dies or the group's timeout expires.
+
+    Notes
+    -----
+    With :math:`\ell_i = \log \sum_{j<V} e^{x_{ij}}`, kept rows :math:`K`, class weights
+    :math:`w` (1 if None), :math:`W = \sum_j w_j` and smoothing :math:`\varepsilon`:
+
+    .. math::
+
+        L_i = (1 - \varepsilon)\, w_{t_i} (\ell_i - x_{i t_i})
+              + \frac{\varepsilon}{V} \sum_j w_j (\ell_i - x_{ij}),
+        \qquad
+        L = \frac{\sum_{i \in K} L_i}{\sum_{i \in K} w_{t_i}} \text{ (mean)}
+
+    .. math::
+
+        \frac{\partial L_i}{\partial x_{ij}}
+        = \Big((1 - \varepsilon) w_{t_i} + \frac{\varepsilon W}{V}\Big)
+          \operatorname{softmax}(x_i)_j
+          - (1 - \varepsilon) w_{t_i} [j = t_i] - \frac{\varepsilon}{V} w_j
+
+    Each rank computes its shard's row max :math:`m_r`, :math:`\sum_{j \in r} e^{x_{ij} -
+    m_r}`, its part of :math:`\sum_j w_j x_{ij}` and, on the rank owning the target column,
+    :math:`x_{i t_i}` and :math:`w_{t_i}`. One all-reduce (MAX) of the maxima and one
+    all-reduce (SUM) of the rescaled sums give :math:`\ell_i` on every rank: per call each
+    rank sends one 14-integer handshake, ``N`` maxima and at most ``4 N + 1`` sums —
+    O(N), never O(N V). Label smoothing uses the global ``V`` and ``W`` (Megatron-LM uses
+    the local shard's size, so its loss differs per rank). All rows ignored: ``"mean"``
+    is NaN as in PyTorch, ``"sum"`` is 0, the gradient is 0 (no 0/0 anywhere else).
+    Label smoothing with class weights follows PyTorch: the smoothing term is weighted
+    too, and the mean divides by the target weights only. The per-shard passes are the
+    single-process kernels of :mod:`crossentropy.torch._kernels` (given the shard's class
+    offset): the sums of exponentials leave the target column out, so a confident row's
+    loss (``log1p``) and true-class gradient (``-(1 - p_t) = -Σ_{j≠t} p_j``) keep their
+    relative precision instead of cancelling.
+
+    Every rank of ``group`` must make the call, in the same order as its other
+    collectives. If a rank dies or never calls, the others fail inside a collective: gloo
+    raises a ``RuntimeError`` as soon as it notices the closed connection, and otherwise
+    the process group's ``timeout`` (``init_process_group(timeout=...)``) applies; no
+    call waits forever on a bad input.
+
+    Examples
+    --------
+    A one-process group (``world_size=1``) holds the whole vocabulary; the result is that
+    of ``F.cross_entropy``. ``examples/vocab_parallel.py`` runs the same on 2 ranks.
+
+    >>> import torch
+    >>> import torch.distributed as dist
+    >>> import torch.nn.functional as F
+    >>> from crossentropy.torch import vocab_parallel_cross_entropy
+    >>> dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+    >>> logits = torch.tensor([[2.0, 1.0, 0.1], [0.5, 2.5, 0.3]])
+    >>> target = torch.tensor([0, 1])
+    >>> loss = vocab_parallel_cross_entropy(logits, target, label_smoothing=0.1)
+    >>> reference = F.cross_entropy(logits, target, label_smoothing=0.1)
+    >>> print(f"{loss.item():.6f} {reference.item():.6f}")
+    0.436873 0.436873
+    >>> dist.destroy_process_group()
+    """
+    fn = "vocab_parallel_cross_entropy"
+
+    def local() -> _Local:
+        x = _check_tensor(fn, "logits_shard", logits_shard, floating=True)
+        _check_float_dtype(fn, "logits_shard", x)
+        if x.ndim != 2:
+            fail(fn, "logits_shard", "be 2-D, shape (N, V_shard)", f"shape {tuple(x.shape)}")
+        t = _check_target(fn, target, x.shape[0], x.device)
+        _check_class_weight(fn, "weight", weight, x.shape[1], x.device)
+        return _Local(x.shape[1], x.shape[0], x.dtype, t)
+
+    layout = _validate(
+        fn,
+        group,
+        local,
+        reduction=reduction,
+        ignore_index=ignore_index,
+        label_smoothing=label_smoothing,
+        vocab_size=vocab_size,
+        has_weight=weight is not None,
+        logits_arg="logits_shard",
+        weight_arg="weight",
+    )
+    opts = _Options(ignore_index, reduction, float(label_smoothing))
+    out: Tensor = _VocabParallelCrossEntropy.apply(  # type: ignore[no-untyped-call]
+        logits_shard, target, weight, layout, opts, group
+    )
+    return out
+
+
+def vocab_parallel_linear_cross_entropy(
+    hidden: Tensor,
+    weight_shard: Tensor,
+    target: Tensor,
+    bias_shard: Tensor | None = None,
+    *,
+    group: Any = None,
+    class_weight: Tensor | None = None,
+    ignore_index: int = -100,
+    reduction: str = "mean",
+    label_smoothing: float = 0.0,
+    vocab_size: int | None = None,
+    chunk_size: int | None = None,
+) -> Tensor:
+    r"""Cross-entropy of ``hidden @ W.T + b`` with ``W`` split over the vocabulary across ranks.
+
+    Equal to ``F.cross_entropy(hidden @ W.T + b, target, class_weight, ...)`` where ``W``
+    (V, D) and ``b`` (V,) are the row-wise concatenation of every rank's ``weight_shard``
+    and ``bias_shard`` in rank order. Each rank projects ``hidden`` onto its shard ``chunk_size``
+    rows at a time, so neither the (N, V) logits nor this rank's (N, V_r) part of them ever
+    exists at once; only per-row statistics cross the network in forward.
+
+    Parameters
+    ----------
+    hidden : Tensor, shape (N, D)
+        The inputs of the output layer, **identical on every rank** (replicated, as in
+        tensor parallelism; its shape and ``requires_grad`` are checked, its values are
+        not). Its gradient comes back already summed over the ranks: do not all-reduce it
+        again.
+    weight_shard : Tensor, shape (V_r, D)
+        This rank's rows of the output layer's weight, same dtype as ``hidden``. Shards may
+        have different numbers of rows (even 0).
+    target : Tensor, shape (N,)
+        Global class indices, identical on every rank.
+    bias_shard : Tensor, shape (V_r,), optional
+        This rank's part of the output layer's bias.
+    group : ProcessGroup, optional
+        The default process group if None.
+    class_weight : Tensor, shape (V_r,), optional
+        This rank's slice of the class weights (``weight`` of ``F.cross_entropy``), sharded
+        like ``weight_shard``; named as in :func:`crossentropy.torch.linear_cross_entropy`.
+    ignore_index, reduction, label_smoothing, vocab_size
+        As in :func:`vocab_parallel_cross_entropy`.
+    chunk_size : int, optional
+        Rows of ``hidden`` projected at a time. Default: the single-process kernel's
+        (``crossentropy.torch._kernels.default_chunk_rows``: about 32 MiB of logits).
+
+    Returns
+    -------
+    Tensor
+        The loss, identical on every rank, in ``hidden``'s dtype. Backward gives ``d hidden``
+        summed over the ranks (one all-reduce of N x D numbers), and this rank's
+        ``d weight_shard`` and ``d bias_shard``.
+
+    Raises
+    ------
+    TypeError, ValueError
+        As :func:`vocab_parallel_cross_entropy`, on every rank with the same message; also
+        if ``hidden`` has a different width on some rank, or requires grad on some ranks
+        only (backward's all-reduce would otherwise wait for ranks that never come).
+
+    Notes
+    -----
+    The value and :math:`\partial L / \partial x` are those of
+    :func:`vocab_parallel_cross_entropy` with :math:`x = h W_r^\top + b_r`; then
+    :math:`\partial L / \partial h = \sum_r (\partial L / \partial x_r) W_r` (all-reduced),
+    :math:`\partial L / \partial W_r = (\partial L / \partial x_r)^\top h` and
+    :math:`\partial L / \partial b_r = \sum_i (\partial L / \partial x_r)_i`. The
+    chunks are those of the single-process :func:`crossentropy.torch.linear_cross_entropy`
+    (``_kernels.linear_row_stats`` and ``_kernels.linear_grad`` with the shard's class
+    offset): backward recomputes each chunk's logits (one extra matmul) instead of keeping
+    them, so a rank holds at most one chunk of logits, ``d hidden`` (N x D) and its
+    ``d weight_shard``. float16/bfloat16 matmuls run in their dtype; statistics and
+    gradient accumulators are float32. If a rank dies, the others fail in a collective, as
+    for :func:`vocab_parallel_cross_entropy`; backward must run on every rank when
+    ``hidden`` requires grad (it all-reduces ``d hidden``).
+
+    Examples
+    --------
+    >>> import torch
+    >>> import torch.distributed as dist
+    >>> import torch.nn.functional as F
+    >>> from crossentropy.torch import vocab_parallel_linear_cross_entropy
+    >>> dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+    >>> hidden = torch.tensor([[1.0, -1.0], [0.5, 2.0]])
+    >>> w = torch.tensor([[0.3, 0.1], [-0.2, 0.4], [0.7, -0.5]])
+    >>> target = torch.tensor([2, 1])
+    >>> loss = vocab_parallel_linear_cross_entropy(hidden, w, target)
+    >>> print(f"{loss.item():.6f} {F.cross_entropy(hidden @ w.T, target).item():.6f}")
+    0.551145 0.551145
+    >>> dist.destroy_process_group()
+    """
+    fn = "vocab_parallel_linear_cross_entropy"
+
+    def local() -> _Local:
+        h = _check_tensor(fn, "hidden", hidden, floating=True)
+        _check_float_dtype(fn, "hidden", h)
+        if h.ndim != 2:
+            fail(fn, "hidden", "be 2-D, shape (N, D)", f"shape {tuple(h.shape)}")
+        w = _check_tensor(fn, "weight_shard", weight_shard, floating=True)
+        if w.dtype != h.dtype:
+            fail(
+                fn, "weight_shard", f"have hidden's dtype {h.dtype}", f"dtype {w.dtype}", TypeError
+            )
+        if w.ndim != 2 or w.shape[1] != h.shape[1]:
+            fail(fn, "weight_shard", f"have shape (V_shard, {h.shape[1]})", tuple(w.shape))
+        if w.device != h.device:
+            fail(fn, "weight_shard", f"be on hidden's device {h.device}", f"device {w.device}")
+        if bias_shard is not None:
+            b = _check_tensor(fn, "bias_shard", bias_shard, floating=True)
+            if b.dtype != h.dtype:
+                fail(
+                    fn,
+                    "bias_shard",
+                    f"have hidden's dtype {h.dtype}",
+                    f"dtype {b.dtype}",
+                    TypeError,
+                )
+            if b.shape != (w.shape[0],):
+                fail(fn, "bias_shard", f"have shape ({w.shape[0]},)", tuple(b.shape))
+        if chunk_size is not None and (
+            isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1
+        ):
+            fail(fn, "chunk_size", "be a positive int or None", repr(chunk_size))
+        t = _check_target(fn, target, h.shape[0], h.device)
+        _check_class_weight(fn, "class_weight", class_weight, w.shape[0], h.device)
+        grad = torch.is_grad_enabled() and h.requires_grad
+        return _Local(w.shape[0], h.shape[0], h.dtype, t, h.shape[1], grad)
+
+    layout = _validate(
+        fn,
+        group,
+        local,
+        reduction=reduction,
+        ignore_index=ignore_index,
+        label_smoothing=label_smoothing,
+        vocab_size=vocab_size,
+        has_weight=class_weight is not None,
+        logits_arg="hidden",
+        weight_arg="class_weight",
+    )
+    opts = _Options(ignore_index, reduction, float(label_smoothing))
+    out: Tensor = _VocabParallelLinearCrossEntropy.apply(  # type: ignore[no-untyped-call]
+        hidden, weight_shard, bias_shard, target, class_weight, layout, opts, group, chunk_size
+    )
+    return out
