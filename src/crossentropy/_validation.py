@@ -53,6 +53,14 @@ def float_array(x: ArrayLike, fn: str, arg: str, *, allow_nan: bool = False) -> 
     return arr
 
 
+def input_and_target(input: ArrayLike, target: ArrayLike, fn: str) -> tuple[FloatArray, FloatArray]:
+    """Validate a loss's ``input`` and ``target``: floating point, no NaN, same shape."""
+    x = float_array(input, fn, "input")
+    y = float_array(target, fn, "target")
+    check_same_shape(x, y, fn)
+    return x, y
+
+
 def compute_dtype(*dtypes: np.dtype[Any]) -> np.dtype[Any]:
     """The dtype to compute in: the inputs' result type, at least float32."""
     return np.dtype(np.result_type(np.float32, *dtypes))

@@ -23,9 +23,9 @@ from ._validation import (
     check_broadcastable_to,
     check_probabilities,
     check_reduction,
-    check_same_shape,
     compute_dtype,
     float_array,
+    input_and_target,
 )
 from .grad import gradient_of
 
@@ -34,14 +34,6 @@ LOG_CLAMP = -100.0
 # PyTorch's floor for the gradient's denominator p(1 - p): EPSILON in its BCE backward kernel,
 # a C float, so 1e-12 rounded to float32 (9.99999996e-13) in every dtype.
 GRAD_EPS = float(np.float32(1e-12))
-
-
-def _input_target(input: ArrayLike, target: ArrayLike, fn: str) -> tuple[FloatArray, FloatArray]:
-    """Validate a loss's ``input`` and ``target``: floating point, no NaN, same shape."""
-    x = float_array(input, fn, "input")
-    y = float_array(target, fn, "target")
-    check_same_shape(x, y, fn)
-    return x, y
 
 
 def _optional(w: ArrayLike | None, shape: tuple[int, ...], fn: str, arg: str) -> FloatArray | None:
@@ -78,7 +70,7 @@ class _Forward(NamedTuple):
 def _bce(input: ArrayLike, target: ArrayLike, weight: ArrayLike | None, reduction: str) -> _Forward:
     fn = "binary_cross_entropy"
     check_reduction(reduction, fn)
-    x, y = _input_target(input, target, fn)
+    x, y = input_and_target(input, target, fn)
     check_probabilities(x, fn, "input")
     check_probabilities(y, fn, "target")
     w = _optional(weight, x.shape, fn, "weight")
@@ -210,7 +202,7 @@ def _bce_logits(
 ) -> _Forward:
     fn = "binary_cross_entropy_with_logits"
     check_reduction(reduction, fn)
-    x, y = _input_target(input, target, fn)
+    x, y = input_and_target(input, target, fn)
     check_probabilities(y, fn, "target")
     w = _optional(weight, x.shape, fn, "weight")
     pw = _optional(pos_weight, x.shape, fn, "pos_weight")

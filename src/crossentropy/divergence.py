@@ -29,8 +29,8 @@ from ._validation import (
     compute_dtype,
     fail,
     float_array,
+    input_and_target,
 )
-from .binary import _input_target
 from .grad import gradient_of
 
 KL_DIV_REDUCTIONS = (*REDUCTIONS, "batchmean")
@@ -51,7 +51,7 @@ def _kl_div(input: ArrayLike, target: ArrayLike, reduction: str, log_target: boo
     check_reduction(reduction, fn, KL_DIV_REDUCTIONS)
     if not isinstance(log_target, (bool, np.bool_)):
         fail(fn, "log_target", "be a bool", repr(log_target), TypeError)
-    x, y = _input_target(input, target, fn)
+    x, y = input_and_target(input, target, fn)
     if not log_target and y.size and np.any(y < 0):
         fail(fn, "target", "be non-negative (probabilities)", f"minimum {float(np.min(y)):.6g}")
     ct = compute_dtype(x.dtype, y.dtype)

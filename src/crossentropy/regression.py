@@ -12,8 +12,7 @@ from typing import NamedTuple
 from numpy.typing import ArrayLike
 
 from ._reduction import reduce, scale
-from ._validation import FloatArray, check_reduction, compute_dtype
-from .binary import _input_target
+from ._validation import FloatArray, check_reduction, compute_dtype, input_and_target
 from .grad import gradient_of
 
 
@@ -25,7 +24,7 @@ class _Forward(NamedTuple):
 def _mse(input: ArrayLike, target: ArrayLike, reduction: str) -> _Forward:
     fn = "mse_loss"
     check_reduction(reduction, fn)
-    x, y = _input_target(input, target, fn)
+    x, y = input_and_target(input, target, fn)
     ct = compute_dtype(x.dtype, y.dtype)
     diff = x.astype(ct, copy=False) - y.astype(ct, copy=False)
     value = reduce(diff * diff, reduction).astype(x.dtype, copy=False)
