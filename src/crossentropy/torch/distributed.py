@@ -32,10 +32,18 @@ from torch import Tensor
 
 from .._validation import fail
 from . import _kernels
+from ._checks import (
+    check_chunk_size,
+    check_class_weight,
+    check_options,
+    check_projection,
+    check_tensor,
+)
 
 __all__ = ["vocab_parallel_cross_entropy", "vocab_parallel_linear_cross_entropy"]
 
 _REDUCTIONS = ("none", "mean", "sum")
+_SLICE = "this rank's slice of the class weights"
 _DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 # Handshake columns, one int64 each, all-gathered once per call.
 _COLUMNS = (
@@ -98,16 +106,6 @@ def _check_group(fn: str, group: Any) -> tuple[int, int]:
     return rank, dist.get_world_size(group)
 
 
-def _check_tensor(fn: str, arg: str, x: object, *, floating: bool) -> Tensor:
-    if not isinstance(x, Tensor):
-        fail(fn, arg, "be a torch.Tensor", type(x).__name__, TypeError)
-    if floating and not x.is_floating_point():
-        fail(fn, arg, "have a floating-point dtype", f"dtype {x.dtype}", TypeError)
-    if not floating and (x.is_floating_point() or x.is_complex() or x.dtype == torch.bool):
-        fail(fn, arg, "have an integer dtype (class indices)", f"dtype {x.dtype}", TypeError)
-    return x
-
-
 def _check_float_dtype(fn: str, arg: str, x: Tensor) -> None:
     if x.dtype not in _DTYPES:
         names = ", ".join(str(d).removeprefix("torch.") for d in _DTYPES)
@@ -121,17 +119,7 @@ def _check_options(
     label_smoothing: object,
     vocab_size: object,
 ) -> None:
-    if not isinstance(reduction, str) or reduction not in _REDUCTIONS:
-        options = ", ".join(repr(r) for r in _REDUCTIONS)
-        fail(fn, "reduction", f"be one of {options}", repr(reduction))
-    if isinstance(ignore_index, bool) or not isinstance(ignore_index, int):
-        fail(fn, "ignore_index", "be an int", type(ignore_index).__name__, TypeError)
-    if not _INT64_MIN <= ignore_index <= _INT64_MAX:
-        fail(fn, "ignore_index", "fit in int64", ignore_index)
-    if isinstance(label_smoothing, bool) or not isinstance(label_smoothing, (int, float)):
-        fail(fn, "label_smoothing", "be a float", type(label_smoothing).__name__, TypeError)
-    if not 0.0 <= float(label_smoothing) <= 1.0:
-        fail(fn, "label_smoothing", "be in [0, 1]", label_smoothing)
+    check_options(fn, reduction, label_smoothing, ignore_index)
     if vocab_size is not None:
         if isinstance(vocab_size, bool) or not isinstance(vocab_size, int):
             fail(fn, "vocab_size", "be an int or None", type(vocab_size).__name__, TypeError)
@@ -140,30 +128,12 @@ def _check_options(
 
 
 def _check_target(fn: str, target: object, rows: int, device: torch.device) -> Tensor:
-    target = _check_tensor(fn, "target", target, floating=False)
+    target = check_tensor(fn, "target", target, floating=False)
     if target.shape != (rows,):
         fail(fn, "target", f"have shape ({rows},) (one class index per row)", tuple(target.shape))
     if target.device != device:
         fail(fn, "target", f"be on the logits' device {device}", f"device {target.device}")
     return target
-
-
-def _check_class_weight(
-    fn: str, arg: str, weight: object, width: int, device: torch.device
-) -> Tensor | None:
-    if weight is None:
-        return None
-    weight = _check_tensor(fn, arg, weight, floating=True)
-    if weight.shape != (width,):
-        fail(
-            fn,
-            arg,
-            f"have shape ({width},) (this rank's slice of the class weights)",
-            f"shape {tuple(weight.shape)}",
-        )
-    if weight.device != device:
-        fail(fn, arg, f"be on the logits' device {device}", f"device {weight.device}")
-    return weight
 
 
 def _target_summary(target: Tensor, ignore_index: int) -> tuple[int, int, int]:
@@ -724,12 +694,12 @@ def vocab_parallel_cross_entropy(
     fn = "vocab_parallel_cross_entropy"
 
     def local() -> _Local:
-        x = _check_tensor(fn, "logits_shard", logits_shard, floating=True)
+        x = check_tensor(fn, "logits_shard", logits_shard, floating=True)
         _check_float_dtype(fn, "logits_shard", x)
         if x.ndim != 2:
             fail(fn, "logits_shard", "be 2-D, shape (N, V_shard)", f"shape {tuple(x.shape)}")
         t = _check_target(fn, target, x.shape[0], x.device)
-        _check_class_weight(fn, "weight", weight, x.shape[1], x.device)
+        check_class_weight(fn, "weight", weight, x.shape[1], what=_SLICE, device=x.device)
         return _Local(x.shape[1], x.shape[0], x.dtype, t)
 
     layout = _validate(
@@ -846,37 +816,18 @@ def vocab_parallel_linear_cross_entropy(
     fn = "vocab_parallel_linear_cross_entropy"
 
     def local() -> _Local:
-        h = _check_tensor(fn, "hidden", hidden, floating=True)
+        h = check_tensor(fn, "hidden", hidden, floating=True)
         _check_float_dtype(fn, "hidden", h)
         if h.ndim != 2:
             fail(fn, "hidden", "be 2-D, shape (N, D)", f"shape {tuple(h.shape)}")
-        w = _check_tensor(fn, "weight_shard", weight_shard, floating=True)
-        if w.dtype != h.dtype:
-            fail(
-                fn, "weight_shard", f"have hidden's dtype {h.dtype}", f"dtype {w.dtype}", TypeError
-            )
-        if w.ndim != 2 or w.shape[1] != h.shape[1]:
-            fail(fn, "weight_shard", f"have shape (V_shard, {h.shape[1]})", tuple(w.shape))
-        if w.device != h.device:
-            fail(fn, "weight_shard", f"be on hidden's device {h.device}", f"device {w.device}")
-        if bias_shard is not None:
-            b = _check_tensor(fn, "bias_shard", bias_shard, floating=True)
-            if b.dtype != h.dtype:
-                fail(
-                    fn,
-                    "bias_shard",
-                    f"have hidden's dtype {h.dtype}",
-                    f"dtype {b.dtype}",
-                    TypeError,
-                )
-            if b.shape != (w.shape[0],):
-                fail(fn, "bias_shard", f"have shape ({w.shape[0]},)", tuple(b.shape))
-        if chunk_size is not None and (
-            isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1
-        ):
-            fail(fn, "chunk_size", "be a positive int or None", repr(chunk_size))
+        w, _ = check_projection(
+            fn, h, weight_shard, bias_shard, weight_arg="weight_shard", bias_arg="bias_shard"
+        )
+        check_chunk_size(fn, chunk_size)
         t = _check_target(fn, target, h.shape[0], h.device)
-        _check_class_weight(fn, "class_weight", class_weight, w.shape[0], h.device)
+        check_class_weight(
+            fn, "class_weight", class_weight, w.shape[0], what=_SLICE, device=h.device
+        )
         grad = torch.is_grad_enabled() and h.requires_grad
         return _Local(w.shape[0], h.shape[0], h.dtype, t, h.shape[1], grad)
 

@@ -12,56 +12,18 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from .._validation import check_reduction, fail
+from .._validation import fail
 from . import _kernels as K
+from ._checks import (
+    check_chunk_size,
+    check_class_weight,
+    check_options,
+    check_projection,
+    check_tensor,
+    describe,
+)
 
 __all__ = ["cross_entropy", "linear_cross_entropy"]
-
-
-def _describe(x: object) -> str:
-    if isinstance(x, Tensor):
-        return f"tensor of shape {tuple(x.shape)} and dtype {x.dtype}"
-    return f"{type(x).__name__} {x!r}"
-
-
-def _check_tensor(x: object, fn: str, arg: str) -> Tensor:
-    if not isinstance(x, Tensor):
-        fail(fn, arg, "be a torch.Tensor", _describe(x), TypeError)
-    return x
-
-
-def _check_float(x: Tensor, fn: str, arg: str) -> None:
-    if not x.is_floating_point():
-        fail(fn, arg, "have a floating-point dtype", f"dtype {x.dtype}", TypeError)
-
-
-def _check_options(
-    fn: str, reduction: object, label_smoothing: object, ignore_index: object
-) -> tuple[str, float, int]:
-    red = check_reduction(reduction, fn)
-    if isinstance(label_smoothing, bool) or not isinstance(label_smoothing, (int, float)):
-        fail(fn, "label_smoothing", "be a float", _describe(label_smoothing), TypeError)
-    eps = float(label_smoothing)
-    if not 0.0 <= eps <= 1.0:
-        fail(fn, "label_smoothing", "be in [0, 1]", eps)
-    if isinstance(ignore_index, bool) or not isinstance(ignore_index, int):
-        fail(fn, "ignore_index", "be an integer", _describe(ignore_index), TypeError)
-    return red, eps, ignore_index
-
-
-def _check_class_weight(weight: object, num_classes: int, fn: str, arg: str) -> Tensor | None:
-    if weight is None:
-        return None
-    w = _check_tensor(weight, fn, arg)
-    _check_float(w, fn, arg)
-    if tuple(w.shape) != (num_classes,):
-        fail(
-            fn,
-            arg,
-            f"have shape ({num_classes},) (one weight per class)",
-            f"shape {tuple(w.shape)}",
-        )
-    return w
 
 
 def _check_indices(target: Tensor, num_classes: int, ignore_index: int, fn: str) -> None:
@@ -399,14 +361,13 @@ def cross_entropy(
             [ 0.0226,  0.0226, -0.0453]])
     """
     fn = "cross_entropy"
-    x = _check_tensor(input, fn, "input")
-    _check_float(x, fn, "input")
+    x = check_tensor(fn, "input", input, floating=True)
     if x.dim() == 0:
         fail(fn, "input", "have at least 1 dimension (classes)", "shape ()")
-    t = _check_tensor(target, fn, "target")
-    red, eps, ignore = _check_options(fn, reduction, label_smoothing, ignore_index)
+    t = check_tensor(fn, "target", target)
+    red, eps, ignore = check_options(fn, reduction, label_smoothing, ignore_index)
     if not isinstance(inplace_backward, bool):
-        fail(fn, "inplace_backward", "be a bool", _describe(inplace_backward), TypeError)
+        fail(fn, "inplace_backward", "be a bool", describe(inplace_backward), TypeError)
     if inplace_backward and (red == "none" or t.is_floating_point()):
         fail(
             fn,
@@ -415,7 +376,7 @@ def cross_entropy(
             f"True with reduction={red!r} and target dtype {t.dtype}",
         )
     num_classes = x.shape[1] if x.dim() >= 2 else x.shape[0]
-    w = _check_class_weight(weight, num_classes, fn, "weight")
+    w = check_class_weight(fn, "weight", weight, num_classes)
     if t.is_floating_point():
         if t.shape != x.shape:
             fail(
@@ -635,26 +596,12 @@ def linear_cross_entropy(
     tensor(1.0094, grad_fn=<_LinearCrossEntropyBackward>)
     """
     fn = "linear_cross_entropy"
-    h = _check_tensor(hidden, fn, "hidden")
-    _check_float(h, fn, "hidden")
+    h = check_tensor(fn, "hidden", hidden, floating=True)
     if h.dim() == 0:
         fail(fn, "hidden", "have at least 1 dimension (features)", "shape ()")
-    wt = _check_tensor(weight, fn, "weight")
-    if wt.dtype != h.dtype:
-        fail(fn, "weight", f"have the dtype of hidden ({h.dtype})", f"dtype {wt.dtype}", TypeError)
-    if wt.dim() != 2 or wt.shape[1] != h.shape[-1]:
-        fail(fn, "weight", f"have shape (C, {h.shape[-1]})", f"shape {tuple(wt.shape)}")
+    wt, b = check_projection(fn, h, weight, bias)
     num_classes = wt.shape[0]
-    b = None
-    if bias is not None:
-        b = _check_tensor(bias, fn, "bias")
-        if b.dtype != h.dtype:
-            fail(fn, "bias", f"have the dtype of hidden ({h.dtype})", f"dtype {b.dtype}", TypeError)
-        if tuple(b.shape) != (num_classes,):
-            fail(fn, "bias", f"have shape ({num_classes},)", f"shape {tuple(b.shape)}")
-    t = _check_tensor(target, fn, "target")
-    if t.is_floating_point() or t.is_complex() or t.dtype == torch.bool:
-        fail(fn, "target", "have an integer dtype (class indices)", f"dtype {t.dtype}", TypeError)
+    t = check_tensor(fn, "target", target, floating=False)
     if tuple(t.shape) != tuple(h.shape[:-1]):
         fail(
             fn,
@@ -662,12 +609,9 @@ def linear_cross_entropy(
             f"have shape {tuple(h.shape[:-1])} (hidden's without features)",
             f"shape {tuple(t.shape)}",
         )
-    red, eps, ignore = _check_options(fn, reduction, label_smoothing, ignore_index)
-    cw = _check_class_weight(class_weight, num_classes, fn, "class_weight")
-    if chunk_size is not None and (
-        isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1
-    ):
-        fail(fn, "chunk_size", "be a positive integer", _describe(chunk_size))
+    red, eps, ignore = check_options(fn, reduction, label_smoothing, ignore_index)
+    cw = check_class_weight(fn, "class_weight", class_weight, num_classes)
+    check_chunk_size(fn, chunk_size)
     _check_indices(t, num_classes, ignore, fn)
     lead = tuple(h.shape[:-1])
     h2 = h.reshape(-1, h.shape[-1])

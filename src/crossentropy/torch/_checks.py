@@ -1,0 +1,106 @@
+"""Argument checks shared by the single-process and the vocabulary-parallel functions.
+
+Same message format as the NumPy core (:func:`crossentropy._validation.fail`):
+``"<function>: <argument> must <requirement>, got <actual>"``.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from .._validation import check_reduction, fail
+
+_INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
+
+
+def describe(x: object) -> str:
+    """A short description of ``x`` for an error message."""
+    if isinstance(x, Tensor):
+        return f"tensor of shape {tuple(x.shape)} and dtype {x.dtype}"
+    return f"{type(x).__name__} {x!r}"
+
+
+def check_tensor(fn: str, arg: str, x: object, *, floating: bool | None = None) -> Tensor:
+    """``x`` must be a tensor; floating point if ``floating``, class indices if ``False``."""
+    if not isinstance(x, Tensor):
+        fail(fn, arg, "be a torch.Tensor", describe(x), TypeError)
+    if floating and not x.is_floating_point():
+        fail(fn, arg, "have a floating-point dtype", f"dtype {x.dtype}", TypeError)
+    if floating is False and (x.is_floating_point() or x.is_complex() or x.dtype == torch.bool):
+        fail(fn, arg, "have an integer dtype (class indices)", f"dtype {x.dtype}", TypeError)
+    return x
+
+
+def check_options(
+    fn: str, reduction: object, label_smoothing: object, ignore_index: object
+) -> tuple[str, float, int]:
+    """Validated ``(reduction, label_smoothing, ignore_index)``."""
+    red = check_reduction(reduction, fn)
+    if isinstance(label_smoothing, bool) or not isinstance(label_smoothing, (int, float)):
+        fail(fn, "label_smoothing", "be a float", describe(label_smoothing), TypeError)
+    eps = float(label_smoothing)
+    if not 0.0 <= eps <= 1.0:
+        fail(fn, "label_smoothing", "be in [0, 1]", eps)
+    if isinstance(ignore_index, bool) or not isinstance(ignore_index, int):
+        fail(fn, "ignore_index", "be an integer", describe(ignore_index), TypeError)
+    if not _INT64_MIN <= ignore_index <= _INT64_MAX:
+        fail(fn, "ignore_index", "fit in int64", ignore_index)
+    return red, eps, ignore_index
+
+
+def check_class_weight(
+    fn: str,
+    arg: str,
+    weight: object,
+    num_classes: int,
+    *,
+    what: str = "one weight per class",
+    device: torch.device | None = None,
+) -> Tensor | None:
+    """``None``, or a floating tensor of shape ``(num_classes,)`` (on ``device`` if given)."""
+    if weight is None:
+        return None
+    w = check_tensor(fn, arg, weight, floating=True)
+    if tuple(w.shape) != (num_classes,):
+        fail(fn, arg, f"have shape ({num_classes},) ({what})", f"shape {tuple(w.shape)}")
+    if device is not None and w.device != device:
+        fail(fn, arg, f"be on the logits' device {device}", f"device {w.device}")
+    return w
+
+
+def check_chunk_size(fn: str, chunk_size: object) -> None:
+    """``None`` or a positive integer."""
+    if chunk_size is not None and (
+        isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1
+    ):
+        fail(fn, "chunk_size", "be a positive integer", describe(chunk_size))
+
+
+def check_projection(
+    fn: str,
+    hidden: Tensor,
+    weight: object,
+    bias: object,
+    *,
+    weight_arg: str = "weight",
+    bias_arg: str = "bias",
+) -> tuple[Tensor, Tensor | None]:
+    """The output layer ``weight`` (C, D) and optional ``bias`` (C,) that project ``hidden``."""
+    w = check_tensor(fn, weight_arg, weight)
+    if w.dtype != hidden.dtype:
+        need = f"have the dtype of hidden ({hidden.dtype})"
+        fail(fn, weight_arg, need, f"dtype {w.dtype}", TypeError)
+    if w.dim() != 2 or w.shape[1] != hidden.shape[-1]:
+        fail(fn, weight_arg, f"have shape (C, {hidden.shape[-1]})", f"shape {tuple(w.shape)}")
+    if w.device != hidden.device:
+        fail(fn, weight_arg, f"be on hidden's device {hidden.device}", f"device {w.device}")
+    if bias is None:
+        return w, None
+    b = check_tensor(fn, bias_arg, bias)
+    if b.dtype != hidden.dtype:
+        need = f"have the dtype of hidden ({hidden.dtype})"
+        fail(fn, bias_arg, need, f"dtype {b.dtype}", TypeError)
+    if tuple(b.shape) != (w.shape[0],):
+        fail(fn, bias_arg, f"have shape ({w.shape[0]},)", f"shape {tuple(b.shape)}")
+    return w, b
