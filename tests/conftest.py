@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -25,6 +26,24 @@ def tol(dtype: Any) -> dict[str, float]:
             return {"rtol": 2e-2, "atol": 1e-2}
         return TOL[np.dtype(name)]
     return TOL[np.dtype(dtype)]
+
+
+def central_difference(
+    f: Callable[[np.ndarray], Any], x: np.ndarray, h: float = 1e-6, *, relative: bool = False
+) -> np.ndarray:
+    """``d sum(f(x)) / dx`` by central differences, element by element (use float64 ``x``).
+
+    The step is ``h``, or ``h * max(1, |x_i|)`` with ``relative=True``; the quotient divides
+    by the step actually taken, ``xp_i - xm_i``.
+    """
+    step = h * np.maximum(1.0, np.abs(x)) if relative else np.full_like(x, h)
+    grad = np.zeros_like(x)
+    for i in np.ndindex(x.shape):
+        xp, xm = x.copy(), x.copy()
+        xp[i] += step[i]
+        xm[i] -= step[i]
+        grad[i] = (np.sum(f(xp)) - np.sum(f(xm))) / (xp[i] - xm[i])
+    return grad
 
 
 @pytest.fixture

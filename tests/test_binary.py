@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 import crossentropy as ce
-from conftest import tol
+from conftest import central_difference, tol
 from crossentropy.binary import (
     binary_cross_entropy_value_and_grad,
     binary_cross_entropy_with_logits_value_and_grad,
@@ -41,17 +41,6 @@ def _torch_value_grad(
     (out * u).sum().backward()
     assert xt.grad is not None
     return out.detach().numpy(), xt.grad.numpy()
-
-
-def _central_difference(f: Any, x: np.ndarray, h: float = 1e-6) -> np.ndarray:
-    """d sum(f(x)) / dx by central differences, element by element (float64)."""
-    g = np.zeros_like(x)
-    for i in np.ndindex(x.shape):
-        xp, xm = x.copy(), x.copy()
-        xp[i] += h
-        xm[i] -= h
-        g[i] = (np.sum(f(xp)) - np.sum(f(xm))) / (2 * h)
-    return g
 
 
 # ---------------------------------------------------------------------------------------------
@@ -157,7 +146,7 @@ def test_bce_gradient_matches_finite_differences(
     p, y = rng.uniform(0.05, 0.95, (3, 4)), rng.uniform(0, 1, (3, 4))
     w = rng.uniform(0.5, 2, (4,)) if weighted else None
     _, grad = binary_cross_entropy_value_and_grad(p, y, w, reduction)
-    fd = _central_difference(lambda a: ce.binary_cross_entropy(a, y, w, reduction), p)
+    fd = central_difference(lambda a: ce.binary_cross_entropy(a, y, w, reduction), p)
     np.testing.assert_allclose(grad, fd, rtol=1e-6, atol=1e-8)
 
 
@@ -170,7 +159,7 @@ def test_bce_with_logits_gradient_matches_finite_differences(
     w = rng.uniform(0.5, 2, (3, 4)) if weighted else None
     pw = rng.uniform(0.5, 3, (4,)) if weighted else None
     _, grad = binary_cross_entropy_with_logits_value_and_grad(z, y, w, reduction, pw)
-    fd = _central_difference(
+    fd = central_difference(
         lambda a: ce.binary_cross_entropy_with_logits(a, y, w, reduction, pw), z
     )
     np.testing.assert_allclose(grad, fd, rtol=1e-6, atol=1e-8)

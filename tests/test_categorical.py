@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 import crossentropy as ce
-from conftest import tol
+from conftest import central_difference, tol
 from crossentropy import categorical
 
 SHAPES = [(5,), (6, 5), (4, 5, 3), (3, 5, 2, 3)]
@@ -147,17 +147,6 @@ def test_nll_loss_matches_torch(
     )
 
 
-def _central_difference(
-    f: Callable[[np.ndarray], Any], x: np.ndarray, h: float = 1e-6
-) -> np.ndarray:
-    grad = np.zeros_like(x)
-    for i in np.ndindex(x.shape):
-        e = np.zeros_like(x)
-        e[i] = h
-        grad[i] = (np.sum(f(x + e)) - np.sum(f(x - e))) / (2 * h)
-    return grad
-
-
 @pytest.mark.parametrize(
     ("shape", "kind", "ignored", "weighted", "smoothing", "reduction"),
     [
@@ -181,7 +170,7 @@ def test_cross_entropy_gradient_matches_finite_differences(
     x, t, w = _make_case(rng, shape, np.float64, kind, ignored, weighted)
     kwargs: dict[str, Any] = {"weight": w, "reduction": reduction, "label_smoothing": smoothing}
     _, grad = ce.value_and_grad(ce.cross_entropy)(x, t, **kwargs)
-    fd = _central_difference(lambda z: ce.cross_entropy(z, t, **kwargs), x)
+    fd = central_difference(lambda z: ce.cross_entropy(z, t, **kwargs), x)
     np.testing.assert_allclose(grad, fd, rtol=1e-6, atol=1e-8)
 
 
@@ -190,14 +179,14 @@ def test_nll_and_categorical_gradients_match_finite_differences(rng: np.random.G
     t = np.array([0, 3, -100, 1, 2])
     w = rng.uniform(0.5, 2.0, 4)
     _, grad = ce.value_and_grad(ce.nll_loss)(logp, t, weight=w)
-    fd = _central_difference(lambda z: ce.nll_loss(z, t, weight=w), logp)
+    fd = central_difference(lambda z: ce.nll_loss(z, t, weight=w), logp)
     np.testing.assert_allclose(grad, fd, rtol=1e-6, atol=1e-8)
 
     a = rng.dirichlet(np.ones(4), size=5)
     y = rng.dirichlet(np.ones(4), size=5)
     for reduction in REDUCTIONS:
         _, grad = ce.value_and_grad(ce.categorical_cross_entropy)(a, y, reduction=reduction)
-        fd = _central_difference(
+        fd = central_difference(
             lambda p, r=reduction: ce.categorical_cross_entropy(p, y, r), a, 1e-7
         )
         np.testing.assert_allclose(grad, fd, rtol=1e-5, atol=1e-7)

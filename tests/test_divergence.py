@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 import crossentropy as ce
-from conftest import tol
+from conftest import central_difference, tol
 from crossentropy.divergence import (
     entropy_value_and_grad,
     kl_div_value_and_grad,
@@ -24,16 +24,6 @@ from crossentropy.divergence import (
 
 SHAPES = [(), (6,), (4, 3), (2, 3, 5)]
 KL_REDUCTIONS = ["mean", "batchmean", "sum", "none"]
-
-
-def _central_difference(f: Any, x: np.ndarray, h: float = 1e-6) -> np.ndarray:
-    g = np.zeros_like(x)
-    for i in np.ndindex(x.shape):
-        xp, xm = x.copy(), x.copy()
-        xp[i] += h
-        xm[i] -= h
-        g[i] = (np.sum(f(xp)) - np.sum(f(xm))) / (2 * h)
-    return g
 
 
 def _distributions(rng: np.random.Generator, shape: tuple[int, ...]) -> np.ndarray:
@@ -83,7 +73,7 @@ def test_kl_div_gradient_matches_finite_differences(
     p = _distributions(rng, (3, 4))
     target = np.log(p) if log_target else p
     _, grad = kl_div_value_and_grad(log_q, target, reduction, log_target)
-    fd = _central_difference(lambda x: ce.kl_div(x, target, reduction, log_target), log_q)
+    fd = central_difference(lambda x: ce.kl_div(x, target, reduction, log_target), log_q)
     np.testing.assert_allclose(grad, fd, rtol=1e-7, atol=1e-9)
 
 
@@ -172,7 +162,7 @@ def test_entropy_gradient_matches_finite_differences(rng: np.random.Generator) -
     p = rng.uniform(0.05, 0.95, (3, 4))
     value, grad = entropy_value_and_grad(p)
     np.testing.assert_array_equal(value, ce.entropy(p))
-    np.testing.assert_allclose(grad, _central_difference(ce.entropy, p), rtol=1e-7, atol=1e-9)
+    np.testing.assert_allclose(grad, central_difference(ce.entropy, p), rtol=1e-7, atol=1e-9)
     _, grad0 = entropy_value_and_grad(np.array([0.0, 1.0]))
     np.testing.assert_array_equal(grad0, [np.inf, -1.0])
 
@@ -184,7 +174,7 @@ def test_kl_divergence_gradient_matches_finite_differences(
     p, q = rng.uniform(0.05, 0.95, (3, 4)), rng.uniform(0.05, 0.95, (3, 4))
     value, grad = kl_divergence_value_and_grad(p, q, axis)
     np.testing.assert_array_equal(value, ce.kl_divergence(p, q, axis))
-    fd = _central_difference(lambda x: ce.kl_divergence(x, q, axis), p)
+    fd = central_difference(lambda x: ce.kl_divergence(x, q, axis), p)
     np.testing.assert_allclose(grad, fd, rtol=1e-7, atol=1e-9)
     _, edge = kl_divergence_value_and_grad(
         np.array([0.0, 0.5, 0.0, 0.5]), np.array([0.5, 0.0, 0.0, 0.5])
