@@ -20,7 +20,10 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-RESULTS_DIR = Path(__file__).resolve().parent / "results"
+# Where each benchmark writes its section; the smoke test points it elsewhere.
+RESULTS_DIR = Path(
+    os.environ.get("CROSSENTROPY_BENCH_RESULTS", Path(__file__).resolve().parent / "results")
+)
 MiB = 1024**2
 
 _PEAK_PROBE = """
@@ -93,7 +96,7 @@ def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> 
 
 def write_result(name: str, markdown: str) -> Path:
     """Write one benchmark's markdown section to ``benchmarks/results/<name>.md``."""
-    RESULTS_DIR.mkdir(exist_ok=True)
+    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
     path = RESULTS_DIR / f"{name}.md"
     path.write_text(markdown.rstrip() + "\n")
     return path

@@ -1,0 +1,34 @@
+"""Smoke test of the benchmark scripts: each runs in --quick mode and writes its table.
+
+No timing is asserted (that is the benchmarks' job, not the tests'); this only keeps the
+scripts working as the code they measure changes. Output goes to a temporary folder, never
+to ``benchmarks/results``.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+@pytest.mark.parametrize("name", ["core", "torch", "distributed"])
+def test_benchmark_quick_run_writes_a_table(name: str, tmp_path: Path) -> None:
+    env = {**os.environ, "CROSSENTROPY_BENCH_RESULTS": str(tmp_path)}
+    proc = subprocess.run(
+        [sys.executable, str(BENCHMARKS / f"bench_{name}.py"), "--quick"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    table = (tmp_path / f"{name}.md").read_text()
+    assert table.startswith("## ")
+    assert "|---" in table
