@@ -67,6 +67,23 @@ class _Forward(NamedTuple):
     e: FloatArray  # BCE with logits: exp(-|z|); BCE: unused (empty)
 
 
+def _weighted_reduce(
+    values: FloatArray, w: FloatArray | None, reduction: str, dtype: np.dtype[Any]
+) -> FloatArray:
+    """Per-element losses times the optional weight, reduced, in the input's dtype."""
+    if w is not None:
+        values = values * w
+    return reduce(values, reduction).astype(dtype, copy=False)
+
+
+def _weighted_scale(grad: FloatArray, f: _Forward, reduction: str) -> FloatArray:
+    """The per-element derivative times the weight and the reduction's factor, in ``f.dtype``."""
+    if f.w is not None:
+        grad = grad * f.w
+    grad = grad * grad.dtype.type(scale(reduction, f.size))
+    return grad.astype(f.dtype, copy=False)
+
+
 def _bce(input: ArrayLike, target: ArrayLike, weight: ArrayLike | None, reduction: str) -> _Forward:
     fn = "binary_cross_entropy"
     check_reduction(reduction, fn)
@@ -81,9 +98,7 @@ def _bce(input: ArrayLike, target: ArrayLike, weight: ArrayLike | None, reductio
         log_q = np.maximum(np.log1p(-p), LOG_CLAMP)  # log(1 - p), exact near p = 0
     values = 0.0 - (t * log_p + (1.0 - t) * log_q)  # 0.0 - x: a perfect guess is +0, not -0
     wc = None if w is None else w.astype(ct, copy=False)
-    if wc is not None:
-        values = values * wc
-    value = reduce(values, reduction).astype(x.dtype, copy=False)
+    value = _weighted_reduce(values, wc, reduction, x.dtype)
     return _Forward(value, x.dtype, x.size, p, t, wc, t, np.empty(0, ct))
 
 
@@ -92,10 +107,7 @@ def _bce_grad(f: _Forward, reduction: str) -> FloatArray:
     # d/dp of -(y log p + (1-y) log(1-p)) = (p - y) / (p (1 - p)); PyTorch floors the
     # denominator at 1e-12, so p = 0 or 1 gives a large finite slope, not the clamp's 0.
     grad = (p - t) / np.maximum(p * (1.0 - p), ct.type(GRAD_EPS))
-    if f.w is not None:
-        grad = grad * f.w
-    grad = grad * ct.type(scale(reduction, f.size))
-    return grad.astype(f.dtype, copy=False)
+    return _weighted_scale(grad, f, reduction)
 
 
 def binary_cross_entropy(
@@ -219,22 +231,17 @@ def _bce_logits(
     else:  # ±inf logits: a right prediction costs 0 (not 0·inf = NaN), a wrong one +inf
         values = 0.0 - (_times(pos, log_sig) + _times(neg, log_sig_neg))
     wc = None if w is None else w.astype(ct, copy=False)
-    if wc is not None:
-        values = values * wc
-    value = reduce(values, reduction).astype(x.dtype, copy=False)
+    value = _weighted_reduce(values, wc, reduction, x.dtype)
     return _Forward(value, x.dtype, x.size, z, t, wc, pos, e)
 
 
 def _bce_logits_grad(f: _Forward, reduction: str) -> FloatArray:
-    z, t, e, pos, ct = f.a, f.t, f.e, f.pos, f.a.dtype
+    z, t, e, pos = f.a, f.t, f.e, f.pos
     sig = np.where(z >= 0, 1.0, e) / (1.0 + e)  # σ(z)
     sig_neg = np.where(z >= 0, e, 1.0) / (1.0 + e)  # σ(-z) = 1 - σ(z), without cancellation
     # d/dz of -(p_w y log σ(z) + (1-y) log σ(-z)) = (1-y) σ(z) - p_w y σ(-z)  (= σ(z) - y if p_w=1)
     grad = (1.0 - t) * sig - pos * sig_neg
-    if f.w is not None:
-        grad = grad * f.w
-    grad = grad * ct.type(scale(reduction, f.size))
-    return grad.astype(f.dtype, copy=False)
+    return _weighted_scale(grad, f, reduction)
 
 
 def binary_cross_entropy_with_logits(
