@@ -50,3 +50,12 @@ def central_difference(
 def rng() -> np.random.Generator:
     """A seeded generator: every random test is reproducible."""
     return np.random.default_rng(20201207)
+
+
+@pytest.fixture
+def force_fused(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Send every ``crossentropy.torch`` call, however small, through the fused kernels (not
+    the direct ``F.cross_entropy`` path that small problems take)."""
+    functional = pytest.importorskip("crossentropy.torch.functional")
+    monkeypatch.setattr(functional, "DIRECT_MAX_ELEMENTS", -1)
+    monkeypatch.setattr(functional, "LINEAR_DIRECT_MAX_ELEMENTS", -1)

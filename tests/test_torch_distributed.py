@@ -354,6 +354,13 @@ def _error_cases(rank: int, world: int) -> list[dict[str, Any]]:
         "hidden_width_differs": hidden_width_differs,
         "hidden_grad_differs": hidden_grad_differs,
     }
+    return _run_error_cases(cases, lambda: float(vocab_parallel_cross_entropy(shard, target)))
+
+
+def _run_error_cases(
+    cases: dict[str, Callable[[], Any]], after: Callable[[], float]
+) -> list[dict[str, Any]]:
+    """Run each case, record its error (or None), then a correct call: the group is in step."""
     results = []
     for name, case in cases.items():
         try:
@@ -362,9 +369,122 @@ def _error_cases(rank: int, world: int) -> list[dict[str, Any]]:
         except Exception as exc:
             error = [type(exc).__name__, str(exc)]
         # The group must still be in step: a correct call right after succeeds everywhere.
-        after = float(vocab_parallel_cross_entropy(shard, target))
-        results.append({"name": name, "error": error, "after": after})
+        results.append({"name": name, "error": error, "after": after()})
     return results
+
+
+def _linear_checksum(target: Tensor) -> int:
+    """The target checksum of the first handshake: linear in the row index (kept to test)."""
+    prime = 2**31 - 1
+    t = target.to(torch.int64)
+    coeff = (torch.arange(t.numel(), dtype=torch.int64) * 48271 + 12345) % prime
+    return int((((t % prime) * coeff) % prime).sum().item()) % prime
+
+
+def _plus_minus(target: Tensor, row: int) -> tuple[Tensor, Tensor]:
+    """Two targets that differ by +1, -2, +1 on rows row..row+2 (the same linear checksum)."""
+    same = target.clone()
+    same[row : row + 3] = torch.tensor([1, 5, 1])
+    other = same.clone()
+    other[row : row + 3] += torch.tensor([1, -2, 1])
+    assert _linear_checksum(same) == _linear_checksum(other), "the old checksum must collide"
+    return same, other
+
+
+def _hole_cases(rank: int, world: int) -> list[dict[str, Any]]:
+    """Issue 8's validation holes, and double backward: every rank raises the same error."""
+    from crossentropy.torch.distributed import (
+        vocab_parallel_cross_entropy,
+        vocab_parallel_linear_cross_entropy,
+    )
+
+    widths = WIDTHS[world]
+    v, last = sum(widths), world - 1
+    a, b = _bounds(widths, rank)
+    logits, target, *_ = _problem(11, 6, v, torch.float64, "none", False)
+    shard = logits[:, a:b]
+    g = torch.Generator().manual_seed(12)
+    hidden = torch.randn(6, 4, generator=g, dtype=torch.float64)
+    wshard = torch.randn(v, 4, generator=g, dtype=torch.float64)[a:b]
+
+    def bad_on(ranks: list[int], lo: int, hi: int) -> Tensor:
+        """The target, with values lo and hi (every other one is in between) on ``ranks``."""
+        t = target.clone()
+        if rank in ranks:
+            t[0], t[3] = lo, hi
+        return t
+
+    def differs_on(bad_rank: int, row: int) -> Tensor:
+        same, other = _plus_minus(target, row)
+        return other if rank == bad_rank else same
+
+    def hidden_by_the_checksum() -> Any:
+        """Rank 1 is out of range by +1/-2/+1: the first handshake saw neither difference."""
+        same = torch.full((6,), 5)
+        same[:3] = torch.tensor([0, 5, v - 1])
+        other = same + torch.tensor([1, -2, 1, 0, 0, 0])
+        assert _linear_checksum(same) == _linear_checksum(other)
+        return vocab_parallel_cross_entropy(shard, other if rank == 1 else same)
+
+    def linear(t: Tensor, **kw: Any) -> Tensor:
+        h = hidden.clone().requires_grad_()
+        return vocab_parallel_linear_cross_entropy(h, wshard.clone().requires_grad_(), t, **kw)
+
+    def gradient_penalty() -> Any:
+        x = shard.clone().requires_grad_()
+        (dx,) = torch.autograd.grad(vocab_parallel_cross_entropy(x, target), x, create_graph=True)
+        (dx**2).sum().backward()
+
+    def hessian() -> Any:
+        return torch.autograd.functional.hessian(
+            lambda x: vocab_parallel_cross_entropy(x, target, label_smoothing=0.1), shard.clone()
+        )
+
+    def linear_create_graph() -> Any:
+        h = hidden.clone().requires_grad_()
+        loss = vocab_parallel_linear_cross_entropy(h, wshard.clone().requires_grad_(), target)
+        loss.backward(create_graph=True)
+
+    def linear_grad_of_grad() -> Any:
+        h = hidden.clone().requires_grad_()
+        loss = vocab_parallel_linear_cross_entropy(h, wshard, target, reduction="sum")
+        (dh,) = torch.autograd.grad(loss, h, create_graph=True)
+        return torch.autograd.grad(dh.sum(), h)
+
+    cases: dict[str, Callable[[], Any]] = {
+        "range_on_rank1": lambda: vocab_parallel_cross_entropy(shard, bad_on([1], 0, v)),
+        "range_on_last_rank": lambda: vocab_parallel_cross_entropy(
+            shard, bad_on([last], -1, v - 1)
+        ),
+        "range_on_last_rank_linear": lambda: linear(bad_on([last], 0, v + 5)),
+        "range_on_every_rank_but_0": lambda: vocab_parallel_cross_entropy(
+            shard, bad_on(list(range(1, world)), -3, v - 1), reduction="sum"
+        ),
+        "range_on_rank1_same_checksum": hidden_by_the_checksum,
+        "ignored_rows_are_in_range": lambda: vocab_parallel_cross_entropy(
+            shard, bad_on(list(range(world)), 0, -100)
+        ),
+        "plus_minus_on_rank1": lambda: vocab_parallel_cross_entropy(shard, differs_on(1, 0)),
+        "plus_minus_on_last_rank_linear": lambda: linear(differs_on(last, 2)),
+        "target_dtype_differs_values_equal": lambda: vocab_parallel_cross_entropy(
+            shard, target.to(torch.int32) if rank == 0 else target
+        ),
+        "double_backward_gradient_penalty": gradient_penalty,
+        "double_backward_hessian": hessian,
+        "double_backward_linear_create_graph": linear_create_graph,
+        "double_backward_linear_grad_of_grad": linear_grad_of_grad,
+    }
+
+    def after() -> float:
+        """A correct call of each form, forward and backward (the linear one all-reduces)."""
+        x = shard.clone().requires_grad_()
+        loss = vocab_parallel_cross_entropy(x, target)
+        loss.backward()
+        linear_loss = linear(target)
+        linear_loss.backward()
+        return float(loss) + float(linear_loss)
+
+    return _run_error_cases(cases, after)
 
 
 def _count_bytes(rank: int, world: int) -> list[dict[str, Any]]:
@@ -477,6 +597,7 @@ def _worker(rank: int, world: int, port: int, out: Path) -> None:
     )
     results: dict[str, Any] = {"rank": rank, **_run_cases(rank, world)}
     results["errors"] = _error_cases(rank, world)
+    results["holes"] = _hole_cases(rank, world)
     results["comm"] = _count_bytes(rank, world)
     results["failures"] = _failures(rank, world)
     out.write_text(json.dumps(results))
@@ -693,6 +814,92 @@ def test_bad_input_raises_the_same_error_on_every_rank(ranks: Any) -> None:
             assert case["name"] == name
             assert case["error"] == expected, f"rank {res['rank']}: {name}"
             assert math.isfinite(case["after"]), "the group is still usable after the error"
+
+
+_RANGE = "target must contain class indices in [0, 13) or ignore_index=-100, got values in"
+_DIFFERS = "target must be identical on every rank, got a different target on ranks"
+_DOUBLE = (
+    "backward must run with create_graph=False (double backward is not supported), "
+    "got create_graph=True"
+)
+_VPCE, _VPLCE = "vocab_parallel_cross_entropy", "vocab_parallel_linear_cross_entropy"
+
+
+def _hole_messages(world: int) -> dict[str, list[str] | None]:
+    """The expected error of each of ``_hole_cases`` (None: the call succeeds)."""
+    last = world - 1
+    others = "" if world == 2 else " (and on 1 other rank)"
+    return {
+        "range_on_rank1": ["ValueError", f"{_VPCE}: {_RANGE} [0, 13] on rank 1"],
+        "range_on_last_rank": ["ValueError", f"{_VPCE}: {_RANGE} [-1, 12] on rank {last}"],
+        "range_on_last_rank_linear": [
+            "ValueError",
+            f"{_VPLCE}: {_RANGE} [0, 18] on rank {last}",
+        ],
+        "range_on_every_rank_but_0": [
+            "ValueError",
+            f"{_VPCE}: {_RANGE} [-3, 12] on rank 1{others}",
+        ],
+        "range_on_rank1_same_checksum": ["ValueError", f"{_VPCE}: {_RANGE} [1, 13] on rank 1"],
+        "ignored_rows_are_in_range": None,
+        "plus_minus_on_rank1": ["ValueError", f"{_VPCE}: {_DIFFERS} [1]"],
+        "plus_minus_on_last_rank_linear": ["ValueError", f"{_VPLCE}: {_DIFFERS} [{last}]"],
+        "target_dtype_differs_values_equal": None,
+        "double_backward_gradient_penalty": ["RuntimeError", f"{_VPCE}: {_DOUBLE}"],
+        "double_backward_hessian": ["RuntimeError", f"{_VPCE}: {_DOUBLE}"],
+        "double_backward_linear_create_graph": ["RuntimeError", f"{_VPLCE}: {_DOUBLE}"],
+        "double_backward_linear_grad_of_grad": ["RuntimeError", f"{_VPLCE}: {_DOUBLE}"],
+    }
+
+
+def _check_holes(results: list[dict[str, Any]], world: int, prefix: str) -> None:
+    expected = _hole_messages(world)
+    checked = 0
+    for res in results:
+        by_name = {case["name"]: case for case in res["holes"]}
+        assert list(by_name) == list(expected)
+        for name, error in expected.items():
+            if not name.startswith(prefix):
+                continue
+            checked += 1
+            case = by_name[name]
+            assert case["error"] == error, f"rank {res['rank']}/{world}: {name}"
+            assert math.isfinite(case["after"]), "the group is still usable after the error"
+    assert checked
+
+
+def test_every_ranks_target_range_is_checked(ranks: Any) -> None:
+    """An out-of-range target on rank 1, or on the last rank only: every rank raises."""
+    world, results = ranks
+    _check_holes(results, world, "range_")
+    _check_holes(results, world, "ignored_rows")
+
+
+def test_targets_are_compared_with_a_digest(ranks: Any) -> None:
+    """Targets differing by +1/-2/+1 on three rows (the same linear checksum): every rank raises.
+
+    The digest is of the values as int64: the same values in another integer dtype pass.
+    """
+    world, results = ranks
+    _check_holes(results, world, "plus_minus_")
+    _check_holes(results, world, "target_dtype_differs")
+
+
+def test_double_backward_raises_a_clear_error_on_every_rank(ranks: Any) -> None:
+    """create_graph=True: our RuntimeError on every rank, before backward's all-reduce."""
+    world, results = ranks
+    _check_holes(results, world, "double_backward_")
+
+
+def test_the_old_checksum_collides_and_the_digest_does_not() -> None:
+    """Without a process group: the +1/-2/+1 targets differ only to the digest."""
+    from crossentropy.torch.distributed import _target_digest
+
+    same, other = _plus_minus(torch.arange(6) % 5, 1)
+    assert _linear_checksum(same) == _linear_checksum(other)
+    assert _target_digest(same) != _target_digest(other)
+    assert _target_digest(same) == _target_digest(same.to(torch.int16).clone())
+    assert _target_digest(same[::2]) == _target_digest(same[::2].contiguous())
 
 
 def test_communication_is_o_n_and_independent_of_the_vocabulary(ranks: Any) -> None:

@@ -13,6 +13,8 @@ F = torch.nn.functional
 from conftest import tol  # noqa: E402
 from crossentropy.torch import linear_cross_entropy  # noqa: E402
 
+pytestmark = pytest.mark.usefixtures("force_fused")
+
 N, D, V = 11, 6, 9
 
 

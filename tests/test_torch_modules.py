@@ -15,6 +15,8 @@ from crossentropy.torch import (  # noqa: E402
     linear_cross_entropy,
 )
 
+pytestmark = pytest.mark.usefixtures("force_fused")
+
 
 def _gen(rng: np.random.Generator) -> torch.Generator:
     return torch.Generator().manual_seed(int(rng.integers(2**31)))

@@ -17,6 +17,14 @@ from __future__ import annotations
 
 from typing import Any
 
+try:
+    import torch as _torch  # noqa: F401
+except ImportError as exc:  # pragma: no cover - exercised in a subprocess test
+    raise ImportError(
+        "crossentropy.torch needs PyTorch, which is not installed: "
+        "pip install 'crossentropy[torch]' (or install the torch build for your platform)"
+    ) from exc
+
 from .functional import cross_entropy, linear_cross_entropy
 from .modules import CrossEntropyLoss, LinearCrossEntropyLoss
 

@@ -12,13 +12,19 @@ from torch import Tensor
 from .._validation import check_reduction, fail
 
 _INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
+#: Characters of a value's repr shown in an error message.
+_MAX_REPR = 160
 
 
 def describe(x: object) -> str:
     """A short description of ``x`` for an error message."""
     if isinstance(x, Tensor):
         return f"tensor of shape {tuple(x.shape)} and dtype {x.dtype}"
-    return f"{type(x).__name__} {x!r}"
+    text = repr(x)
+    if len(text) > _MAX_REPR:  # a list of a million labels must not become the message
+        size = f" of length {len(x)}" if hasattr(x, "__len__") else ""
+        text = f"{text[: _MAX_REPR - 20]}... ({type(x).__name__}{size})"
+    return f"{type(x).__name__} {text}"
 
 
 def check_tensor(fn: str, arg: str, x: object, *, floating: bool | None = None) -> Tensor:

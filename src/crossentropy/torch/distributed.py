@@ -7,20 +7,38 @@ reduces its shard to a few numbers per row, and only those cross the network.
 
 Per call, each rank sends
 
-- one all-gather of a 14-integer handshake (shard width, rows, dtype, a target checksum and
-  range, the options), which fixes the shard offsets and validates the input on every rank
-  before any collective that could hang on bad input;
+- one all-gather of a 14-integer handshake (shard width, rows, dtype, a 64-bit BLAKE2b
+  digest of the target's bytes and the target's range on this rank, the options), which
+  fixes the shard offsets and validates the input on every rank before any collective that
+  could hang on bad input;
 - one all-reduce (MAX) of the ``N`` row maxima;
 - one all-reduce (SUM) of at most ``4 N + 1`` scalars: the sum of exponentials, the target
   logit (its owner contributes it), the label-smoothing term and the target's class weight;
 - for the linear form only, in backward, one all-reduce (SUM) of ``d hidden`` (``N x D``).
 
 Nothing of size ``N x V`` ever crosses the network.
+
+Validation happens in that one handshake, on every call. Each rank first runs its local
+checks (types, dtypes, shapes, devices, options) and summarises its own target:
+its minimum and maximum over the rows that are not ``ignore_index``, and a BLAKE2b digest of
+its values as little-endian int64 bytes (a copy to the CPU on an accelerator). A local error
+is not raised at once: the rank sends a failing row, and every rank then raises it with the
+same type and message (``"... on rank r"``). Otherwise every rank runs the same checks on the
+same gathered table, so all of them raise the same error or none does: the options, dtypes,
+rows and widths agree, **every rank's** target lies in ``[0, V)`` or is ``ignore_index``
+(``V`` the sum of the widths), and every rank's digest equals rank 0's (any difference in
+the targets is detected, up to a 2**-64 chance of collision). Only then does any other
+collective run.
+
+Double backward is not supported: a backward with ``create_graph=True`` (for example
+``torch.autograd.grad(loss, x, create_graph=True)``, or a Hessian) raises a ``RuntimeError``
+at the start of the backward, before any collective, so it raises on every rank that runs it.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import struct
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -51,7 +69,7 @@ _COLUMNS = (
     "width",
     "rows",
     "dtype",
-    "checksum",
+    "digest",
     "tmin",
     "tmax",
     "reduction",
@@ -64,7 +82,6 @@ _COLUMNS = (
 )
 _INT64_MAX = 2**63 - 1
 _INT64_MIN = -(2**63)
-_PRIME = 2**31 - 1  # modulus of the target checksum: every partial product fits in int64
 
 
 # ---------------------------------------------------------------------------------------------
@@ -136,15 +153,24 @@ def _check_target(fn: str, target: object, rows: int, device: torch.device) -> T
     return target
 
 
+def _target_digest(target: Tensor) -> int:
+    """A 64-bit BLAKE2b digest of the target's values as little-endian int64, as an int64.
+
+    Any difference in the values (not only in a linear combination of them) changes it, up
+    to a 2**-64 chance of collision; the integer dtype the target came in does not.
+    """
+    values = target.detach().to(device="cpu", dtype=torch.int64).contiguous().numpy()
+    digest = hashlib.blake2b(values.astype("<i8", copy=False).tobytes(), digest_size=8)
+    return int.from_bytes(digest.digest(), "little", signed=True)
+
+
 def _target_summary(target: Tensor, ignore_index: int) -> tuple[int, int, int]:
-    """(checksum, min, max) of the target; min/max over the rows that are not ignored."""
+    """(digest, min, max) of this rank's target; min/max over the rows that are not ignored."""
     t = target.to(torch.int64)
-    coeff = (torch.arange(t.numel(), dtype=torch.int64, device=t.device) * 48271 + 12345) % _PRIME
-    checksum = int((((t % _PRIME) * coeff) % _PRIME).sum().item()) % _PRIME
     kept = t[t != ignore_index]
     if kept.numel() == 0:
-        return checksum, _INT64_MAX, _INT64_MIN
-    return checksum, int(kept.min().item()), int(kept.max().item())
+        return _target_digest(t), _INT64_MAX, _INT64_MIN
+    return _target_digest(t), int(kept.min().item()), int(kept.max().item())
 
 
 def _handshake(fn: str, group: Any, row: Sequence[int], error: Exception | None) -> list[list[int]]:
@@ -180,7 +206,12 @@ def _handshake(fn: str, group: Any, row: Sequence[int], error: Exception | None)
 def _check_table(
     fn: str, table: list[list[int]], rank: int, *, logits_arg: str, weight_arg: str
 ) -> _Layout:
-    """The checks every rank runs on the same gathered table: same result on every rank."""
+    """The checks every rank runs on the same gathered table: same result on every rank.
+
+    The target is checked on every rank: each rank's own range (before the digests, so that
+    a bad class index on one rank is reported as such), then each rank's digest against
+    rank 0's.
+    """
     col = {name: [r[i] for r in table] for i, name in enumerate(_COLUMNS)}
 
     def same(name: str, arg: str, shown: Sequence[object], what: str = "be the same") -> None:
@@ -198,9 +229,6 @@ def _check_table(
     grads = [bool(g) for g in col["hidden_grad"]]
     same("hidden_grad", "hidden", grads, "have the same requires_grad")
     same("rows", logits_arg, list(col["rows"]), "have the same number of rows")
-    if len(set(col["checksum"])) > 1:
-        differ = [r for r, c in enumerate(col["checksum"]) if c != col["checksum"][0]]
-        fail(fn, "target", "be identical on every rank", f"a different target on ranks {differ}")
     widths = tuple(col["width"])
     vocab = sum(widths)
     vocab_size = col["vocab_size"][0]
@@ -213,15 +241,27 @@ def _check_table(
         )
     if vocab == 0:
         fail(fn, "the shard widths", "add up to at least one class", f"widths {list(widths)}")
-    tmin, tmax = col["tmin"][0], col["tmax"][0]
-    if tmin <= tmax and (tmin < 0 or tmax >= vocab):
+    ranges = list(zip(col["tmin"], col["tmax"], strict=True))
+    bad = [r for r, (lo, hi) in enumerate(ranges) if lo <= hi and (lo < 0 or hi >= vocab)]
+    if bad:
+        lo, hi = ranges[bad[0]]
+        shown = f"values in [{lo}, {hi}]"
+        if len(bad) < len(ranges) or len(set(ranges)) > 1:
+            # not the same bad target everywhere: say where (the first such rank, and how many)
+            shown += f" on rank {bad[0]}"
+            if len(bad) > 1:
+                shown += f" (and on {len(bad) - 1} other rank{'s' if len(bad) > 2 else ''})"
         ignore_index = col["ignore_index"][0]
         fail(
             fn,
             "target",
             f"contain class indices in [0, {vocab}) or ignore_index={ignore_index}",
-            f"values in [{tmin}, {tmax}]",
+            shown,
         )
+    digests = col["digest"]
+    if len(set(digests)) > 1:
+        differ = [r for r, c in enumerate(digests) if c != digests[0]]
+        fail(fn, "target", "be identical on every rank", f"a different target on ranks {differ}")
     start = sum(widths[:rank])
     return _Layout(rank, widths, start, start + widths[rank], vocab)
 
@@ -258,13 +298,13 @@ def _validate(
     try:
         _check_options(fn, reduction, ignore_index, label_smoothing, vocab_size)
         local = local_checks()
-        checksum, tmin, tmax = _target_summary(local.target, ignore_index)
+        digest, tmin, tmax = _target_summary(local.target, ignore_index)
         row = [
             1,
             local.width,
             local.rows,
             _DTYPES.index(local.dtype),
-            checksum,
+            digest,
             tmin,
             tmax,
             _REDUCTIONS.index(reduction),
@@ -433,6 +473,24 @@ def _coefficients(
 # ---------------------------------------------------------------------------------------------
 
 
+def _refuse_double_backward(fn: str) -> None:
+    """Raise our error, before any collective, for a backward with ``create_graph=True``.
+
+    Autograd runs a backward with grad mode on exactly when it builds a graph of it. The
+    backward passes here write into preallocated buffers (``out=``), which autograd cannot
+    differentiate; raising first replaces torch's internal error with a clear one, on every
+    rank that runs the backward, and no rank is left waiting in an all-reduce.
+    """
+    if torch.is_grad_enabled():
+        fail(
+            fn,
+            "backward",
+            "run with create_graph=False (double backward is not supported)",
+            "create_graph=True",
+            RuntimeError,
+        )
+
+
 class _VocabParallelCrossEntropy(torch.autograd.Function):
     """Loss of the gathered logits; backward gives each rank its shard's gradient (no comm)."""
 
@@ -467,6 +525,7 @@ class _VocabParallelCrossEntropy(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
+        _refuse_double_backward("vocab_parallel_cross_entropy")
         logits_shard, target = ctx.saved_tensors
         saved, w, layout, opts = ctx.state
         if logits_shard.shape[1] == 0:
@@ -522,6 +581,7 @@ class _VocabParallelLinearCrossEntropy(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
+        _refuse_double_backward("vocab_parallel_linear_cross_entropy")
         hidden, weight_shard, bias_shard, target = ctx.saved_tensors
         saved, w, layout, opts, group, chunk_size = ctx.state
         need_h, need_w, need_b = ctx.needs_input_grad[:3]
@@ -595,7 +655,8 @@ def vocab_parallel_cross_entropy(
         ``start_r`` is the sum of the widths of the ranks before ``r``.
     target : Tensor, shape (N,)
         Global class indices in ``[0, V)`` (or ``ignore_index``), any integer dtype,
-        **identical on every rank** (checked with a checksum).
+        **identical on every rank**. Each rank checks the range of its own target, and the
+        ranks compare 64-bit BLAKE2b digests of their targets' values, in the handshake.
     group : ProcessGroup, optional
         The ranks that share the vocabulary; the default process group if None.
     weight : Tensor, shape (V_r,), optional
@@ -624,14 +685,19 @@ def vocab_parallel_cross_entropy(
     ------
     TypeError, ValueError
         On every rank, with the same message, if any rank's input is bad: the ranks first
-        exchange one small handshake (shard width, rows, dtype, a target checksum and
-        range, the options), so a bad input on one rank cannot leave the others waiting in
-        a collective. A rank's own bad input is reported as ``"... on rank r"``.
+        exchange one small handshake (shard width, rows, dtype, the digest and range of the
+        rank's target, the options), so a bad input on one rank cannot leave the others
+        waiting in a collective. A rank's own bad input is reported as ``"... on rank r"``;
+        a target out of range on some ranks only as ``"... values in [lo, hi] on rank r"``
+        (the first such rank); targets that differ as ``"target must be identical on every
+        rank, got a different target on ranks [...]"``.
     ValueError
         Locally, without any collective, if there is no process group (every rank is then
         in the same situation).
     RuntimeError
-        From ``torch.distributed`` if a rank dies or the group's timeout expires.
+        From ``torch.distributed`` if a rank dies or the group's timeout expires. Ours, in
+        backward and before it computes anything, if the backward builds a graph
+        (``create_graph=True``): double backward is not supported.
 
     Notes
     -----
@@ -781,6 +847,11 @@ def vocab_parallel_linear_cross_entropy(
         As :func:`vocab_parallel_cross_entropy`, on every rank with the same message; also
         if ``hidden`` has a different width on some rank, or requires grad on some ranks
         only (backward's all-reduce would otherwise wait for ranks that never come).
+    RuntimeError
+        As :func:`vocab_parallel_cross_entropy`: if a rank dies or times out, and ours for
+        a backward with ``create_graph=True``, raised before backward's all-reduce (if only
+        some ranks use ``create_graph=True``, the others wait in that all-reduce until the
+        group's timeout).
 
     Notes
     -----

@@ -1,19 +1,47 @@
 r"""Fused softmax cross-entropy for PyTorch: ``cross_entropy`` and ``linear_cross_entropy``.
 
-Layering: :mod:`._kernels` (blocked torch ops) → the ``autograd.Function`` classes here →
-the two public functions (validation once, at the boundary) → :mod:`.modules`.
+Layering: :mod:`._kernels` (blocked torch ops) → :mod:`._ops` (the kernels as custom ops, one
+graph node each, with fake impls) → the ``autograd.Function`` classes here → the public
+functions (validation once, at the boundary) → :mod:`.modules`.
+
+How each mode is served, and why:
+
+- **First backward** of ``"mean"``/``"sum"``: the forward already computed the gradient
+  (``a − y``, block by block while the logits were in cache); backward hands that buffer out
+  once, rescaled in place by the upstream gradient. No second logits-sized buffer.
+- **A second backward through a retained graph** recomputes the gradient from the saved
+  logits and per-row log-sum-exp instead of handing out the same buffer again, so what a
+  caller did with an earlier gradient never changes a later one.
+- **Backward with** ``create_graph=True`` (Hessians, gradient penalties, MAML) computes the
+  closed-form gradient with differentiable torch ops (``softmax(x)·a − y``), so every higher
+  derivative is autograd's own.
+- **torch.func** transforms (``grad``, ``vmap``, ``jacrev``, ...), class ``weight`` or
+  probability ``target`` that require grad, and small problems (fewer than
+  :data:`DIRECT_MAX_ELEMENTS` logits, where a fused kernel's fixed cost exceeds its saving)
+  go to the composite reference ``torch.nn.functional.cross_entropy`` itself: bit-for-bit the
+  function we stand in for.
+- **torch.compile / meta / FakeTensor**: the kernels are custom ops with fake impls, the
+  public functions read nothing on the host, and the ``autograd.Function`` backward is
+  functional under compilation, so ``fullgraph=True`` traces with no graph break.
+- **Autocast**: ``F.cross_entropy`` is on autocast's float32 list; so are we — the loss comes
+  back in float32 but the logits are *not* copied to float32 (the kernels accumulate in
+  float32 block by block). ``linear_cross_entropy`` casts ``hidden``/``weight``/``bias`` to the
+  autocast dtype first, as ``F.linear`` would, so its matmuls run there.
 """
 
 from __future__ import annotations
 
+import numbers
+import operator
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
-from torch.autograd.function import once_differentiable
 
 from .._validation import fail
 from . import _kernels as K
+from . import _ops
 from ._checks import (
     check_chunk_size,
     check_class_weight,
@@ -23,87 +51,130 @@ from ._checks import (
     describe,
 )
 
-__all__ = ["cross_entropy", "linear_cross_entropy"]
+__all__ = ["DIRECT_MAX_ELEMENTS", "cross_entropy", "linear_cross_entropy"]
+
+#: Logits (elements) up to which :func:`cross_entropy` calls ``F.cross_entropy`` directly:
+#: below it the fused path's fixed cost (Python blocks, custom-op dispatch) exceeds what it
+#: saves. Measured by ``benchmarks/bench_torch.py`` (the "small inputs" table).
+DIRECT_MAX_ELEMENTS = 1 << 16
+
+#: Rows × classes up to which :func:`linear_cross_entropy` composes ``F.linear`` and
+#: ``F.cross_entropy`` directly (its logits are small enough to materialise).
+LINEAR_DIRECT_MAX_ELEMENTS = 1 << 16
 
 
-def _check_indices(target: Tensor, num_classes: int, ignore_index: int, fn: str) -> None:
-    if target.numel() == 0:
-        return
-    valid = target != ignore_index
-    if not bool(valid.any()):
-        return
-    lo, hi = int(target[valid].min()), int(target[valid].max())
-    if lo < 0 or hi >= num_classes:
-        fail(
-            fn,
-            "target",
-            f"contain class indices in [0, {num_classes}) or ignore_index={ignore_index}",
-            f"values in [{lo}, {hi}]",
-        )
+def _compiling() -> bool:
+    return torch.compiler.is_compiling()
 
 
-def _needs_grad(*tensors: Tensor | None) -> bool:
-    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+def _transforms_active() -> bool:
+    """A ``torch.func`` transform (grad, vmap, jacrev, ...) is tracing this call."""
+    return not _compiling() and torch._C._are_functorch_transforms_active()
+
+
+def _autocast_on(x: Tensor) -> bool:
+    dev = x.device.type
+    return dev in ("cpu", "cuda", "xpu", "mps") and torch.is_autocast_enabled(dev)
+
+
+def _autocast_dtype(dtype: torch.dtype) -> torch.dtype:
+    """What autocast's float32 list makes of a floating dtype."""
+    return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
 
 
 def _is_one(g: Tensor) -> bool:
-    return g.numel() == 1 and bool(g == 1)
+    """``g == 1``, read on the host only where that is free (a real CPU tensor)."""
+    if _compiling() or type(g) is not Tensor or g.device.type != "cpu" or g.numel() != 1:
+        return False
+    return bool(g == 1)
 
 
-def _index_setup(
+def _scaled(g: Tensor, factor: Tensor, *, inplace: bool) -> Tensor:
+    """``g * factor`` in ``g``'s dtype (``factor`` 0-d or broadcastable), in place if allowed."""
+    if _is_one(factor):
+        return g
+    f = factor.to(K.compute_dtype(g.dtype)) if factor.dtype != g.dtype else factor
+    return g.mul_(f) if inplace else g * f
+
+
+class _NoAutocast:
+    """``torch.autocast(enabled=False)`` only when autocast is on (the common case costs 0)."""
+
+    def __init__(self, x: Tensor) -> None:
+        self.ctx = torch.autocast(x.device.type, enabled=False) if _autocast_on(x) else None
+
+    def __enter__(self) -> None:
+        if self.ctx is not None:
+            self.ctx.__enter__()  # type: ignore[no-untyped-call]
+
+    def __exit__(self, *exc: object) -> None:
+        if self.ctx is not None:
+            self.ctx.__exit__(None, None, None)
+
+
+# --------------------------------------------------------------------------- reference grads
+
+
+def _classes_last(x: Tensor) -> Tensor:
+    return x.movedim(1, -1) if x.dim() >= 3 else x
+
+
+def _classes_back(g: Tensor, like: Tensor) -> Tensor:
+    return g.movedim(-1, 1) if like.dim() >= 3 else g
+
+
+def _index_grad_reference(
+    x: Tensor,
     target: Tensor,
     weight: Tensor | None,
     ignore_index: int,
     reduction: str,
-    num_classes: int,
-    cdt: torch.dtype,
-) -> tuple[Tensor, Tensor, Tensor, Tensor | float]:
-    """(valid rows, w_{y_i} (0 if ignored), ∂reduced/∂ℓ_i, W = Σ_c w_c)."""
-    valid = target != ignore_index
-    safe = torch.where(valid, target, 0).to(torch.int64)
-    if weight is None:
-        tw = valid.to(cdt)
-        total: Tensor | float = float(num_classes)
-    else:
-        tw = torch.where(valid, weight[safe], 0.0)
-        total = weight.sum()
-    if reduction == "mean":
-        scale = torch.where(valid, 1.0 / tw.sum(), 0.0)
-    else:
-        scale = valid.to(cdt)
-    return valid, tw, scale, total
-
-
-def _index_losses(
-    stats: K.RowStats,
-    lse: Tensor,
-    valid: Tensor,
-    tw: Tensor,
     eps: float,
-    num_classes: int,
-    total: Tensor | float,
+    upstream: Tensor,
 ) -> Tensor:
-    """ℓ_i = (1−ε) w_y (lse − x_y) + (ε/C) (W lse − Σ_c w_c x_c), 0 for ignored rows."""
-    loss = tw * K.row_nll(stats, lse) if eps == 0 else (1.0 - eps) * tw * K.row_nll(stats, lse)
+    """``∂L/∂x`` for index targets in differentiable torch ops (the double-backward path):
+    ``s_i u_i (a_i softmax(x_i) − (1−ε) w_y e_y − (ε/C) w)``, with ``a_i`` as in
+    :func:`cross_entropy`'s Notes."""
+    cdt = K.compute_dtype(x.dtype)
+    xl = _classes_last(x).to(cdt)
+    num_classes = xl.shape[-1]
+    w = None if weight is None else weight.to(cdt)
+    valid, tw, scale = _ops.row_scales(target, w, ignore_index, reduction, cdt)
+    total: Tensor | float = float(num_classes) if w is None else w.sum()
+    p = torch.softmax(xl, dim=-1)
+    a = (1.0 - eps) * tw + (eps / num_classes) * total
+    safe = torch.where(valid, target, 0).to(torch.int64)
+    onehot = F.one_hot(safe, num_classes).to(cdt)
+    g = a.unsqueeze(-1) * p - ((1.0 - eps) * tw).unsqueeze(-1) * onehot
     if eps:
-        assert stats.sum_logits is not None  # requested whenever eps > 0
-        loss = loss + (eps / num_classes) * (total * lse - stats.sum_logits)
-    return torch.where(valid, loss, 0.0)
+        g = g - (eps / num_classes) * (1.0 if w is None else w)
+    g = g * (upstream.to(cdt) * scale).unsqueeze(-1)
+    g = torch.where(valid.unsqueeze(-1), g, 0.0)
+    return _classes_back(g, x).to(x.dtype)
 
 
-def _reduce(loss: Tensor, reduction: str, denom: Tensor | float, dtype: torch.dtype) -> Tensor:
-    if reduction == "none":
-        return loss.to(dtype)
-    total = loss.sum()
-    if reduction == "mean":
-        total = total / denom
-    return total.to(dtype)
+def _prob_grad_reference(
+    x: Tensor, target: Tensor, weight: Tensor | None, eps: float, row_grad: Tensor
+) -> Tensor:
+    """``u_i (A_i softmax(x_i) − w ⊙ y'_i)`` in differentiable torch ops."""
+    cdt = K.compute_dtype(x.dtype)
+    xl = _classes_last(x).to(cdt)
+    num_classes = xl.shape[-1]
+    y = _classes_last(target).to(cdt)
+    if eps:
+        y = y * (1.0 - eps) + eps / num_classes
+    if weight is not None:
+        y = y * weight.to(cdt)
+    g = y.sum(dim=-1, keepdim=True) * torch.softmax(xl, dim=-1) - y
+    g = g * row_grad.to(cdt).unsqueeze(-1)
+    return _classes_back(g, x).to(x.dtype)
+
+
+# --------------------------------------------------------------------------- autograd
 
 
 class _CrossEntropyIndex(torch.autograd.Function):
-    """Class-index targets. Scalar reductions with a gradient needed: one fused sweep in forward
-    computes the loss *and* its gradient (the article's ``a − y``); backward only rescales it.
-    ``"none"``: forward keeps per-row statistics; backward recomputes ``exp(x − lse)``."""
+    """Class-index targets (see the module docstring for the backward modes)."""
 
     @staticmethod
     def forward(  # type: ignore[override]
@@ -115,71 +186,49 @@ class _CrossEntropyIndex(torch.autograd.Function):
         reduction: str,
         eps: float,
         fused: bool,
+        out_dtype: torch.dtype,
     ) -> Tensor:
-        cdt = K.compute_dtype(logits.dtype)
-        x = logits.movedim(1, -1) if logits.dim() >= 3 else logits
-        num_classes = x.shape[-1]
-        w = None if weight is None else weight.to(cdt)
-        valid, tw, scale, total = _index_setup(target, w, ignore_index, reduction, num_classes, cdt)
-        if fused:
-            grad = K.empty_buffer(tuple(logits.shape), logits.dtype, logits.device)
-            g = grad.movedim(1, -1) if logits.dim() >= 3 else grad
-            stats, _ = K.logits_fused(
-                x,
-                target,
-                scale,
-                tw,
-                label_smoothing=eps,
-                weight_total=total,
-                class_weight=w,
-                out=g,
+        with _NoAutocast(logits):
+            loss, lse, q, grad, pre = _ops.index_forward(
+                logits, target, weight, ignore_index, reduction, eps, fused
             )
-            ctx.save_for_backward(grad)
+        ctx.compiled = _compiling()
+        ctx.options = (ignore_index, reduction, eps)
+        ctx.fused = fused
+        ctx.grad = None
+        if fused and ctx.compiled:
+            ctx.save_for_backward(logits, target, weight, lse, q, pre, grad)
         else:
-            stats = K.logits_row_stats(x, target, class_weight=w, with_sum=bool(eps))
-        lse = K.row_lse(stats)
-        loss = _index_losses(stats, lse, valid, tw, eps, num_classes, total)
-        if not fused:
-            ctx.save_for_backward(
-                logits, target, lse, stats.max, stats.sumexp, stats.target_logit, scale, tw, w
-            )
-            ctx.total, ctx.has_target = total, stats.has_target
-        ctx.fused, ctx.eps, ctx.num_classes = fused, eps, num_classes
-        return _reduce(loss, reduction, tw.sum(), logits.dtype)
+            ctx.save_for_backward(logits, target, weight, lse, q, pre)
+            ctx.grad = grad if fused else None
+        return loss.to(out_dtype)
 
     @staticmethod
-    @once_differentiable  # type: ignore[untyped-decorator]
     def backward(ctx: Any, grad_out: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
-        none = (None,) * 6
+        none = (None,) * 7
+        logits, target, weight, lse, q, pre, *kept = ctx.saved_tensors
+        ignore_index, reduction, eps = ctx.options
+        if torch.is_grad_enabled():  # create_graph=True: differentiable formula
+            g = _index_grad_reference(
+                logits, target, weight, ignore_index, reduction, eps, grad_out
+            )
+            return (g, *none)
+        if ctx.fused and kept:  # compiled: functional
+            return (_scaled(kept[0], grad_out / pre, inplace=False), *none)
         if ctx.fused:
-            (grad,) = ctx.saved_tensors
-            if not _is_one(grad_out):
-                # In place on the saved buffer: it bumps the version counter, so a second
-                # backward through a retained graph fails loudly instead of rescaling twice.
-                grad.mul_(grad_out.to(grad.dtype))
-            return (grad, *none)
-        logits, target, lse, m, se, xt, scale, tw, w = ctx.saved_tensors
-        stats = K.RowStats(m, se, xt, ctx.has_target)
-        row_scale = scale * grad_out.to(scale.dtype)
-        coef = K.index_target_coefficients(
-            stats,
-            row_scale,
-            tw,
-            label_smoothing=ctx.eps,
-            num_classes=ctx.num_classes,
-            weight_total=ctx.total,
-        )
-        grad = K.empty_buffer(tuple(logits.shape), logits.dtype, logits.device)
-        moved = logits.dim() >= 3
-        K.logits_grad(
-            logits.movedim(1, -1) if moved else logits,
-            target,
-            lse,
-            coef,
-            class_weight=w,
-            out=grad.movedim(1, -1) if moved else grad,
-        )
-        return (grad, *none)
+            grad, ctx.grad = ctx.grad, None
+            if grad is None:  # a second backward (retained graph): the same sweep again
+                with _NoAutocast(logits):
+                    grad = _ops.index_forward(
+                        logits, target, weight, ignore_index, reduction, eps, True
+                    )[3]
+            # first eager backward: the forward's buffer, handed out once
+            return (_scaled(grad, grad_out / pre, inplace=True), *none)
+        cdt = K.compute_dtype(logits.dtype)
+        _, _, scale = _ops.row_scales(target, weight, ignore_index, reduction, cdt)
+        row_grad = grad_out.to(cdt) * scale
+        g = _ops.index_backward(logits, target, weight, lse, q, row_grad, ignore_index, eps)
+        return (g, *none)
 
 
 class _CrossEntropyInplace(torch.autograd.Function):
@@ -197,28 +246,22 @@ class _CrossEntropyInplace(torch.autograd.Function):
         ignore_index: int,
         reduction: str,
         eps: float,
+        out_dtype: torch.dtype,
     ) -> tuple[Tensor, Tensor]:
-        cdt = K.compute_dtype(logits.dtype)
-        x = logits.movedim(1, -1) if logits.dim() >= 3 else logits
-        num_classes = x.shape[-1]
-        w = None if weight is None else weight.to(cdt)
-        valid, tw, scale, total = _index_setup(target, w, ignore_index, reduction, num_classes, cdt)
-        stats, _ = K.logits_fused(
-            x, target, scale, tw, label_smoothing=eps, weight_total=total, class_weight=w, out=x
-        )
-        lse = K.row_lse(stats)
-        loss = _index_losses(stats, lse, valid, tw, eps, num_classes, total)
+        with _NoAutocast(logits):
+            loss, _, _, pre = _ops.index_forward_inplace(
+                logits, target, weight, ignore_index, reduction, eps
+            )
         ctx.mark_dirty(logits)
-        ctx.save_for_backward(logits)
+        ctx.grad, ctx.pre = logits, pre
         ctx.set_materialize_grads(False)
-        return _reduce(loss, reduction, tw.sum(), logits.dtype), logits
+        return loss.to(out_dtype), logits
 
     @staticmethod
-    @once_differentiable  # type: ignore[untyped-decorator]
     def backward(  # type: ignore[override]
         ctx: Any, grad_out: Tensor | None, grad_overwritten: Tensor | None
     ) -> tuple[Tensor | None, ...]:
-        none = (None,) * 5
+        none = (None,) * 6
         if grad_overwritten is not None:
             raise RuntimeError(
                 "cross_entropy: input was overwritten by its gradient (inplace_backward=True) "
@@ -226,10 +269,19 @@ class _CrossEntropyInplace(torch.autograd.Function):
             )
         if grad_out is None:
             return (None, *none)
-        (grad,) = ctx.saved_tensors
-        if not _is_one(grad_out):
-            grad.mul_(grad_out.to(grad.dtype))
-        return (grad, *none)
+        if torch.is_grad_enabled():
+            raise RuntimeError(
+                "cross_entropy: double backward (create_graph=True) is not supported with "
+                "inplace_backward=True: the logits it would need were overwritten by the "
+                "gradient; call without inplace_backward"
+            )
+        if ctx.grad is None:
+            raise RuntimeError(
+                "cross_entropy: with inplace_backward=True the gradient can be taken once; "
+                "a second backward through a retained graph needs inplace_backward=False"
+            )
+        grad, ctx.grad = ctx.grad, None
+        return (_scaled(grad, grad_out / ctx.pre, inplace=True), *none)
 
 
 class _CrossEntropyProb(torch.autograd.Function):
@@ -243,44 +295,91 @@ class _CrossEntropyProb(torch.autograd.Function):
         weight: Tensor | None,
         reduction: str,
         eps: float,
+        out_dtype: torch.dtype,
     ) -> Tensor:
-        cdt = K.compute_dtype(logits.dtype)
-        moved = logits.dim() >= 3
-        x = logits.movedim(1, -1) if moved else logits
-        y = target.movedim(1, -1) if moved else target
-        w = None if weight is None else weight.to(cdt)
-        lse, loss, amass = K.prob_row_stats(x, y, class_weight=w, label_smoothing=eps)
+        with _NoAutocast(logits):
+            loss, lse, amass = _ops.prob_forward(logits, target, weight, eps)
         rows = loss.numel()
-        ctx.save_for_backward(logits, target, lse, amass, w)
-        ctx.eps, ctx.reduction, ctx.rows = eps, reduction, rows
-        return _reduce(loss, reduction, float(rows), logits.dtype)
+        if reduction != "none":
+            loss = loss.sum()
+            if reduction == "mean":
+                loss = loss / rows
+        ctx.save_for_backward(logits, target, weight, lse, amass)
+        ctx.options = (reduction, eps, rows)
+        return loss.to(out_dtype)
 
     @staticmethod
-    @once_differentiable  # type: ignore[untyped-decorator]
     def backward(ctx: Any, grad_out: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
-        logits, target, lse, amass, w = ctx.saved_tensors
-        factor = 1.0 / ctx.rows if ctx.reduction == "mean" else 1.0
-        row_scale = (grad_out.to(lse.dtype) * factor).expand(lse.shape)
-        grad = K.empty_buffer(tuple(logits.shape), logits.dtype, logits.device)
-        moved = logits.dim() >= 3
-        K.prob_grad(
-            logits.movedim(1, -1) if moved else logits,
-            target.movedim(1, -1) if moved else target,
-            lse,
-            row_scale,
-            amass,
-            class_weight=w,
-            label_smoothing=ctx.eps,
-            out=grad.movedim(1, -1) if moved else grad,
-        )
-        return (grad, None, None, None, None)
+        logits, target, weight, lse, amass = ctx.saved_tensors
+        reduction, eps, rows = ctx.options
+        row_grad = grad_out.to(K.compute_dtype(logits.dtype))
+        if reduction == "mean":
+            row_grad = row_grad / rows
+        row_grad = row_grad.expand(lse.shape)
+        if torch.is_grad_enabled():
+            g = _prob_grad_reference(logits, target, weight, eps, row_grad)
+        else:
+            g = _ops.prob_backward(logits, target, weight, lse, amass, row_grad, eps)
+        return (g, None, None, None, None, None)
+
+
+# --------------------------------------------------------------------------- arguments
+
+
+def _legacy_reduction(size_average: object, reduce: object, reduction: object) -> object:
+    if size_average is None and reduce is None:
+        return reduction
+    from torch.nn import _reduction
+
+    return _reduction.legacy_get_string(size_average, reduce)  # type: ignore[arg-type]
+
+
+def _as_float(fn: str, arg: str, value: object) -> object:
+    """NumPy scalars and 0-d tensors become Python floats, as ``F`` accepts them."""
+    if isinstance(value, Tensor) and value.dim() == 0 and value.is_floating_point():
+        return float(value)
+    if isinstance(value, numbers.Real) and not isinstance(value, (bool, int, float)):
+        return float(value)
+    return value
+
+
+def _as_int(value: object) -> object:
+    if isinstance(value, Tensor) and value.dim() == 0 and not value.is_floating_point():
+        return int(value)
+    if not isinstance(value, (bool, int)) and isinstance(value, numbers.Integral):
+        return operator.index(value)
+    return value
+
+
+def _reference_call(
+    fn: str,
+    call: Any,
+    target: Tensor,
+    num_classes: int,
+    ignore_index: int,
+) -> Tensor:
+    """Run ``call()`` (a composite ``torch.nn.functional`` form); a bad target raises our
+    error, not torch's."""
+    try:
+        out: Tensor = call()
+    except (IndexError, RuntimeError):
+        if not target.is_floating_point() and type(target) is Tensor:
+            if target.device.type == "cpu":
+                _ops.check_targets(target, num_classes, ignore_index, fn)
+        raise
+    return out
+
+
+# --------------------------------------------------------------------------- public
 
 
 def cross_entropy(
     input: Tensor,
     target: Tensor,
     weight: Tensor | None = None,
+    size_average: bool | None = None,
     ignore_index: int = -100,
+    reduce: bool | None = None,
     reduction: str = "mean",
     label_smoothing: float = 0.0,
     *,
@@ -288,39 +387,52 @@ def cross_entropy(
 ) -> Tensor:
     r"""Softmax cross-entropy of logits: a fused drop-in for ``torch.nn.functional.cross_entropy``.
 
-    Same arguments, results, dtypes and gradients as ``F.cross_entropy``, computed in row
-    blocks with one gradient-sized buffer: the forward keeps per-row statistics (or, for
-    ``"mean"``/``"sum"`` when a gradient is needed, computes the gradient itself while each
-    block of logits is in cache), never a log-softmax copy.
+    Same arguments (in the same positional order, including the deprecated ``size_average``
+    and ``reduce``), results, dtypes and gradients as ``F.cross_entropy``, in every autograd
+    mode: first and higher-order derivatives, ``torch.func``, ``torch.compile(fullgraph=True)``,
+    meta tensors, autocast. For ``"mean"``/``"sum"`` the gradient is computed during the
+    forward, block by block while the logits are in cache, so the only logits-sized buffer is
+    the gradient itself (``F`` needs three).
 
     Parameters
     ----------
     input : Tensor, shape ``(C,)``, ``(N, C)`` or ``(N, C, d1, ..., dK)``
         Unnormalised logits, any floating dtype (float16/bfloat16 accumulate in float32).
     target : Tensor
-        Class indices (integer dtype), shape ``()``, ``(N,)`` or ``(N, d1, ..., dK)``, each in
-        ``[0, C)`` or equal to ``ignore_index``; or class probabilities of the input's shape.
+        Class indices (any integer dtype), shape ``()``, ``(N,)`` or ``(N, d1, ..., dK)``, each
+        in ``[0, C)`` or equal to ``ignore_index``; or class probabilities of the input's
+        shape (floating dtype).
     weight : Tensor, shape ``(C,)``, optional
-        A rescaling weight per class.
+        A rescaling weight per class, of the input's dtype (any floating dtype under
+        autocast).
+    size_average, reduce : bool, optional
+        Deprecated, as in ``F.cross_entropy``: when either is given they set ``reduction``
+        (with PyTorch's deprecation warning).
     ignore_index : int
-        Target value that contributes neither loss nor gradient (index targets only).
+        Target value that contributes neither loss nor gradient (index targets only; must stay
+        -100 with probability targets, as in ``F``).
     reduction : {"mean", "sum", "none"}
         ``"mean"`` divides by the summed weights of the non-ignored targets (index targets)
         or by the number of rows (probability targets), as PyTorch does.
     label_smoothing : float in [0, 1]
-        Mix ``ε`` of the uniform distribution into the targets.
+        Mix ``ε`` of the uniform distribution into the targets (a float, NumPy scalar or 0-d
+        tensor).
     inplace_backward : bool
         Opt-in (not in ``F.cross_entropy``): write the gradient into ``input``'s own buffer
         during the forward, saving the gradient-sized allocation. ``input`` then holds the
         gradient; autograd sees the write (version counter), so using ``input`` after the
         loss, or a graph that saved it, raises instead of computing wrong gradients; ``input``
         must not be a leaf. Only for class-index targets and ``"mean"``/``"sum"``, and only
-        when a gradient is needed (otherwise ignored).
+        when a gradient is needed (otherwise ignored; also ignored under ``torch.compile`` and
+        ``torch.func``, where the result is the same without the saving). Views
+        (``logits.view(-1, V)``, slices) are supported; double backward is not (raises).
 
     Returns
     -------
     Tensor
-        0-d (``"mean"``, ``"sum"``) or of the target's row shape (``"none"``), input's dtype.
+        0-d (``"mean"``, ``"sum"``) or of the target's row shape (``"none"``). Dtype as
+        ``F.cross_entropy``'s: the input's (index targets), the promotion of input and
+        target dtypes (probability targets), float32 for half-precision input under autocast.
 
     Notes
     -----
@@ -337,15 +449,25 @@ def cross_entropy(
     with ``a = (1 − ε) w_y + (ε/C) Σ_c w_c``: the article's ``a − y``. The true-class entry
     is computed as ``(ε/C)(Σw − w_y) − a Σ_{c≠y} p_c``, which does not cancel when
     ``p_y → 1``. ``"mean"`` divides by ``Σ_i w_{y_i}`` over non-ignored rows, smoothing term
-    included (PyTorch's quirk); if every target is ignored the mean is NaN (0/0) and the
-    gradient is 0, as in PyTorch. For probability targets ``y'`` = ``(1 − ε) y + ε/C``,
-    ``ℓ = −Σ_c w_c y'_c log p_c`` and ``∂ℓ/∂x_c = (Σ_k w_k y'_k) p_c − w_c y'_c``.
+    included (PyTorch's quirk); if every target is ignored (or the batch is empty) the mean is
+    NaN (0/0) and the gradient is 0, as in PyTorch. For probability targets
+    ``y'`` = ``(1 − ε) y + ε/C``, ``ℓ = −Σ_c w_c y'_c log p_c`` and
+    ``∂ℓ/∂x_c = (Σ_k w_k y'_k) p_c − w_c y'_c``.
 
-    For ``"mean"``/``"sum"`` the gradient is computed in the forward and saved (the only
-    gradient-sized buffer); ``backward`` rescales it in place by the upstream gradient (a no-op
-    when it is 1), so backpropagating twice through a retained graph with an upstream other
-    than 1 raises autograd's "modified by an inplace operation" error rather than giving a
-    wrong result. Double backward is not supported: differentiating the gradient raises.
+    What is checked, where and when: argument types, dtypes, shapes and option values at the
+    call, from metadata only (no host read, so also under ``torch.compile`` and on meta
+    tensors). The target *values* (class range) are checked inside the kernel: on CPU with a
+    clear ``ValueError`` before anything is computed (eager and compiled alike); on other
+    devices by a device-side assertion, as ``F.cross_entropy`` does — no host sync.
+
+    Which path runs: small problems (at most :data:`DIRECT_MAX_ELEMENTS` logits), ``torch.func``
+    transforms, and a ``weight`` or probability ``target`` that requires grad go to
+    ``F.cross_entropy`` itself (the fused kernel cannot win there, or the gradient it would
+    need is not one it computes); everything else runs the fused kernels. The fused first
+    backward hands out the forward's gradient once (rescaled in place); a second backward
+    through a retained graph recomputes it; ``create_graph=True`` uses differentiable ops.
+    Float16 gradients are stored pre-multiplied by a power of two so that a ``GradScaler``'s
+    scale does not meet already-flushed zeros.
 
     Examples
     --------
@@ -354,7 +476,7 @@ def cross_entropy(
     >>> x = torch.tensor([[2.0, 0.5, -1.0], [0.0, 0.0, 3.0]], requires_grad=True)
     >>> loss = cross_entropy(x, torch.tensor([0, 2]))
     >>> loss
-    tensor(0.1681, grad_fn=<_CrossEntropyIndexBackward>)
+    tensor(0.1681, grad_fn=<NllLossBackward0>)
     >>> loss.backward()
     >>> x.grad
     tensor([[-0.1072,  0.0876,  0.0196],
@@ -365,19 +487,26 @@ def cross_entropy(
     if x.dim() == 0:
         fail(fn, "input", "have at least 1 dimension (classes)", "shape ()")
     t = check_tensor(fn, "target", target)
-    red, eps, ignore = check_options(fn, reduction, label_smoothing, ignore_index)
+    reduction = _legacy_reduction(size_average, reduce, reduction)  # type: ignore[assignment]
+    red, eps, ignore = check_options(
+        fn, reduction, _as_float(fn, "label_smoothing", label_smoothing), _as_int(ignore_index)
+    )
     if not isinstance(inplace_backward, bool):
         fail(fn, "inplace_backward", "be a bool", describe(inplace_backward), TypeError)
-    if inplace_backward and (red == "none" or t.is_floating_point()):
-        fail(
-            fn,
-            "inplace_backward",
-            "be False with reduction='none' or probability targets",
-            f"True with reduction={red!r} and target dtype {t.dtype}",
-        )
+    autocast = _autocast_on(x)
     num_classes = x.shape[1] if x.dim() >= 2 else x.shape[0]
-    w = check_class_weight(fn, "weight", weight, num_classes)
-    if t.is_floating_point():
+    w = check_class_weight(fn, "weight", weight, num_classes, device=x.device)
+    if w is not None and not autocast and w.dtype != x.dtype:
+        fail(fn, "weight", f"have the input's dtype {x.dtype}", f"dtype {w.dtype}", TypeError)
+    prob = t.is_floating_point()
+    if prob:
+        if inplace_backward:
+            fail(
+                fn,
+                "inplace_backward",
+                "be False with reduction='none' or probability targets",
+                f"True with reduction={red!r} and target dtype {t.dtype}",
+            )
         if t.shape != x.shape:
             fail(
                 fn,
@@ -385,31 +514,78 @@ def cross_entropy(
                 f"have the input's shape {tuple(x.shape)} (probabilities)",
                 f"shape {tuple(t.shape)}",
             )
-        out: Tensor = _CrossEntropyProb.apply(x, t, w, red, eps)  # type: ignore[no-untyped-call]
+        if ignore != -100:
+            fail(fn, "ignore_index", "be -100 (unused) with probability targets", ignore)
+        if t.device != x.device:
+            fail(fn, "target", f"be on the input's device {x.device}", f"device {t.device}")
+    else:
+        if t.dtype == torch.bool or t.is_complex():
+            fail(
+                fn,
+                "target",
+                "have an integer (class indices) or floating dtype",
+                f"dtype {t.dtype}",
+                TypeError,
+            )
+        rows = tuple(x.shape[:1]) + tuple(x.shape[2:]) if x.dim() >= 2 else ()
+        if tuple(t.shape) != rows:
+            fail(
+                fn,
+                "target",
+                f"have shape {rows} (the input's without the class dimension)",
+                f"shape {tuple(t.shape)}",
+            )
+        if t.device != x.device:
+            fail(fn, "target", f"be on the input's device {x.device}", f"device {t.device}")
+        if inplace_backward and red == "none":
+            fail(
+                fn,
+                "inplace_backward",
+                "be False with reduction='none' or probability targets",
+                f"True with reduction={red!r} and target dtype {t.dtype}",
+            )
+    grad_on = torch.is_grad_enabled()
+    wants_inplace = inplace_backward and grad_on and x.requires_grad and not _compiling()
+    if (
+        (not wants_inplace and x.numel() <= DIRECT_MAX_ELEMENTS)
+        or _transforms_active()
+        or (grad_on and w is not None and w.requires_grad)
+        or (grad_on and prob and t.requires_grad)
+    ):
+        return _reference_call(
+            fn,
+            lambda: F.cross_entropy(
+                x, t, w, ignore_index=ignore, reduction=red, label_smoothing=eps
+            ),
+            t,
+            num_classes,
+            ignore,
+        )
+    if prob:
+        xd, td = x.dtype, t.dtype
+        if autocast:
+            xd, td = _autocast_dtype(xd), _autocast_dtype(td)
+        out_dtype = torch.promote_types(xd, td)
+        out: Tensor = _CrossEntropyProb.apply(x, t, w, red, eps, out_dtype)  # type: ignore[no-untyped-call]
         return out
-    if t.dtype == torch.bool or t.is_complex():
-        fail(
-            fn,
-            "target",
-            "have an integer (class indices) or floating dtype",
-            f"dtype {t.dtype}",
-            TypeError,
-        )
-    rows = tuple(x.shape[:1]) + tuple(x.shape[2:]) if x.dim() >= 2 else ()
-    if tuple(t.shape) != rows:
-        fail(
-            fn,
-            "target",
-            f"have shape {rows} (the input's without the class dimension)",
-            f"shape {tuple(t.shape)}",
-        )
-    _check_indices(t, num_classes, ignore, fn)
-    fused = red != "none" and _needs_grad(x)
-    if inplace_backward and fused:
+    if not t.dtype == torch.int64:
+        t = t.to(torch.int64)
+    out_dtype = _autocast_dtype(x.dtype) if autocast else x.dtype
+    if wants_inplace:
+        if x.is_leaf:
+            fail(
+                fn,
+                "input",
+                "not be a leaf that requires grad with inplace_backward=True (it is "
+                "overwritten by its gradient; pass the output of an operation)",
+                describe(x),
+                RuntimeError,
+            )
         loss: Tensor
-        loss, _ = _CrossEntropyInplace.apply(x, t, w, ignore, red, eps)  # type: ignore[no-untyped-call]
+        loss, _ = _CrossEntropyInplace.apply(x, t, w, ignore, red, eps, out_dtype)  # type: ignore[no-untyped-call]
         return loss
-    out = _CrossEntropyIndex.apply(x, t, w, ignore, red, eps, fused)  # type: ignore[no-untyped-call]
+    fused = red != "none" and grad_on and x.requires_grad
+    out = _CrossEntropyIndex.apply(x, t, w, ignore, red, eps, fused, out_dtype)  # type: ignore[no-untyped-call]
     return out
 
 
@@ -421,8 +597,9 @@ class _LinearCrossEntropy(torch.autograd.Function):
 
     ``"mean"``/``"sum"`` with a gradient needed: each chunk of logits is computed once, turned
     into its gradient in place and folded into ``d hidden``, ``d weight``, ``d bias`` during the
-    forward (three matmuls in all); backward rescales them. ``"none"``: forward saves per-row
-    statistics and backward recomputes each chunk with the upstream gradient (four matmuls).
+    forward (three matmuls in all); the first backward rescales them. A second backward through
+    a retained graph, and ``"none"``, recompute each chunk (four matmuls); ``create_graph=True``
+    materialises the logits and differentiates the closed form with torch ops.
     """
 
     @staticmethod
@@ -436,101 +613,109 @@ class _LinearCrossEntropy(torch.autograd.Function):
         ignore_index: int,
         reduction: str,
         eps: float,
-        chunk: int | None,
+        chunk: int,
         needs: tuple[bool, bool, bool],
+        out_dtype: torch.dtype,
     ) -> Tensor:
-        fused = reduction != "none" and any(needs)
-        cdt = K.compute_dtype(hidden.dtype)
-        num_classes = weight.shape[0]
-        w = None if class_weight is None else class_weight.to(cdt)
-        valid, tw, scale, total = _index_setup(target, w, ignore_index, reduction, num_classes, cdt)
-        common = dict(bias=bias, class_weight=w, chunk_rows=chunk)
-        if fused:
-            stats, grads = K.linear_fused(
-                hidden,
-                weight,
-                target,
-                scale,
-                tw,
-                label_smoothing=eps,
-                weight_total=total,
-                need_hidden=needs[0],
-                need_weight=needs[1],
-                need_bias=needs[2],
-                **common,  # type: ignore[arg-type]
-            )
-            # Kept in compute dtype: backward rescales, then rounds once to the input dtype.
-            ctx.save_for_backward(grads.hidden, grads.weight, grads.bias)
-            ctx.dtypes = (hidden.dtype, weight.dtype, None if bias is None else bias.dtype)
-        else:
-            stats = K.linear_row_stats(
-                hidden,
-                weight,
-                target,
-                with_sum=bool(eps),
-                **common,  # type: ignore[arg-type]
-            )
-        lse = K.row_lse(stats)
-        loss = _index_losses(stats, lse, valid, tw, eps, num_classes, total)
-        if not fused:
-            ctx.save_for_backward(
+        with _NoAutocast(hidden):
+            loss, lse, q, dh, dw, db = _ops.linear_forward(
                 hidden,
                 weight,
                 bias,
                 target,
-                lse,
-                stats.max,
-                stats.sumexp,
-                stats.target_logit,
-                scale,
-                tw,
-                w,
+                class_weight,
+                ignore_index,
+                reduction,
+                eps,
+                chunk,
+                *needs,
             )
-            ctx.total, ctx.has_target = total, stats.has_target
-        ctx.fused, ctx.eps, ctx.chunk = fused, eps, chunk
-        return _reduce(loss, reduction, tw.sum(), hidden.dtype)
+        fused = reduction != "none" and any(needs)
+        ctx.compiled = _compiling()
+        ctx.options = (ignore_index, reduction, eps, chunk)
+        ctx.fused, ctx.needs = fused, needs
+        ctx.grads = None
+        saved = [hidden, weight, bias, target, class_weight, lse, q]
+        if fused and ctx.compiled:
+            saved += [dh, dw, db]
+        elif fused:
+            ctx.grads = (dh, dw, db)
+        ctx.save_for_backward(*saved)
+        return loss.to(out_dtype)
 
     @staticmethod
-    @once_differentiable  # type: ignore[untyped-decorator]
     def backward(ctx: Any, grad_out: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
-        none = (None,) * 7
-        if ctx.fused:
-            out = []
-            for g, dtype in zip(ctx.saved_tensors, ctx.dtypes, strict=True):
-                if g is not None and not _is_one(grad_out):
-                    g.mul_(grad_out.to(g.dtype))  # version bump: see _CrossEntropyIndex
-                out.append(None if g is None else g.to(dtype))
-            return (*out, *none)
-        hidden, weight, bias, target, lse, m, se, xt, scale, tw, w = ctx.saved_tensors
-        stats = K.RowStats(m, se, xt, ctx.has_target)
-        coef = K.index_target_coefficients(
-            stats,
-            scale * grad_out.to(scale.dtype),
-            tw,
-            label_smoothing=ctx.eps,
-            num_classes=weight.shape[0],
-            weight_total=ctx.total,
+        hidden, weight, bias, target, cw, lse, q, *kept = ctx.saved_tensors
+        ignore_index, reduction, eps, chunk = ctx.options
+        need = ctx.needs_input_grad[:3]
+        none = (None,) * 8
+        dtypes = (hidden.dtype, weight.dtype, None if bias is None else bias.dtype)
+        if torch.is_grad_enabled():  # create_graph=True: differentiable formula
+            cdt = K.compute_dtype(hidden.dtype)
+            z = F.linear(hidden.to(cdt), weight.to(cdt), None if bias is None else bias.to(cdt))
+            gz = _index_grad_reference(z, target, cw, ignore_index, reduction, eps, grad_out)
+            grads = (
+                (gz @ weight.to(cdt)) if need[0] else None,
+                (gz.t() @ hidden.to(cdt)) if need[1] else None,
+                gz.sum(dim=0) if bias is not None and need[2] else None,
+            )
+        elif ctx.fused:
+            if kept:
+                raw, inplace = tuple(kept), False
+            else:
+                raw, inplace, ctx.grads = ctx.grads, True, None
+                if raw is None:  # a second backward (retained graph): the same sweep again
+                    with _NoAutocast(hidden):
+                        raw = _ops.linear_forward(
+                            hidden,
+                            weight,
+                            bias,
+                            target,
+                            cw,
+                            ignore_index,
+                            reduction,
+                            eps,
+                            chunk,
+                            *ctx.needs,
+                        )[3:]
+            grads = tuple(  # type: ignore[assignment]
+                _scaled(g, grad_out, inplace=inplace) if n and have else None
+                for g, n, have in zip(raw, need, ctx.needs, strict=True)
+            )
+        else:
+            cdt = K.compute_dtype(hidden.dtype)
+            _, _, scale = _ops.row_scales(target, cw, ignore_index, reduction, cdt)
+            dh, dw, db = _ops.linear_backward(
+                hidden,
+                weight,
+                bias,
+                target,
+                cw,
+                lse,
+                q,
+                grad_out.to(cdt) * scale,
+                ignore_index,
+                eps,
+                chunk,
+                need[0],
+                need[1],
+                bias is not None and need[2],
+            )
+            grads = (
+                dh if need[0] else None,
+                dw if need[1] else None,
+                db if bias is not None and need[2] else None,
+            )
+        out = tuple(
+            None if g is None or d is None else g.reshape(shape).to(d)
+            for g, d, shape in zip(
+                grads,
+                dtypes,
+                (hidden.shape, weight.shape, None if bias is None else bias.shape),
+                strict=True,
+            )
         )
-        need = ctx.needs_input_grad
-        g = K.linear_grad(
-            hidden,
-            weight,
-            target,
-            lse,
-            coef,
-            bias=bias,
-            class_weight=w,
-            chunk_rows=ctx.chunk,
-            need_hidden=need[0],
-            need_weight=need[1],
-            need_bias=bias is not None and need[2],
-        )
-        return (
-            None if g.hidden is None else g.hidden.to(hidden.dtype),
-            None if g.weight is None else g.weight.to(weight.dtype),
-            None if g.bias is None or bias is None else g.bias.to(bias.dtype),
-            *none,
-        )
+        return (*out, *none)
 
 
 def linear_cross_entropy(
@@ -552,7 +737,7 @@ def linear_cross_entropy(
     hidden : Tensor, shape ``(*, D)``
         Last hidden states, floating dtype.
     weight : Tensor, shape ``(C, D)``
-        Output projection (same dtype as ``hidden``).
+        Output projection (same dtype as ``hidden``, any floating dtype under autocast).
     target : Tensor, shape ``(*)``, integer
         Class indices in ``[0, C)`` or ``ignore_index``.
     bias : Tensor, shape ``(C,)``, optional
@@ -562,12 +747,12 @@ def linear_cross_entropy(
     class_weight : Tensor, shape ``(C,)``, optional
         Per-class rescaling weight (``F.cross_entropy``'s ``weight``).
     chunk_size : int, optional
-        Rows of logits alive at a time. Default: about 32 MiB of logits.
+        Rows of logits alive at a time. Default: about 48 MiB of logits.
 
     Returns
     -------
     Tensor
-        0-d, or shape ``(*)`` for ``"none"``; dtype of ``hidden``.
+        0-d, or shape ``(*)`` for ``"none"``; dtype of ``hidden`` (float32 under autocast).
 
     Notes
     -----
@@ -584,7 +769,13 @@ def linear_cross_entropy(
     rescales them; for ``"none"`` the forward keeps the per-row log-sum-exp and backward
     recomputes each chunk with the per-row upstream gradient. Low-precision inputs run their
     matmuls in their dtype (as ``F.linear`` does) and accumulate ``d weight``/``d bias`` and all
-    softmax statistics in float32. Peak memory: the gradients plus one chunk of logits.
+    softmax statistics in float32. Under autocast, ``hidden``, ``weight`` and ``bias`` are
+    first cast to the autocast dtype, exactly as ``F.linear`` would (so the matmuls use it),
+    and the loss is float32. Peak memory: the gradients plus one chunk of logits.
+
+    Double backward (``create_graph=True``) materialises the logits once and differentiates
+    the closed form. ``torch.func`` transforms, a ``class_weight`` that requires grad and tiny
+    problems go to the composite ``F.cross_entropy(F.linear(hidden, weight, bias), ...)``.
 
     Examples
     --------
@@ -593,12 +784,21 @@ def linear_cross_entropy(
     >>> h = torch.tensor([[1.0, 0.0], [0.0, 2.0], [1.0, 1.0]])
     >>> W = torch.tensor([[1.0, 0.0], [0.0, 1.0], [-1.0, 1.0]], requires_grad=True)
     >>> linear_cross_entropy(h, W, torch.tensor([0, 1, 2]), chunk_size=2)
-    tensor(1.0094, grad_fn=<_LinearCrossEntropyBackward>)
+    tensor(1.0094, grad_fn=<NllLossBackward0>)
     """
     fn = "linear_cross_entropy"
     h = check_tensor(fn, "hidden", hidden, floating=True)
     if h.dim() == 0:
         fail(fn, "hidden", "have at least 1 dimension (features)", "shape ()")
+    autocast = _autocast_on(h)
+    if autocast:
+        # F.linear under autocast: hidden, weight and bias in the autocast dtype.
+        low = torch.get_autocast_dtype(h.device.type)
+        if isinstance(weight, Tensor) and weight.is_floating_point():
+            weight = weight.to(low)
+        if isinstance(bias, Tensor) and bias.is_floating_point():
+            bias = bias.to(low)
+        h = h.to(low)
     wt, b = check_projection(fn, h, weight, bias)
     num_classes = wt.shape[0]
     t = check_tensor(fn, "target", target, floating=False)
@@ -609,20 +809,48 @@ def linear_cross_entropy(
             f"have shape {tuple(h.shape[:-1])} (hidden's without features)",
             f"shape {tuple(t.shape)}",
         )
-    red, eps, ignore = check_options(fn, reduction, label_smoothing, ignore_index)
-    cw = check_class_weight(fn, "class_weight", class_weight, num_classes)
+    if t.device != h.device:
+        fail(fn, "target", f"be on hidden's device {h.device}", f"device {t.device}")
+    red, eps, ignore = check_options(
+        fn, reduction, _as_float(fn, "label_smoothing", label_smoothing), _as_int(ignore_index)
+    )
+    cw = check_class_weight(fn, "class_weight", class_weight, num_classes, device=h.device)
     check_chunk_size(fn, chunk_size)
-    _check_indices(t, num_classes, ignore, fn)
+    grad_on = torch.is_grad_enabled()
+    rows = h.numel() // max(1, h.shape[-1])
+    if (
+        rows * num_classes <= LINEAR_DIRECT_MAX_ELEMENTS
+        or _transforms_active()
+        or (grad_on and cw is not None and cw.requires_grad)
+    ):
+        w_ref = cw if cw is None or cw.dtype == h.dtype or autocast else cw.to(h.dtype)
+        ref = _reference_call(
+            fn,
+            lambda: F.cross_entropy(
+                F.linear(h, wt, b).reshape(-1, num_classes),
+                t.reshape(-1),
+                w_ref,
+                ignore_index=ignore,
+                reduction=red,
+                label_smoothing=eps,
+            ),
+            t,
+            num_classes,
+            ignore,
+        )
+        return ref.reshape(t.shape) if red == "none" else ref
     lead = tuple(h.shape[:-1])
     h2 = h.reshape(-1, h.shape[-1])
     t1 = t.reshape(-1)
-    grad_on = torch.is_grad_enabled()
+    if t1.dtype != torch.int64:
+        t1 = t1.to(torch.int64)
     needs = (
         grad_on and h.requires_grad,
         grad_on and wt.requires_grad,
         grad_on and b is not None and b.requires_grad,
     )
+    out_dtype = _autocast_dtype(h.dtype) if autocast else h.dtype
     out: Tensor = _LinearCrossEntropy.apply(  # type: ignore[no-untyped-call]
-        h2, wt, b, t1, cw, ignore, red, eps, chunk_size, needs
+        h2, wt, b, t1, cw, ignore, red, eps, chunk_size or 0, needs, out_dtype
     )
     return out.reshape(lead) if red == "none" else out

@@ -1,0 +1,550 @@
+r"""The fused kernels as ``torch.library`` custom ops: one graph node each, with a fake impl.
+
+Why custom ops. The kernels in :mod:`._kernels` loop over row blocks in Python and read a few
+values on the host (target range checks, a rare-row branch). Traced by ``torch.compile`` or run
+on meta/fake tensors, that code would break the graph at every block or fail outright. Wrapped
+as ``torch.library.custom_op`` with a ``register_fake`` shape function, each kernel is a single
+opaque node: ``torch.compile(fullgraph=True)``, ``torch.export``, meta tensors and FakeTensor
+tracing see its output shapes and dtypes and never enter the loops; eager mode runs the same
+Python implementation it always did.
+
+Why the autograd formulas live in ``functional`` and not in ``register_autograd``. The first
+backward of ``"mean"``/``"sum"`` hands out a gradient that the forward already computed, with
+no copy; a second backward through a retained graph must not hand out the same buffer again,
+and a backward with ``create_graph=True`` must be differentiable. Those are decisions about
+*who already consumed what*, which an ``autograd.Function`` (state on ``ctx``) can make and a
+``register_autograd`` formula cannot. ``torch.func`` transforms go to the composite
+reference instead (see :mod:`.functional`), so the ops need no batching rule.
+
+Every op takes class-index targets and options as plain arguments, checks the target range on
+the host on CPU (free there; a device-side ``torch._assert_async`` elsewhere, so no host sync),
+and returns compute-dtype statistics: float32 for float16/bfloat16/float32, float64 for float64.
+
+For float16 the fused gradient is stored multiplied by a power of two ``pre`` (returned as a
+0-d tensor) chosen from the row scales so that its largest possible entry is about ``2**14``:
+``(p − y) / N`` of a large batch would otherwise flush to zero in float16 before a loss scaler
+ever multiplies it. Backward multiplies by ``upstream / pre``, exact when the upstream (a
+``GradScaler`` scale) is a power of two.
+"""
+
+import torch
+from torch import Tensor
+
+from .._validation import fail
+from . import _kernels as K
+
+__all__ = [
+    "index_backward",
+    "index_forward",
+    "linear_backward",
+    "linear_forward",
+    "prob_backward",
+    "prob_forward",
+    "row_scales",
+]
+
+#: Largest float16 gradient entry the prescale aims for (float16's largest normal is ~2**16).
+_FP16_TARGET = 2.0**14
+
+
+def check_targets(target: Tensor, num_classes: int, ignore_index: int, fn: str) -> None:
+    """Class indices in ``[0, num_classes)`` or ``ignore_index``.
+
+    On CPU the check reads two numbers on the host (no device to wait for) and raises a
+    ``ValueError`` in the house format. On other devices it is a device-side assertion
+    (``torch._assert_async``), as ``F.cross_entropy``'s own kernels do: no host sync.
+    """
+    if target.numel() == 0:
+        return
+    valid = target != ignore_index
+    if target.device.type != "cpu":
+        ok = ~valid | ((target >= 0) & (target < num_classes))
+        torch._assert_async(ok.all(), f"{fn}: target must contain class indices in range")
+        return
+    if not bool(valid.any()):
+        return
+    kept = target[valid]
+    lo, hi = int(kept.min()), int(kept.max())
+    if lo < 0 or hi >= num_classes:
+        fail(
+            fn,
+            "target",
+            f"contain class indices in [0, {num_classes}) or ignore_index={ignore_index}",
+            f"values in [{lo}, {hi}]",
+        )
+
+
+def row_scales(
+    target: Tensor,
+    weight: Tensor | None,
+    ignore_index: int,
+    reduction: str,
+    cdt: torch.dtype,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """``(valid, w_{y_i}, s_i)``: kept rows, their class weight (0 if ignored), and
+    ``s_i = ∂ reduced / ∂ℓ_i`` (``1 / Σ w_y`` for ``"mean"``, 1 otherwise, 0 if ignored).
+
+    Plain torch ops, no host reads: usable in eager, compiled and double-backward code."""
+    valid = target != ignore_index
+    if weight is None:
+        tw = valid.to(cdt)
+    else:
+        safe = torch.where(valid, target, 0).to(torch.int64)
+        tw = torch.where(valid, weight.to(cdt)[safe], 0.0)
+    if reduction == "mean":
+        scale = torch.where(valid, 1.0 / tw.sum(), 0.0)
+    else:
+        scale = valid.to(cdt)
+    return valid, tw, scale
+
+
+def _weight_total(weight: Tensor | None, num_classes: int) -> Tensor | float:
+    return float(num_classes) if weight is None else weight.sum()
+
+
+def _coefficients(
+    q: Tensor,
+    row_grad: Tensor,
+    tw: Tensor,
+    eps: float,
+    num_classes: int,
+    total: Tensor | float,
+) -> K.GradCoefficients:
+    """:func:`._kernels.index_target_coefficients` from the saved ``q = Σ_{c≠y} p_c``."""
+    a = (1.0 - eps) * tw
+    if eps:
+        a = a + (eps / num_classes) * total
+    p_scale = row_grad * a
+    tgrad = -p_scale * q
+    smooth = None
+    if eps:
+        smooth = row_grad * (eps / num_classes)
+        tgrad = tgrad + smooth * (total - tw)
+    zero = row_grad == 0
+    return K.GradCoefficients(
+        torch.where(zero, 0.0, p_scale),
+        None if smooth is None else torch.where(zero, 0.0, smooth),
+        torch.where(zero, 0.0, tgrad),
+    )
+
+
+def _prescale(
+    dtype: torch.dtype,
+    row_grad: Tensor,
+    tw: Tensor,
+    weight: Tensor | None,
+    eps: float,
+    num_classes: int,
+    total: Tensor | float,
+    target: float,
+) -> Tensor:
+    """The power of two ``pre`` for a float16 gradient (1 for every other dtype)."""
+    one = torch.ones((), dtype=row_grad.dtype, device=row_grad.device)
+    if dtype != torch.float16 or row_grad.numel() == 0:
+        return one
+    # |g_ic| ≤ |s_i| (a_i + (ε/C) max_c w_c), with a_i = (1 − ε) w_y + (ε/C) W.
+    wmax = one if weight is None else weight.abs().amax().to(row_grad.dtype)
+    a = (1.0 - eps) * tw.abs() + (eps / num_classes) * (abs(total) + wmax)  # type: ignore[operator]
+    bound = (row_grad.abs() * a).amax()
+    exponent = torch.floor(torch.log2(target / bound)).clamp(-60.0, 60.0)
+    return torch.where(bound > 0, torch.exp2(exponent), one)
+
+
+def _rows_shape(logits: Tensor) -> tuple[int, ...]:
+    return tuple(logits.shape[:1]) + tuple(logits.shape[2:]) if logits.dim() >= 2 else ()
+
+
+def _classes_last(x: Tensor) -> Tensor:
+    return x.movedim(1, -1) if x.dim() >= 3 else x
+
+
+def _reduce(loss: Tensor, reduction: str, denom: Tensor) -> Tensor:
+    if reduction == "none":
+        return loss
+    total = loss.sum()
+    return total / denom if reduction == "mean" else total
+
+
+def _index_losses(
+    stats: K.RowStats,
+    lse: Tensor,
+    valid: Tensor,
+    tw: Tensor,
+    eps: float,
+    num_classes: int,
+    total: Tensor | float,
+) -> Tensor:
+    """ℓ_i = (1−ε) w_y (lse − x_y) + (ε/C) (W lse − Σ_c w_c x_c), 0 for ignored rows."""
+    loss = tw * K.row_nll(stats, lse)
+    if eps:
+        loss = (1.0 - eps) * loss
+        assert stats.sum_logits is not None  # requested whenever eps > 0
+        loss = loss + (eps / num_classes) * (total * lse - stats.sum_logits)
+    return torch.where(valid, loss, 0.0)
+
+
+# --------------------------------------------------------------------------- index targets
+
+
+@torch.library.custom_op("crossentropy::index_forward", mutates_args=())
+def index_forward(
+    logits: Tensor,
+    target: Tensor,
+    weight: Tensor | None,
+    ignore_index: int,
+    reduction: str,
+    label_smoothing: float,
+    with_grad: bool,
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """Loss, per-row ``lse`` and ``q = Σ_{c≠y} p_c``, and (``with_grad``, ``"mean"``/``"sum"``)
+    the gradient ``∂ loss / ∂ logits · pre`` in the logits' dtype and ``pre`` (0-d).
+
+    ``loss`` is 0-d or of the rows' shape, in compute dtype. Without ``with_grad`` the
+    gradient output is an empty tensor and ``pre`` is 1.
+    """
+    return _index_forward(
+        logits, target, weight, ignore_index, reduction, label_smoothing, with_grad, None
+    )
+
+
+def index_forward_inplace(
+    logits: Tensor,
+    target: Tensor,
+    weight: Tensor | None,
+    ignore_index: int,
+    reduction: str,
+    label_smoothing: float,
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """:func:`index_forward` writing the gradient into ``logits`` itself (eager only):
+    returns ``(loss, lse, q, pre)``."""
+    loss, lse, q, _, pre = _index_forward(
+        logits, target, weight, ignore_index, reduction, label_smoothing, True, logits
+    )
+    return loss, lse, q, pre
+
+
+def _index_forward(
+    logits: Tensor,
+    target: Tensor,
+    weight: Tensor | None,
+    ignore_index: int,
+    reduction: str,
+    eps: float,
+    with_grad: bool,
+    out: Tensor | None,
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    num_classes = logits.shape[1] if logits.dim() >= 2 else logits.shape[0]
+    check_targets(target, num_classes, ignore_index, "cross_entropy")
+    cdt = K.compute_dtype(logits.dtype)
+    x = _classes_last(logits)
+    w = None if weight is None else weight.to(cdt)
+    total = _weight_total(w, num_classes)
+    valid, tw, scale = row_scales(target, w, ignore_index, reduction, cdt)
+    fused = with_grad and reduction != "none"
+    pre = torch.ones((), dtype=cdt, device=logits.device)
+    if fused:
+        pre = _prescale(logits.dtype, scale, tw, w, eps, num_classes, total, _FP16_TARGET)
+        grad = torch.empty_like(logits) if out is None else out
+        stats, _ = K.logits_fused(
+            x,
+            target,
+            scale * pre,
+            tw,
+            label_smoothing=eps,
+            weight_total=total,
+            class_weight=w,
+            out=_classes_last(grad),
+        )
+    else:
+        grad = logits.new_empty((0,))
+        stats = K.logits_row_stats(x, target, class_weight=w, with_sum=bool(eps))
+    lse = K.row_lse(stats)
+    loss = _index_losses(stats, lse, valid, tw, eps, num_classes, total)
+    return _reduce(loss, reduction, tw.sum()), lse, K.other_prob(stats), grad, pre
+
+
+@index_forward.register_fake
+def _(logits, target, weight, ignore_index, reduction, label_smoothing, with_grad):  # type: ignore[no-untyped-def]
+    cdt = K.compute_dtype(logits.dtype)
+    rows = _rows_shape(logits)
+    loss = logits.new_empty(rows if reduction == "none" else (), dtype=cdt)
+    fused = with_grad and reduction != "none"
+    grad = torch.empty_like(logits) if fused else logits.new_empty((0,))
+    return (
+        loss,
+        logits.new_empty(rows, dtype=cdt),
+        logits.new_empty(rows, dtype=cdt),
+        grad,
+        logits.new_empty((), dtype=cdt),
+    )
+
+
+@torch.library.custom_op("crossentropy::index_backward", mutates_args=())
+def index_backward(
+    logits: Tensor,
+    target: Tensor,
+    weight: Tensor | None,
+    lse: Tensor,
+    q: Tensor,
+    row_grad: Tensor,
+    ignore_index: int,
+    label_smoothing: float,
+) -> Tensor:
+    """``∂/∂ logits`` of ``Σ_i row_grad_i ℓ_i`` (one pass, from the saved ``lse`` and ``q``)."""
+    num_classes = logits.shape[1] if logits.dim() >= 2 else logits.shape[0]
+    cdt = K.compute_dtype(logits.dtype)
+    w = None if weight is None else weight.to(cdt)
+    total = _weight_total(w, num_classes)
+    _, tw, _ = row_scales(target, w, ignore_index, "sum", cdt)
+    rg = row_grad.to(cdt)
+    pre = _prescale(logits.dtype, rg, tw, w, label_smoothing, num_classes, total, _FP16_TARGET)
+    coef = _coefficients(q, rg * pre, tw, label_smoothing, num_classes, total)
+    grad = torch.empty_like(logits)
+    K.logits_grad(_classes_last(logits), target, lse, coef, class_weight=w, out=_classes_last(grad))
+    if logits.dtype == torch.float16:
+        grad = (grad.to(cdt) / pre).to(logits.dtype)
+    return grad
+
+
+@index_backward.register_fake
+def _(logits, target, weight, lse, q, row_grad, ignore_index, label_smoothing):  # type: ignore[no-untyped-def]
+    return torch.empty_like(logits)
+
+
+# --------------------------------------------------------------------------- probability targets
+
+
+@torch.library.custom_op("crossentropy::prob_forward", mutates_args=())
+def prob_forward(
+    logits: Tensor,
+    target: Tensor,
+    weight: Tensor | None,
+    label_smoothing: float,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Per-row ``(loss, lse, A = Σ_c w_c y'_c)`` for probability targets, compute dtype."""
+    cdt = K.compute_dtype(logits.dtype)
+    w = None if weight is None else weight.to(cdt)
+    lse, loss, amass = K.prob_row_stats(
+        _classes_last(logits),
+        _classes_last(target),
+        class_weight=w,
+        label_smoothing=label_smoothing,
+    )
+    return loss, lse, amass
+
+
+@prob_forward.register_fake
+def _(logits, target, weight, label_smoothing):  # type: ignore[no-untyped-def]
+    rows = _rows_shape(logits)
+    cdt = K.compute_dtype(logits.dtype)
+    return tuple(logits.new_empty(rows, dtype=cdt) for _ in range(3))
+
+
+@torch.library.custom_op("crossentropy::prob_backward", mutates_args=())
+def prob_backward(
+    logits: Tensor,
+    target: Tensor,
+    weight: Tensor | None,
+    lse: Tensor,
+    amass: Tensor,
+    row_grad: Tensor,
+    label_smoothing: float,
+) -> Tensor:
+    """``∂/∂ logits`` of ``Σ_i row_grad_i ℓ_i`` for probability targets."""
+    cdt = K.compute_dtype(logits.dtype)
+    w = None if weight is None else weight.to(cdt)
+    grad = torch.empty_like(logits)
+    K.prob_grad(
+        _classes_last(logits),
+        _classes_last(target),
+        lse,
+        row_grad.to(cdt),
+        amass,
+        class_weight=w,
+        label_smoothing=label_smoothing,
+        out=_classes_last(grad),
+    )
+    return grad
+
+
+@prob_backward.register_fake
+def _(logits, target, weight, lse, amass, row_grad, label_smoothing):  # type: ignore[no-untyped-def]
+    return torch.empty_like(logits)
+
+
+# --------------------------------------------------------------------------- linear
+
+
+def _empty_like_grads(
+    hidden: Tensor, weight: Tensor, bias: Tensor | None, need: tuple[bool, bool, bool]
+) -> tuple[Tensor, Tensor, Tensor]:
+    cdt = K.compute_dtype(hidden.dtype)
+    return (
+        hidden.new_empty(hidden.shape if need[0] else (0,), dtype=cdt),
+        weight.new_empty(weight.shape if need[1] else (0,), dtype=cdt),
+        weight.new_empty((weight.shape[0],) if need[2] and bias is not None else (0,), dtype=cdt),
+    )
+
+
+def _grads_out(
+    g: K.LinearGrads,
+    hidden: Tensor,
+    weight: Tensor,
+    bias: Tensor | None,
+    need: tuple[bool, bool, bool],
+    pre: Tensor,
+) -> tuple[Tensor, Tensor, Tensor]:
+    empty = _empty_like_grads(hidden, weight, bias, (False, False, False))
+    out = []
+    for k, (got, e) in enumerate(zip((g.hidden, g.weight, g.bias), empty, strict=True)):
+        if got is None or not need[k]:
+            out.append(e)
+        else:
+            out.append(got if hidden.dtype != torch.float16 else got.div_(pre))
+    return out[0], out[1], out[2]
+
+
+@torch.library.custom_op("crossentropy::linear_forward", mutates_args=())
+def linear_forward(
+    hidden: Tensor,
+    weight: Tensor,
+    bias: Tensor | None,
+    target: Tensor,
+    class_weight: Tensor | None,
+    ignore_index: int,
+    reduction: str,
+    label_smoothing: float,
+    chunk_size: int,
+    need_hidden: bool,
+    need_weight: bool,
+    need_bias: bool,
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """Loss of ``hidden @ weight.T + bias`` (rows of ``hidden`` (R, D)), per-row ``lse`` and
+    ``q``, and for ``"mean"``/``"sum"`` with any ``need_*`` the three gradients in compute
+    dtype (empty where not needed). ``chunk_size`` 0 means the default."""
+    eps = label_smoothing
+    num_classes = weight.shape[0]
+    check_targets(target, num_classes, ignore_index, "linear_cross_entropy")
+    cdt = K.compute_dtype(hidden.dtype)
+    w = None if class_weight is None else class_weight.to(cdt)
+    total = _weight_total(w, num_classes)
+    valid, tw, scale = row_scales(target, w, ignore_index, reduction, cdt)
+    need = (need_hidden, need_weight, need_bias and bias is not None)
+    chunk = chunk_size or None
+    if reduction != "none" and any(need):
+        pre = _prescale(hidden.dtype, scale, tw, w, eps, num_classes, total, 1.0)
+        stats, g = K.linear_fused(
+            hidden,
+            weight,
+            target,
+            scale * pre,
+            tw,
+            bias=bias,
+            label_smoothing=eps,
+            weight_total=total,
+            class_weight=w,
+            chunk_rows=chunk,
+            need_hidden=need[0],
+            need_weight=need[1],
+            need_bias=need[2],
+        )
+        grads = _grads_out(g, hidden, weight, bias, need, pre)
+    else:
+        stats = K.linear_row_stats(
+            hidden, weight, target, bias=bias, class_weight=w, with_sum=bool(eps), chunk_rows=chunk
+        )
+        grads = _empty_like_grads(hidden, weight, bias, (False, False, False))
+    lse = K.row_lse(stats)
+    loss = _index_losses(stats, lse, valid, tw, eps, num_classes, total)
+    return (_reduce(loss, reduction, tw.sum()), lse, K.other_prob(stats), *grads)
+
+
+@linear_forward.register_fake
+def _(  # type: ignore[no-untyped-def]
+    hidden,
+    weight,
+    bias,
+    target,
+    class_weight,
+    ignore_index,
+    reduction,
+    label_smoothing,  # type: ignore[no-untyped-def]
+    chunk_size,
+    need_hidden,
+    need_weight,
+    need_bias,
+):
+    cdt = K.compute_dtype(hidden.dtype)
+    rows = (hidden.shape[0],)
+    fused = reduction != "none" and (need_hidden or need_weight or (need_bias and bias is not None))
+    need = (need_hidden, need_weight, need_bias) if fused else (False, False, False)
+    return (
+        hidden.new_empty(rows if reduction == "none" else (), dtype=cdt),
+        hidden.new_empty(rows, dtype=cdt),
+        hidden.new_empty(rows, dtype=cdt),
+        *_empty_like_grads(hidden, weight, bias, need),
+    )
+
+
+@torch.library.custom_op("crossentropy::linear_backward", mutates_args=())
+def linear_backward(
+    hidden: Tensor,
+    weight: Tensor,
+    bias: Tensor | None,
+    target: Tensor,
+    class_weight: Tensor | None,
+    lse: Tensor,
+    q: Tensor,
+    row_grad: Tensor,
+    ignore_index: int,
+    label_smoothing: float,
+    chunk_size: int,
+    need_hidden: bool,
+    need_weight: bool,
+    need_bias: bool,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Gradients of ``Σ_i row_grad_i ℓ_i`` w.r.t. hidden, weight and bias (compute dtype),
+    recomputing each chunk of logits (four matmuls)."""
+    eps = label_smoothing
+    num_classes = weight.shape[0]
+    cdt = K.compute_dtype(hidden.dtype)
+    w = None if class_weight is None else class_weight.to(cdt)
+    total = _weight_total(w, num_classes)
+    _, tw, _ = row_scales(target, w, ignore_index, "sum", cdt)
+    rg = row_grad.to(cdt)
+    pre = _prescale(hidden.dtype, rg, tw, w, eps, num_classes, total, 1.0)
+    need = (need_hidden, need_weight, need_bias and bias is not None)
+    g = K.linear_grad(
+        hidden,
+        weight,
+        target,
+        lse,
+        _coefficients(q, rg * pre, tw, eps, num_classes, total),
+        bias=bias,
+        class_weight=w,
+        chunk_rows=chunk_size or None,
+        need_hidden=need[0],
+        need_weight=need[1],
+        need_bias=need[2],
+    )
+    return _grads_out(g, hidden, weight, bias, need, pre)
+
+
+@linear_backward.register_fake
+def _(  # type: ignore[no-untyped-def]
+    hidden,
+    weight,
+    bias,
+    target,
+    class_weight,
+    lse,
+    q,
+    row_grad,
+    ignore_index,  # type: ignore[no-untyped-def]
+    label_smoothing,
+    chunk_size,
+    need_hidden,
+    need_weight,
+    need_bias,
+):
+    return _empty_like_grads(hidden, weight, bias, (need_hidden, need_weight, need_bias))
