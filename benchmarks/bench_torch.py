@@ -1,18 +1,24 @@
 """Fused PyTorch cross-entropy vs ``torch.nn.functional``: time and peak memory, fwd+bwd.
 
-Usage: ``python benchmarks/bench_torch.py [--quick]``; writes ``benchmarks/results/torch.md``.
+Usage: ``python benchmarks/bench_torch.py [--quick] [--only {large,small}]``; writes
+``benchmarks/results/torch.md`` (``--only`` writes just that part of it).
 
 Times: medians of interleaved runs in one process after a warm-up, with
 ``torch.set_num_threads(2)``. Peak memory: one fwd+bwd in a fresh subprocess, above the inputs,
 counting the returned gradients (``_harness.peak_memory_above_inputs``). Floors: one
 ``torch.exp`` pass over the logits (allocating its output, as any gradient must be), and for
-the linear case the three matmuls ``H Wᵀ``, ``G W``, ``Gᵀ H`` alone.
+the linear case the three matmuls ``H Wᵀ``, ``G W``, ``Gᵀ H`` alone. The "small and medium
+inputs" part times ``cross_entropy``'s default (``F.cross_entropy`` directly up to
+``DIRECT_MAX_ELEMENTS`` logits) against ``F.cross_entropy`` and against the fused path forced,
+each timed sample a loop of enough calls to last ≥ ~20 ms, and a small-MLP training step.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import math
+import os
 import sys
 import time
 from collections.abc import Callable
@@ -33,6 +39,7 @@ from _harness import (
 )
 
 import crossentropy.torch as cet
+import crossentropy.torch.functional as cetf
 
 THREADS = 2
 NOTES = (
@@ -45,6 +52,15 @@ NOTES = (
     "like `F.cross_entropy`'s, so its error is bounded below by the final rounding.\n"
 )
 INPLACE = "crossentropy.torch.cross_entropy(inplace_backward=True)"
+SMALL_NOTES = (
+    "Notes: each timed sample is a loop of k calls (k chosen per implementation and shape so "
+    "that a sample lasts ≥ ~{sample_ms:.0f} ms), divided by k; medians of {samples} interleaved "
+    "samples after a warm-up. 'fused path forced' sets "
+    "`crossentropy.torch.functional.DIRECT_MAX_ELEMENTS = -1` around its loop (restored after); "
+    "'default path' is read from the loss's `grad_fn` (`NllLossBackward0`: direct call of "
+    "`F.cross_entropy`; `_CrossEntropyIndexBackward`: fused). Above the threshold the default "
+    "and the forced column run the same code, so their difference is noise.\n"
+)
 
 
 def _fwd_bwd(fn: Callable[..., torch.Tensor], x: torch.Tensor, *args: object) -> Callable[[], None]:
@@ -64,6 +80,7 @@ def _mark(ok: bool) -> str:
 _CE_SETUP = """
 import torch, torch.nn.functional as F
 import crossentropy.torch as cet
+import crossentropy.torch.functional as cetf
 torch.set_num_threads({threads})
 g = torch.Generator().manual_seed(0)
 for _ in range(2):  # warm up lazily-initialised code paths on small inputs
@@ -194,6 +211,7 @@ def bench_cross_entropy(
 _LIN_SETUP = """
 import torch, torch.nn.functional as F
 import crossentropy.torch as cet
+import crossentropy.torch.functional as cetf
 torch.set_num_threads({threads})
 g = torch.Generator().manual_seed(0)
 def naive(h, w, t):
@@ -298,9 +316,269 @@ def bench_linear(
     return f"{title}\n\n{table}\n", targets
 
 
+# --------------------------------------------------------------------------- small inputs
+
+SMALL_SHAPES = [
+    (64, 10),
+    (256, 10),
+    (64, 1000),
+    (256, 1000),
+    (512, 1000),
+    (1024, 1000),
+    (256, 4096),
+    (512, 4096),
+    (2048, 4096),
+    (4096, 8192),
+]
+SMALL_SHAPES_QUICK = [(64, 10), (256, 10), (512, 4096)]
+SMALL_TARGET = 1.2  # ours / F.cross_entropy on the smallest shapes and the MLP step
+
+
+def _forced_fused(fn: Callable[[], object]) -> Callable[[], None]:
+    """``fn`` run with the direct path switched off (``DIRECT_MAX_ELEMENTS = -1``), restored."""
+
+    def run() -> None:
+        saved = cetf.DIRECT_MAX_ELEMENTS
+        cetf.DIRECT_MAX_ELEMENTS = -1
+        try:
+            fn()
+        finally:
+            cetf.DIRECT_MAX_ELEMENTS = saved
+
+    return run
+
+
+def _calls_per_sample(fn: Callable[[], object], sample_s: float) -> int:
+    """How many calls of ``fn`` last at least ``sample_s`` seconds.
+
+    Sized on the fastest single call among at least three spanning ``sample_s`` in all: noise
+    only adds time, so a stalled call (the shared machine, a lazy initialisation) cannot make
+    k too small.
+    """
+    best, spent, calls = math.inf, 0.0, 0
+    while calls < 3 or spent < sample_s:
+        t0 = time.perf_counter()
+        fn()
+        dt = time.perf_counter() - t0
+        best, spent, calls = min(best, dt), spent + dt, calls + 1
+    return max(1, math.ceil(sample_s / max(best, 1e-9)))
+
+
+def _per_call_medians(
+    fns: dict[str, Callable[[], object]], samples: int, sample_s: float
+) -> dict[str, float]:
+    """Median seconds per call, each sample a loop of k calls lasting ≥ ``sample_s``.
+
+    k is chosen per function (after a few warm-up calls), so every sample spans about the same
+    wall time whatever the function's speed; the loops then run interleaved, rotating order.
+    """
+    ks = {}
+    for name, fn in fns.items():
+        for _ in range(3):
+            fn()
+        ks[name] = _calls_per_sample(fn, sample_s)
+
+    def loop(fn: Callable[[], object], k: int) -> Callable[[], None]:
+        def run() -> None:
+            for _ in range(k):
+                fn()
+
+        return run
+
+    loops = {name: loop(fn, ks[name]) for name, fn in fns.items()}
+    times = interleaved_times(loops, repeats=samples)
+    return {name: median(ts) / ks[name] for name, ts in times.items()}
+
+
+def _path_taken(loss: torch.Tensor) -> str:
+    """Which path produced ``loss``: the direct ``F.cross_entropy`` call or the fused one."""
+    name = type(loss.grad_fn).__name__
+    if name.startswith("NllLoss"):
+        return "direct"
+    if "CrossEntropy" in name:
+        return "fused"
+    return name
+
+
+def _forced_path(x: torch.Tensor, t: torch.Tensor) -> str:
+    """The path ``cet.cross_entropy`` takes with ``DIRECT_MAX_ELEMENTS = -1`` (restored)."""
+    saved = cetf.DIRECT_MAX_ELEMENTS
+    cetf.DIRECT_MAX_ELEMENTS = -1
+    try:
+        return _path_taken(cet.cross_entropy(x.detach().requires_grad_(), t))
+    finally:
+        cetf.DIRECT_MAX_ELEMENTS = saved
+
+
+def _cpu_ticks() -> tuple[int, int] | None:
+    """(busy ticks of the whole machine, ticks of this process), from ``/proc``; None elsewhere."""
+    try:
+        with open("/proc/stat") as f:
+            fields = [int(x) for x in f.readline().split()[1:]]
+        with open("/proc/self/stat") as f:
+            own = f.read().rsplit(")", 1)[1].split()
+    except (OSError, ValueError, IndexError):
+        return None
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
+    return sum(fields[:8]) - idle, int(own[11]) + int(own[12])  # utime + stime
+
+
+def _others_load(before: tuple[int, int] | None, elapsed: float) -> str:
+    """Cores kept busy by other processes since ``before`` (the shared machine's noise)."""
+    after = _cpu_ticks()
+    if before is None or after is None or elapsed <= 0:
+        return "unknown"
+    hz = os.sysconf("SC_CLK_TCK")
+    others = (after[0] - before[0]) - (after[1] - before[1])
+    return f"{max(others, 0) / hz / elapsed:.2f} of {os.cpu_count()} cores"
+
+
+def _us(sec: float) -> str:
+    us = sec * 1e6
+    return f"{us:.1f}" if us < 100 else f"{us:.0f}"
+
+
+def bench_small(
+    shapes: list[tuple[int, int]], samples: int, sample_s: float
+) -> tuple[str, list[list[object]]]:
+    """fp32 fwd+bwd for small and medium logits, and a small-MLP SGD step."""
+    start, ticks = time.perf_counter(), _cpu_ticks()
+    rows: list[list[object]] = []
+    ratios: dict[tuple[int, int], float] = {}
+    fused_wins: list[tuple[int, int]] = []
+    for n, v in shapes:
+        print(f"  small/medium cross_entropy ({n}, {v}) ...", flush=True)
+        g = torch.Generator().manual_seed(0)
+        x = torch.randn(n, v, generator=g)
+        t = torch.randint(0, v, (n,), generator=g)
+        path = _path_taken(cet.cross_entropy(x.detach().requires_grad_(), t))
+        forced = _forced_path(x, t)
+        if forced != "fused":
+            raise RuntimeError(f"DIRECT_MAX_ELEMENTS = -1 did not force the fused path: {forced}")
+        fns = {
+            "F": _fwd_bwd(F.cross_entropy, x, t),
+            "ours": _fwd_bwd(cet.cross_entropy, x, t),
+            "fused": _forced_fused(_fwd_bwd(cet.cross_entropy, x, t)),
+        }
+        med = _per_call_medians(fns, samples, sample_s)
+        ours_f, fused_f = med["ours"] / med["F"], med["fused"] / med["F"]
+        ratios[(n, v)] = ours_f
+        if fused_f < 1:
+            fused_wins.append((n, v))
+        rows.append(
+            [
+                f"({n}, {v})",
+                f"{n * v:,}",
+                _us(med["F"]),
+                _us(med["ours"]),
+                f"{ours_f:.2f}",
+                _us(med["fused"]),
+                f"{fused_f:.2f}",
+                path,
+            ]
+        )
+    table = markdown_table(
+        [
+            "shape",
+            "logits",
+            "`F.cross_entropy` (µs)",
+            "`cet.cross_entropy` default (µs)",
+            "ours / F",
+            "fused path forced (µs)",
+            "fused / F",
+            "default path",
+        ],
+        rows,
+    )
+    if fused_wins:
+        n, v = min(fused_wins, key=lambda s: (s[0] * s[1], s))
+        wins = (
+            "Smallest measured shape where the fused path beats `F.cross_entropy` "
+            f"(fused / F < 1): ({n}, {v}), {n * v:,} logits."
+        )
+    else:
+        wins = "The fused path does not beat `F.cross_entropy` at any measured shape."
+    wins += f" `DIRECT_MAX_ELEMENTS` = {cetf.DIRECT_MAX_ELEMENTS:,}."
+
+    print("  small MLP training step ...", flush=True)
+    mlp = bench_mlp_step(samples, sample_s)
+    load = _others_load(ticks, time.perf_counter() - start)
+    mlp_ratio = mlp["cet.cross_entropy"] / mlp["F.cross_entropy"]
+    mlp_table = markdown_table(
+        ["loss", "µs per step", "× F.cross_entropy"],
+        [
+            [f"`{name}`", _us(sec), f"{sec / mlp['F.cross_entropy']:.2f}"]
+            for name, sec in mlp.items()
+        ],
+    )
+    text = (
+        "### Small and medium inputs: `cross_entropy`, float32, integer targets, fwd+bwd\n\n"
+        + SMALL_NOTES.format(sample_ms=sample_s * 1e3, samples=samples)
+        + f"Other processes kept {load} busy on average while this part ran.\n"
+        + f"\n{table}\n\n{wins}\n\n"
+        "### Small-MLP training step: `Linear(784, 256)`, `ReLU`, `Linear(256, 10)`, batch 64\n\n"
+        "One SGD step (`zero_grad`, forward, loss, backward, `step`), each loss on its own "
+        "identically initialised copy of the model.\n\n"
+        f"{mlp_table}\n"
+    )
+    targets: list[list[object]] = []
+    for shape in [(64, 10), (256, 10)]:
+        if shape in ratios:
+            r = ratios[shape]
+            targets.append(
+                [
+                    f"float32 {shape}",
+                    f"fwd+bwd ≤ {SMALL_TARGET}× F.cross_entropy",
+                    f"{r:.2f}×",
+                    _mark(r <= SMALL_TARGET),
+                ]
+            )
+    targets.append(
+        [
+            "small-MLP step (784-256-10, batch 64)",
+            f"≤ {SMALL_TARGET}× with F.cross_entropy",
+            f"{mlp_ratio:.2f}×",
+            _mark(mlp_ratio <= SMALL_TARGET),
+        ]
+    )
+    return text, targets
+
+
+def bench_mlp_step(samples: int, sample_s: float) -> dict[str, float]:
+    """Median seconds per SGD step of a small MLP, with each loss on its own model copy."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(64, 784, generator=g)
+    t = torch.randint(0, 10, (64,), generator=g)
+    torch.manual_seed(0)
+    base = torch.nn.Sequential(torch.nn.Linear(784, 256), torch.nn.ReLU(), torch.nn.Linear(256, 10))
+
+    def step_fn(loss_fn: Callable[..., torch.Tensor]) -> Callable[[], None]:
+        model = copy.deepcopy(base)
+        opt = torch.optim.SGD(model.parameters(), lr=0.01)
+
+        def step() -> None:
+            opt.zero_grad()
+            loss = loss_fn(model(x), t)
+            loss.backward()
+            opt.step()
+
+        return step
+
+    fns = {
+        "F.cross_entropy": step_fn(F.cross_entropy),
+        "cet.cross_entropy": step_fn(cet.cross_entropy),
+    }
+    return _per_call_medians(fns, samples, sample_s)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true", help="small sizes, for a smoke run")
+    parser.add_argument(
+        "--only",
+        choices=["large", "small"],
+        help="run only the large-input sections or only the small and medium inputs",
+    )
     args = parser.parse_args()
     torch.set_num_threads(THREADS)
     print(f"torch {torch.__version__}, torch.get_num_threads() = {torch.get_num_threads()}")
@@ -312,6 +590,7 @@ def main() -> int:
         ]
         lin_case = (256, 128, 4096)
         repeats = 5
+        small_shapes, small_samples, sample_s = SMALL_SHAPES_QUICK, 3, 0.002
     else:
         ce_cases = [
             (8192, 32768, torch.float32),
@@ -320,24 +599,34 @@ def main() -> int:
         ]
         lin_case = (4096, 1024, 32768)
         repeats = 5
+        small_shapes, small_samples, sample_s = SMALL_SHAPES, 31, 0.02
     sections, targets = [], []
-    for n, v, dtype in ce_cases:
-        print(f"cross_entropy {dtype} ({n}, {v}) ...", flush=True)
-        text, tg = bench_cross_entropy(n, v, dtype, repeats, check_memory=True)
+    if args.only != "small":
+        for n, v, dtype in ce_cases:
+            print(f"cross_entropy {dtype} ({n}, {v}) ...", flush=True)
+            text, tg = bench_cross_entropy(n, v, dtype, repeats, check_memory=True)
+            print(text, flush=True)
+            sections.append(text)
+            targets += tg
+        print(f"linear_cross_entropy {lin_case} ...", flush=True)
+        text, tg = bench_linear(*lin_case, repeats=repeats, check_memory=True)
         print(text, flush=True)
         sections.append(text)
         targets += tg
-    print(f"linear_cross_entropy {lin_case} ...", flush=True)
-    text, tg = bench_linear(*lin_case, repeats=repeats, check_memory=True)
-    print(text, flush=True)
-    sections.append(text)
-    targets += tg
+    if args.only != "large":
+        print("small and medium inputs ...", flush=True)
+        text, tg = bench_small(small_shapes, small_samples, sample_s)
+        print(text, flush=True)
+        sections.append(text)
+        targets += tg
     summary = markdown_table(["case", "target", "measured", "status"], targets)
     header = (
         "## PyTorch backend (`crossentropy.torch`)\n\n"
         f"{machine_line()}; torch {torch.__version__}, `torch.set_num_threads({THREADS})`"
-        f"{' — **quick mode: small sizes, targets not meaningful**' if args.quick else ''}. "
-        f"Median of {repeats} interleaved runs after a warm-up; peak memory in a fresh "
+        f"{' — **quick mode: small sizes, targets not meaningful**' if args.quick else ''}"
+        f"{f' — only the {args.only} inputs (`--only {args.only}`)' if args.only else ''}. "
+        f"Median of {repeats} interleaved runs after a warm-up (the small inputs: see their "
+        "section); peak memory in a fresh "
         "subprocess, above the inputs, counting the returned gradients. The machine is shared: "
         "ratios measured side by side are the numbers to trust.\n\n" + NOTES
     )

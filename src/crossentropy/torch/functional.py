@@ -56,7 +56,7 @@ __all__ = ["DIRECT_MAX_ELEMENTS", "cross_entropy", "linear_cross_entropy"]
 #: Logits (elements) up to which :func:`cross_entropy` calls ``F.cross_entropy`` directly:
 #: below it the fused path's fixed cost (Python blocks, custom-op dispatch) exceeds what it
 #: saves. Measured by ``benchmarks/bench_torch.py`` (the "small inputs" table).
-DIRECT_MAX_ELEMENTS = 1 << 16
+DIRECT_MAX_ELEMENTS = 1 << 19
 
 #: Rows × classes up to which :func:`linear_cross_entropy` composes ``F.linear`` and
 #: ``F.cross_entropy`` directly (its logits are small enough to materialise).
@@ -70,6 +70,16 @@ def _compiling() -> bool:
 def _transforms_active() -> bool:
     """A ``torch.func`` transform (grad, vmap, jacrev, ...) is tracing this call."""
     return not _compiling() and torch._C._are_functorch_transforms_active()
+
+
+def _differentiable_backward() -> bool:
+    """Backward must be built from differentiable, batchable torch ops: it runs with
+    ``create_graph=True`` or under a ``torch.func`` transform (``jacobian(vectorize=True)``
+    vmaps the backward of a graph recorded outside any transform)."""
+    if torch.is_grad_enabled() or _transforms_active():
+        return True
+    # the legacy vmap that jacobian(vectorize=True) uses shows only as a thread-local key
+    return not _compiling() and "VmapMode" in str(torch._C._dispatch_tls_local_include_set())
 
 
 def _autocast_on(x: Tensor) -> bool:
@@ -208,7 +218,7 @@ class _CrossEntropyIndex(torch.autograd.Function):
         none = (None,) * 7
         logits, target, weight, lse, q, pre, *kept = ctx.saved_tensors
         ignore_index, reduction, eps = ctx.options
-        if torch.is_grad_enabled():  # create_graph=True: differentiable formula
+        if _differentiable_backward():  # create_graph=True or a torch.func transform
             g = _index_grad_reference(
                 logits, target, weight, ignore_index, reduction, eps, grad_out
             )
@@ -247,10 +257,13 @@ class _CrossEntropyInplace(torch.autograd.Function):
         reduction: str,
         eps: float,
         out_dtype: torch.dtype,
+        geometry: tuple[tuple[int, ...], tuple[int, ...], int] | None,
     ) -> tuple[Tensor, Tensor]:
+        # ``logits`` is the storage's base tensor; ``geometry`` the caller's view of all of it.
+        view = logits if geometry is None else logits.as_strided(*geometry)
         with _NoAutocast(logits):
             loss, _, _, pre = _ops.index_forward_inplace(
-                logits, target, weight, ignore_index, reduction, eps
+                view, target, weight, ignore_index, reduction, eps
             )
         ctx.mark_dirty(logits)
         ctx.grad, ctx.pre = logits, pre
@@ -261,7 +274,7 @@ class _CrossEntropyInplace(torch.autograd.Function):
     def backward(  # type: ignore[override]
         ctx: Any, grad_out: Tensor | None, grad_overwritten: Tensor | None
     ) -> tuple[Tensor | None, ...]:
-        none = (None,) * 6
+        none = (None,) * 7
         if grad_overwritten is not None:
             raise RuntimeError(
                 "cross_entropy: input was overwritten by its gradient (inplace_backward=True) "
@@ -316,7 +329,7 @@ class _CrossEntropyProb(torch.autograd.Function):
         if reduction == "mean":
             row_grad = row_grad / rows
         row_grad = row_grad.expand(lse.shape)
-        if torch.is_grad_enabled():
+        if _differentiable_backward():
             g = _prob_grad_reference(logits, target, weight, eps, row_grad)
         else:
             g = _ops.prob_backward(logits, target, weight, lse, amass, row_grad, eps)
@@ -368,6 +381,46 @@ def _reference_call(
                 _ops.check_targets(target, num_classes, ignore_index, fn)
         raise
     return out
+
+
+def _dense(x: Tensor) -> bool:
+    """``x``'s elements fill a block of memory exactly once (some permutation of contiguous)."""
+    expected = 1
+    dims = sorted((st, sz) for sz, st in zip(x.shape, x.stride(), strict=True) if sz != 1)
+    for stride, size in dims:
+        if stride != expected:
+            return False
+        expected *= size
+    return True
+
+
+def _whole_storage_view(
+    fn: str, x: Tensor
+) -> tuple[Tensor, tuple[tuple[int, ...], tuple[int, ...], int] | None]:
+    """For ``inplace_backward``: the tensor autograd must see as overwritten, and ``x``'s view
+    geometry on it. A view (``logits.view(-1, V)``, a transpose) is rewritten through its base,
+    which the gradient then fills completely; a view of *part* of a tensor (a slice) is refused:
+    the rest of the base would hold stale values autograd could not tell from a gradient."""
+    base = x._base
+    if base is None:
+        return x, None
+    covers = (
+        x.numel() == base.numel()
+        and base.is_contiguous()
+        and x.storage_offset() == base.storage_offset()
+        and _dense(x)
+    )
+    if not covers:
+        fail(
+            fn,
+            "input",
+            "be a whole tensor or a view of all of one (e.g. logits.view(-1, V)) with "
+            "inplace_backward=True; a view of part of a tensor (a slice) cannot be overwritten "
+            "safely: pass input.contiguous() or use inplace_backward=False",
+            f"a view of {x.numel()} of its base's {base.numel()} elements",
+            ValueError,
+        )
+    return base, (tuple(x.shape), tuple(x.stride()), int(x.storage_offset()))
 
 
 # --------------------------------------------------------------------------- public
@@ -545,6 +598,14 @@ def cross_entropy(
                 f"True with reduction={red!r} and target dtype {t.dtype}",
             )
     grad_on = torch.is_grad_enabled()
+    if grad_on and not prob and w is not None and w.requires_grad:
+        fail(
+            fn,
+            "weight",
+            "not require grad with class-index targets (F.cross_entropy does not "
+            "differentiate it either; pass weight.detach(), or probability targets)",
+            "a weight that requires grad",
+        )
     wants_inplace = inplace_backward and grad_on and x.requires_grad and not _compiling()
     if (
         (not wants_inplace and x.numel() <= DIRECT_MAX_ELEMENTS)
@@ -572,7 +633,7 @@ def cross_entropy(
         t = t.to(torch.int64)
     out_dtype = _autocast_dtype(x.dtype) if autocast else x.dtype
     if wants_inplace:
-        if x.is_leaf:
+        if (x if x._base is None else x._base).is_leaf:
             fail(
                 fn,
                 "input",
@@ -581,8 +642,11 @@ def cross_entropy(
                 describe(x),
                 RuntimeError,
             )
+        base, geometry = _whole_storage_view(fn, x)
         loss: Tensor
-        loss, _ = _CrossEntropyInplace.apply(x, t, w, ignore, red, eps, out_dtype)  # type: ignore[no-untyped-call]
+        loss, _ = _CrossEntropyInplace.apply(  # type: ignore[no-untyped-call]
+            base, t, w, ignore, red, eps, out_dtype, geometry
+        )
         return loss
     fused = red != "none" and grad_on and x.requires_grad
     out = _CrossEntropyIndex.apply(x, t, w, ignore, red, eps, fused, out_dtype)  # type: ignore[no-untyped-call]
@@ -650,7 +714,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
         need = ctx.needs_input_grad[:3]
         none = (None,) * 8
         dtypes = (hidden.dtype, weight.dtype, None if bias is None else bias.dtype)
-        if torch.is_grad_enabled():  # create_graph=True: differentiable formula
+        if _differentiable_backward():  # create_graph=True or a torch.func transform
             cdt = K.compute_dtype(hidden.dtype)
             z = F.linear(hidden.to(cdt), weight.to(cdt), None if bias is None else bias.to(cdt))
             gz = _index_grad_reference(z, target, cw, ignore_index, reduction, eps, grad_out)
@@ -774,8 +838,8 @@ def linear_cross_entropy(
     and the loss is float32. Peak memory: the gradients plus one chunk of logits.
 
     Double backward (``create_graph=True``) materialises the logits once and differentiates
-    the closed form. ``torch.func`` transforms, a ``class_weight`` that requires grad and tiny
-    problems go to the composite ``F.cross_entropy(F.linear(hidden, weight, bias), ...)``.
+    the closed form. ``torch.func`` transforms and tiny problems go to the composite
+    ``F.cross_entropy(F.linear(hidden, weight, bias), ...)``.
 
     Examples
     --------
@@ -817,12 +881,16 @@ def linear_cross_entropy(
     cw = check_class_weight(fn, "class_weight", class_weight, num_classes, device=h.device)
     check_chunk_size(fn, chunk_size)
     grad_on = torch.is_grad_enabled()
+    if grad_on and cw is not None and cw.requires_grad:
+        fail(
+            fn,
+            "class_weight",
+            "not require grad (F.cross_entropy does not differentiate class weights of "
+            "class-index targets either; pass class_weight.detach())",
+            "a class_weight that requires grad",
+        )
     rows = h.numel() // max(1, h.shape[-1])
-    if (
-        rows * num_classes <= LINEAR_DIRECT_MAX_ELEMENTS
-        or _transforms_active()
-        or (grad_on and cw is not None and cw.requires_grad)
-    ):
+    if rows * num_classes <= LINEAR_DIRECT_MAX_ELEMENTS or _transforms_active():
         w_ref = cw if cw is None or cw.dtype == h.dtype or autocast else cw.to(h.dtype)
         ref = _reference_call(
             fn,
