@@ -581,3 +581,42 @@ def test_import_error_names_the_extra():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert "crossentropy[torch]" in out.stdout
+
+
+def test_forward_mode_ad_matches_torch():
+    import torch.autograd.forward_ad as fwAD
+
+    x, t, w = _func_case()
+    tangent = torch.randn_like(x)
+    out = []
+    for fn in (cet.cross_entropy, F.cross_entropy):
+        with fwAD.dual_level():
+            dual = fwAD.make_dual(x, tangent)
+            res = fwAD.unpack_dual(fn(dual, t, w, label_smoothing=0.1, reduction="none"))
+            out.append((res.primal, res.tangent))
+    torch.testing.assert_close(out[0][0], out[1][0])
+    torch.testing.assert_close(out[0][1], out[1][1])
+    ours = torch.func.jvp(lambda z: cet.cross_entropy(z, t), (x,), (tangent,))
+    ref = torch.func.jvp(lambda z: F.cross_entropy(z, t), (x,), (tangent,))
+    torch.testing.assert_close(ours, ref)
+    torch.testing.assert_close(
+        torch.func.jacfwd(lambda z: cet.cross_entropy(z, t))(x),
+        torch.func.jacfwd(lambda z: F.cross_entropy(z, t))(x),
+    )
+
+
+def test_torch_export_keeps_one_custom_op_node():
+    class Head(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.lin = torch.nn.Linear(8, 30)
+
+        def forward(self, h, t):
+            return cet.cross_entropy(self.lin(h), t, label_smoothing=0.1)
+
+    torch.manual_seed(0)
+    m, h, t = Head(), torch.randn(12, 8), torch.randint(0, 30, (12,))
+    ep = torch.export.export(m, (h, t))
+    targets = [str(n.target) for n in ep.graph.nodes if n.op == "call_function"]
+    assert sum("crossentropy.index_forward" in s for s in targets) == 1
+    torch.testing.assert_close(ep.module()(h, t), F.cross_entropy(m.lin(h), t, label_smoothing=0.1))

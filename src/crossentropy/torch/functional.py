@@ -36,6 +36,7 @@ import operator
 from typing import Any
 
 import torch
+import torch.autograd.forward_ad as _forward_ad
 import torch.nn.functional as F
 from torch import Tensor
 
@@ -68,8 +69,12 @@ def _compiling() -> bool:
 
 
 def _transforms_active() -> bool:
-    """A ``torch.func`` transform (grad, vmap, jacrev, ...) is tracing this call."""
-    return not _compiling() and torch._C._are_functorch_transforms_active()
+    """A ``torch.func`` transform (grad, vmap, jacrev, jvp, ...) is tracing this call, or a
+    ``torch.autograd.forward_ad`` dual level is open (forward-mode AD needs a jvp rule, which
+    the composite reference has)."""
+    if _compiling():
+        return False
+    return torch._C._are_functorch_transforms_active() or _forward_ad._current_level >= 0
 
 
 def _differentiable_backward() -> bool:
