@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import warnings
 from typing import Any
 
 import numpy as np
@@ -519,3 +520,30 @@ def test_logits_form_keeps_digits_that_probabilities_lose() -> None:
     via_probability = ce.binary_cross_entropy(ce.sigmoid(np.array([24.0])), np.array([0.0]))
     assert abs(via_logits - exact) <= 1e-15 * exact
     assert abs(via_probability - exact) > 1e-9 * exact
+
+
+# --- float16: the finiteness promise is "float32 and wider" (documented, as torch) ------------
+
+
+def test_float16_bce_gradient_at_0_and_1_is_inf_as_torch_and_documented() -> None:
+    a = np.array([0.0, 1.0, 0.5])
+    y = np.array([1.0, 0.0, 1.0])
+    for dtype in (np.float64, np.float32):
+        value, grad = ce.value_and_grad(ce.binary_cross_entropy)(a.astype(dtype), y.astype(dtype))
+        assert np.isfinite(value) and np.isfinite(grad).all()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the documented overflow raises no RuntimeWarning
+        value, grad = ce.value_and_grad(ce.binary_cross_entropy)(
+            a.astype(np.float16), y.astype(np.float16)
+        )
+    at = torch.tensor(a, dtype=torch.float16, requires_grad=True)
+    loss = F.binary_cross_entropy(at, torch.tensor(y, dtype=torch.float16))
+    loss.backward()
+    assert at.grad is not None
+    assert value.dtype == np.float16 and np.isfinite(value)
+    np.testing.assert_allclose(value, loss.item(), rtol=1e-3)
+    np.testing.assert_array_equal(grad[:2], [-np.inf, np.inf])  # torch's float16 gradient too
+    np.testing.assert_array_equal(grad[:2], at.grad.numpy()[:2])
+    np.testing.assert_allclose(grad[2], at.grad.numpy()[2], rtol=1e-3)
+    doc = ce.binary_cross_entropy.__doc__ or ""
+    assert "float32" in doc and "float16" in doc and "and wider" in doc

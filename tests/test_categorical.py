@@ -641,3 +641,134 @@ def test_categorical_cross_entropy_errors(
     kwargs: dict[str, Any] = {"input": P, "target": P, **override}
     with pytest.raises(kind, match="^" + re.escape(message) + "$"):
         ce.categorical_cross_entropy(**kwargs)
+
+
+# --- regression: +inf logits gave NaN value and gradient instead of the limit -----------------
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_cross_entropy_plus_inf_logits_give_the_limit_not_nan(dtype: Any) -> None:
+    inf = np.inf
+    vg = ce.value_and_grad(ce.cross_entropy)
+    z = np.array([inf, 0.0, -inf], dtype)
+    # index target on a finite logit: value inf, gradient p - e_y with p = (1, 0, 0)
+    value, grad = vg(z, np.array(1))
+    assert value == inf and value.dtype == dtype
+    np.testing.assert_array_equal(grad, [1.0, -1.0, 0.0])
+    # index target on the +inf logit: value 0, gradient 0
+    value, grad = vg(z, np.array(0))
+    assert value == 0.0
+    np.testing.assert_array_equal(grad, [0.0, 0.0, 0.0])
+    # probability targets: e_0 has limit 0 and gradient 0; e_1 costs inf
+    value, grad = vg(z, np.array([1.0, 0.0, 0.0], dtype))
+    assert value == 0.0
+    np.testing.assert_array_equal(grad, [0.0, 0.0, 0.0])
+    value, grad = vg(z, np.array([0.0, 1.0, 0.0], dtype))
+    assert value == inf
+    np.testing.assert_array_equal(grad, [1.0, -1.0, 0.0])
+    # k = 2 +inf logits share the mass: a target on one of them costs log 2
+    batch = np.array([[inf, 0.0, inf], [1.0, 2.0, 3.0]], dtype)
+    values, grads = vg(batch, np.array([0, 2]), reduction="none")
+    np.testing.assert_allclose(values, [np.log(2), ce.cross_entropy(batch[1], np.array(2))])
+    np.testing.assert_allclose(grads[0], [-0.5, 0.0, 0.5], **tol(dtype))
+    np.testing.assert_allclose(grads[1], ce.softmax(batch[1]) - [0, 0, 1], **tol(dtype))
+    assert not np.isnan(grads).any()
+    # (N, C, d) layout, and the plain loss agrees with value_and_grad
+    spatial = np.moveaxis(batch[None], 2, 1)  # (1, 3, 2)
+    np.testing.assert_allclose(
+        ce.cross_entropy(spatial, np.array([[0, 2]]), reduction="none")[0], values
+    )
+
+
+def test_cross_entropy_plus_inf_limit_is_approached_by_large_logits() -> None:
+    inf, big = np.inf, 1e4
+    z = np.array([[inf, 0.0, -inf], [inf, 0.0, inf]])
+    zb = np.array([[big, 0.0, -big], [big, 0.0, big]])
+    y = np.array([0, 2])
+    v_inf, g_inf = ce.value_and_grad(ce.cross_entropy)(z, y, reduction="sum")
+    v_big, g_big = ce.value_and_grad(ce.cross_entropy)(zb, y, reduction="sum")
+    np.testing.assert_allclose(v_inf, v_big, atol=1e-12)
+    np.testing.assert_allclose(g_inf, g_big, atol=1e-12)
+
+
+# --- regression: all-zero class weights with "mean" gave a zero gradient (torch: NaN) ---------
+
+
+def test_all_zero_class_weights_mean_gives_nan_gradient_as_torch() -> None:
+    z = np.random.default_rng(0).normal(size=(3, 4))
+    y = np.array([0, 1, -100])  # two kept rows, one ignored
+    w = np.zeros(4)
+    for smoothing in (0.0, 0.1):
+        value, grad = ce.value_and_grad(ce.cross_entropy)(z, y, weight=w, label_smoothing=smoothing)
+        assert np.isnan(value)
+        assert np.isnan(grad[:2]).all()  # kept rows: 0/0
+        np.testing.assert_array_equal(grad[2], 0.0)  # the ignored row stays 0
+        zt = torch.tensor(z, requires_grad=True)
+        loss = F.cross_entropy(
+            zt, torch.tensor(y), weight=torch.tensor(w), label_smoothing=smoothing
+        )
+        loss.backward()
+        assert zt.grad is not None
+        np.testing.assert_array_equal(grad, zt.grad.numpy())  # NaN positions included
+    # "sum" and "none" stay finite (nothing is divided)
+    value, grad = ce.value_and_grad(ce.cross_entropy)(z, y, weight=w, reduction="sum")
+    assert value == 0.0 and np.all(grad == 0.0)
+    # every target ignored: still zero gradient, as torch
+    value, grad = ce.value_and_grad(ce.cross_entropy)(z, np.full(3, -100), weight=w)
+    assert np.isnan(value) and np.all(grad == 0.0)
+
+
+def test_nll_loss_all_zero_class_weights_mean_gives_nan_gradient_as_torch() -> None:
+    x = np.log(np.full((3, 4), 0.25))
+    y = np.array([0, 1, -100])
+    value, grad = ce.value_and_grad(ce.nll_loss)(x, y, weight=np.zeros(4))
+    xt = torch.tensor(x, requires_grad=True)
+    F.nll_loss(xt, torch.tensor(y), weight=torch.zeros(4, dtype=torch.float64)).backward()
+    assert xt.grad is not None and np.isnan(value)
+    np.testing.assert_array_equal(grad, xt.grad.numpy())
+    assert np.isnan(grad[0, 0]) and np.isnan(grad[1, 1]) and np.isnan(grad).sum() == 2
+    # zero weight on the targets' classes only is the same 0/0
+    w = np.array([0.0, 0.0, 1.0, 1.0])
+    _, grad = ce.value_and_grad(ce.nll_loss)(x, y, weight=w)
+    assert np.isnan(grad).sum() == 2
+
+
+# --- float16: the finiteness promise is "float32 and wider" (documented) ----------------------
+
+
+def test_float16_categorical_cross_entropy_gradient_at_zero_is_inf_as_documented() -> None:
+    a = np.array([[0.0, 1.0], [0.5, 0.5]])
+    y = np.array([[1.0, 0.0], [1.0, 0.0]])
+    for dtype in (np.float64, np.float32):
+        value, grad = ce.value_and_grad(ce.categorical_cross_entropy)(
+            a.astype(dtype), y.astype(dtype)
+        )
+        assert np.isfinite(value) and np.isfinite(grad).all()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no RuntimeWarning from the documented overflow
+        value, grad = ce.value_and_grad(ce.categorical_cross_entropy)(
+            a.astype(np.float16), y.astype(np.float16)
+        )
+    assert value.dtype == np.float16 and np.isfinite(value)  # (100 + log 2) / 2
+    assert grad[0, 0] == -np.inf and grad[1, 0] == -1.0
+    doc = ce.categorical_cross_entropy.__doc__ or ""
+    assert "float32 and wider" in doc and "float16" in doc
+
+
+# --- categorical_cross_entropy does not check that rows are distributions (documented) --------
+
+
+def test_categorical_cross_entropy_rows_not_distributions_are_computed_as_documented() -> None:
+    a = np.array([[0.5, 0.9]])  # sums to 1.4: accepted, the formula computed as written
+    y = np.array([[1.0, 0.0]])
+    value, grad = ce.value_and_grad(ce.categorical_cross_entropy)(a, y)
+    np.testing.assert_allclose(value, -np.log(0.5))
+    np.testing.assert_allclose(grad, [[-2.0, 0.0]])
+    # the gradient is the partial derivative with every a_ij free (what finite differences see)
+    numeric = central_difference(lambda p: ce.categorical_cross_entropy(p, y), a)
+    np.testing.assert_allclose(grad, numeric, rtol=1e-6)
+    doc = " ".join((ce.categorical_cross_entropy.__doc__ or "").split())
+    assert "not** checked to be distributions" in doc
+    # entries outside [0, 1] are still refused
+    with pytest.raises(ValueError, match=r"^categorical_cross_entropy: input must contain"):
+        ce.categorical_cross_entropy(np.array([[1.5, -0.5]]), y)

@@ -246,3 +246,42 @@ def test_sigmoid_symmetry(z: np.ndarray) -> None:
     np.testing.assert_allclose(
         ce.log_sigmoid(z) - ce.log_sigmoid(-z), z, rtol=1e-12, atol=1e-12
     )  # log(σ(z)/σ(-z)) = z
+
+
+# --- regression: +inf logits gave NaN (inf - inf) instead of the mathematical limit ----------
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32, np.float16])
+def test_softmax_of_plus_inf_logits_is_the_limit_not_nan(dtype: Any) -> None:
+    inf = np.inf
+    z = np.array([[inf, 0.0, -inf], [inf, 5.0, inf], [1.0, 2.0, 3.0], [-inf, -inf, -inf]], dtype)
+    out = ce.softmax(z, axis=1)
+    assert out.dtype == dtype
+    np.testing.assert_array_equal(out[0], [1.0, 0.0, 0.0])
+    np.testing.assert_array_equal(out[1], [0.5, 0.0, 0.5])  # k = 2 +inf entries share the mass
+    np.testing.assert_allclose(out[2], ce.softmax(z[2]), **tol(dtype))  # other rows unchanged
+    assert np.isnan(out[3]).all()  # all -inf stays NaN, as in torch
+    # along axis 0 too, and the limit is approached by large finite logits
+    np.testing.assert_array_equal(ce.softmax(z[:2].T, axis=0), out[:2].T)
+    big = np.where(np.isposinf(z[:2]), 1e4, np.where(np.isneginf(z[:2]), -1e4, z[:2]))
+    np.testing.assert_allclose(ce.softmax(big.astype(np.float64)), out[:2], atol=1e-12)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_log_softmax_of_plus_inf_logits_is_the_limit_not_nan(dtype: Any) -> None:
+    inf = np.inf
+    z = np.array([[inf, 0.0, -inf], [inf, 5.0, inf]], dtype)
+    out = ce.log_softmax(z)
+    assert out.dtype == dtype
+    np.testing.assert_array_equal(out[0], [0.0, -inf, -inf])
+    np.testing.assert_allclose(out[1], [-np.log(2), -inf, -np.log(2)], **tol(dtype))
+    assert not np.isnan(out).any()
+    np.testing.assert_array_equal(np.exp(out), ce.softmax(z))
+
+
+def test_logsumexp_of_plus_inf_logits_is_inf() -> None:
+    inf = np.inf
+    z = np.array([[inf, 0.0, -inf], [inf, inf, 1.0], [0.0, 0.0, -inf]])
+    out = ce.logsumexp(z)
+    np.testing.assert_array_equal(out[:2], [inf, inf])
+    np.testing.assert_allclose(out[2], np.log(2))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -118,3 +119,96 @@ def test_import_does_not_pull_torch_or_plotting() -> None:
 
 def test_package_ships_py_typed() -> None:
     assert (Path(ce.__file__).parent / "py.typed").is_file()
+
+
+# --- regression: a torch tensor failed inside torch ("Can't call numpy() on Tensor ...") ------
+
+TORCH_POINTER = (
+    r"must be a NumPy array or array_like \(for torch tensors use crossentropy\.torch, e\.g\. "
+    r"crossentropy\.torch\.cross_entropy, which keeps autograd\), got torch\.Tensor of shape "
+)
+
+
+def test_torch_tensor_passed_to_the_numpy_core_points_at_crossentropy_torch() -> None:
+    torch = pytest.importorskip("torch")
+    logits = torch.zeros(2, 3, requires_grad=True)  # np.asarray would fail inside torch
+    labels = torch.tensor([0, 1])
+    probs = torch.full((2, 3), 1 / 3)
+    cases = [
+        (lambda: ce.cross_entropy(logits, np.array([0, 1])), "cross_entropy: input"),
+        (lambda: ce.cross_entropy(np.zeros((2, 3)), labels), "cross_entropy: target"),
+        (
+            lambda: ce.cross_entropy(np.zeros((2, 3)), np.array([0, 1]), weight=torch.ones(3)),
+            "cross_entropy: weight",
+        ),
+        (lambda: ce.nll_loss(np.zeros((2, 3)), labels), "nll_loss: target"),
+        (lambda: ce.softmax(logits), "softmax: z"),
+        (
+            lambda: ce.binary_cross_entropy(probs, np.full((2, 3), 0.5)),
+            "binary_cross_entropy: input",
+        ),
+        (lambda: ce.value_and_grad(ce.mse_loss)(logits, np.zeros((2, 3))), "mse_loss: input"),
+        (lambda: ce.entropy(probs), "entropy: p"),
+    ]
+    for call, where in cases:
+        with pytest.raises(
+            TypeError,
+            match="^" + where + " " + TORCH_POINTER + r"\(\d+,( \d+)?\) and dtype torch\.",
+        ):
+            call()
+    # a tensor that does not require grad is refused too: the result would not be a tensor
+    with pytest.raises(TypeError, match=r"dtype torch\.float32$"):
+        ce.softmax(torch.zeros(3))
+
+
+def test_numpy_core_still_takes_lists_scalars_and_arrays_without_torch_loaded() -> None:
+    code = (
+        "import sys, numpy as np, crossentropy as ce; "
+        "print(float(ce.cross_entropy([[1.0, 2.0]], np.array([1]))), 'torch' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    value, torch_loaded = out.stdout.split()
+    assert abs(float(value) - np.log1p(np.exp(-1.0))) < 1e-12 and torch_loaded == "False"
+
+
+# --- regression: messages embedded the whole repr of a list (megabytes for long lists) --------
+
+HUGE = list(range(1_000_000))
+
+
+@pytest.mark.parametrize(
+    ("call", "prefix"),
+    [
+        (lambda: ce.value_and_grad(HUGE), "value_and_grad: loss must be one of the"),  # type: ignore[arg-type]
+        (lambda: ce.mse_loss([1.0], [1.0], reduction=HUGE), "mse_loss: reduction must be one of"),  # type: ignore[arg-type]
+        (lambda: ce.mse_loss([1.0], [1.0], reduction="x" * 10**6), "mse_loss: reduction must"),  # type: ignore[arg-type]
+        (
+            lambda: ce.cross_entropy([[1.0]], np.array([0]), ignore_index=HUGE),  # type: ignore[arg-type]
+            "cross_entropy: ignore_index must be an integer",
+        ),
+        (
+            lambda: ce.cross_entropy([[1.0]], np.array([0]), label_smoothing=HUGE),  # type: ignore[arg-type]
+            "cross_entropy: label_smoothing must be a real number",
+        ),
+        (lambda: ce.softmax([1.0], axis=HUGE), "softmax: axis must be an integer"),  # type: ignore[arg-type]
+        (lambda: ce.kl_div([0.0], [1.0], log_target=HUGE), "kl_div: log_target must be a bool"),  # type: ignore[arg-type]
+        (lambda: ce.softmax([HUGE, [1.0]]), "softmax: z must be a floating-point array"),
+    ],
+)
+def test_error_messages_show_at_most_200_characters_of_any_value(call: Any, prefix: str) -> None:
+    with pytest.raises((TypeError, ValueError)) as info:
+        call()
+    message = str(info.value)
+    assert message.startswith(prefix)
+    actual = message.split(", got ", 1)[1]
+    assert len(actual) <= _validation.MAX_ACTUAL, actual
+    assert "999999" not in message  # the end of the list is not echoed
+
+
+def test_fail_truncates_a_long_actual_and_says_how_long_it_was() -> None:
+    with pytest.raises(ValueError) as info:
+        _validation.fail("f", "x", "be short", "y" * 1000)
+    actual = str(info.value).split(", got ", 1)[1]
+    assert actual == "y" * (_validation.MAX_ACTUAL - 30) + "... (1000 characters)"
+    assert len(actual) <= _validation.MAX_ACTUAL
+    assert _validation.short_repr(list(range(100))) == "[0, 1, 2, 3, 4, 5, 6, 7, ...]"

@@ -9,8 +9,10 @@ Errors are raised once, at the public boundary, in one format::
 
 from __future__ import annotations
 
+import reprlib
+import sys
 from collections.abc import Iterable
-from typing import Any, NoReturn
+from typing import Any, Literal, NoReturn, cast
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
@@ -18,21 +20,67 @@ from numpy.typing import ArrayLike, NDArray
 Float = np.floating[Any]
 FloatArray = NDArray[Float]
 
-REDUCTIONS = ("none", "mean", "sum")
+Reduction = Literal["none", "mean", "sum"]
+REDUCTIONS: tuple[Reduction, ...] = ("none", "mean", "sum")
+
+# The most characters of any value an error message shows: a message names the problem, it
+# does not echo a megabyte list back.
+MAX_ACTUAL = 200
+
+_REPR = reprlib.Repr()
+_REPR.maxlist = _REPR.maxtuple = _REPR.maxset = _REPR.maxfrozenset = _REPR.maxdict = 8
+_REPR.maxstring = _REPR.maxother = 80
+_REPR.maxlevel = 3
+
+
+def short_repr(x: object) -> str:
+    """``repr(x)``, abbreviated (``[1, 2, ...]``) without building the full repr first."""
+    return _REPR.repr(x)
 
 
 def fail(
     fn: str, arg: str, requirement: str, actual: object, kind: type[Exception] = ValueError
 ) -> NoReturn:
-    """Raise ``kind`` with the house message format."""
-    raise kind(f"{fn}: {arg} must {requirement}, got {actual}")
+    """Raise ``kind`` with the house message format, showing at most ``MAX_ACTUAL`` characters
+    of ``actual``."""
+    text = str(actual)
+    if len(text) > MAX_ACTUAL:
+        text = f"{text[: MAX_ACTUAL - 30]}... ({len(text)} characters)"
+    raise kind(f"{fn}: {arg} must {requirement}, got {text}")
 
 
 def describe(x: object) -> str:
     """A short description of ``x`` for an error message."""
     if isinstance(x, np.ndarray):
         return f"array of shape {x.shape} and dtype {x.dtype}"
-    return f"{type(x).__name__} {x!r}"
+    return f"{type(x).__name__} {short_repr(x)}"
+
+
+def _torch_tensor(x: object) -> bool:
+    """Whether ``x`` is a ``torch.Tensor`` (without importing torch: if the caller has a
+    tensor, torch is already in ``sys.modules``)."""
+    torch = sys.modules.get("torch")
+    tensor = getattr(torch, "Tensor", None)
+    return isinstance(tensor, type) and isinstance(x, tensor)
+
+
+def as_array(x: ArrayLike, fn: str, arg: str) -> NDArray[Any]:
+    """``np.asarray(x)``, refusing torch tensors with a pointer to the torch backend.
+
+    Converting a tensor would detach it from autograd (or fail inside torch, for one that
+    requires grad): the result could not train anything.
+    """
+    if _torch_tensor(x):
+        t = cast(Any, x)
+        fail(
+            fn,
+            arg,
+            "be a NumPy array or array_like (for torch tensors use crossentropy.torch, "
+            "e.g. crossentropy.torch.cross_entropy, which keeps autograd)",
+            f"torch.Tensor of shape {tuple(t.shape)} and dtype {t.dtype}",
+            TypeError,
+        )
+    return np.asarray(x)
 
 
 def float_array(x: ArrayLike, fn: str, arg: str, *, allow_nan: bool = False) -> FloatArray:
@@ -42,6 +90,10 @@ def float_array(x: ArrayLike, fn: str, arg: str, *, allow_nan: bool = False) -> 
     literals), boolean, complex and object input is a ``TypeError``, as in PyTorch: a loss of
     integer "logits" is almost always a bug.
     """
+    if _torch_tensor(x):
+        as_array(x, fn, arg)  # raises, pointing at crossentropy.torch
+    if _torch_tensor(x):
+        as_array(x, fn, arg)  # raises, pointing at crossentropy.torch
     try:
         arr = np.asarray(x)
     except (ValueError, TypeError) as exc:  # ragged nested sequences
@@ -66,12 +118,13 @@ def compute_dtype(*dtypes: np.dtype[Any]) -> np.dtype[Any]:
     return np.dtype(np.result_type(np.float32, *dtypes))
 
 
-def check_reduction(reduction: object, fn: str, allowed: Iterable[str] = REDUCTIONS) -> str:
+def check_reduction(reduction: object, fn: str, allowed: Iterable[str] = REDUCTIONS) -> Reduction:
+    """``reduction`` if it is one of ``allowed`` (``kl_div`` adds ``"batchmean"``)."""
     allowed = tuple(allowed)
     if not isinstance(reduction, str) or reduction not in allowed:
         options = ", ".join(repr(a) for a in allowed)
-        fail(fn, "reduction", f"be one of {options}", repr(reduction))
-    return reduction
+        fail(fn, "reduction", f"be one of {options}", short_repr(reduction))
+    return cast(Reduction, reduction)
 
 
 def check_same_shape(

@@ -20,6 +20,7 @@ from numpy.typing import ArrayLike
 from ._reduction import reduce, scale
 from ._validation import (
     FloatArray,
+    Reduction,
     check_broadcastable_to,
     check_probabilities,
     check_reduction,
@@ -81,7 +82,8 @@ def _weighted_scale(grad: FloatArray, f: _Forward, reduction: str) -> FloatArray
     if f.w is not None:
         grad = grad * f.w
     grad = grad * grad.dtype.type(scale(reduction, f.size))
-    return grad.astype(f.dtype, copy=False)
+    with np.errstate(over="ignore"):  # float16: BCE's ±1e12 slope at 0 and 1 is ±inf, as torch
+        return grad.astype(f.dtype, copy=False)
 
 
 def _bce(input: ArrayLike, target: ArrayLike, weight: ArrayLike | None, reduction: str) -> _Forward:
@@ -114,7 +116,7 @@ def binary_cross_entropy(
     input: ArrayLike,
     target: ArrayLike,
     weight: ArrayLike | None = None,
-    reduction: str = "mean",
+    reduction: Reduction = "mean",
 ) -> FloatArray:
     r"""Binary cross-entropy between predicted probabilities and targets.
 
@@ -159,6 +161,11 @@ def binary_cross_entropy(
     the chain rule gives :math:`(a - y)`: see :func:`binary_cross_entropy_with_logits`, which is
     the stable way to train.
 
+    Finite values and gradients at probabilities of exactly 0 and 1 are promised for float32
+    and wider. In float16 (largest finite value 65504) that slope of :math:`\pm 10^{12}`
+    rounds to :math:`\pm\infty` when the gradient is returned, as PyTorch's float16
+    gradient does; the value stays finite (at most 100 per element).
+
     Examples
     --------
     >>> import numpy as np
@@ -176,7 +183,7 @@ def binary_cross_entropy_value_and_grad(
     input: ArrayLike,
     target: ArrayLike,
     weight: ArrayLike | None = None,
-    reduction: str = "mean",
+    reduction: Reduction = "mean",
 ) -> tuple[FloatArray, FloatArray]:
     r""":func:`binary_cross_entropy` and its gradient w.r.t. ``input`` (PyTorch's, see Notes there).
 
@@ -248,7 +255,7 @@ def binary_cross_entropy_with_logits(
     input: ArrayLike,
     target: ArrayLike,
     weight: ArrayLike | None = None,
-    reduction: str = "mean",
+    reduction: Reduction = "mean",
     pos_weight: ArrayLike | None = None,
 ) -> FloatArray:
     r"""Binary cross-entropy on logits: :func:`binary_cross_entropy` of ``sigmoid(input)``, stably.
@@ -314,7 +321,7 @@ def binary_cross_entropy_with_logits_value_and_grad(
     input: ArrayLike,
     target: ArrayLike,
     weight: ArrayLike | None = None,
-    reduction: str = "mean",
+    reduction: Reduction = "mean",
     pos_weight: ArrayLike | None = None,
 ) -> tuple[FloatArray, FloatArray]:
     r""":func:`binary_cross_entropy_with_logits` and its gradient :math:`\sigma(z) - y` (scaled).

@@ -21,6 +21,8 @@ from numpy.typing import ArrayLike, NDArray
 
 from ._validation import (
     FloatArray,
+    Reduction,
+    as_array,
     check_reduction,
     check_same_shape,
     compute_dtype,
@@ -139,7 +141,7 @@ def _check_labels(
 
 def _target_kind(target: ArrayLike, x: FloatArray, fn: str) -> NDArray[Any]:
     """Return ``target`` as an array, checking that it is class indices or probabilities."""
-    t = np.asarray(target)
+    t = as_array(target, fn, "target")
     if t.dtype.kind in "iu":
         return t
     if t.dtype.kind == "f":
@@ -184,9 +186,15 @@ def _shift_block(xb: NDArray[Any], gb: FloatArray, m: FloatArray, x: FloatArray,
     np.max(xb, axis=1, out=m)
     if np.isnan(m).any():  # max propagates NaN: the NaN check costs nothing extra
         _raise_nan(x, fn)
+    pos_inf = np.isposinf(m)
     # An all -inf row has max -inf; shifting by it would give -inf - -inf = NaN.
     np.copyto(m, 0.0, where=~np.isfinite(m))
     np.subtract(xb, m[:, None], out=gb)
+    if pos_inf.any():
+        # A row with +inf logits: the limit of z + t·[z = +inf] as t -> inf. The +inf entries
+        # share the probability equally (shifted value 0), every other entry gets -inf.
+        rows = np.flatnonzero(pos_inf)
+        gb[rows] = np.where(np.isposinf(xb[rows]), 0.0, -np.inf)
 
 
 def _safe_divide(num: FloatArray, den: FloatArray) -> FloatArray:
@@ -320,6 +328,20 @@ def _soft_kernel(
 # --------------------------------------------------------------------------------------------
 
 
+def _mean_factor(reduction: str, denominator: float, keep: NDArray[np.bool_]) -> float:
+    """``d reduce / d per-sample loss`` of the index-target losses, as PyTorch computes it.
+
+    ``"mean"`` divides by the kept targets' weight sum. When every target is ignored the
+    gradient is 0 (nothing was kept); when targets are kept but their weights sum to 0 it is
+    0/0 = NaN, like the value (PyTorch gives exactly these two).
+    """
+    if reduction != "mean":
+        return 1.0
+    if denominator == 0:
+        return math.nan if keep.any() else 0.0
+    return 1.0 / denominator
+
+
 def _cross_entropy(
     input: ArrayLike,
     target: ArrayLike,
@@ -376,9 +398,10 @@ def _cross_entropy(
     # PyTorch's "mean" divides both the nll and the smoothing term by the sum of the kept
     # targets' weights (their count without weights; measured on torch 2.13).
     denom = float(w_y.sum(dtype=np.float64))
-    r = (0.0 if denom == 0 else 1.0 / denom) if red == "mean" else 1.0  # all ignored: grad 0
-    a = ((1.0 - eps) * r * w_y).astype(dtype)
-    b = (eps / n_classes * r * keep).astype(dtype) if eps > 0 else None
+    r = _mean_factor(red, denom, keep)
+    # Ignored rows get a zero gradient whatever r is (also when r is NaN).
+    a = np.where(keep, (1.0 - eps) * r * w_y, 0.0).astype(dtype)
+    b = np.where(keep, eps / n_classes * r, 0.0).astype(dtype) if eps > 0 else None
     grad_rows = None
     if want_grad:
         grad_rows = np.empty(rows.shape, dtype=dtype if x.ndim > 2 else out_dtype)
@@ -409,7 +432,7 @@ def cross_entropy(
     target: ArrayLike,
     weight: ArrayLike | None = None,
     ignore_index: int = -100,
-    reduction: str = "mean",
+    reduction: Reduction = "mean",
     label_smoothing: float = 0.0,
 ) -> FloatArray:
     r"""Softmax cross-entropy between logits and class indices or class probabilities.
@@ -422,7 +445,10 @@ def cross_entropy(
     input : array_like of float, shape (C,), (N, C) or (N, C, d1, ..., dK)
         Unnormalised logits; the class axis is 1 (0 for a single sample of shape (C,)).
         ``-inf`` entries (a masked vocabulary) are allowed as long as no target needs them;
-        NaN is refused.
+        ``+inf`` entries give the mathematical limit (the row's probability shared equally
+        among its ``+inf`` logits: a target on one of :math:`k` of them costs
+        :math:`\log k`, a target elsewhere costs ``inf`` with gradient :math:`p - e_y`,
+        e.g. ``[1, -1, 0]`` for target 1 on ``[inf, 0, -inf]``); NaN is refused.
     target : array_like
         Either class indices, integer dtype, of ``input``'s shape without the class axis
         ((), (N,) or (N, d1, ..., dK)), values in [0, C) or ``ignore_index``; or class
@@ -463,7 +489,9 @@ def cross_entropy(
     - probability targets: the target becomes :math:`t(1-\varepsilon) + \varepsilon/C`.
 
     If every target is ignored, ``"mean"`` is 0/0 = NaN, as in PyTorch (``"sum"`` is 0); the
-    gradient is then zero, also as in PyTorch. No warning is emitted for it.
+    gradient is then zero, also as in PyTorch. If targets are kept but their class weights sum
+    to 0 (e.g. all-zero ``weight``), ``"mean"`` is NaN and so is the gradient of every kept
+    row (ignored rows stay 0): PyTorch's 0/0, reproduced. No warning is emitted for either.
 
     Computation is in at least float32 (float16 input is computed in float32 and the result
     returned as float16). Integer labels use :math:`\operatorname{LSE}(z) - z_y` with the row
@@ -494,7 +522,7 @@ def cross_entropy_value_and_grad(
     target: ArrayLike,
     weight: ArrayLike | None = None,
     ignore_index: int = -100,
-    reduction: str = "mean",
+    reduction: Reduction = "mean",
     label_smoothing: float = 0.0,
 ) -> tuple[FloatArray, FloatArray]:
     r""":func:`cross_entropy` and its gradient with respect to ``input``, in closed form.
@@ -553,7 +581,7 @@ def _nll_loss(
 ) -> tuple[FloatArray, FloatArray | None]:
     fn = "nll_loss"
     x = _check_input(input, fn)
-    t = np.asarray(target)
+    t = as_array(target, fn, "target")
     if t.dtype.kind not in "iu":
         fail(fn, "target", "have an integer dtype (class indices)", f"dtype {t.dtype}", TypeError)
     n_classes = x.shape[_class_axis(x.ndim)]
@@ -578,9 +606,10 @@ def _nll_loss(
             value = np.asarray(per.sum(dtype=np.float64) / denom)
     grad = None
     if want_grad:
-        scale = (0.0 if denom == 0 else 1.0 / denom) if red == "mean" else 1.0
+        scale = _mean_factor(red, denom, keep)
         g_rows = np.zeros(rows.shape, dtype=dtype)
-        g_rows[r, labels] = -scale * w_y
+        with np.errstate(invalid="ignore"):  # 0/0: kept targets of zero total weight
+            g_rows[r[keep], labels[keep]] = -scale * w_y[keep]
         grad = _from_rows(g_rows, x.shape).astype(x.dtype, copy=False)
     return np.asarray(value, dtype=x.dtype), grad
 
@@ -590,7 +619,7 @@ def nll_loss(
     target: ArrayLike,
     weight: ArrayLike | None = None,
     ignore_index: int = -100,
-    reduction: str = "mean",
+    reduction: Reduction = "mean",
 ) -> FloatArray:
     r"""Negative log-likelihood of class indices under log-probabilities.
 
@@ -638,7 +667,7 @@ def nll_loss_value_and_grad(
     target: ArrayLike,
     weight: ArrayLike | None = None,
     ignore_index: int = -100,
-    reduction: str = "mean",
+    reduction: Reduction = "mean",
 ) -> tuple[FloatArray, FloatArray]:
     r""":func:`nll_loss` and its gradient with respect to ``input``, in closed form.
 
@@ -653,7 +682,8 @@ def nll_loss_value_and_grad(
         ``nll_loss(input, target, ...)``.
     gradient : ndarray, ``input``'s shape and dtype
         :math:`-w_{y_i}/D` at each kept target (D the mean's denominator, 1 for ``"sum"`` and
-        ``"none"``), zero elsewhere; zero everywhere if every target is ignored.
+        ``"none"``), zero elsewhere; zero everywhere if every target is ignored, NaN at the
+        kept targets if their weights sum to 0 with ``"mean"`` (PyTorch's 0/0).
 
     Notes
     -----
@@ -706,12 +736,13 @@ def _categorical(
     if want_grad:
         scale = (math.nan if n_samples == 0 else 1.0 / n_samples) if red == "mean" else 1.0
         g = -scale * y / np.maximum(a, _PROB_EPS) + 0.0  # + 0.0: no -0.0
-        grad = g.astype(a_in.dtype, copy=False)
+        with np.errstate(over="ignore"):  # float16: -1e12 at a = 0 is -inf (documented)
+            grad = g.astype(a_in.dtype, copy=False)
     return np.asarray(value, dtype=a_in.dtype), grad
 
 
 def categorical_cross_entropy(
-    input: ArrayLike, target: ArrayLike, reduction: str = "mean"
+    input: ArrayLike, target: ArrayLike, reduction: Reduction = "mean"
 ) -> FloatArray:
     r"""The article's categorical cross-entropy :math:`-\sum_j y_j \log a_j` on probabilities.
 
@@ -742,6 +773,17 @@ def categorical_cross_entropy(
     logits is the article's :math:`a - y`; :func:`cross_entropy` on the logits computes the
     same value more accurately.
 
+    The rows of ``input`` and ``target`` are **not** checked to be distributions (to sum to 1
+    along the class axis): only that every entry lies in [0, 1]. The formula is computed as
+    written for any such rows (``[[0.5, 0.9]]`` against ``[[1, 0]]`` gives
+    :math:`-\log 0.5`), and its gradient treats every :math:`a_{ij}` as a free variable,
+    which is what a finite-difference check perturbs. The value is a cross-entropy between
+    distributions only when the rows are distributions; :func:`cross_entropy` on logits
+    cannot be given anything else.
+
+    The gradient at :math:`a = 0` is :math:`-10^{12}\,y/n`: finite in float32 and wider; in
+    float16 it rounds to :math:`-\infty` (the value stays at most 100 per sample and class).
+
     Examples
     --------
     >>> import numpy as np
@@ -758,7 +800,7 @@ def categorical_cross_entropy(
 
 @gradient_of(categorical_cross_entropy)
 def categorical_cross_entropy_value_and_grad(
-    input: ArrayLike, target: ArrayLike, reduction: str = "mean"
+    input: ArrayLike, target: ArrayLike, reduction: Reduction = "mean"
 ) -> tuple[FloatArray, FloatArray]:
     r""":func:`categorical_cross_entropy` and its gradient with respect to the probabilities.
 

@@ -13,7 +13,7 @@ axis, in nats.
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple
+from typing import Any, Literal, NamedTuple
 
 import numpy as np
 from numpy.typing import ArrayLike
@@ -30,10 +30,12 @@ from ._validation import (
     fail,
     float_array,
     input_and_target,
+    short_repr,
 )
 from .grad import gradient_of
 
-KL_DIV_REDUCTIONS = (*REDUCTIONS, "batchmean")
+KLDivReduction = Literal["none", "mean", "sum", "batchmean"]
+KL_DIV_REDUCTIONS: tuple[KLDivReduction, ...] = (*REDUCTIONS, "batchmean")
 
 # ---------------------------------------------------------------------------------------------
 # kl_div (torch.nn.functional semantics)
@@ -50,7 +52,7 @@ def _kl_div(input: ArrayLike, target: ArrayLike, reduction: str, log_target: boo
     fn = "kl_div"
     check_reduction(reduction, fn, KL_DIV_REDUCTIONS)
     if not isinstance(log_target, (bool, np.bool_)):
-        fail(fn, "log_target", "be a bool", repr(log_target), TypeError)
+        fail(fn, "log_target", "be a bool", short_repr(log_target), TypeError)
     x, y = input_and_target(input, target, fn)
     if not log_target and y.size and np.any(y < 0):
         fail(fn, "target", "be non-negative (probabilities)", f"minimum {float(np.min(y)):.6g}")
@@ -76,7 +78,10 @@ def _kl_div(input: ArrayLike, target: ArrayLike, reduction: str, log_target: boo
 
 
 def kl_div(
-    input: ArrayLike, target: ArrayLike, reduction: str = "mean", log_target: bool = False
+    input: ArrayLike,
+    target: ArrayLike,
+    reduction: KLDivReduction = "mean",
+    log_target: bool = False,
 ) -> FloatArray:
     r"""Element-wise KL divergence terms of ``target`` from ``exp(input)``, as in PyTorch.
 
@@ -135,7 +140,10 @@ def kl_div(
 
 @gradient_of(kl_div)
 def kl_div_value_and_grad(
-    input: ArrayLike, target: ArrayLike, reduction: str = "mean", log_target: bool = False
+    input: ArrayLike,
+    target: ArrayLike,
+    reduction: KLDivReduction = "mean",
+    log_target: bool = False,
 ) -> tuple[FloatArray, FloatArray]:
     r""":func:`kl_div` and its gradient w.r.t. ``input``: :math:`-p` (scaled by the reduction).
 

@@ -82,12 +82,24 @@ def log_sigmoid(z: ArrayLike) -> FloatArray:
 
 
 def _shifted(x: FloatArray, axis: int) -> tuple[FloatArray, FloatArray]:
-    """``x - max(x)`` along ``axis`` and the (finite-ised) max, keepdims."""
+    """``x - max(x)`` along ``axis`` and the max (0 for an all -inf slice), keepdims.
+
+    A slice containing ``+inf`` is shifted to its limit: 0 at the ``+inf`` entries, ``-inf``
+    elsewhere (the limit of ``z + t·[z = +inf] - max`` as ``t -> inf``), and its max is
+    ``+inf``. So softmax shares the mass equally among the ``+inf`` entries instead of
+    computing ``inf - inf = NaN``.
+    """
     # initial=-inf: an empty slice has max -inf instead of raising (PyTorch returns empty/-inf).
     m = np.max(x, axis=axis, keepdims=True, initial=-np.inf)
+    pos_inf = np.isposinf(m)
     # An all -inf (or empty) slice has max -inf; shifting by it would give -inf - -inf = NaN.
     m = np.where(np.isfinite(m), m, 0.0).astype(x.dtype, copy=False)
-    return x - m, m
+    shifted = x - m
+    if pos_inf.any():
+        limit = np.where(np.isposinf(x), 0.0, -np.inf).astype(x.dtype, copy=False)
+        shifted = np.where(pos_inf, limit, shifted)
+        m = np.where(pos_inf, np.inf, m).astype(x.dtype, copy=False)
+    return shifted, m
 
 
 def logsumexp(z: ArrayLike, axis: int = -1) -> FloatArray:
@@ -167,12 +179,16 @@ def log_softmax(z: ArrayLike, axis: int = -1) -> FloatArray:
     .. math:: \log a_j = z_j - \max_k z_k - \log\sum_k e^{z_k - \max_k z_k}
 
     Never ``log(softmax(z))``, which gives ``-inf`` as soon as a probability underflows.
+    ``+inf`` logits give the limit: :math:`-\log k` at each of a slice's :math:`k` ``+inf``
+    entries, ``-inf`` elsewhere (not ``inf - inf = NaN``).
 
     Examples
     --------
     >>> import numpy as np
     >>> log_softmax(np.array([1000.0, 1.0]))
     array([   0., -999.])
+    >>> log_softmax(np.array([np.inf, 0.0, -np.inf]))
+    array([  0., -inf, -inf])
     """
     x, dtype = _as_input(z, "log_softmax")
     ax = check_axis(axis, x.ndim, "log_softmax")
@@ -204,13 +220,16 @@ def softmax(z: ArrayLike, axis: int = -1) -> FloatArray:
     -----
     Shift-invariant, so it is computed on :math:`z - \max z` and ``exp`` never overflows. Its
     Jacobian is :math:`\partial a_q/\partial z_j = a_q(\delta_{qj} - a_j)`; composed with
-    cross-entropy it collapses to :math:`a_j - y_j`.
+    cross-entropy it collapses to :math:`a_j - y_j`. ``+inf`` logits give the limit: a slice's
+    ``+inf`` entries share the probability equally and every other entry gets 0.
 
     Examples
     --------
     >>> import numpy as np
     >>> softmax(np.array([1000.0, 1000.0, -np.inf]))
     array([0.5, 0.5, 0. ])
+    >>> softmax(np.array([np.inf, 0.0, -np.inf]))
+    array([1., 0., 0.])
     """
     x, dtype = _as_input(z, "softmax")
     ax = check_axis(axis, x.ndim, "softmax")
