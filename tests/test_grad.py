@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import inspect
 import re
 from collections.abc import Callable
@@ -141,7 +142,8 @@ def test_unknown_loss_is_a_type_error_with_the_list_of_losses() -> None:
 
     known = ", ".join(sorted(f.__name__ for f in registered()))
     pattern = (
-        rf"^value_and_grad: loss must be one of the library's losses \({re.escape(known)}\), "
+        rf"^value_and_grad: loss must be one of the library's losses \({re.escape(known)}\) "
+        r"or a functools.partial of one, "
         rf"got function <function .*not_a_loss at 0x[0-9a-f]+>$"
     )
     with pytest.raises(TypeError, match=pattern):
@@ -157,3 +159,41 @@ def test_registry_copy_cannot_be_used_to_unregister() -> None:
     copy = registered()
     copy.clear()
     assert ce.mse_loss in registered()
+
+
+# --- functools.partial of a registered loss -------------------------------------------------
+
+
+def test_value_and_grad_accepts_a_partial_of_a_registered_loss(rng: np.random.Generator) -> None:
+    z = rng.normal(size=(4, 5))
+    y = np.array([0, 3, 1, 4])
+    vg = ce.value_and_grad(functools.partial(ce.cross_entropy, label_smoothing=0.1))
+    value, grad = vg(z, y)
+    want_value, want_grad = ce.value_and_grad(ce.cross_entropy)(z, y, label_smoothing=0.1)
+    np.testing.assert_array_equal(value, want_value)
+    np.testing.assert_array_equal(grad, want_grad)
+    # nested partials flatten; a call's keyword overrides the bound one, as with the loss
+    nested = functools.partial(functools.partial(ce.cross_entropy, reduction="sum"), weight=None)
+    value, _ = ce.value_and_grad(nested)(z, y, reduction="mean")
+    np.testing.assert_allclose(value, ce.cross_entropy(z, y))
+    # the closed form still matches finite differences
+    bce = functools.partial(ce.binary_cross_entropy_with_logits, pos_weight=np.array(3.0))
+    x, t = rng.normal(size=6), rng.uniform(size=6)
+    _, g = ce.value_and_grad(bce)(x, t)
+    np.testing.assert_allclose(g, central_difference(lambda v: bce(v, t), x), rtol=1e-6)
+
+
+def test_value_and_grad_refuses_a_partial_that_binds_the_differentiated_argument() -> None:
+    z = np.zeros((2, 3))
+    message = (
+        r"^value_and_grad: loss must be a functools\.partial that binds keyword options only, "
+        r"not 'input' \(the argument the gradient is taken with respect to\), got "
+    )
+    with pytest.raises(ValueError, match=message + r"partial\(cross_entropy, 1 positional"):
+        ce.value_and_grad(functools.partial(ce.cross_entropy, z))
+    with pytest.raises(ValueError, match=message + r".*keywords \['input'\]\)$"):
+        ce.value_and_grad(functools.partial(ce.mse_loss, input=z))
+    with pytest.raises(ValueError, match=r"not 'p' \(the argument"):
+        ce.value_and_grad(functools.partial(ce.entropy, p=np.ones(2) / 2))
+    with pytest.raises(TypeError, match=r"^value_and_grad: loss must be one of the library's"):
+        ce.value_and_grad(functools.partial(np.sum, axis=0))

@@ -12,7 +12,7 @@ from typing import NamedTuple
 from numpy.typing import ArrayLike
 
 from ._reduction import reduce, scale
-from ._validation import FloatArray, check_reduction, compute_dtype, input_and_target
+from ._validation import FloatArray, Reduction, check_reduction, compute_dtype, input_and_target
 from .grad import gradient_of
 
 
@@ -31,7 +31,7 @@ def _mse(input: ArrayLike, target: ArrayLike, reduction: str) -> _Forward:
     return _Forward(value, diff)
 
 
-def mse_loss(input: ArrayLike, target: ArrayLike, reduction: str = "mean") -> FloatArray:
+def mse_loss(input: ArrayLike, target: ArrayLike, reduction: Reduction = "mean") -> FloatArray:
     r"""Mean squared error, element-wise :math:`(a_i - y_i)^2`, reduced.
 
     Parameters
@@ -78,7 +78,7 @@ def mse_loss(input: ArrayLike, target: ArrayLike, reduction: str = "mean") -> Fl
 
 @gradient_of(mse_loss)
 def mse_loss_value_and_grad(
-    input: ArrayLike, target: ArrayLike, reduction: str = "mean"
+    input: ArrayLike, target: ArrayLike, reduction: Reduction = "mean"
 ) -> tuple[FloatArray, FloatArray]:
     r""":func:`mse_loss` and its gradient :math:`2(a - y)` (divided by :math:`n` for ``"mean"``).
 
