@@ -113,7 +113,7 @@ def test_metrics_json_has_the_required_keys_and_the_measured_values(
         {"name", "max_abs_error"} <= set(c) for c in m["gradient_checks"]
     )
     assert len({c["name"] for c in m["gradient_checks"]}) == len(m["gradient_checks"])
-    assert len(m["identities"]) == 3
+    assert len(m["identities"]) == 4
     for ident in m["identities"]:
         assert {"name", "lhs", "rhs", "abs_error"} <= set(ident)
         assert ident["abs_error"] == pytest.approx(abs(ident["lhs"] - ident["rhs"]), abs=1e-18)

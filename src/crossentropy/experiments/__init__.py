@@ -5,21 +5,22 @@ Every experiment uses only the core API (losses, their closed-form gradients via
 draws or prints — :mod:`crossentropy.report` renders the results.
 
 1. :func:`gradient_anatomy` — :math:`\\partial L/\\partial z` of MSE and BCE under a sigmoid.
-2. :func:`saturated_neuron` — one neuron started confidently wrong, trained both ways.
+2. :func:`saturated_neuron` — one neuron started confidently wrong, trained both ways;
+   :func:`neuron_grid` — the same for a grid of starts and learning rates (the sliders).
 3. :func:`fair_race` — logistic / softmax regression on real data, each loss at its best
    learning rate.
 4. :func:`derivation_checks` — the article's formulas vs finite differences and torch autograd.
-5. :func:`identities` — cross-entropy = −log-likelihood / n, H(p, q) = H(p) + KL(p‖q),
-   two-class softmax CE = BCE on the logit difference.
+5. :func:`identities` — cross-entropy = −log-likelihood / n (binary and categorical, against
+   the labels), H(p, q) = H(p) + KL(p‖q), two-class softmax CE = BCE on the logit difference.
 
 :func:`run_demo` runs all five for ``crossentropy demo``.
 """
 
 from .anatomy import GradientAnatomy, gradient_anatomy
 from .checks import DerivationChecks, GradientCheck, derivation_checks
-from .demo import DemoResults, DemoSettings, run_demo
+from .demo import DemoResults, DemoSettings, identities_of, run_demo
 from .identities import Identity, identities
-from .neuron import NeuronRun, SaturatedNeuron, saturated_neuron
+from .neuron import NeuronGrid, NeuronRun, SaturatedNeuron, neuron_grid, saturated_neuron
 from .race import Race, RaceRun, Trial, fair_race
 
 __all__ = [
@@ -29,6 +30,7 @@ __all__ = [
     "GradientAnatomy",
     "GradientCheck",
     "Identity",
+    "NeuronGrid",
     "NeuronRun",
     "Race",
     "RaceRun",
@@ -38,6 +40,8 @@ __all__ = [
     "fair_race",
     "gradient_anatomy",
     "identities",
+    "identities_of",
+    "neuron_grid",
     "run_demo",
     "saturated_neuron",
 ]

@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-
-import crossentropy as ce
 
 from .anatomy import GradientAnatomy, gradient_anatomy
 from .checks import DerivationChecks, derivation_checks
 from .identities import Identity, identities
-from .neuron import SaturatedNeuron, saturated_neuron
+from .neuron import NeuronGrid, SaturatedNeuron, neuron_grid, saturated_neuron
 from .race import DEFAULT_GRID, LOSSES, Race, fair_race
 
 DATASETS = ("breast_cancer", "digits")
@@ -40,6 +39,11 @@ class DemoSettings:
         return 600 if self.quick else 1000
 
     @property
+    def grid_steps(self) -> int:
+        """Steps of each run behind the sliders (every z₀ × learning rate of the grid)."""
+        return 500
+
+    @property
     def race_steps(self) -> int:
         return 40 if self.quick else 200
 
@@ -55,7 +59,7 @@ class DemoSettings:
     @property
     def work_units(self) -> int:
         """Progress units: one per race trial plus one per other experiment."""
-        return self.race_trials + 4
+        return self.race_trials + 5
 
 
 @dataclass(frozen=True)
@@ -65,10 +69,45 @@ class DemoResults:
     settings: DemoSettings
     anatomy: GradientAnatomy
     neuron: SaturatedNeuron
+    grid: NeuronGrid
     race: Race
     checks: DerivationChecks
     identities: tuple[Identity, ...]
     seconds: dict[str, float] = field(default_factory=dict)
+
+
+@contextlib.contextmanager
+def one_blas_thread() -> Iterator[None]:
+    """Run NumPy's matrix products on one thread.
+
+    The demo's matrices are small (at most 1078 × 64): several BLAS threads spend more time
+    waking each other than multiplying — on two busy cores the race ran 10× slower with them.
+    ``threadpoolctl`` comes with scikit-learn (the ``[demo]`` extra); without it, nothing
+    changes.
+    """
+    try:
+        from threadpoolctl import threadpool_limits  # type: ignore[import-untyped]
+    except ImportError:
+        yield
+        return
+    with threadpool_limits(limits=1, user_api="blas"):
+        yield
+
+
+def identities_of(race: Race, seed: int) -> tuple[Identity, ...]:
+    """The identities on the test predictions of the race's cross-entropy models (standard
+    initialisation), against the test labels."""
+    bc = race.get("breast_cancer", "standard", "cross_entropy")
+    digits = race.get("digits", "standard", "cross_entropy")
+    return identities(
+        bc.test_logits,
+        bc.test_labels,
+        digits.test_logits,
+        digits.test_labels,
+        seed=seed,
+        binary_data="breast_cancer",
+        class_data="digits",
+    )
 
 
 def run_demo(
@@ -79,11 +118,14 @@ def run_demo(
 
     Examples
     --------
-    >>> DemoSettings(quick=True).work_units  # 2 data sets × 2 inits × 2 losses × 3 rates + 4
-    28
+    >>> DemoSettings(quick=True).work_units  # 2 data sets × 2 inits × 2 losses × 3 rates + 5
+    29
     """
-    s = settings or DemoSettings()
-    tick = on_progress or (lambda _description: None)
+    with one_blas_thread():
+        return _run(settings or DemoSettings(), on_progress or (lambda _description: None))
+
+
+def _run(s: DemoSettings, tick: Callable[[str], None]) -> DemoResults:
     seconds: dict[str, float] = {}
     start = time.perf_counter()
 
@@ -98,6 +140,8 @@ def run_demo(
     lap("gradient anatomy")
     neuron = saturated_neuron(steps=s.neuron_steps)
     lap("saturated neuron")
+    grid = neuron_grid(steps=s.grid_steps)
+    lap("neuron grid")
     race = fair_race(
         seed=s.seed,
         steps=s.race_steps,
@@ -110,26 +154,13 @@ def run_demo(
     start = time.perf_counter()
     checks = derivation_checks(seed=s.seed, use_torch=s.use_torch)
     lap("derivation checks")
-    bc = race.get("breast_cancer", "standard", "cross_entropy")
-    digits_mse = race.get("digits", "standard", "mse")
-    digits_ce = race.get("digits", "standard", "cross_entropy")
-    ids = identities(
-        bc.test_logits,
-        bc.test_labels,
-        ce.softmax(digits_mse.test_logits, axis=1),
-        ce.softmax(digits_ce.test_logits, axis=1),
-        seed=s.seed,
-        binary_data="breast-cancer test split, logistic regression trained with cross-entropy",
-        distribution_data=(
-            "digits test split: p = softmax regression trained with MSE, "
-            "q = trained with cross-entropy"
-        ),
-    )
+    ids = identities_of(race, s.seed)
     lap("identities")
     return DemoResults(
         settings=s,
         anatomy=anatomy,
         neuron=neuron,
+        grid=grid,
         race=race,
         checks=checks,
         identities=ids,

@@ -79,6 +79,25 @@ def first_step(condition: NDArray[np.bool_]) -> int | None:
     return int(hits[0]) if hits.size else None
 
 
+def neuron_logit_grad(z: NDArray[np.float64], y: float, loss: str) -> NDArray[np.float64]:
+    """:math:`\\partial L/\\partial z` for every neuron of ``z`` (any shape), target ``y``.
+
+    From the library's closed forms, one call for all neurons (``reduction="sum"`` of
+    independent neurons gives each one's own gradient): MSE through the chain rule
+    :math:`(a - y)\\,\\sigma'(z)`, cross-entropy directly :math:`a - y`.
+    """
+    t = np.full_like(z, y)
+    if loss == "mse":
+        a = ce.sigmoid(z)
+        _, dl_da = ce.value_and_grad(ce.mse_loss)(a, t, reduction="sum")  # 2(a - y)
+        # the article's L = (a - y)²/2, then × σ'(z): the factor that vanishes when saturated
+        return np.asarray(dl_da / 2 * (a * (1 - a)), np.float64)
+    if loss == "cross_entropy":
+        _, dl_dz = ce.value_and_grad(ce.binary_cross_entropy_with_logits)(z, t, reduction="sum")
+        return np.asarray(dl_dz, np.float64)  # = a - y: σ'(z) cancelled
+    raise ValueError(f"neuron_logit_grad: loss must be one of {LOSSES}, got {loss!r}")
+
+
 def neuron_value_and_grads(
     w: float, b: float, x: float, y: float, loss: str
 ) -> tuple[float, float, float, float]:
@@ -87,19 +106,16 @@ def neuron_value_and_grads(
     ``dL/dz`` comes from the library's closed forms; then :math:`\\partial z/\\partial w = x`,
     :math:`\\partial z/\\partial b = 1`.
     """
+    if loss not in LOSSES:
+        raise ValueError(f"neuron_value_and_grads: loss must be one of {LOSSES}, got {loss!r}")
     z = np.array([w * x + b])
     t = np.array([y])
     a = ce.sigmoid(z)
     if loss == "mse":
-        value, dl_da = ce.value_and_grad(ce.mse_loss)(a, t, reduction="sum")
-        value, dl_da = value / 2, dl_da / 2  # the article's L = (a - y)² / 2
-        dl_dz = dl_da * a * (1 - a)  # × σ'(z): the factor that vanishes when saturated
-    elif loss == "cross_entropy":
-        value, dl_dz = ce.value_and_grad(ce.binary_cross_entropy_with_logits)(z, t, reduction="sum")
-        # = a - y: σ'(z) cancelled
+        value = float(ce.mse_loss(a, t, reduction="sum")) / 2  # the article's (a - y)²/2
     else:
-        raise ValueError(f"neuron_value_and_grads: loss must be one of {LOSSES}, got {loss!r}")
-    g = float(dl_dz[0])
+        value = float(ce.binary_cross_entropy_with_logits(z, t, reduction="sum"))
+    g = float(neuron_logit_grad(z, y, loss)[0])
     return float(a[0]), float(value), g * x, g
 
 
@@ -114,6 +130,104 @@ def train_neuron(
         rec[:, t] = (w, b, a, value)
         w, b = w - learning_rate * dw, b - learning_rate * db
     return rec[0], rec[1], rec[2], rec[3]
+
+
+@dataclass(frozen=True)
+class NeuronGrid:
+    """The neuron trained from every starting pre-activation :math:`z_0` of a grid, at every
+    learning rate of a grid, with both losses: the data behind the report's sliders.
+
+    With :math:`x = 1`, :math:`z = w + b` and one step changes :math:`z` by
+    :math:`-2\\eta\\,\\partial L/\\partial z`, so :math:`z_0` (not ``w0`` and ``b0`` apart)
+    and :math:`\\eta` determine the whole run; each run starts at ``w0 = b0 = z0 / 2``.
+
+    Attributes
+    ----------
+    z0, learning_rates : tuple of float, lengths nz and nl
+    y : float
+        The target (0: every :math:`z_0 > 0` starts on the wrong side).
+    steps : int
+        Gradient steps of each run.
+    recorded : ndarray of int, shape (k,)
+        The steps at which ``output`` and ``sigmoid_prime`` are kept (every step at first,
+        sparser later: enough to draw the curves exactly at their pixel resolution).
+    output, sigmoid_prime : dict of ndarray, shape (nz, nl, k)
+        Per loss, the output :math:`a` and the factor :math:`\\sigma'(z) = a(1 - a)` at each
+        recorded step.
+    steps_to_correct : dict of ndarray of int, shape (nz, nl)
+        Per loss, the first step with :math:`|a - y| < 1/2` (over *all* steps), −1 if never.
+    """
+
+    z0: tuple[float, ...]
+    learning_rates: tuple[float, ...]
+    y: float
+    steps: int
+    recorded: NDArray[np.int64]
+    output: dict[str, NDArray[np.float64]]
+    sigmoid_prime: dict[str, NDArray[np.float64]]
+    steps_to_correct: dict[str, NDArray[np.int64]]
+
+
+DEFAULT_Z0 = (1.0, 1.5, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0)
+DEFAULT_RATES = (0.05, 0.15, 0.3, 0.5, 1.0, 2.0, 4.0)
+
+
+def recorded_steps(steps: int, dense: int = 40, stride: int = 4) -> NDArray[np.int64]:
+    """Every step up to ``dense``, then every ``stride``-th, and always the last one."""
+    idx = np.unique(np.r_[np.arange(min(dense, steps) + 1), np.arange(dense, steps + 1, stride)])
+    return np.unique(np.r_[idx, steps]).astype(np.int64)
+
+
+def neuron_grid(
+    z0: tuple[float, ...] = DEFAULT_Z0,
+    learning_rates: tuple[float, ...] = DEFAULT_RATES,
+    steps: int = 500,
+    y: float = 0.0,
+) -> NeuronGrid:
+    """Train ``len(z0) * len(learning_rates)`` neurons per loss, all at once.
+
+    Every neuron is an element of one array, so each gradient step is one call of the
+    library's closed-form gradient for all of them (:func:`neuron_logit_grad`).
+
+    Examples
+    --------
+    >>> g = neuron_grid(z0=(6.0,), learning_rates=(0.5,), steps=20)
+    >>> int(g.steps_to_correct["cross_entropy"][0, 0]), int(g.steps_to_correct["mse"][0, 0])
+    (7, -1)
+    """
+    if steps < 1:
+        raise ValueError(f"neuron_grid: steps must be at least 1, got {steps}")
+    zs = np.asarray(z0, dtype=np.float64)[:, None]
+    lrs = np.asarray(learning_rates, dtype=np.float64)[None, :]
+    rec = recorded_steps(steps)
+    output, sigma_prime, correct = {}, {}, {}
+    x = 1.0
+    for loss in LOSSES:
+        w = np.broadcast_to(zs / 2, (zs.size, lrs.size)).copy()
+        b = w.copy()
+        outs = np.empty((steps + 1, *w.shape))
+        for t in range(steps + 1):
+            z = w * x + b
+            outs[t] = ce.sigmoid(z)
+            if t < steps:
+                g = neuron_logit_grad(z, y, loss)
+                w, b = w - lrs * g * x, b - lrs * g  # ∂z/∂w = x, ∂z/∂b = 1
+        wrong = np.abs(outs - y) >= 0.5
+        ever = ~wrong.all(axis=0)
+        correct[loss] = np.where(ever, wrong.argmin(axis=0), -1).astype(np.int64)
+        kept = np.moveaxis(outs[rec], 0, -1)
+        output[loss] = np.ascontiguousarray(kept)
+        sigma_prime[loss] = np.ascontiguousarray(kept * (1 - kept))
+    return NeuronGrid(
+        z0=tuple(float(v) for v in z0),
+        learning_rates=tuple(float(v) for v in learning_rates),
+        y=y,
+        steps=steps,
+        recorded=rec,
+        output=output,
+        sigmoid_prime=sigma_prime,
+        steps_to_correct=correct,
+    )
 
 
 def saturated_neuron(
