@@ -56,7 +56,7 @@ SMALL_NOTES = (
     "Notes: each timed sample is a loop of k calls (k chosen per implementation and shape so "
     "that a sample lasts ≥ ~{sample_ms:.0f} ms), divided by k; medians of {samples} interleaved "
     "samples after a warm-up. 'fused path forced' sets "
-    "`crossentropy.torch.functional.DIRECT_MAX_ELEMENTS = -1` around its loop (restored after); "
+    "`crossentropy.torch.functional.DIRECT_MAX_ELEMENTS = -1` around each call (restored after); "
     "'default path' is read from the loss's `grad_fn` (`NllLossBackward0`: direct call of "
     "`F.cross_entropy`; `_CrossEntropyIndexBackward`: fused). Above the threshold the default "
     "and the forced column run the same code, so their difference is noise.\n"

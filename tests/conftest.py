@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import os
+
+# Triton kernels run on CPU tensors in Triton's interpreter (read when a kernel is defined, so
+# before anything imports crossentropy.torch._triton): how the CUDA path is tested here.
+os.environ.setdefault("TRITON_INTERPRET", "1")
+
 from collections.abc import Callable
 from typing import Any
 

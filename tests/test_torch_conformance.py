@@ -620,3 +620,121 @@ def test_torch_export_keeps_one_custom_op_node():
     targets = [str(n.target) for n in ep.graph.nodes if n.op == "call_function"]
     assert sum("crossentropy.index_forward" in s for s in targets) == 1
     torch.testing.assert_close(ep.module()(h, t), F.cross_entropy(m.lin(h), t, label_smoothing=0.1))
+
+
+# --------------------------------------------------------------------------- hostile-user cases
+
+
+def _compiled_transform_case():
+    g = torch.Generator().manual_seed(8)
+    x = torch.randn(12, C, generator=g)
+    t = torch.randint(0, C, (12,), generator=g)
+    v = torch.randn(12, C, generator=g)
+    return x, t, v
+
+
+def test_compiled_jvp_and_jacfwd_are_not_zero():
+    """Found by the hostile pass: compiled jvp/jacfwd gave a silent zero tangent."""
+    x, t, v = _compiled_transform_case()
+    outs = []
+    for fn in (cet.cross_entropy, F.cross_entropy):
+        torch._dynamo.reset()
+        jv = torch.compile(
+            lambda x, v, fn=fn: torch.func.jvp(lambda z: fn(z, t), (x,), (v,)), backend="aot_eager"
+        )(x, v)[1]
+        torch._dynamo.reset()
+        jf = torch.compile(lambda x, fn=fn: torch.func.jacfwd(lambda z: fn(z, t))(x))(x)
+        outs.append((jv, jf))
+    torch.testing.assert_close(outs[0][0], outs[1][0])
+    torch.testing.assert_close(outs[0][1], outs[1][1])
+    assert outs[0][1].abs().sum() > 0
+
+
+def test_compiled_forward_ad_keeps_the_tangent():
+    import torch.autograd.forward_ad as fwAD
+
+    x, t, v = _compiled_transform_case()
+    h, w = torch.randn(12, 4), torch.randn(C, 4)
+    tangents = []
+    for ce, lin in (
+        (cet.cross_entropy, cet.linear_cross_entropy),
+        (F.cross_entropy, lambda h, w, t: F.cross_entropy(F.linear(h, w), t)),
+    ):
+        torch._dynamo.reset()
+        f = torch.compile(lambda d, ce=ce: ce(d, t), backend="aot_eager")
+        g = torch.compile(lambda d, lin=lin: lin(d, w, t), backend="aot_eager")
+        with fwAD.dual_level():
+            a = fwAD.unpack_dual(f(fwAD.make_dual(x, v))).tangent
+            b = fwAD.unpack_dual(g(fwAD.make_dual(h, torch.ones_like(h)))).tangent
+        tangents.append((a, b))
+    assert tangents[0][0] is not None and tangents[0][1] is not None
+    torch.testing.assert_close(tangents[0][0], tangents[1][0])
+    torch.testing.assert_close(tangents[0][1], tangents[1][1])
+
+
+def test_compiled_torch_func_grad():
+    x, t, _ = _compiled_transform_case()
+    h, w = torch.randn(12, 4), torch.randn(C, 4)
+    res = []
+    for ce, lin in (
+        (cet.cross_entropy, cet.linear_cross_entropy),
+        (F.cross_entropy, lambda h, w, t: F.cross_entropy(F.linear(h, w), t)),
+    ):
+        torch._dynamo.reset()
+        gx = torch.compile(torch.func.grad(lambda z, ce=ce: ce(z, t)), backend="aot_eager")(x)
+        torch._dynamo.reset()
+        gw = torch.compile(torch.func.grad(lambda W, lin=lin: lin(h, W, t)), backend="aot_eager")(w)
+        res.append((gx, gw))
+    torch.testing.assert_close(res[0][0], res[1][0])
+    torch.testing.assert_close(res[0][1], res[1][1])
+
+
+def test_inplace_backward_without_grad_and_under_compile():
+    """Found by the hostile pass (regressions while the impl switch was added)."""
+    x, t, _ = _compiled_transform_case()
+    with torch.no_grad():
+        torch.testing.assert_close(
+            cet.cross_entropy(x.clone(), t, inplace_backward=True), F.cross_entropy(x, t)
+        )
+    torch.testing.assert_close(
+        cet.cross_entropy(x.clone(), t, inplace_backward=True), F.cross_entropy(x, t)
+    )
+    torch._dynamo.reset()
+    leaf = x.clone().requires_grad_()
+    fn = torch.compile(
+        lambda z: cet.cross_entropy(z * 1.0, t, inplace_backward=True),
+        fullgraph=True,
+        backend="aot_eager",
+    )
+    fn(leaf).backward()
+    ref = x.clone().requires_grad_()
+    F.cross_entropy(ref, t).backward()
+    torch.testing.assert_close(leaf.grad, ref.grad)
+
+
+def test_hostile_argument_cases():
+    x, t, _ = _compiled_transform_case()
+    h, w = torch.randn(12, 4), torch.randn(C, 4)
+    # an integer 0-d tensor for label_smoothing is read as F reads it
+    torch.testing.assert_close(
+        cet.cross_entropy(x, t, label_smoothing=torch.tensor(1)),
+        F.cross_entropy(x, t, label_smoothing=1.0),
+    )
+    # where F silently ignores a negative or NaN smoothing, we refuse it
+    for bad in (-0.1, float("nan")):
+        with pytest.raises(ValueError, match=r"label_smoothing must be in \[0, 1\]"):
+            cet.cross_entropy(x, t, label_smoothing=bad)
+    torch.testing.assert_close(
+        cet.linear_cross_entropy(h, w, t, chunk_size=np.int64(3)),
+        F.cross_entropy(F.linear(h, w), t),
+    )
+    for bad in (2.5, True, "3"):
+        with pytest.raises(TypeError, match="chunk_size must be a positive integer or None"):
+            cet.linear_cross_entropy(h, w, t, chunk_size=bad)
+    with pytest.raises(ValueError, match="chunk_size must be a positive integer or None, got 0"):
+        cet.linear_cross_entropy(h, w, t, chunk_size=0)
+    with pytest.raises(TypeError, match=r"class_weight must have hidden's dtype torch\.float32"):
+        cet.linear_cross_entropy(h, w, t, class_weight=torch.ones(C, dtype=torch.float64))
+    m = cet.CrossEntropyLoss(label_smoothing=0.1)
+    assert isinstance(m, torch.nn.CrossEntropyLoss)
+    torch.testing.assert_close(m(x, t), torch.nn.CrossEntropyLoss(label_smoothing=0.1)(x, t))

@@ -114,6 +114,7 @@ def _logits_case(rank: int, widths: list[int], name: str, seed: int, **kw: Any) 
         weight=None if weight is None else weight[a:b],
         ignore_index=ignore_index,
         vocab_size=sum(widths),
+        impl=kw.pop("impl", "auto"),
         **opts,
     )
     _upstream(out, up).backward()
@@ -165,6 +166,7 @@ def _linear_case(rank: int, widths: list[int], name: str, seed: int, **kw: Any) 
         class_weight=None if weight is None else weight[a:b],
         ignore_index=ignore_index,
         chunk_size=kw.pop("chunk_size", 3),  # 3 does not divide 7: a ragged last chunk
+        impl=kw.pop("impl", "auto"),
         **opts,
     )
     _upstream(out, up).backward()
@@ -235,6 +237,19 @@ def _special_logits_cases() -> Iterator[tuple[str, dict[str, Any]]]:
     yield "masked_shard_rows", {"mask_first_shard": True, "reduction": "sum"}
     yield "bfloat16", {"dtype": torch.bfloat16, "eps": 0.1, "weighted": True, "ignore": "some"}
     yield "contiguous_shard", {"view": False, "eps": 0.2, "weighted": True}
+    from crossentropy.torch import _kernels
+
+    if _kernels.triton_available() and _kernels.triton_interpreted():
+        yield (
+            "triton_shards",
+            {
+                "impl": "triton",
+                "dtype": torch.float32,
+                "eps": 0.1,
+                "weighted": True,
+                "ignore": "some",
+            },
+        )
 
 
 def _run_cases(rank: int, world: int) -> dict[str, list[dict[str, Any]]]:
@@ -252,6 +267,12 @@ def _run_cases(rank: int, world: int) -> dict[str, list[dict[str, Any]]]:
         linear.append(_linear_case(rank, zero, f"zero_width_shard-{reduction}", 4100 + i, **kw))
     bf16 = {"dtype": torch.bfloat16, "eps": 0.1, "weighted": True, "ignore": "some"}
     linear.append(_linear_case(rank, widths, "linear_bfloat16", 4400, **bf16))
+    from crossentropy.torch import _kernels
+
+    if _kernels.triton_available() and _kernels.triton_interpreted():
+        tri = {"impl": "triton", "dtype": torch.float32, "eps": 0.1, "weighted": True}
+        linear.append(_linear_case(rank, widths, "linear_triton", 4500, ignore="some", **tri))
+        logits.append(_logits_case(rank, zero, "zero_width_shard-triton", 4600, **tri))
     for i, reduction in enumerate(REDUCTIONS):
         linear.append(
             _linear_case(
@@ -672,6 +693,16 @@ def ranks(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFacto
     return world, _spawn(world, tmp_path_factory.mktemp(f"world{world}"))
 
 
+def _triton_cases() -> int:
+    from crossentropy.torch import _kernels
+
+    return int(_kernels.triton_available() and _kernels.triton_interpreted())
+
+
+#: 1 when the workers also run the Triton kernels (interpreter), adding their cases.
+_TRITON = _triton_cases()
+
+
 def _close(ours: Any, ref: Any, dtype: str, what: str) -> None:
     np.testing.assert_allclose(
         np.asarray(ours, dtype=np.float64),
@@ -684,7 +715,7 @@ def _close(ours: Any, ref: Any, dtype: str, what: str) -> None:
 def test_logits_form_equals_single_process_cross_entropy(ranks: Any) -> None:
     world, results = ranks
     for res in results:
-        assert len(res["logits"]) == 72 + 11 + 3
+        assert len(res["logits"]) == 72 + 11 + 3 + 2 * _TRITON
         for case in res["logits"]:
             what = f"rank {res['rank']}/{world}: {case['name']}"
             assert case["out_dtype"] == case["dtype"], what
@@ -695,7 +726,7 @@ def test_logits_form_equals_single_process_cross_entropy(ranks: Any) -> None:
 def test_linear_form_equals_single_process_linear_cross_entropy(ranks: Any) -> None:
     world, results = ranks
     for res in results:
-        assert len(res["linear"]) == 72 + 3 + 1 + 6
+        assert len(res["linear"]) == 72 + 3 + 1 + 6 + _TRITON
         for case in res["linear"]:
             what = f"rank {res['rank']}/{world}: {case['name']}"
             assert case["out_dtype"] == case["dtype"], what

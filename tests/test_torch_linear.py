@@ -197,7 +197,7 @@ ERRORS = [
     (
         dict(chunk_size=0),
         ValueError,
-        "linear_cross_entropy: chunk_size must be a positive integer, got int 0",
+        "linear_cross_entropy: chunk_size must be a positive integer or None, got 0",
     ),
     (
         dict(reduction="max"),

@@ -6,6 +6,9 @@ Same message format as the NumPy core (:func:`crossentropy._validation.fail`):
 
 from __future__ import annotations
 
+import numbers
+import operator
+
 import torch
 from torch import Tensor
 
@@ -75,12 +78,16 @@ def check_class_weight(
     return w
 
 
-def check_chunk_size(fn: str, chunk_size: object) -> None:
-    """``None`` or a positive integer."""
-    if chunk_size is not None and (
-        isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1
-    ):
-        fail(fn, "chunk_size", "be a positive integer", describe(chunk_size))
+def check_chunk_size(fn: str, chunk_size: object) -> int | None:
+    """``None`` or a positive integer (NumPy integers accepted); returns it as an ``int``."""
+    if chunk_size is None:
+        return None
+    if isinstance(chunk_size, bool) or not isinstance(chunk_size, numbers.Integral):
+        fail(fn, "chunk_size", "be a positive integer or None", describe(chunk_size), TypeError)
+    size = operator.index(chunk_size)
+    if size < 1:
+        fail(fn, "chunk_size", "be a positive integer or None", size)
+    return size
 
 
 def check_projection(
@@ -110,3 +117,32 @@ def check_projection(
     if tuple(b.shape) != (w.shape[0],):
         fail(fn, bias_arg, f"have shape ({w.shape[0]},)", f"shape {tuple(b.shape)}")
     return w, b
+
+
+def check_impl(fn: str, impl: object, x: Tensor) -> str:
+    """``impl`` is ``"auto"``, ``"torch"`` or ``"triton"``, and Triton can run on ``x``."""
+    from . import _kernels as K
+
+    if not isinstance(impl, str) or impl not in K.IMPLS:
+        fail(fn, "impl", "be one of 'auto', 'torch', 'triton'", describe(impl))
+    if impl != "triton":
+        return impl
+    if not K.triton_available():
+        fail(fn, "impl", "be 'auto' or 'torch' when Triton is not installed", "'triton'")
+    if x.dtype == torch.float64:
+        fail(
+            fn,
+            "impl",
+            "be 'auto' or 'torch' for float64 input (the Triton kernels take float16, "
+            "bfloat16 and float32)",
+            "'triton'",
+        )
+    if x.device.type not in ("cuda", "meta") and not K.triton_interpreted():
+        fail(
+            fn,
+            "impl",
+            f"be 'auto' or 'torch' for tensors on {x.device} (Triton runs on CUDA tensors, "
+            "or on CPU tensors with TRITON_INTERPRET=1)",
+            "'triton'",
+        )
+    return impl

@@ -44,11 +44,62 @@ block into a float32 work buffer: every accumulation is float32 (float64 for flo
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
+import importlib.util
 import math
+import os
+from collections.abc import Iterator
 from dataclasses import dataclass
+from types import ModuleType
 
 import torch
 from torch import Tensor
+
+#: Which implementation of the row kernels the current call uses: "auto", "torch" or
+#: "triton" (set by :func:`use_impl`; the custom ops pass it along, so it survives compilation).
+_IMPL: contextvars.ContextVar[str] = contextvars.ContextVar("crossentropy_impl", default="auto")
+
+IMPLS = ("auto", "torch", "triton")
+
+
+def triton_available() -> bool:
+    """Triton is installed (it is imported only when a kernel is first launched)."""
+    return importlib.util.find_spec("triton") is not None
+
+
+def triton_interpreted() -> bool:
+    """``TRITON_INTERPRET=1``: Triton kernels run on CPU tensors in its interpreter."""
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+@contextlib.contextmanager
+def use_impl(impl: str) -> Iterator[None]:
+    """Run the kernels of this block with ``impl`` ("auto", "torch" or "triton")."""
+    token = _IMPL.set(impl)
+    try:
+        yield
+    finally:
+        _IMPL.reset(token)
+
+
+def _triton_for(x: Tensor) -> ModuleType | None:
+    """The Triton module if the current implementation sends ``x`` there, else ``None``.
+
+    ``"auto"``: CUDA tensors of float16/bfloat16/float32 when Triton is installed.
+    ``"triton"``: always (the public functions have checked that it can run).
+    """
+    impl = _IMPL.get()
+    if impl == "torch":
+        return None
+    if impl == "auto" and not (
+        x.device.type == "cuda" and x.dtype != torch.float64 and triton_available()
+    ):
+        return None
+    from . import _triton
+
+    return _triton
+
 
 #: Elements per row block (float32: 8 MiB): a block stays in the shared L3 between its steps.
 #: Measured on the 2-core project machine: blocks of 1 MiB or less lose to per-op overhead.
@@ -276,6 +327,10 @@ def logits_row_stats(
     RowStats
         Shape ``rows``, dtype :func:`compute_dtype` of the logits.
     """
+    if (tr := _triton_for(logits)) is not None:
+        return tr.logits_row_stats(
+            logits, target, class_offset=class_offset, class_weight=class_weight, with_sum=with_sum
+        )
     cdt = compute_dtype(logits.dtype)
     rows, num_local = tuple(logits.shape[:-1]), logits.shape[-1]
     idx, inside = _local_index(target, class_offset, num_local)
@@ -454,6 +509,10 @@ def logits_grad(
     Tensor
         ``out``.
     """
+    if (tr := _triton_for(logits)) is not None:
+        return tr.logits_grad(
+            logits, target, lse, coef, class_offset=class_offset, class_weight=class_weight, out=out
+        )
     cdt = compute_dtype(logits.dtype)
     if out is None:
         out = empty_buffer(tuple(logits.shape), logits.dtype, logits.device)
@@ -508,6 +567,17 @@ def logits_fused(
     block's ``softmax`` becomes its gradient while still in cache. The statistics' ``max`` is
     the row's log-sum-exp (see :func:`_softmax_block`), not its max.
     """
+    if (tr := _triton_for(logits)) is not None:
+        return tr.logits_fused(
+            logits,
+            target,
+            row_scale,
+            target_weight,
+            label_smoothing=label_smoothing,
+            weight_total=weight_total,
+            class_weight=class_weight,
+            out=out,
+        )
     cdt = compute_dtype(logits.dtype)
     if out is None:
         out = empty_buffer(tuple(logits.shape), logits.dtype, logits.device)
@@ -588,6 +658,10 @@ def prob_row_stats(
     With ``y' = (1 − ε) y + ε / C``, returns per row ``(lse, loss, A)`` where
     ``loss_i = Σ_c w_c y'_ic (lse_i − x_ic)`` and ``A_i = Σ_c w_c y'_ic`` (compute dtype).
     """
+    if (tr := _triton_for(logits)) is not None:
+        return tr.prob_row_stats(
+            logits, target, class_weight=class_weight, label_smoothing=label_smoothing
+        )
     cdt = compute_dtype(logits.dtype)
     rows, num_classes = tuple(logits.shape[:-1]), logits.shape[-1]
     x = logits if rows else logits.unsqueeze(0)
@@ -626,6 +700,17 @@ def prob_grad(
     block_rows: int | None = None,
 ) -> Tensor:
     """Pass 2 for probability targets: ``g_ic = s_i (A_i p_ic − w_c y'_ic)`` into ``out``."""
+    if (tr := _triton_for(logits)) is not None:
+        return tr.prob_grad(
+            logits,
+            target,
+            lse,
+            row_scale,
+            amass,
+            class_weight=class_weight,
+            label_smoothing=label_smoothing,
+            out=out,
+        )
     cdt = compute_dtype(logits.dtype)
     if out is None:
         out = empty_buffer(tuple(logits.shape), logits.dtype, logits.device)

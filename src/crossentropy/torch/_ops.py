@@ -195,6 +195,7 @@ def index_forward(
     reduction: str,
     label_smoothing: float,
     with_grad: bool,
+    impl: str,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     """Loss, per-row ``lse`` and ``q = Σ_{c≠y} p_c``, and (``with_grad``, ``"mean"``/``"sum"``)
     the gradient ``∂ loss / ∂ logits · pre`` in the logits' dtype and ``pre`` (0-d).
@@ -202,9 +203,10 @@ def index_forward(
     ``loss`` is 0-d or of the rows' shape, in compute dtype. Without ``with_grad`` the
     gradient output is an empty tensor and ``pre`` is 1.
     """
-    return _index_forward(
-        logits, target, weight, ignore_index, reduction, label_smoothing, with_grad, None
-    )
+    with K.use_impl(impl):
+        return _index_forward(
+            logits, target, weight, ignore_index, reduction, label_smoothing, with_grad, None
+        )
 
 
 def index_forward_inplace(
@@ -264,7 +266,7 @@ def _index_forward(
 
 
 @index_forward.register_fake
-def _(logits, target, weight, ignore_index, reduction, label_smoothing, with_grad):  # type: ignore[no-untyped-def]
+def _(logits, target, weight, ignore_index, reduction, label_smoothing, with_grad, impl):  # type: ignore[no-untyped-def]
     cdt = K.compute_dtype(logits.dtype)
     rows = _rows_shape(logits)
     loss = logits.new_empty(rows if reduction == "none" else (), dtype=cdt)
@@ -289,25 +291,29 @@ def index_backward(
     row_grad: Tensor,
     ignore_index: int,
     label_smoothing: float,
+    impl: str,
 ) -> Tensor:
     """``∂/∂ logits`` of ``Σ_i row_grad_i ℓ_i`` (one pass, from the saved ``lse`` and ``q``)."""
-    num_classes = logits.shape[1] if logits.dim() >= 2 else logits.shape[0]
-    cdt = K.compute_dtype(logits.dtype)
-    w = None if weight is None else weight.to(cdt)
-    total = _weight_total(w, num_classes)
-    _, tw, _ = row_scales(target, w, ignore_index, "sum", cdt)
-    rg = row_grad.to(cdt)
-    pre = _prescale(logits.dtype, rg, tw, w, label_smoothing, num_classes, total, _FP16_TARGET)
-    coef = _coefficients(q, rg * pre, tw, label_smoothing, num_classes, total)
-    grad = torch.empty_like(logits)
-    K.logits_grad(_classes_last(logits), target, lse, coef, class_weight=w, out=_classes_last(grad))
-    if logits.dtype == torch.float16:
-        grad = (grad.to(cdt) / pre).to(logits.dtype)
-    return grad
+    with K.use_impl(impl):
+        num_classes = logits.shape[1] if logits.dim() >= 2 else logits.shape[0]
+        cdt = K.compute_dtype(logits.dtype)
+        w = None if weight is None else weight.to(cdt)
+        total = _weight_total(w, num_classes)
+        _, tw, _ = row_scales(target, w, ignore_index, "sum", cdt)
+        rg = row_grad.to(cdt)
+        pre = _prescale(logits.dtype, rg, tw, w, label_smoothing, num_classes, total, _FP16_TARGET)
+        coef = _coefficients(q, rg * pre, tw, label_smoothing, num_classes, total)
+        grad = torch.empty_like(logits)
+        K.logits_grad(
+            _classes_last(logits), target, lse, coef, class_weight=w, out=_classes_last(grad)
+        )
+        if logits.dtype == torch.float16:
+            grad = (grad.to(cdt) / pre).to(logits.dtype)
+        return grad
 
 
 @index_backward.register_fake
-def _(logits, target, weight, lse, q, row_grad, ignore_index, label_smoothing):  # type: ignore[no-untyped-def]
+def _(logits, target, weight, lse, q, row_grad, ignore_index, label_smoothing, impl):  # type: ignore[no-untyped-def]
     return torch.empty_like(logits)
 
 
@@ -320,21 +326,23 @@ def prob_forward(
     target: Tensor,
     weight: Tensor | None,
     label_smoothing: float,
+    impl: str,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Per-row ``(loss, lse, A = Σ_c w_c y'_c)`` for probability targets, compute dtype."""
-    cdt = K.compute_dtype(logits.dtype)
-    w = None if weight is None else weight.to(cdt)
-    lse, loss, amass = K.prob_row_stats(
-        _classes_last(logits),
-        _classes_last(target),
-        class_weight=w,
-        label_smoothing=label_smoothing,
-    )
-    return loss, lse, amass
+    with K.use_impl(impl):
+        cdt = K.compute_dtype(logits.dtype)
+        w = None if weight is None else weight.to(cdt)
+        lse, loss, amass = K.prob_row_stats(
+            _classes_last(logits),
+            _classes_last(target),
+            class_weight=w,
+            label_smoothing=label_smoothing,
+        )
+        return loss, lse, amass
 
 
 @prob_forward.register_fake
-def _(logits, target, weight, label_smoothing):  # type: ignore[no-untyped-def]
+def _(logits, target, weight, label_smoothing, impl):  # type: ignore[no-untyped-def]
     rows = _rows_shape(logits)
     cdt = K.compute_dtype(logits.dtype)
     return tuple(logits.new_empty(rows, dtype=cdt) for _ in range(3))
@@ -349,26 +357,28 @@ def prob_backward(
     amass: Tensor,
     row_grad: Tensor,
     label_smoothing: float,
+    impl: str,
 ) -> Tensor:
     """``∂/∂ logits`` of ``Σ_i row_grad_i ℓ_i`` for probability targets."""
-    cdt = K.compute_dtype(logits.dtype)
-    w = None if weight is None else weight.to(cdt)
-    grad = torch.empty_like(logits)
-    K.prob_grad(
-        _classes_last(logits),
-        _classes_last(target),
-        lse,
-        row_grad.to(cdt),
-        amass,
-        class_weight=w,
-        label_smoothing=label_smoothing,
-        out=_classes_last(grad),
-    )
-    return grad
+    with K.use_impl(impl):
+        cdt = K.compute_dtype(logits.dtype)
+        w = None if weight is None else weight.to(cdt)
+        grad = torch.empty_like(logits)
+        K.prob_grad(
+            _classes_last(logits),
+            _classes_last(target),
+            lse,
+            row_grad.to(cdt),
+            amass,
+            class_weight=w,
+            label_smoothing=label_smoothing,
+            out=_classes_last(grad),
+        )
+        return grad
 
 
 @prob_backward.register_fake
-def _(logits, target, weight, lse, amass, row_grad, label_smoothing):  # type: ignore[no-untyped-def]
+def _(logits, target, weight, lse, amass, row_grad, label_smoothing, impl):  # type: ignore[no-untyped-def]
     return torch.empty_like(logits)
 
 
@@ -418,45 +428,53 @@ def linear_forward(
     need_hidden: bool,
     need_weight: bool,
     need_bias: bool,
+    impl: str,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     """Loss of ``hidden @ weight.T + bias`` (rows of ``hidden`` (R, D)), per-row ``lse`` and
     ``q``, and for ``"mean"``/``"sum"`` with any ``need_*`` the three gradients in compute
     dtype (empty where not needed). ``chunk_size`` 0 means the default."""
-    eps = label_smoothing
-    num_classes = weight.shape[0]
-    check_targets(target, num_classes, ignore_index, "linear_cross_entropy")
-    cdt = K.compute_dtype(hidden.dtype)
-    w = None if class_weight is None else class_weight.to(cdt)
-    total = _weight_total(w, num_classes)
-    valid, tw, scale = row_scales(target, w, ignore_index, reduction, cdt)
-    need = (need_hidden, need_weight, need_bias and bias is not None)
-    chunk = chunk_size or None
-    if reduction != "none" and any(need):
-        pre = _prescale(hidden.dtype, scale, tw, w, eps, num_classes, total, 1.0)
-        stats, g = K.linear_fused(
-            hidden,
-            weight,
-            target,
-            scale * pre,
-            tw,
-            bias=bias,
-            label_smoothing=eps,
-            weight_total=total,
-            class_weight=w,
-            chunk_rows=chunk,
-            need_hidden=need[0],
-            need_weight=need[1],
-            need_bias=need[2],
-        )
-        grads = _grads_out(g, hidden, weight, bias, need, pre)
-    else:
-        stats = K.linear_row_stats(
-            hidden, weight, target, bias=bias, class_weight=w, with_sum=bool(eps), chunk_rows=chunk
-        )
-        grads = _empty_like_grads(hidden, weight, bias, (False, False, False))
-    lse = K.row_lse(stats)
-    loss = _index_losses(stats, lse, valid, tw, eps, num_classes, total)
-    return (_reduce(loss, reduction, tw.sum()), lse, K.other_prob(stats), *grads)
+    with K.use_impl(impl):
+        eps = label_smoothing
+        num_classes = weight.shape[0]
+        check_targets(target, num_classes, ignore_index, "linear_cross_entropy")
+        cdt = K.compute_dtype(hidden.dtype)
+        w = None if class_weight is None else class_weight.to(cdt)
+        total = _weight_total(w, num_classes)
+        valid, tw, scale = row_scales(target, w, ignore_index, reduction, cdt)
+        need = (need_hidden, need_weight, need_bias and bias is not None)
+        chunk = chunk_size or None
+        if reduction != "none" and any(need):
+            pre = _prescale(hidden.dtype, scale, tw, w, eps, num_classes, total, 1.0)
+            stats, g = K.linear_fused(
+                hidden,
+                weight,
+                target,
+                scale * pre,
+                tw,
+                bias=bias,
+                label_smoothing=eps,
+                weight_total=total,
+                class_weight=w,
+                chunk_rows=chunk,
+                need_hidden=need[0],
+                need_weight=need[1],
+                need_bias=need[2],
+            )
+            grads = _grads_out(g, hidden, weight, bias, need, pre)
+        else:
+            stats = K.linear_row_stats(
+                hidden,
+                weight,
+                target,
+                bias=bias,
+                class_weight=w,
+                with_sum=bool(eps),
+                chunk_rows=chunk,
+            )
+            grads = _empty_like_grads(hidden, weight, bias, (False, False, False))
+        lse = K.row_lse(stats)
+        loss = _index_losses(stats, lse, valid, tw, eps, num_classes, total)
+        return (_reduce(loss, reduction, tw.sum()), lse, K.other_prob(stats), *grads)
 
 
 @linear_forward.register_fake
@@ -473,6 +491,7 @@ def _(  # type: ignore[no-untyped-def]
     need_hidden,
     need_weight,
     need_bias,
+    impl,
 ):
     cdt = K.compute_dtype(hidden.dtype)
     rows = (hidden.shape[0],)
@@ -502,32 +521,34 @@ def linear_backward(
     need_hidden: bool,
     need_weight: bool,
     need_bias: bool,
+    impl: str,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Gradients of ``Σ_i row_grad_i ℓ_i`` w.r.t. hidden, weight and bias (compute dtype),
     recomputing each chunk of logits (four matmuls)."""
-    eps = label_smoothing
-    num_classes = weight.shape[0]
-    cdt = K.compute_dtype(hidden.dtype)
-    w = None if class_weight is None else class_weight.to(cdt)
-    total = _weight_total(w, num_classes)
-    _, tw, _ = row_scales(target, w, ignore_index, "sum", cdt)
-    rg = row_grad.to(cdt)
-    pre = _prescale(hidden.dtype, rg, tw, w, eps, num_classes, total, 1.0)
-    need = (need_hidden, need_weight, need_bias and bias is not None)
-    g = K.linear_grad(
-        hidden,
-        weight,
-        target,
-        lse,
-        _coefficients(q, rg * pre, tw, eps, num_classes, total),
-        bias=bias,
-        class_weight=w,
-        chunk_rows=chunk_size or None,
-        need_hidden=need[0],
-        need_weight=need[1],
-        need_bias=need[2],
-    )
-    return _grads_out(g, hidden, weight, bias, need, pre)
+    with K.use_impl(impl):
+        eps = label_smoothing
+        num_classes = weight.shape[0]
+        cdt = K.compute_dtype(hidden.dtype)
+        w = None if class_weight is None else class_weight.to(cdt)
+        total = _weight_total(w, num_classes)
+        _, tw, _ = row_scales(target, w, ignore_index, "sum", cdt)
+        rg = row_grad.to(cdt)
+        pre = _prescale(hidden.dtype, rg, tw, w, eps, num_classes, total, 1.0)
+        need = (need_hidden, need_weight, need_bias and bias is not None)
+        g = K.linear_grad(
+            hidden,
+            weight,
+            target,
+            lse,
+            _coefficients(q, rg * pre, tw, eps, num_classes, total),
+            bias=bias,
+            class_weight=w,
+            chunk_rows=chunk_size or None,
+            need_hidden=need[0],
+            need_weight=need[1],
+            need_bias=need[2],
+        )
+        return _grads_out(g, hidden, weight, bias, need, pre)
 
 
 @linear_backward.register_fake
@@ -546,5 +567,6 @@ def _(  # type: ignore[no-untyped-def]
     need_hidden,
     need_weight,
     need_bias,
+    impl,
 ):
     return _empty_like_grads(hidden, weight, bias, (need_hidden, need_weight, need_bias))

@@ -53,6 +53,7 @@ from . import _kernels
 from ._checks import (
     check_chunk_size,
     check_class_weight,
+    check_impl,
     check_options,
     check_projection,
     check_tensor,
@@ -332,6 +333,7 @@ class _Options:
     ignore_index: int
     reduction: str
     label_smoothing: float
+    impl: str = "auto"
 
 
 @dataclass(frozen=True)
@@ -508,16 +510,21 @@ class _VocabParallelCrossEntropy(torch.autograd.Function):
         rows, width = logits_shard.shape
         w = None if class_weight is None else class_weight.to(cdtype)
         with_sum = opts.label_smoothing > 0
-        local = _shard_stats(
-            lambda: _kernels.logits_row_stats(
-                logits_shard, target, class_offset=layout.start, class_weight=w, with_sum=with_sum
-            ),
-            rows,
-            width,
-            with_sum,
-            cdtype,
-            logits_shard.device,
-        )
+        with _kernels.use_impl(opts.impl):
+            local = _shard_stats(
+                lambda: _kernels.logits_row_stats(
+                    logits_shard,
+                    target,
+                    class_offset=layout.start,
+                    class_weight=w,
+                    with_sum=with_sum,
+                ),
+                rows,
+                width,
+                with_sum,
+                cdtype,
+                logits_shard.device,
+            )
         loss, saved = _reduce_stats(local, target, layout, w, opts, group)
         ctx.save_for_backward(logits_shard, target)
         ctx.state = (saved, w, layout, opts)
@@ -532,9 +539,10 @@ class _VocabParallelCrossEntropy(torch.autograd.Function):
             d_logits = torch.zeros_like(logits_shard)
         else:
             coef = _coefficients(grad, saved, layout, opts)
-            d_logits = _kernels.logits_grad(
-                logits_shard, target, saved.lse, coef, class_offset=layout.start, class_weight=w
-            )
+            with _kernels.use_impl(opts.impl):
+                d_logits = _kernels.logits_grad(
+                    logits_shard, target, saved.lse, coef, class_offset=layout.start, class_weight=w
+                )
         return d_logits, None, None, None, None, None
 
 
@@ -557,23 +565,24 @@ class _VocabParallelLinearCrossEntropy(torch.autograd.Function):
         cdtype = _kernels.compute_dtype(hidden.dtype)
         w = None if class_weight is None else class_weight.to(cdtype)
         with_sum = opts.label_smoothing > 0
-        local = _shard_stats(
-            lambda: _kernels.linear_row_stats(
-                hidden,
-                weight_shard,
-                target,
-                bias=bias_shard,
-                class_offset=layout.start,
-                class_weight=w,
-                with_sum=with_sum,
-                chunk_rows=chunk_size,
-            ),
-            hidden.shape[0],
-            weight_shard.shape[0],
-            with_sum,
-            cdtype,
-            hidden.device,
-        )
+        with _kernels.use_impl(opts.impl):
+            local = _shard_stats(
+                lambda: _kernels.linear_row_stats(
+                    hidden,
+                    weight_shard,
+                    target,
+                    bias=bias_shard,
+                    class_offset=layout.start,
+                    class_weight=w,
+                    with_sum=with_sum,
+                    chunk_rows=chunk_size,
+                ),
+                hidden.shape[0],
+                weight_shard.shape[0],
+                with_sum,
+                cdtype,
+                hidden.device,
+            )
         loss, saved = _reduce_stats(local, target, layout, w, opts, group)
         ctx.save_for_backward(hidden, weight_shard, bias_shard, target)
         ctx.state = (saved, w, layout, opts, group, chunk_size)
@@ -593,20 +602,21 @@ class _VocabParallelLinearCrossEntropy(torch.autograd.Function):
                 torch.zeros(0, dtype=cdtype, device=hidden.device) if need_b else None,
             )
         else:
-            grads = _kernels.linear_grad(
-                hidden,
-                weight_shard,
-                target,
-                saved.lse,
-                _coefficients(grad, saved, layout, opts),
-                bias=bias_shard,
-                class_offset=layout.start,
-                class_weight=w,
-                chunk_rows=chunk_size,
-                need_hidden=need_h,
-                need_weight=need_w,
-                need_bias=need_b,
-            )
+            with _kernels.use_impl(opts.impl):
+                grads = _kernels.linear_grad(
+                    hidden,
+                    weight_shard,
+                    target,
+                    saved.lse,
+                    _coefficients(grad, saved, layout, opts),
+                    bias=bias_shard,
+                    class_offset=layout.start,
+                    class_weight=w,
+                    chunk_rows=chunk_size,
+                    need_hidden=need_h,
+                    need_weight=need_w,
+                    need_bias=need_b,
+                )
         d_hidden = grads.hidden
         if d_hidden is not None:
             # hidden is replicated on every rank: its gradient is the sum of every shard's part
@@ -639,6 +649,7 @@ def vocab_parallel_cross_entropy(
     reduction: str = "mean",
     label_smoothing: float = 0.0,
     vocab_size: int | None = None,
+    impl: str = "auto",
 ) -> Tensor:
     r"""Cross-entropy of logits split over the vocabulary across the ranks of ``group``.
 
@@ -672,6 +683,10 @@ def vocab_parallel_cross_entropy(
         Mixes the target with the uniform distribution over the **global** vocabulary ``V``.
     vocab_size : int, optional
         If given, the shard widths must add up to it.
+    impl : {"auto", "torch", "triton"}
+        Kernels for the per-shard passes: ``"auto"`` runs Triton on CUDA tensors when it is
+        installed and torch ops otherwise; ``"triton"`` also runs on CPU tensors under
+        ``TRITON_INTERPRET=1`` (tests).
 
     Returns
     -------
@@ -766,6 +781,7 @@ def vocab_parallel_cross_entropy(
             fail(fn, "logits_shard", "be 2-D, shape (N, V_shard)", f"shape {tuple(x.shape)}")
         t = _check_target(fn, target, x.shape[0], x.device)
         check_class_weight(fn, "weight", weight, x.shape[1], what=_SLICE, device=x.device)
+        check_impl(fn, impl, x)
         return _Local(x.shape[1], x.shape[0], x.dtype, t)
 
     layout = _validate(
@@ -780,7 +796,7 @@ def vocab_parallel_cross_entropy(
         logits_arg="logits_shard",
         weight_arg="weight",
     )
-    opts = _Options(ignore_index, reduction, float(label_smoothing))
+    opts = _Options(ignore_index, reduction, float(label_smoothing), impl)
     out: Tensor = _VocabParallelCrossEntropy.apply(  # type: ignore[no-untyped-call]
         logits_shard, target, weight, layout, opts, group
     )
@@ -800,6 +816,7 @@ def vocab_parallel_linear_cross_entropy(
     label_smoothing: float = 0.0,
     vocab_size: int | None = None,
     chunk_size: int | None = None,
+    impl: str = "auto",
 ) -> Tensor:
     r"""Cross-entropy of ``hidden @ W.T + b`` with ``W`` split over the vocabulary across ranks.
 
@@ -832,7 +849,11 @@ def vocab_parallel_linear_cross_entropy(
         As in :func:`vocab_parallel_cross_entropy`.
     chunk_size : int, optional
         Rows of ``hidden`` projected at a time. Default: the single-process kernel's
-        (``crossentropy.torch._kernels.default_chunk_rows``: about 32 MiB of logits).
+        (``crossentropy.torch._kernels.default_chunk_rows``: about 48 MiB of logits).
+    impl : {"auto", "torch", "triton"}
+        Kernels for the per-shard passes: ``"auto"`` runs Triton on CUDA tensors when it is
+        installed and torch ops otherwise; ``"triton"`` also runs on CPU tensors under
+        ``TRITON_INTERPRET=1`` (tests).
 
     Returns
     -------
@@ -899,6 +920,7 @@ def vocab_parallel_linear_cross_entropy(
         check_class_weight(
             fn, "class_weight", class_weight, w.shape[0], what=_SLICE, device=h.device
         )
+        check_impl(fn, impl, h)
         grad = torch.is_grad_enabled() and h.requires_grad
         return _Local(w.shape[0], h.shape[0], h.dtype, t, h.shape[1], grad)
 
@@ -914,7 +936,7 @@ def vocab_parallel_linear_cross_entropy(
         logits_arg="hidden",
         weight_arg="class_weight",
     )
-    opts = _Options(ignore_index, reduction, float(label_smoothing))
+    opts = _Options(ignore_index, reduction, float(label_smoothing), impl)
     out: Tensor = _VocabParallelLinearCrossEntropy.apply(  # type: ignore[no-untyped-call]
         hidden, weight_shard, bias_shard, target, class_weight, layout, opts, group, chunk_size
     )

@@ -46,6 +46,7 @@ from . import _ops
 from ._checks import (
     check_chunk_size,
     check_class_weight,
+    check_impl,
     check_options,
     check_projection,
     check_tensor,
@@ -72,8 +73,6 @@ def _transforms_active() -> bool:
     """A ``torch.func`` transform (grad, vmap, jacrev, jvp, ...) is tracing this call, or a
     ``torch.autograd.forward_ad`` dual level is open (forward-mode AD needs a jvp rule, which
     the composite reference has)."""
-    if _compiling():
-        return False
     return torch._C._are_functorch_transforms_active() or _forward_ad._current_level >= 0
 
 
@@ -202,13 +201,14 @@ class _CrossEntropyIndex(torch.autograd.Function):
         eps: float,
         fused: bool,
         out_dtype: torch.dtype,
+        impl: str,
     ) -> Tensor:
         with _NoAutocast(logits):
             loss, lse, q, grad, pre = _ops.index_forward(
-                logits, target, weight, ignore_index, reduction, eps, fused
+                logits, target, weight, ignore_index, reduction, eps, fused, impl
             )
         ctx.compiled = _compiling()
-        ctx.options = (ignore_index, reduction, eps)
+        ctx.options = (ignore_index, reduction, eps, impl)
         ctx.fused = fused
         ctx.grad = None
         if fused and ctx.compiled:
@@ -220,9 +220,9 @@ class _CrossEntropyIndex(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx: Any, grad_out: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
-        none = (None,) * 7
+        none = (None,) * 8
         logits, target, weight, lse, q, pre, *kept = ctx.saved_tensors
-        ignore_index, reduction, eps = ctx.options
+        ignore_index, reduction, eps, impl = ctx.options
         if _differentiable_backward():  # create_graph=True or a torch.func transform
             g = _index_grad_reference(
                 logits, target, weight, ignore_index, reduction, eps, grad_out
@@ -235,14 +235,14 @@ class _CrossEntropyIndex(torch.autograd.Function):
             if grad is None:  # a second backward (retained graph): the same sweep again
                 with _NoAutocast(logits):
                     grad = _ops.index_forward(
-                        logits, target, weight, ignore_index, reduction, eps, True
+                        logits, target, weight, ignore_index, reduction, eps, True, impl
                     )[3]
             # first eager backward: the forward's buffer, handed out once
             return (_scaled(grad, grad_out / pre, inplace=True), *none)
         cdt = K.compute_dtype(logits.dtype)
         _, _, scale = _ops.row_scales(target, weight, ignore_index, reduction, cdt)
         row_grad = grad_out.to(cdt) * scale
-        g = _ops.index_backward(logits, target, weight, lse, q, row_grad, ignore_index, eps)
+        g = _ops.index_backward(logits, target, weight, lse, q, row_grad, ignore_index, eps, impl)
         return (g, *none)
 
 
@@ -263,10 +263,11 @@ class _CrossEntropyInplace(torch.autograd.Function):
         eps: float,
         out_dtype: torch.dtype,
         geometry: tuple[tuple[int, ...], tuple[int, ...], int] | None,
+        impl: str,
     ) -> tuple[Tensor, Tensor]:
         # ``logits`` is the storage's base tensor; ``geometry`` the caller's view of all of it.
         view = logits if geometry is None else logits.as_strided(*geometry)
-        with _NoAutocast(logits):
+        with _NoAutocast(logits), K.use_impl(impl):
             loss, _, _, pre = _ops.index_forward_inplace(
                 view, target, weight, ignore_index, reduction, eps
             )
@@ -279,7 +280,7 @@ class _CrossEntropyInplace(torch.autograd.Function):
     def backward(  # type: ignore[override]
         ctx: Any, grad_out: Tensor | None, grad_overwritten: Tensor | None
     ) -> tuple[Tensor | None, ...]:
-        none = (None,) * 7
+        none = (None,) * 8
         if grad_overwritten is not None:
             raise RuntimeError(
                 "cross_entropy: input was overwritten by its gradient (inplace_backward=True) "
@@ -314,22 +315,23 @@ class _CrossEntropyProb(torch.autograd.Function):
         reduction: str,
         eps: float,
         out_dtype: torch.dtype,
+        impl: str,
     ) -> Tensor:
         with _NoAutocast(logits):
-            loss, lse, amass = _ops.prob_forward(logits, target, weight, eps)
+            loss, lse, amass = _ops.prob_forward(logits, target, weight, eps, impl)
         rows = loss.numel()
         if reduction != "none":
             loss = loss.sum()
             if reduction == "mean":
                 loss = loss / rows
         ctx.save_for_backward(logits, target, weight, lse, amass)
-        ctx.options = (reduction, eps, rows)
+        ctx.options = (reduction, eps, rows, impl)
         return loss.to(out_dtype)
 
     @staticmethod
     def backward(ctx: Any, grad_out: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
         logits, target, weight, lse, amass = ctx.saved_tensors
-        reduction, eps, rows = ctx.options
+        reduction, eps, rows, impl = ctx.options
         row_grad = grad_out.to(K.compute_dtype(logits.dtype))
         if reduction == "mean":
             row_grad = row_grad / rows
@@ -337,8 +339,8 @@ class _CrossEntropyProb(torch.autograd.Function):
         if _differentiable_backward():
             g = _prob_grad_reference(logits, target, weight, eps, row_grad)
         else:
-            g = _ops.prob_backward(logits, target, weight, lse, amass, row_grad, eps)
-        return (g, None, None, None, None, None)
+            g = _ops.prob_backward(logits, target, weight, lse, amass, row_grad, eps, impl)
+        return (g, None, None, None, None, None, None)
 
 
 # --------------------------------------------------------------------------- arguments
@@ -354,8 +356,8 @@ def _legacy_reduction(size_average: object, reduce: object, reduction: object) -
 
 def _as_float(fn: str, arg: str, value: object) -> object:
     """NumPy scalars and 0-d tensors become Python floats, as ``F`` accepts them."""
-    if isinstance(value, Tensor) and value.dim() == 0 and value.is_floating_point():
-        return float(value)
+    if isinstance(value, Tensor) and value.dim() == 0 and value.dtype != torch.bool:
+        return float(value) if value.is_floating_point() else int(value)
     if isinstance(value, numbers.Real) and not isinstance(value, (bool, int, float)):
         return float(value)
     return value
@@ -442,6 +444,7 @@ def cross_entropy(
     label_smoothing: float = 0.0,
     *,
     inplace_backward: bool = False,
+    impl: str = "auto",
 ) -> Tensor:
     r"""Softmax cross-entropy of logits: a fused drop-in for ``torch.nn.functional.cross_entropy``.
 
@@ -482,8 +485,9 @@ def cross_entropy(
         loss, or a graph that saved it, raises instead of computing wrong gradients; ``input``
         must not be a leaf. Only for class-index targets and ``"mean"``/``"sum"``, and only
         when a gradient is needed (otherwise ignored; also ignored under ``torch.compile`` and
-        ``torch.func``, where the result is the same without the saving). Views
-        (``logits.view(-1, V)``, slices) are supported; double backward is not (raises).
+        ``torch.func``, where the result is the same without the saving). A view of a whole
+        tensor (``logits.view(-1, V)``, a transpose) is supported; a view of part of one (a
+        slice) and double backward are refused with a clear error.
 
     Returns
     -------
@@ -551,6 +555,7 @@ def cross_entropy(
     )
     if not isinstance(inplace_backward, bool):
         fail(fn, "inplace_backward", "be a bool", describe(inplace_backward), TypeError)
+    impl = check_impl(fn, impl, x)
     autocast = _autocast_on(x)
     num_classes = x.shape[1] if x.dim() >= 2 else x.shape[0]
     w = check_class_weight(fn, "weight", weight, num_classes, device=x.device)
@@ -613,7 +618,7 @@ def cross_entropy(
         )
     wants_inplace = inplace_backward and grad_on and x.requires_grad and not _compiling()
     if (
-        (not wants_inplace and x.numel() <= DIRECT_MAX_ELEMENTS)
+        (impl == "auto" and not wants_inplace and x.numel() <= DIRECT_MAX_ELEMENTS)
         or _transforms_active()
         or (grad_on and w is not None and w.requires_grad)
         or (grad_on and prob and t.requires_grad)
@@ -632,7 +637,7 @@ def cross_entropy(
         if autocast:
             xd, td = _autocast_dtype(xd), _autocast_dtype(td)
         out_dtype = torch.promote_types(xd, td)
-        out: Tensor = _CrossEntropyProb.apply(x, t, w, red, eps, out_dtype)  # type: ignore[no-untyped-call]
+        out: Tensor = _CrossEntropyProb.apply(x, t, w, red, eps, out_dtype, impl)  # type: ignore[no-untyped-call]
         return out
     if not t.dtype == torch.int64:
         t = t.to(torch.int64)
@@ -650,11 +655,11 @@ def cross_entropy(
         base, geometry = _whole_storage_view(fn, x)
         loss: Tensor
         loss, _ = _CrossEntropyInplace.apply(  # type: ignore[no-untyped-call]
-            base, t, w, ignore, red, eps, out_dtype, geometry
+            base, t, w, ignore, red, eps, out_dtype, geometry, impl
         )
         return loss
     fused = red != "none" and grad_on and x.requires_grad
-    out = _CrossEntropyIndex.apply(x, t, w, ignore, red, eps, fused, out_dtype)  # type: ignore[no-untyped-call]
+    out = _CrossEntropyIndex.apply(x, t, w, ignore, red, eps, fused, out_dtype, impl)  # type: ignore[no-untyped-call]
     return out
 
 
@@ -685,6 +690,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
         chunk: int,
         needs: tuple[bool, bool, bool],
         out_dtype: torch.dtype,
+        impl: str,
     ) -> Tensor:
         with _NoAutocast(hidden):
             loss, lse, q, dh, dw, db = _ops.linear_forward(
@@ -698,10 +704,11 @@ class _LinearCrossEntropy(torch.autograd.Function):
                 eps,
                 chunk,
                 *needs,
+                impl,
             )
         fused = reduction != "none" and any(needs)
         ctx.compiled = _compiling()
-        ctx.options = (ignore_index, reduction, eps, chunk)
+        ctx.options = (ignore_index, reduction, eps, chunk, impl)
         ctx.fused, ctx.needs = fused, needs
         ctx.grads = None
         saved = [hidden, weight, bias, target, class_weight, lse, q]
@@ -715,9 +722,9 @@ class _LinearCrossEntropy(torch.autograd.Function):
     @staticmethod
     def backward(ctx: Any, grad_out: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
         hidden, weight, bias, target, cw, lse, q, *kept = ctx.saved_tensors
-        ignore_index, reduction, eps, chunk = ctx.options
+        ignore_index, reduction, eps, chunk, impl = ctx.options
         need = ctx.needs_input_grad[:3]
-        none = (None,) * 8
+        none = (None,) * 9
         dtypes = (hidden.dtype, weight.dtype, None if bias is None else bias.dtype)
         if _differentiable_backward():  # create_graph=True or a torch.func transform
             cdt = K.compute_dtype(hidden.dtype)
@@ -746,6 +753,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
                             eps,
                             chunk,
                             *ctx.needs,
+                            impl,
                         )[3:]
             grads = tuple(  # type: ignore[assignment]
                 _scaled(g, grad_out, inplace=inplace) if n and have else None
@@ -769,6 +777,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
                 need[0],
                 need[1],
                 bias is not None and need[2],
+                impl,
             )
             grads = (
                 dh if need[0] else None,
@@ -798,6 +807,7 @@ def linear_cross_entropy(
     *,
     class_weight: Tensor | None = None,
     chunk_size: int | None = None,
+    impl: str = "auto",
 ) -> Tensor:
     r"""``F.cross_entropy(hidden @ weight.T + bias, target, ...)`` without the full logits.
 
@@ -884,7 +894,10 @@ def linear_cross_entropy(
         fn, reduction, _as_float(fn, "label_smoothing", label_smoothing), _as_int(ignore_index)
     )
     cw = check_class_weight(fn, "class_weight", class_weight, num_classes, device=h.device)
-    check_chunk_size(fn, chunk_size)
+    chunk_size = check_chunk_size(fn, chunk_size)
+    if cw is not None and not autocast and cw.dtype != h.dtype:
+        fail(fn, "class_weight", f"have hidden's dtype {h.dtype}", f"dtype {cw.dtype}", TypeError)
+    impl = check_impl(fn, impl, h)
     grad_on = torch.is_grad_enabled()
     if grad_on and cw is not None and cw.requires_grad:
         fail(
@@ -895,7 +908,8 @@ def linear_cross_entropy(
             "a class_weight that requires grad",
         )
     rows = h.numel() // max(1, h.shape[-1])
-    if rows * num_classes <= LINEAR_DIRECT_MAX_ELEMENTS or _transforms_active():
+    small = impl == "auto" and rows * num_classes <= LINEAR_DIRECT_MAX_ELEMENTS
+    if small or _transforms_active():
         w_ref = cw if cw is None or cw.dtype == h.dtype or autocast else cw.to(h.dtype)
         ref = _reference_call(
             fn,
@@ -924,6 +938,6 @@ def linear_cross_entropy(
     )
     out_dtype = _autocast_dtype(h.dtype) if autocast else h.dtype
     out: Tensor = _LinearCrossEntropy.apply(  # type: ignore[no-untyped-call]
-        h2, wt, b, t1, cw, ignore, red, eps, chunk_size or 0, needs, out_dtype
+        h2, wt, b, t1, cw, ignore, red, eps, chunk_size or 0, needs, out_dtype, impl
     )
     return out.reshape(lead) if red == "none" else out

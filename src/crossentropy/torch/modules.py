@@ -10,8 +10,9 @@ from .functional import cross_entropy, linear_cross_entropy
 __all__ = ["CrossEntropyLoss", "LinearCrossEntropyLoss"]
 
 
-class CrossEntropyLoss(torch.nn.Module):
-    """Module form of :func:`crossentropy.torch.cross_entropy` (like ``nn.CrossEntropyLoss``).
+class CrossEntropyLoss(torch.nn.CrossEntropyLoss):
+    """Module form of :func:`crossentropy.torch.cross_entropy`: an ``nn.CrossEntropyLoss``
+    (same constructor, attributes and ``state_dict``) whose forward is the fused function.
 
     Parameters
     ----------
@@ -28,8 +29,6 @@ class CrossEntropyLoss(torch.nn.Module):
     tensor(0.3633)
     """
 
-    weight: Tensor | None
-
     def __init__(
         self,
         weight: Tensor | None = None,
@@ -39,15 +38,9 @@ class CrossEntropyLoss(torch.nn.Module):
         reduction: str = "mean",
         label_smoothing: float = 0.0,
     ) -> None:
-        super().__init__()
-        if size_average is not None or reduce is not None:
-            from torch.nn import _reduction
-
-            reduction = _reduction.legacy_get_string(size_average, reduce)
-        self.register_buffer("weight", weight)
-        self.ignore_index = ignore_index
-        self.reduction = reduction
-        self.label_smoothing = label_smoothing
+        # nn.CrossEntropyLoss's own constructor: the same buffer, attributes and legacy
+        # size_average/reduce handling, and isinstance(loss, nn.CrossEntropyLoss) holds.
+        super().__init__(weight, size_average, ignore_index, reduce, reduction, label_smoothing)
 
     def forward(self, input: Tensor, target: Tensor) -> Tensor:
         return cross_entropy(
