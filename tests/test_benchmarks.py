@@ -17,7 +17,7 @@ import pytest
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
 
-@pytest.mark.parametrize("name", ["core", "torch", "distributed"])
+@pytest.mark.parametrize("name", ["core", "torch", "distributed", "gpu"])
 def test_benchmark_quick_run_writes_a_table(name: str, tmp_path: Path) -> None:
     env = {**os.environ, "CROSSENTROPY_BENCH_RESULTS": str(tmp_path)}
     proc = subprocess.run(
