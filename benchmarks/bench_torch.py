@@ -83,9 +83,13 @@ import crossentropy.torch as cet
 import crossentropy.torch.functional as cetf
 torch.set_num_threads({threads})
 g = torch.Generator().manual_seed(0)
-for _ in range(2):  # warm up lazily-initialised code paths on small inputs
+# warm up lazily-initialised code paths on small inputs, the fused path included (small inputs
+# would otherwise take the direct F path and leave its first-call imports to the measurement)
+_direct, cetf.DIRECT_MAX_ELEMENTS = cetf.DIRECT_MAX_ELEMENTS, -1
+for _ in range(2):
     w = torch.randn(64, 512).to({dtype}).requires_grad_()
     {call}(w, torch.randint(0, 512, (64,))).backward()
+cetf.DIRECT_MAX_ELEMENTS = _direct
 x = torch.randn({n}, {v}, generator=g).to({dtype}).requires_grad_()
 t = torch.randint(0, {v}, ({n},), generator=g)
 """
@@ -220,9 +224,11 @@ def torch_ref(h, w, t):
     return F.linear_cross_entropy(h, w, t)
 def torch_chunked(h, w, t):
     return F.linear_cross_entropy(h, w, t, options=torch.nn.LinearCrossEntropyOptions())
+_direct, cetf.LINEAR_DIRECT_MAX_ELEMENTS = cetf.LINEAR_DIRECT_MAX_ELEMENTS, -1
 for _ in range(2):
     hs = torch.randn(256, 64).requires_grad_(); ws = torch.randn(512, 64).requires_grad_()
     {call}(hs, ws, torch.randint(0, 512, (256,))).backward()
+cetf.LINEAR_DIRECT_MAX_ELEMENTS = _direct
 h = torch.randn({n}, {d}, generator=g).requires_grad_()
 w = (torch.randn({v}, {d}, generator=g) / {d} ** 0.5).requires_grad_()
 t = torch.randint(0, {v}, ({n},), generator=g)
