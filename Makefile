@@ -5,12 +5,14 @@ PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
 STAMP  := $(VENV)/.installed
 
-.PHONY: install test lint typecheck demo bench clean
+.PHONY: install test lint typecheck demo bench bench-gpu docs clean
 
+# Extras: test (pytest, hypothesis), dev (ruff, mypy and the docs tools: tests/test_docs.py
+# builds the site). -c constraints.txt keeps torch at the pinned CPU build.
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install --quiet --upgrade pip
-	$(PIP) install --quiet -c constraints.txt -e '.[torch,demo,test]'
+	$(PIP) install --quiet -c constraints.txt -e '.[torch,demo,test,dev]'
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -30,6 +32,15 @@ demo: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) benchmarks/run_all.py
+
+# One command on one CUDA GPU (under 5 minutes): correctness, ceilings, time and memory of the
+# Triton path and its peers; writes benchmarks/results/gpu.md.
+bench-gpu: $(STAMP)
+	$(PY) benchmarks/bench_gpu.py
+
+# The documentation site, warnings as errors; open docs/_build/html/index.html (no network).
+docs: $(STAMP)
+	$(PY) -m sphinx -W --keep-going -b html docs docs/_build/html
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache crossentropy-report

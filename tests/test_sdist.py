@@ -1,0 +1,181 @@
+"""Packaging as distributors see it: the sdist carries its tests and passes a fast subset of
+them when unpacked; the wheel and the sdist carry the LICENSE; the metadata is complete and its
+version is ``crossentropy.__version__``.
+
+Both archives are built with the installed setuptools through the PEP 517 hooks (no build
+isolation, so no network), from the working tree.
+"""
+
+from __future__ import annotations
+
+import email.parser
+import importlib.metadata
+import os
+import re
+import subprocess
+import sys
+import tarfile
+import zipfile
+from pathlib import Path
+
+import pytest
+
+import crossentropy as ce
+
+ROOT = Path(__file__).resolve().parents[1]
+
+if not (ROOT / "pyproject.toml").is_file():  # running from an installed copy of the tests
+    pytest.skip("needs the source tree", allow_module_level=True)
+pytest.importorskip("setuptools")
+
+# Fast tests that need nothing but numpy, pytest and the files the sdist must carry
+# (tests/conftest.py, README.md); the doctests of two modules.
+FAST_SUBSET = [
+    "tests/test_validation.py",
+    "tests/test_grad.py",
+    "tests/test_regression.py",
+    "tests/test_readme.py",
+    "src/crossentropy/special.py",
+    "src/crossentropy/grad.py",
+]
+
+
+def _build(kind: str, out: Path) -> Path:
+    code = f"import sys; from setuptools import build_meta as b; print(b.build_{kind}(sys.argv[1]))"
+    proc = subprocess.run(
+        [sys.executable, "-c", code, str(out)],
+        capture_output=True,
+        text=True,
+        check=False,
+        cwd=ROOT,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return out / proc.stdout.strip().splitlines()[-1]
+
+
+@pytest.fixture(scope="module")
+def sdist(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return _build("sdist", tmp_path_factory.mktemp("sdist"))
+
+
+@pytest.fixture(scope="module")
+def unpacked(sdist: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    dest = tmp_path_factory.mktemp("unpacked")
+    with tarfile.open(sdist) as tar:
+        tar.extractall(dest, filter="data")
+    (top,) = dest.iterdir()
+    return top
+
+
+def _metadata(text: str) -> email.message.Message:
+    return email.parser.Parser().parsestr(text)
+
+
+def test_version_is_written_once_and_matches_the_metadata() -> None:
+    assert re.fullmatch(r"\d+\.\d+\.\d+([ab]\d+|rc\d+)?(\.dev\d+)?", ce.__version__)
+    assert importlib.metadata.version("crossentropy") == ce.__version__
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    assert "version" not in pyproject["project"] and "version" in pyproject["project"]["dynamic"]
+    dynamic = pyproject["tool"]["setuptools"]["dynamic"]["version"]
+    assert dynamic == {"attr": "crossentropy.__version__"}
+    changelog = (ROOT / "CHANGELOG.md").read_text()
+    assert re.search(rf"^## {re.escape(ce.__version__)}\b", changelog, re.M)
+
+
+def test_sdist_carries_tests_conftest_docs_and_license(unpacked: Path) -> None:
+    for path in (
+        "LICENSE",
+        "CHANGELOG.md",
+        "README.md",
+        "README.pypi.md",
+        "pyproject.toml",
+        "constraints.txt",
+        "tests/conftest.py",
+        "tests/test_categorical.py",
+        "docs/conf.py",
+        "docs/index.rst",
+        "docs/_ext/mathml.py",
+        "benchmarks/RESULTS.md",
+        "src/crossentropy/py.typed",
+    ):
+        assert (unpacked / path).is_file(), path
+    tests_here = {p.name for p in (ROOT / "tests").glob("test_*.py")}
+    tests_there = {p.name for p in (unpacked / "tests").glob("test_*.py")}
+    assert tests_here <= tests_there
+    names = [str(p.relative_to(unpacked)) for p in unpacked.rglob("*")]
+    for junk in ("__pycache__", ".venv", "docs/_build", "docs/api/generated", ".pyc"):
+        assert not [n for n in names if junk in n], junk
+    assert "Permission is hereby granted" in (unpacked / "LICENSE").read_text()
+
+
+def test_sdist_metadata_is_complete(unpacked: Path) -> None:
+    meta = _metadata((unpacked / "PKG-INFO").read_text())
+    assert meta["Name"] == "crossentropy" and meta["Version"] == ce.__version__
+    assert meta["License-Expression"] == "MIT" and meta["License-File"] == "LICENSE"
+    assert meta["Author"] or meta["Author-email"]
+    assert "cross-entropy" in (meta["Keywords"] or "")
+    classifiers = meta.get_all("Classifier") or []
+    assert "Typing :: Typed" in classifiers
+    assert any(c.startswith("Programming Language :: Python :: 3.1") for c in classifiers)
+    extras = set(meta.get_all("Provides-Extra") or [])
+    assert {"torch", "demo", "test", "dev", "docs"} <= extras
+    requires = meta.get_all("Requires-Dist") or []
+    test_deps = [r for r in requires if 'extra == "test"' in r]
+    assert test_deps and not [r for r in test_deps if re.match(r"(ruff|mypy|sphinx)", r)]
+    assert [r for r in requires if r.startswith("ruff") and 'extra == "dev"' in r]
+    torch = [r.split(";")[0] for r in requires if r.startswith("torch")]
+    assert torch and not [r for r in torch if "==" in r]  # a range, not a pin
+
+
+def test_index_readme_has_no_relative_links_or_images(unpacked: Path) -> None:
+    meta = _metadata((unpacked / "PKG-INFO").read_text())
+    body = meta.get_payload()
+    assert isinstance(body, str) and "value_and_grad" in body
+    assert meta["Description-Content-Type"] == "text/markdown"
+    targets = re.findall(r"\]\(([^)]+)\)", body) + re.findall(r'(?:src|href)="([^"]+)"', body)
+    relative = [t for t in targets if not re.match(r"https?://", t)]
+    assert relative == []
+    # its example is the README's, so test_readme.py keeps it honest
+    example = re.compile(r"## Example\n\n```python\n(.*?)```\n```text\n(.*?)```", re.S)
+    ours, theirs = example.search(body), example.search((ROOT / "README.md").read_text())
+    assert ours and theirs and ours.groups() == theirs.groups()
+
+
+def test_pytest_passes_in_the_unpacked_sdist(unpacked: Path) -> None:
+    env = {**os.environ, "PYTHONPATH": str(unpacked / "src")}
+    env.pop("PYTEST_ADDOPTS", None)
+    where = subprocess.run(
+        [sys.executable, "-c", "import crossentropy; print(crossentropy.__file__)"],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=unpacked,
+        env=env,
+    )
+    assert Path(where.stdout.strip()).is_relative_to(unpacked)  # the sdist's code is tested
+    proc = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *FAST_SUBSET],
+        capture_output=True,
+        text=True,
+        check=False,
+        cwd=unpacked,
+        env=env,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
+    assert re.search(r"\d+ passed", proc.stdout) and " failed" not in proc.stdout
+
+
+def test_wheel_carries_the_license_and_py_typed(tmp_path: Path) -> None:
+    wheel = _build("wheel", tmp_path)
+    with zipfile.ZipFile(wheel) as zf:
+        names = zf.namelist()
+        licenses = [n for n in names if re.search(r"\.dist-info/licenses/LICENSE$", n)]
+        assert licenses, names
+        assert "Permission is hereby granted" in zf.read(licenses[0]).decode()
+        assert "crossentropy/py.typed" in names
+        assert not [n for n in names if n.startswith(("tests/", "docs/", "benchmarks/"))]
+        meta = _metadata(zf.read(next(n for n in names if n.endswith("METADATA"))).decode())
+    assert meta["Version"] == ce.__version__
