@@ -1,0 +1,366 @@
+"""The documentation site: builds offline with no warnings, every internal link resolves, the
+API reference covers every public name with its math and examples, and one page works in a
+real headless browser (renders, math visible, search box finds a function).
+
+CI installs the docs tools (the ``dev`` extra); elsewhere the tests skip without them.
+"""
+
+from __future__ import annotations
+
+import html as html_lib
+import importlib.util
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass
+from html.parser import HTMLParser
+from pathlib import Path
+from urllib.parse import unquote, urlsplit
+
+import pytest
+
+import crossentropy as ce
+
+ROOT = Path(__file__).resolve().parents[1]
+DOCS = ROOT / "docs"
+TOOLS = ("sphinx", "numpydoc", "pydata_sphinx_theme", "myst_parser", "latex2mathml")
+
+missing = [name for name in TOOLS if importlib.util.find_spec(name) is None]
+if missing or not (DOCS / "conf.py").is_file():
+    reason = f"docs tools not installed ({', '.join(missing)}): pip install -e '.[dev]'"
+    if os.environ.get("CI") and missing:
+        pytest.fail(f"CI must build the docs: {reason}", pytrace=False)
+    pytest.skip(reason, allow_module_level=True)
+
+CORE_API = [name for name in ce.__all__ if name != "__version__"]
+TORCH_API = [
+    "cross_entropy",
+    "linear_cross_entropy",
+    "vocab_parallel_cross_entropy",
+    "vocab_parallel_linear_cross_entropy",
+    "CrossEntropyLoss",
+    "LinearCrossEntropyLoss",
+]
+MODULES = [
+    "crossentropy.special",
+    "crossentropy.binary",
+    "crossentropy.categorical",
+    "crossentropy.regression",
+    "crossentropy.divergence",
+    "crossentropy.grad",
+    "crossentropy.torch.functional",
+    "crossentropy.torch.modules",
+    "crossentropy.torch.distributed",
+]
+PAGES = [
+    "index.html",
+    "guide/why.html",
+    "guide/choosing.html",
+    "guide/numpy.html",
+    "guide/torch.html",
+    "guide/distributed.html",
+    "guide/numerics.html",
+    "api/index.html",
+    "api/core.html",
+    "api/torch.html",
+    "api/modules.html",
+    "benchmarks.html",
+    "demo.html",
+    "changelog.html",
+    "search.html",
+    "genindex.html",
+    "demo-report/index.html",
+]
+RESOURCE_TAGS = {"script", "link", "img", "iframe", "source", "video", "audio", "embed"}
+
+
+@dataclass(frozen=True)
+class Site:
+    root: Path
+    stderr: str
+    returncode: int
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory: pytest.TempPathFactory) -> Site:
+    out = tmp_path_factory.mktemp("docs")
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "sphinx",
+            "-W",
+            "--keep-going",
+            "-q",
+            "-b",
+            "html",
+            "-d",
+            str(out / "doctrees"),
+            str(DOCS),
+            str(out / "html"),
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+        cwd=ROOT,
+        timeout=600,
+    )
+    return Site(out / "html", proc.stderr, proc.returncode)
+
+
+def _built(site: Site) -> Path:
+    assert site.returncode == 0, site.stderr[-5000:]
+    return site.root
+
+
+class _Links(HTMLParser):
+    """Every (tag, attribute, url) that links or loads something, and every id."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.links: list[tuple[str, str, str]] = []
+        self.ids: set[str] = set()
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        for name, value in attrs:
+            if value is None:
+                continue
+            if name in ("id", "name") and tag != "meta" and tag != "input":
+                self.ids.add(value)
+            if name in ("href", "src"):
+                self.links.append((tag, name, value))
+
+
+def _parse(path: Path) -> _Links:
+    parser = _Links()
+    parser.feed(path.read_text(encoding="utf-8"))
+    return parser
+
+
+def _text(path: Path) -> str:
+    """The page's text, tags stripped, whitespace collapsed."""
+    raw = re.sub(r"<!--.*?-->", " ", path.read_text(encoding="utf-8"), flags=re.S)
+    raw = re.sub(r"<(script|style)\b.*?</\1>", " ", raw, flags=re.S)
+    text = html_lib.unescape(re.sub(r"<[^>]+>", " ", raw))
+    return " ".join(
+        text.replace("\u2019", "'").replace("\u201c", '"').replace("\u201d", '"').split()
+    )
+
+
+# --- the build --------------------------------------------------------------------------------
+
+
+def test_docs_build_with_warnings_as_errors(site: Site) -> None:
+    assert site.returncode == 0, site.stderr[-5000:]
+    assert "WARNING" not in site.stderr and "ERROR" not in site.stderr, site.stderr[-5000:]
+
+
+def test_site_has_every_page(site: Site) -> None:
+    root = _built(site)
+    for page in PAGES:
+        assert (root / page).is_file(), page
+    for name in CORE_API:
+        assert (root / f"api/generated/crossentropy.{name}.html").is_file(), name
+    for name in TORCH_API:
+        assert (root / f"api/generated/crossentropy.torch.{name}.html").is_file(), name
+    for module in MODULES:
+        assert (root / f"api/generated/{module}.html").is_file(), module
+
+
+def test_every_internal_link_and_anchor_resolves(site: Site) -> None:
+    root = _built(site)
+    # _static/ holds the theme's Jinja templates (webpack-macros.html), not pages
+    pages = sorted(p for p in root.rglob("*.html") if "_static" not in p.relative_to(root).parts)
+    ids = {page: _parse(page).ids for page in pages}
+    broken: list[str] = []
+    for page in pages:
+        for tag, attr, url in _parse(page).links:
+            parts = urlsplit(url)
+            if parts.scheme in ("mailto", "data", "javascript"):
+                continue
+            if parts.scheme or parts.netloc:
+                continue  # external: test_nothing_is_loaded_from_the_network
+            target = (page.parent / unquote(parts.path)).resolve() if parts.path else page
+            if target.is_dir():
+                target = target / "index.html"
+            where = f"{page.relative_to(root)}: <{tag} {attr}={url!r}>"
+            if not target.is_file():
+                broken.append(f"{where}: no file {target}")
+            elif parts.fragment and target.suffix == ".html":
+                if parts.fragment not in ids.get(target, _parse(target).ids):
+                    broken.append(f"{where}: no anchor #{parts.fragment}")
+    assert broken == [], "\n".join(broken[:30])
+
+
+def test_nothing_is_loaded_from_the_network(site: Site) -> None:
+    root = _built(site)
+    remote: list[str] = []
+    for page in root.rglob("*.html"):
+        if "_static" in page.relative_to(root).parts:
+            continue
+        for tag, _, url in _parse(page).links:
+            if tag in RESOURCE_TAGS and (urlsplit(url).scheme or url.startswith("//")):
+                remote.append(f"{page.relative_to(root)}: <{tag}> {url}")
+    for sheet in (root / "_static").rglob("*.css"):
+        text = sheet.read_text(encoding="utf-8", errors="replace")
+        for match in re.finditer(r"(?:url\(|@import\s+)[\"']?((?:https?:)?//[^\"')\s]+)", text):
+            remote.append(f"{sheet.relative_to(root)}: {match.group(1)}")
+    assert remote == [], "\n".join(remote[:30])
+    assert "mathjax" not in (root / "api/generated/crossentropy.cross_entropy.html").read_text()
+
+
+# --- the API reference ------------------------------------------------------------------------
+
+
+def test_api_page_renders_math_as_mathml_and_shows_the_examples(site: Site) -> None:
+    page = _built(site) / "api/generated/crossentropy.cross_entropy.html"
+    raw = page.read_text(encoding="utf-8")
+    assert raw.count("<math") >= 10 and 'display="block"' in raw
+    assert "<mfrac>" in raw and "<msub>" in raw
+    text = _text(page)
+    for latex in (r"\frac", r"\operatorname", r"\ell", ":math:", r"\sum"):
+        assert latex not in text, latex  # no raw LaTeX shown to the reader
+    # the docstring's sections and its doctested example, with the printed numbers
+    for piece in ("Parameters", "Returns", "Notes", "Examples", "label_smoothing"):
+        assert piece in text, piece
+    assert "cross_entropy ( z , np . array ([ 0 , 1 ]))" in text or (
+        "cross_entropy(z, np.array([0, 1]))" in text
+    )
+    assert "array(0.31853977)" in text
+
+
+def test_every_public_function_page_has_its_docstring(site: Site) -> None:
+    root = _built(site)
+    for name in CORE_API:
+        summary = (getattr(ce, name).__doc__ or "").strip().splitlines()[0]
+        prose = re.split(r":math:|``|`", summary)[0]  # the words before any markup
+        first_words = " ".join(prose.split()[:3])
+        assert len(first_words) >= 8, (name, summary)
+        assert first_words in _text(root / f"api/generated/crossentropy.{name}.html"), name
+
+
+def test_benchmark_tables_changelog_and_demo_report_are_in_the_site(site: Site) -> None:
+    root = _built(site)
+    bench = (root / "benchmarks.html").read_text(encoding="utf-8")
+    assert bench.count("<table") >= 3 and "F.cross_entropy" in bench
+    assert ce.__version__ in _text(root / "changelog.html")
+    demo = (root / "demo.html").read_text(encoding="utf-8")
+    assert 'href="demo-report/index.html"' in demo
+    assert (root / "demo-report/index.html").stat().st_size > 10_000
+
+
+# --- in a real browser ------------------------------------------------------------------------
+
+BROWSER_FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--hide-scrollbars",
+    "--window-size=1280,1800",
+    "--virtual-time-budget=15000",
+]
+
+MATH_PROBE = """<script>
+window.addEventListener('load', () => {
+  const maths = [...document.querySelectorAll('math')];
+  const box = (e) => e.getBoundingClientRect();
+  const size = parseFloat(getComputedStyle(document.body).fontSize);
+  const fracs = [...document.querySelectorAll('mfrac')].map((f) => box(f).height);
+  const out = {
+    maths: maths.length,
+    invisible: maths.filter((m) => box(m).width < 1 || box(m).height < 1).length,
+    fontSize: size,
+    tallestFraction: Math.max(0, ...fracs),
+    rawLatex: /\\\\(frac|operatorname|sum)\\b/.test(document.body.innerText),
+    title: document.querySelector('h1') ? document.querySelector('h1').innerText : '',
+    searchForm: !!document.querySelector('form[action$="search.html"] input[name="q"]'),
+  };
+  const pre = document.createElement('pre');
+  pre.id = 'probe';
+  pre.textContent = JSON.stringify(out);
+  document.body.appendChild(pre);
+});
+</script>"""
+
+SEARCH_PROBE = """<script>
+window.addEventListener('load', () => {
+  const form = document.querySelector('form[action$="search.html"]');
+  form.querySelector('input[name="q"]').value = 'logsumexp';
+  form.requestSubmit();
+});
+</script>"""
+
+
+def _browser() -> str:
+    for name in ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable"):
+        path = shutil.which(name)
+        if path:
+            return path
+    pytest.skip("no headless browser installed (chromium not found on PATH); CI installs it")
+
+
+def _dump(browser: str, url: str, profile: Path, *extra: str) -> str:
+    proc = subprocess.run(
+        [browser, *BROWSER_FLAGS, f"--user-data-dir={profile}", *extra, "--dump-dom", url],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return proc.stdout
+
+
+def _probe_copy(page: Path, script: str, name: str) -> Path:
+    copy = page.with_name(name)
+    copy.write_text(page.read_text(encoding="utf-8").replace("</body>", script + "</body>", 1))
+    return copy
+
+
+@pytest.mark.slow
+def test_api_page_in_a_headless_browser_math_visible_and_search_works(
+    site: Site, tmp_path: Path
+) -> None:
+    browser = _browser()
+    page = _built(site) / "api/generated/crossentropy.cross_entropy.html"
+    probe_page = _probe_copy(page, MATH_PROBE, "probe-math.html")
+    search_page = _probe_copy(page, SEARCH_PROBE, "probe-search.html")
+    try:
+        dom = _dump(browser, probe_page.as_uri(), tmp_path / "profile-math")
+        found = _dump(browser, search_page.as_uri(), tmp_path / "profile-search")
+        shot = tmp_path / "cross_entropy.png"
+        subprocess.run(
+            [
+                browser,
+                *BROWSER_FLAGS,
+                f"--user-data-dir={tmp_path / 'profile-shot'}",
+                f"--screenshot={shot}",
+                page.as_uri(),
+            ],
+            capture_output=True,
+            timeout=120,
+            check=False,
+        )
+    finally:
+        probe_page.unlink()
+        search_page.unlink()
+    match = re.search(r'<pre id="probe"[^>]*>(.*?)</pre>', dom, re.S)
+    assert match, dom[-2000:]
+    probe = json.loads(html_lib.unescape(match.group(1)))
+    assert probe["title"].startswith("crossentropy.cross_entropy")
+    assert probe["maths"] >= 10 and probe["invisible"] == 0, probe
+    # laid out as MathML (numerator over denominator), not as a line of raw text
+    assert probe["tallestFraction"] > 1.4 * probe["fontSize"], probe
+    assert not probe["rawLatex"] and probe["searchForm"], probe
+    # the search box, typed into and submitted, lands on results that list the API page
+    assert "Search finished, found" in found, found[-2000:]
+    assert re.search(r'href="[^"]*api/generated/crossentropy\.logsumexp\.html', found)
+    assert shot.is_file() and shot.stat().st_size > 20_000  # a screenshot with content
