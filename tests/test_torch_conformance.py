@@ -490,7 +490,7 @@ def test_result_dtype_promotion():
 def test_empty_batches(monkeypatch, fused, reduction, kind):
     if not fused:
         monkeypatch.setattr(CF, "DIRECT_MAX_ELEMENTS", 1 << 19)
-        monkeypatch.setattr(CF, "LINEAR_DIRECT_MAX_ELEMENTS", 1 << 16)
+        monkeypatch.setattr(CF, "LINEAR_DIRECT_MAX_ELEMENTS", 1 << 19)
     out = []
     for ours in (True, False):
         x = torch.randn(0, C, requires_grad=True)

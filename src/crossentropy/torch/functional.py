@@ -61,8 +61,9 @@ __all__ = ["DIRECT_MAX_ELEMENTS", "cross_entropy", "linear_cross_entropy"]
 DIRECT_MAX_ELEMENTS = 1 << 19
 
 #: Rows × classes up to which :func:`linear_cross_entropy` composes ``F.linear`` and
-#: ``F.cross_entropy`` directly (its logits are small enough to materialise).
-LINEAR_DIRECT_MAX_ELEMENTS = 1 << 16
+#: ``F.cross_entropy`` directly (its logits are small enough to materialise). Measured on the
+#: project machine: the chunked kernel is 2× slower at 131k logits, even at 524k, faster above.
+LINEAR_DIRECT_MAX_ELEMENTS = 1 << 19
 
 
 def _compiling() -> bool:
