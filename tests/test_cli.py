@@ -1,4 +1,6 @@
-"""``crossentropy demo`` end to end through the console script, and its argument errors."""
+"""``crossentropy demo`` end to end through the console script and ``python -m crossentropy``:
+arguments and their errors, progress, the one run-time figure, Ctrl-C, and a run without
+torch."""
 
 from __future__ import annotations
 
@@ -6,8 +8,10 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -15,19 +19,25 @@ import pytest
 from crossentropy import __version__
 from crossentropy.cli import build_parser, main
 
-FIGURES = {
-    "gradient_anatomy.png",
-    "saturated_neuron.png",
-    "race_curves.png",
-    "derivation_checks.png",
-    "identities.png",
+SVGS = {
+    "gradient_anatomy_linear.svg",
+    "gradient_anatomy_log.svg",
+    "saturated_neuron_output.svg",
+    "saturated_neuron_gradient.svg",
+    "race_breast_cancer_standard.svg",
+    "race_breast_cancer_saturated.svg",
+    "race_digits_standard.svg",
+    "race_digits_saturated.svg",
+    "derivation_checks.svg",
+    "identities.svg",
 }
+ENV = {**os.environ, "COLUMNS": "120"}
 
 
 def console_script() -> list[str]:
     """The installed ``crossentropy`` entry point (beside this Python), else ``-m``."""
     script = shutil.which("crossentropy", path=str(Path(sys.executable).parent))
-    return [script] if script else [sys.executable, "-m", "crossentropy.cli"]
+    return [script] if script else [sys.executable, "-m", "crossentropy"]
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +51,7 @@ def quick_run(
         text=True,
         timeout=180,
         check=False,
-        env={**os.environ, "COLUMNS": "120"},
+        env=ENV,
     )
     return proc, out
 
@@ -52,43 +62,61 @@ def test_demo_quick_succeeds_and_says_where_the_report_is(
     proc, out = quick_run
     assert proc.returncode == 0, proc.stderr
     assert "Traceback" not in proc.stderr
-    assert str((out / "index.html").resolve()) in proc.stdout.replace("\n", "")
-    for part in ("Gradient anatomy", "saturated neuron", "fair race", "Derivation", "Identities"):
+    # piped: the path is on one unbroken line, so it can be copied or used by a script
+    assert f"Report: {(out / 'index.html').absolute()}" in proc.stdout.splitlines()
+    for part in ("Gradient anatomy", "saturated neuron", "fair race", "Derivation", "likelihood"):
         assert part in proc.stdout
+
+
+def test_demo_shows_progress_when_not_on_a_terminal(
+    quick_run: tuple[subprocess.CompletedProcess[str], Path],
+) -> None:
+    proc, _ = quick_run
+    lines = [line for line in proc.stderr.splitlines() if line.startswith("crossentropy demo:")]
+    assert lines[0].startswith("crossentropy demo: running (")
+    assert any("race" in line for line in lines) and any("identities" in line for line in lines)
+    assert len(lines) < 15  # one line per part, not one per training run
+
+
+def test_the_page_and_the_terminal_quote_the_same_run_time(
+    quick_run: tuple[subprocess.CompletedProcess[str], Path],
+) -> None:
+    proc, out = quick_run
+    terminal = re.search(r"Finished in ([0-9.]+) s\.", proc.stdout)
+    page = re.search(r"seed 3: ([0-9.]+) s of computation", (out / "index.html").read_text())
+    assert terminal and page and terminal.group(1) == page.group(1)
 
 
 def test_demo_quick_writes_the_report_files(
     quick_run: tuple[subprocess.CompletedProcess[str], Path],
 ) -> None:
     _, out = quick_run
-    assert {p.name for p in out.glob("*.png")} == FIGURES
-    html = (out / "index.html").read_text(encoding="utf-8")
-    refs = re.findall(r'(?:src|href)="([^"#][^"]*)"', html)
-    assert FIGURES <= set(refs)
-    for ref in refs:
-        assert (out / ref).is_file(), f"index.html references {ref}, which does not exist"
-
-
-def test_demo_quick_metrics_json(quick_run: tuple[subprocess.CompletedProcess[str], Path]) -> None:
-    _, out = quick_run
+    assert {p.name for p in (out / "figures").glob("*.svg")} == SVGS
+    assert (out / "figures" / "saturated_neuron.png").is_file()
     m = json.loads((out / "metrics.json").read_text(encoding="utf-8"))
     assert m["settings"]["seed"] == 3 and m["settings"]["quick"] is True
-    race_keys = {
-        "experiment",
-        "dataset",
-        "init",
-        "loss",
-        "learning_rate",
-        "steps_to_target",
-        "final_accuracy",
-        "final_log_loss",
-    }
-    assert len(m["races"]) == 8
-    assert all(race_keys <= set(r) for r in m["races"])
-    assert {r["loss"] for r in m["races"]} == {"mse", "cross_entropy"}
     assert {r["experiment"] for r in m["races"]} == {"logistic_regression", "softmax_regression"}
-    assert all({"name", "max_abs_error"} <= set(c) for c in m["gradient_checks"])
-    assert all({"name", "lhs", "rhs", "abs_error"} <= set(i) for i in m["identities"])
+    assert sorted(p.name for p in out.parent.iterdir()) == ["report"]  # no temporary left
+
+
+def test_python_dash_m_crossentropy_is_the_same_command() -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "crossentropy", "--version"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert proc.returncode == 0 and __version__ in proc.stdout
+    proc = subprocess.run(
+        [sys.executable, "-m", "crossentropy", "demo", "--lang", "fr"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert proc.returncode == 2
+    assert "usage: crossentropy demo" in proc.stderr
 
 
 # -- arguments ------------------------------------------------------------------------------
@@ -99,17 +127,32 @@ def test_demo_quick_metrics_json(quick_run: tuple[subprocess.CompletedProcess[st
     [
         (["demo", "--seed", "-1"], "--seed: must be a non-negative integer, got -1"),
         (["demo", "--seed", "abc"], "--seed: must be a non-negative integer, got 'abc'"),
+        (["demo", "--lang", "fr"], "--lang: invalid choice: 'fr'"),
         (["demo", "--bogus"], "unrecognized arguments: --bogus"),
-        (["frobnicate"], "invalid choice: 'frobnicate'"),
+        (["demo", "--quick", "extra"], "unrecognized arguments: extra"),
     ],
 )
-def test_bad_arguments_exit_2_with_a_message(
+def test_bad_demo_arguments_print_the_demo_usage(
     argv: list[str], message: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
     with pytest.raises(SystemExit) as exc:
         main(argv)
     assert exc.value.code == 2
-    assert message in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert message in err
+    assert err.startswith("usage: crossentropy demo [-h]")  # the subcommand's, not the top's
+    assert "--lang" in err
+
+
+def test_unknown_command_prints_the_top_level_usage(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main(["frobnicate"])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert "invalid choice: 'frobnicate'" in err and err.startswith("usage: crossentropy [-h]")
+    with pytest.raises(SystemExit):
+        main(["--bogus"])
+    assert capsys.readouterr().err.startswith("usage: crossentropy [-h]")
 
 
 def test_no_command_prints_help_and_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
@@ -137,14 +180,24 @@ def test_out_that_cannot_be_created_is_a_clear_error(
 
     assert main(["demo", "--quick", "--out", str(blocker)]) == 1
     assert "exists and is not a directory" in capsys.readouterr().err
-    assert not list(tmp_path.glob("*.png"))  # nothing ran
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file"]  # nothing ran
+
+
+def test_out_full_of_other_files_is_refused_before_any_work(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "notes.txt").write_text("mine")
+    assert main(["demo", "--quick", "--out", str(tmp_path)]) == 1
+    err = capsys.readouterr().err
+    assert "is not a crossentropy report" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]
 
 
 def test_the_parser_has_room_for_more_subcommands() -> None:
     parser = build_parser()
     args = parser.parse_args(["demo"])
     assert args.command == "demo" and args.out == "crossentropy-report"
-    assert args.seed == 0 and args.quick is False
+    assert args.seed == 0 and args.quick is False and args.lang == "en"
     assert callable(args.run)
 
 
@@ -160,3 +213,93 @@ def test_missing_demo_extra_is_a_clear_error(
     assert main(["demo", "--quick", "--out", str(tmp_path / "r")]) == 1
     err = capsys.readouterr().err
     assert "pip install 'crossentropy[demo]'" in err and "missing: sklearn" in err
+
+
+# -- Ctrl-C -----------------------------------------------------------------------------------
+
+
+def test_ctrl_c_prints_one_line_and_exits_130(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    def interrupted(*args: object, **kwargs: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("crossentropy.experiments.run_demo", interrupted)
+    assert main(["demo", "--quick", "--out", str(tmp_path / "r")]) == 130
+    err = capsys.readouterr().err
+    assert err.strip().splitlines()[-1] == "crossentropy: interrupted"
+    assert "Traceback" not in err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_real_sigint_mid_run_keeps_the_previous_report(tmp_path: Path) -> None:
+    out = tmp_path / "report"
+    first = subprocess.run(
+        [*console_script(), "demo", "--quick", "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=False,
+        env=ENV,
+    )
+    assert first.returncode == 0, first.stderr
+    before = (out / "index.html").read_bytes()
+    proc = subprocess.Popen(
+        [*console_script(), "demo", "--quick", "--lang", "zh", "--out", str(out)],
+        stderr=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        env=ENV,
+    )
+    assert proc.stderr is not None
+    # wait until the experiments are under way (past start-up), then press Ctrl-C
+    deadline = time.monotonic() + 120
+    line = ""
+    while "race" not in line and time.monotonic() < deadline:
+        line = proc.stderr.readline()
+        if not line and proc.poll() is not None:
+            break
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert err.strip().splitlines()[-1] == "crossentropy: interrupted"
+    assert "Traceback" not in err
+    assert (out / "index.html").read_bytes() == before  # the old report, whole
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["report"]
+
+
+# -- without torch ------------------------------------------------------------------------------
+
+
+def test_the_demo_runs_without_torch_and_says_the_check_was_skipped(tmp_path: Path) -> None:
+    # A full (non-quick) run would use torch; hide it as a fresh `make demo` venv lacks it.
+    blocker = tmp_path / "site"
+    blocker.mkdir()
+    (blocker / "torch.py").write_text("raise ImportError('torch is hidden by this test')\n")
+    out = tmp_path / "report"
+    code = (
+        "import sys; from crossentropy.experiments import derivation_checks as d;"
+        "r = d(use_torch=True); print(r.torch_version, r.torch_skipped)"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+        env={**ENV, "PYTHONPATH": str(blocker)},
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "None torch is not importable"
+    proc = subprocess.run(
+        [sys.executable, "-m", "crossentropy", "demo", "--quick", "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=False,
+        env={**ENV, "PYTHONPATH": str(blocker)},
+    )
+    assert proc.returncode == 0, proc.stderr
+    m = json.loads((out / "metrics.json").read_text(encoding="utf-8"))
+    assert "torch" not in m["versions"]
+    assert all(c["reference"] == "finite differences" for c in m["gradient_checks"])

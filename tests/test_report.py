@@ -1,37 +1,47 @@
-"""The report: files, metrics.json, HTML structure, verdicts that follow the measurements, and
-the page opened in a real headless browser."""
+"""The report: files, metrics.json, the self-contained HTML (embedded figures, MathML, slider
+data that is the library's numbers), both languages, verdicts that follow the measurements,
+and the atomic write that never leaves a half-written report."""
 
 from __future__ import annotations
 
+import base64
 import dataclasses
-import html as html_lib
 import json
 import math
 import re
-import shutil
-import struct
-import subprocess
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from crossentropy.experiments import DemoResults, DemoSettings, run_demo
-from crossentropy.report import ReportFiles, write_report
+from crossentropy.report import MARKER, ReportFiles, replaceable, write_report
+from crossentropy.report import figures as figures_module
+from crossentropy.report.html import grid_json
+from crossentropy.report.i18n import EN, LANGUAGES, STRINGS, ZH, Texts
+from crossentropy.report.mathml import DERIVATIONS
 from crossentropy.report.metrics import _num
 from crossentropy.report.sections import (
     CONFIRMED,
+    FAILED,
     MIXED,
     NOT_CONFIRMED,
+    identities_section,
     neuron_section,
     race_section,
 )
 
-FIGURES = {
-    "gradient_anatomy.png",
-    "saturated_neuron.png",
-    "race_curves.png",
-    "derivation_checks.png",
-    "identities.png",
+SVGS = {
+    "gradient_anatomy_linear.svg",
+    "gradient_anatomy_log.svg",
+    "saturated_neuron_output.svg",
+    "saturated_neuron_gradient.svg",
+    "race_breast_cancer_standard.svg",
+    "race_breast_cancer_saturated.svg",
+    "race_digits_standard.svg",
+    "race_digits_saturated.svg",
+    "derivation_checks.svg",
+    "identities.svg",
 }
 
 
@@ -42,105 +52,216 @@ def results() -> DemoResults:
 
 @pytest.fixture(scope="module")
 def report(results: DemoResults, tmp_path_factory: pytest.TempPathFactory) -> ReportFiles:
-    return write_report(results, tmp_path_factory.mktemp("report"))
+    return write_report(results, tmp_path_factory.mktemp("report") / "en")
 
 
-def png_size(path: Path) -> tuple[int, int]:
-    """Width and height from a PNG's IHDR chunk (and a check of its signature)."""
-    data = path.read_bytes()
-    assert data[:8] == b"\x89PNG\r\n\x1a\n", f"{path.name} is not a PNG"
-    assert data[12:16] == b"IHDR"
-    width, height = struct.unpack(">II", data[16:24])
-    return width, height
+@pytest.fixture(scope="module")
+def report_zh(results: DemoResults, tmp_path_factory: pytest.TempPathFactory) -> ReportFiles:
+    return write_report(results, tmp_path_factory.mktemp("report") / "zh", lang="zh")
 
 
-def referenced_files(html: str) -> list[str]:
-    return re.findall(r'(?:src|href)="([^"#][^"]*)"', html)
+def embedded_svgs(html: str) -> dict[str, bytes]:
+    """``data-file`` name → decoded bytes of every figure embedded in the page."""
+    found = re.findall(
+        r'<img src="data:image/svg\+xml;base64,([A-Za-z0-9+/=]+)"[^>]*data-file="([^"]+)"', html
+    )
+    return {name: base64.b64decode(data) for data, name in found}
 
 
-def test_report_writes_every_figure_as_a_real_png(report: ReportFiles) -> None:
-    assert {p.name for p in report.figures} == FIGURES
+# -- files ----------------------------------------------------------------------------------
+
+
+def test_report_writes_every_figure_as_svg_and_the_readme_png(report: ReportFiles) -> None:
+    names = {p.name for p in report.figures}
+    assert names == SVGS | {"saturated_neuron.png"}
     for path in report.figures:
-        width, height = png_size(path)
-        assert width > 300 and height > 150
+        data = path.read_bytes()
+        if path.suffix == ".png":
+            assert data[:8] == b"\x89PNG\r\n\x1a\n"
+            width = int.from_bytes(data[16:20], "big")
+            assert width >= 2000  # high-DPI: 11 in × 200 dpi
+        else:
+            assert b"<svg" in data[:400]
+            assert b"<text" in data  # labels stay text (fonttype none): sharp, selectable
 
 
-def test_html_references_every_figure_and_only_local_files(report: ReportFiles) -> None:
+def test_index_is_self_contained(report: ReportFiles) -> None:
     html = report.index.read_text(encoding="utf-8")
-    refs = referenced_files(html)
-    assert FIGURES <= set(refs)
+    refs = re.findall(r'(?:src|href)="([^"#][^"]*)"', html)
     for ref in refs:
-        assert "://" not in ref, f"network reference {ref}"
-        assert (report.index.parent / ref).is_file(), f"{ref} is referenced but missing"
-    assert "<script" not in html
-    assert re.search(r"<link[^>]+stylesheet", html) is None  # CSS is inline
+        assert ref.startswith(("data:image/svg+xml;base64,", "https://www.cnblogs.com/")), ref
+    # the only network address is the cited article's link; nothing is loaded from anywhere
+    assert re.search(r'<(?:script|link|img|iframe)[^>]+(?:src|href)="https?:', html) is None
+    assert re.search(r"<link[^>]+stylesheet", html) is None
+    embedded = embedded_svgs(html)
+    assert set(embedded) == SVGS
+    for name, data in embedded.items():  # the page carries exactly the files beside it
+        assert data == (report.index.parent / "figures" / name).read_bytes()
 
 
-def test_each_section_has_claim_figure_table_and_verdict(report: ReportFiles) -> None:
+def test_the_page_cites_the_article(report: ReportFiles, report_zh: ReportFiles) -> None:
+    for files in (report, report_zh):
+        html = files.index.read_text(encoding="utf-8")
+        head = html[: html.index("</header>")]
+        assert "《交叉熵损失函数》" in head
+        assert '<a href="https://www.cnblogs.com/tecwang/p/13256509.html">' in head
+        assert "2020" in head and "tecwang" in head
+    assert "in Chinese" in report.index.read_text(encoding="utf-8")
+
+
+def test_each_section_has_claim_figures_tables_and_verdict(report: ReportFiles) -> None:
     html = report.index.read_text(encoding="utf-8")
     for s in report.sections:
         start = html.index(f'<section id="{s.key}">')
         block = html[start : html.index("</section>", start)]
         assert 'class="claim"' in block
-        assert f'src="{s.figure}"' in block
-        assert "<table" in block
+        for f in s.figures:
+            assert f'data-file="{f.file}"' in block
+        assert "<table" in block and 'class="scroll"' in block  # tables scroll in their box
         assert "Measured in this run:" in block
+
+
+def test_every_derivation_step_is_typeset_next_to_its_check(
+    report: ReportFiles, results: DemoResults
+) -> None:
+    html = report.index.read_text(encoding="utf-8")
+    block = html[html.index('<section id="derivation_checks">') :]
+    block = block[: block.index("</section>")]
+    checked = [name for lines in DERIVATIONS.values() for name, _ in lines if name is not None]
+    assert sorted(checked) == sorted({c.name for c in results.checks.checks})
+    for name in checked:
+        cell = re.search(rf'<div class="check" data-check="{name}">✓ ([^<]*)', block)
+        assert cell, f"no passing check shown beside {name}"
+        worst = max(c.relative_error for c in results.checks.checks if c.name == name)
+        shown = float(cell.group(1).split()[-1])
+        assert shown == pytest.approx(worst, rel=0.05) or (shown == 0 and worst == 0)
+    assert block.count('<math xmlns="http://www.w3.org/1998/Math/MathML"') >= len(checked)
+    assert "<mfrac>" in block and "<msub>" in block
+
+
+def test_the_slider_data_is_the_librarys_runs(results: DemoResults, report: ReportFiles) -> None:
+    html = report.index.read_text(encoding="utf-8")
+    raw = re.search(r'<script type="application/json" id="neuron-grid">(.*?)</script>', html, re.S)
+    assert raw
+    data = json.loads(raw.group(1))
+    g = results.grid
+    assert data["z0"] == list(g.z0) and data["lr"] == list(g.learning_rates)
+    assert data["recorded"] == g.recorded.tolist()
+    for loss in ("mse", "cross_entropy"):
+        np.testing.assert_allclose(data["output"][loss], g.output[loss].ravel(), rtol=1e-3)
+        np.testing.assert_allclose(
+            data["sigma_prime"][loss], g.sigmoid_prime[loss].ravel(), rtol=1e-3, atol=1e-12
+        )
+        assert data["correct"][loss] == g.steps_to_correct[loss].ravel().tolist()
+    # the saturated start of the static figure is one of the slider's runs, same numbers
+    iz, il = g.z0.index(6.0), g.learning_rates.index(results.neuron.learning_rate)
+    cell = iz * len(g.learning_rates) + il
+    assert data["correct"]["mse"][cell] == results.neuron.run("saturated", "mse").steps_to_correct
+    assert "</" not in grid_json(g, Texts("zh"))  # cannot close its <script> early
+
+
+def test_the_interactive_part_is_hidden_until_the_script_runs(report: ReportFiles) -> None:
+    html = report.index.read_text(encoding="utf-8")
+    assert '<div class="play" id="play" hidden>' in html  # no dead controls without JS
+    assert "<noscript>" in html
+    script = re.findall(r"<script>(.*?)</script>", html, re.S)
+    assert len(script) == 1
+    assert "fetch(" not in script[0] and "XMLHttpRequest" not in script[0]
+    assert "Math.exp" in script[0]  # only to print a₀ = σ(z₀) next to the slider
+    assert "root.hidden = false" in script[0]
 
 
 def test_metrics_json_has_the_required_keys_and_the_measured_values(
     report: ReportFiles, results: DemoResults
 ) -> None:
     m = json.loads(report.metrics.read_text(encoding="utf-8"))
-    assert len(m["races"]) == len(results.race.runs) == 8
-    for row, run in zip(m["races"], results.race.runs, strict=True):
-        for key in (
-            "experiment",
-            "dataset",
-            "init",
-            "loss",
-            "learning_rate",
-            "steps_to_target",
-            "final_accuracy",
-            "final_log_loss",
-        ):
+    assert m["language"] == "en"
+    speed = [r for r in m["races"] if r["selection"] == "speed"]
+    quality = [r for r in m["races"] if r["selection"] == "quality"]
+    assert len(speed) == len(quality) == len(results.race.runs) == 8
+    for row, run in zip(speed, results.race.runs, strict=True):
+        for key in ("experiment", "dataset", "init", "loss", "learning_rate", "final_log_loss"):
             assert key in row
-        assert row["loss"] in ("mse", "cross_entropy")
         assert row["steps_to_target"] == run.steps_to_target
-        assert row["steps_to_target"] is None or isinstance(row["steps_to_target"], int)
         assert row["final_accuracy"] == run.final_accuracy
         assert row["learning_rate"] in results.settings.race_grid
-    assert m["gradient_checks"] and all(
-        {"name", "max_abs_error"} <= set(c) for c in m["gradient_checks"]
-    )
+    assert all("relative_error" in c for c in m["gradient_checks"])
     assert len({c["name"] for c in m["gradient_checks"]}) == len(m["gradient_checks"])
     assert len(m["identities"]) == 4
     for ident in m["identities"]:
-        assert {"name", "lhs", "rhs", "abs_error"} <= set(ident)
         assert ident["abs_error"] == pytest.approx(abs(ident["lhs"] - ident["rhs"]), abs=1e-18)
     assert [v["section"] for v in m["verdicts"]] == [s.key for s in report.sections]
+    grid = m["neuron_grid"]
+    assert grid["z0"] == list(results.grid.z0)
+    assert grid["steps_to_correct"]["cross_entropy"][0][0] == int(
+        results.grid.steps_to_correct["cross_entropy"][0, 0]
+    )
 
 
 def test_json_has_no_nan() -> None:
     assert _num(math.nan) is None and _num(math.inf) is None and _num(1.5) == 1.5
 
 
+# -- languages -------------------------------------------------------------------------------
+
+
+def test_both_languages_have_the_same_keys_and_fields() -> None:
+    assert set(EN) == set(ZH)
+    for key in EN:
+        fields_en = set(re.findall(r"{(\w+)", EN[key]))
+        fields_zh = set(re.findall(r"{(\w+)", ZH[key]))
+        # the same numbers in both; only the Chinese citation omits the English title
+        assert fields_en - fields_zh <= {"title_en"} and fields_zh <= fields_en, key
+    assert set(STRINGS) == set(LANGUAGES)
+    with pytest.raises(ValueError, match=r"Texts: lang must be one of \('en', 'zh'\), got 'fr'"):
+        Texts("fr")
+
+
+def test_the_chinese_page_uses_the_articles_terms(report_zh: ReportFiles) -> None:
+    html = report_zh.index.read_text(encoding="utf-8")
+    assert '<html lang="zh-CN">' in html
+    for term in ("交叉熵", "均方误差", "似然函数", "梯度消失"):
+        assert term in html, term
+    # the article's own sentences are quoted in the original
+    assert "殊途同归" in html and "sigmoid 梯度消失的问题" in html
+    body = re.sub(r"<script.*?</script>|<math.*?</math>|<[^>]+>", " ", html, flags=re.S)
+    assert "Measured in this run" not in body and "steps" not in body
+    m = json.loads(report_zh.metrics.read_text(encoding="utf-8"))
+    assert m["language"] == "zh"
+
+
+def test_chinese_figures_carry_chinese_labels(report_zh: ReportFiles) -> None:
+    svg = (report_zh.index.parent / "figures" / "race_digits_standard.svg").read_text("utf-8")
+    assert "验证集准确率" in svg and "交叉熵" in svg
+    assert "sans-serif" in svg  # the browser falls back to a CJK font it has
+
+
+def test_write_report_rejects_an_unknown_language(results: DemoResults, tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match=r"write_report: lang must be one of"):
+        write_report(results, tmp_path / "r", lang="fr")
+
+
+# -- verdicts follow the measurements ---------------------------------------------------------
+
+
 def test_neuron_verdict_follows_the_measurement(results: DemoResults) -> None:
-    s = neuron_section(results)
+    t = Texts("en")
+    s = neuron_section(results, t)
     mse = results.neuron.run("saturated", "mse").steps_to_correct
     bce = results.neuron.run("saturated", "cross_entropy").steps_to_correct
     assert f"cross-entropy needed {bce} steps and MSE {mse}" in s.verdict
     assert s.status == CONFIRMED
-    # Swap the two losses' results: the same code must now say "not confirmed".
     swapped = tuple(
         dataclasses.replace(r, loss="mse" if r.loss == "cross_entropy" else "cross_entropy")
         for r in results.neuron.runs
     )
     flipped = dataclasses.replace(results, neuron=dataclasses.replace(results.neuron, runs=swapped))
-    assert neuron_section(flipped).status == NOT_CONFIRMED
+    assert neuron_section(flipped, t).status == NOT_CONFIRMED
 
 
 def test_race_verdict_follows_the_measurement(results: DemoResults) -> None:
     race = results.race
+    t = Texts("en")
 
     def with_steps(sat_mse: int | None, sat_ce: int | None) -> DemoResults:
         runs = tuple(
@@ -151,91 +272,94 @@ def test_race_verdict_follows_the_measurement(results: DemoResults) -> None:
         )
         return dataclasses.replace(results, race=dataclasses.replace(race, runs=runs))
 
-    assert race_section(with_steps(10, 3)).status == CONFIRMED
-    assert race_section(with_steps(3, 10)).status == NOT_CONFIRMED
-    assert race_section(with_steps(None, None)).status == NOT_CONFIRMED
+    assert race_section(with_steps(10, 3), t).status == CONFIRMED
+    assert race_section(with_steps(3, 10), t).status == NOT_CONFIRMED
+    assert race_section(with_steps(None, None), t).status == NOT_CONFIRMED
     mixed = with_steps(3, 10)
     first = next(r for r in mixed.race.runs if r.init == "saturated" and r.loss == "mse")
     runs = tuple(
         dataclasses.replace(r, steps_to_target=None) if r is first else r for r in mixed.race.runs
     )
     mixed = dataclasses.replace(mixed, race=dataclasses.replace(mixed.race, runs=runs))
-    assert race_section(mixed).status == MIXED
-    s = race_section(results)
-    assert "MSE" in s.verdict and str(len(race.runs) // 2) in s.verdict
+    assert race_section(mixed, t).status == MIXED
 
 
-# -- a real browser -------------------------------------------------------------------------
-
-PROBE = """<script>
-window.__errors = [];
-window.addEventListener("error", function (e) {
-  window.__errors.push(String(e.message || (e.target && (e.target.src || e.target.href))));
-}, true);
-window.addEventListener("load", function () {
-  var images = Array.prototype.map.call(document.images, function (img) {
-    return {src: img.getAttribute("src"), width: img.naturalWidth, complete: img.complete};
-  });
-  var out = document.createElement("pre");
-  out.id = "probe";
-  var sections = document.querySelectorAll("section").length;
-  out.textContent = JSON.stringify({images: images, errors: window.__errors, sections: sections});
-  document.body.appendChild(out);
-});
-</script>"""
-
-BROWSER_FLAGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--virtual-time-budget=15000",
-]
+def test_race_meaning_is_computed_from_the_runs(results: DemoResults) -> None:
+    s = race_section(results, Texts("en"))
+    assert s.details and s.details_title == "What this means"
+    text = " ".join(s.details)
+    for run in results.race.runs:
+        assert f"η = {run.learning_rate:g}" in text or f": {run.learning_rate:g}" in text
+    c = results.race.get("digits", "saturated", "cross_entropy")
+    m = results.race.get("digits", "saturated", "mse")
+    assert f"{c.steps_to_target} : {m.steps_to_target}" in text
+    assert "tuning the learning rate largely hides" in text
 
 
-def find_browser() -> str | None:
-    for name in ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable"):
-        path = shutil.which(name)
-        if path:
-            return path
-    return None
+def test_identities_verdict_fails_on_a_real_disagreement(results: DemoResults) -> None:
+    t = Texts("en")
+    assert identities_section(results, t).status == "passed"
+    broken = dataclasses.replace(results.identities[0], rhs=results.identities[0].rhs + 1e-6)
+    bad = dataclasses.replace(results, identities=(broken, *results.identities[1:]))
+    s = identities_section(bad, t)
+    assert s.status == FAILED and "1.0e-06" in s.verdict
 
 
-@pytest.mark.slow
-def test_report_loads_in_a_headless_browser(report: ReportFiles, tmp_path: Path) -> None:
-    browser = find_browser()
-    if browser is None:
-        pytest.skip("no headless browser installed (chromium not found on PATH); CI installs it")
-    # A copy of the page beside the figures, with a probe that records every image's natural
-    # width and any error once the page has loaded.
-    html = report.index.read_text(encoding="utf-8")
-    probe_page = report.index.parent / "probe.html"
-    probe_page.write_text(html.replace("<head>", "<head>\n" + PROBE, 1), encoding="utf-8")
-    try:
-        proc = subprocess.run(
-            [
-                browser,
-                *BROWSER_FLAGS,
-                f"--user-data-dir={tmp_path / 'profile'}",
-                "--dump-dom",
-                probe_page.as_uri(),
-            ],
-            capture_output=True,
-            text=True,
-            timeout=90,
-            check=False,
-        )
-    finally:
-        probe_page.unlink()
-    match = re.search(r'<pre id="probe">(.*?)</pre>', proc.stdout, re.S)
-    assert match, f"probe not found (exit {proc.returncode}): {proc.stderr[-2000:]}"
-    probe = json.loads(html_lib.unescape(match.group(1)))
-    assert probe["errors"] == []
-    assert probe["sections"] == 1 + len(report.sections)  # summary + five parts
-    assert {img["src"] for img in probe["images"]} == FIGURES
-    for img in probe["images"]:
-        assert img["complete"] and img["width"] > 0, img
+# -- atomic writes ------------------------------------------------------------------------------
+
+
+def test_a_failed_rewrite_leaves_the_previous_report_intact(
+    results: DemoResults, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    out = tmp_path / "report"
+    first = write_report(results, out)
+    before = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    assert (out / MARKER).is_file()
+
+    def broken(*args: object, **kwargs: object) -> tuple[Path, ...]:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr("crossentropy.report.draw_identities", broken)
+    with pytest.raises(OSError, match="No space left"):
+        write_report(results, out, lang="zh")
+    after = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    assert after == before  # not one file of the new run mixed in
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["report"]  # no temporary left
+    assert first.index.is_file()
+
+
+def test_an_interrupt_while_writing_leaves_no_trace(
+    results: DemoResults, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def interrupted(*args: object, **kwargs: object) -> tuple[Path, ...]:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(figures_module, "draw_checks", interrupted)
+    monkeypatch.setattr("crossentropy.report.draw_checks", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        write_report(results, tmp_path / "new")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_rewrite_replaces_the_previous_report_whole(results: DemoResults, tmp_path: Path) -> None:
+    out = tmp_path / "report"
+    write_report(results, out)
+    (out / "figures" / "stale.svg").write_text("<svg/>")
+    write_report(results, out, lang="zh")
+    assert not (out / "figures" / "stale.svg").exists()
+    assert '<html lang="zh-CN">' in (out / "index.html").read_text(encoding="utf-8")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["report"]
+
+
+def test_a_folder_of_other_files_is_never_replaced(results: DemoResults, tmp_path: Path) -> None:
+    precious = tmp_path / "home"
+    precious.mkdir()
+    (precious / "thesis.tex").write_text("years of work")
+    assert replaceable(precious) is not None
+    with pytest.raises(FileExistsError, match="is not a crossentropy report"):
+        write_report(results, precious)
+    assert (precious / "thesis.tex").read_text() == "years of work"
+    assert replaceable(tmp_path / "absent") is None
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert replaceable(empty) is None

@@ -3,7 +3,10 @@
 Each subcommand is a function that adds its parser (``_add_<name>``) and a function that runs
 it and returns the exit status; to add one, write both and list the adder in ``SUBCOMMANDS``.
 
-    crossentropy demo [--out DIR] [--quick] [--seed N]
+    crossentropy demo [--out DIR] [--quick] [--seed N] [--lang en|zh]
+
+Errors in a subcommand's arguments print that subcommand's usage; Ctrl-C stops with one line
+and exit status 130.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 from . import __version__
 
@@ -32,22 +36,66 @@ def _seed(text: str) -> int:
     return value
 
 
-def _prepare_out_dir(out: Path) -> str | None:
-    """Create ``out`` if needed; return an error message if it cannot be used."""
-    if out.exists() and not out.is_dir():
-        return f"--out {out}: exists and is not a directory"
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        return f"--out {out}: cannot create the directory ({exc.strerror or exc})"
-    if not os.access(out, os.W_OK | os.X_OK):
-        return f"--out {out}: the directory is not writable"
+def _check_out_dir(out: Path) -> str | None:
+    """Why ``out`` cannot receive the report, or ``None``. Nothing is created here: the
+    report is built beside ``out`` and renamed into place at the end."""
+    from .report import replaceable
+
+    reason = replaceable(out)
+    if reason is not None:
+        return f"--out {out}: {reason}"
+    parent = out.absolute().parent
+    existing = next((p for p in (parent, *parent.parents) if p.exists()), None)
+    if existing is None or not existing.is_dir():
+        return f"--out {out}: cannot create the directory (a parent is not a directory)"
+    if not os.access(existing, os.W_OK | os.X_OK):
+        return f"--out {out}: cannot create the directory ({existing} is not writable)"
     return None
 
 
+class _Progress:
+    """Progress of the demo: a bar on a terminal, one line per part otherwise (logs, CI)."""
+
+    def __init__(self, total: int, interactive: bool) -> None:
+        self.total = total
+        self.done = 0
+        self.interactive = interactive
+        self._bar: Any = None
+        self._task: Any = None
+        self._last_part = ""
+
+    def __enter__(self) -> _Progress:
+        if self.interactive:
+            from rich.console import Console
+
+            from .report.terminal import progress_bar
+
+            self._bar = progress_bar(Console(stderr=True))
+            self._bar.__enter__()
+            self._task = self._bar.add_task("starting", total=self.total)
+        else:
+            print(f"{PROG} demo: running ({self.total} units of work)", file=sys.stderr)
+        return self
+
+    def advance(self, description: str) -> None:
+        self.done += 1
+        if self._bar is not None:
+            self._bar.update(self._task, advance=1, description=description)
+            return
+        part = description.split(":")[0]
+        if part != self._last_part:
+            self._last_part = part
+            print(f"{PROG} demo: [{self.done}/{self.total}] {part}", file=sys.stderr, flush=True)
+
+    def __exit__(self, *exc: object) -> None:
+        if self._bar is not None:
+            self._bar.__exit__(None, None, None)
+
+
 def _run_demo(args: argparse.Namespace) -> int:
+    start = time.perf_counter()  # the run time quoted counts the imports too
     out = Path(args.out)
-    error = _prepare_out_dir(out)
+    error = _check_out_dir(out)
     if error is not None:
         print(f"{PROG} demo: error: {error}", file=sys.stderr)
         return 1
@@ -65,7 +113,7 @@ def _run_demo(args: argparse.Namespace) -> int:
 
         from .experiments import DemoSettings, run_demo
         from .report import write_report
-        from .report.terminal import print_summary, progress_bar
+        from .report.terminal import print_summary
     except ImportError as exc:
         print(
             f"{PROG} demo: error: the demo needs the [demo] extra "
@@ -76,23 +124,16 @@ def _run_demo(args: argparse.Namespace) -> int:
 
     console = Console()
     settings = DemoSettings(seed=args.seed, quick=args.quick)
-    start = time.perf_counter()
-    with progress_bar(Console(stderr=True)) as progress:
-        task = progress.add_task("starting", total=settings.work_units + 1)
-
-        def advance(description: str) -> None:
-            progress.update(task, advance=1, description=description)
-
-        results = run_demo(settings, on_progress=advance)
-        progress.update(task, description="writing the report")
+    with _Progress(settings.work_units + 1, sys.stderr.isatty()) as progress:
+        results = run_demo(settings, on_progress=progress.advance)
+        seconds = time.perf_counter() - start  # the one run time: page and terminal agree
         try:
-            files = write_report(results, out)
+            files = write_report(results, out, lang=args.lang, seconds=seconds)
         except OSError as exc:
-            progress.stop()
             print(f"{PROG} demo: error: cannot write the report into {out}: {exc}", file=sys.stderr)
             return 1
-        advance("done")
-    print_summary(console, list(files.sections), files.index.resolve(), time.perf_counter() - start)
+        progress.advance("report written")
+    print_summary(console, list(files.sections), files.index.absolute(), seconds, args.lang)
     return 0
 
 
@@ -103,7 +144,8 @@ def _add_demo(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         description=(
             "Reproduce the article's claims (gradient anatomy, the saturated neuron, a fair "
             "MSE-vs-cross-entropy race on real data, derivation checks, identities) and write "
-            "index.html, metrics.json and PNG figures into --out."
+            "a self-contained index.html, metrics.json and the figures into --out. An earlier "
+            "report in --out is replaced only once the new one is complete."
         ),
     )
     p.add_argument(
@@ -116,6 +158,12 @@ def _add_demo(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "--quick",
         action="store_true",
         help="shrink every experiment to run in a few seconds (for tests)",
+    )
+    p.add_argument(
+        "--lang",
+        choices=("en", "zh"),
+        default="en",
+        help="language of the report: en (English) or zh (中文) (default: %(default)s)",
     )
     p.add_argument(
         "--seed",
@@ -146,14 +194,32 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _subparser(parser: argparse.ArgumentParser, name: str) -> argparse.ArgumentParser:
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            found: argparse.ArgumentParser = action.choices[name]
+            return found
+    raise KeyError(name)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``crossentropy`` console script; returns the exit status."""
     parser = build_parser()
-    args = parser.parse_args(argv)
-    if args.command is None:
-        parser.print_help(sys.stderr)
-        return 2
-    status: int = args.run(args)
+    try:
+        args, extra = parser.parse_known_args(argv)
+        if extra:
+            # Report unknown arguments with the usage of the subcommand they were given to.
+            target = parser if args.command is None else _subparser(parser, args.command)
+            target.error(f"unrecognized arguments: {' '.join(extra)}")
+        if args.command is None:
+            parser.print_help(sys.stderr)
+            return 2
+        status: int = args.run(args)
+    except KeyboardInterrupt:
+        # One line, the conventional status of a SIGINT (128 + 2); write_report has already
+        # removed its temporary folder, and any earlier report is untouched.
+        print(f"\n{PROG}: interrupted", file=sys.stderr)
+        return 130
     return status
 
 

@@ -1,14 +1,19 @@
-"""Render the demo's results: PNG figures, ``metrics.json``, a self-contained ``index.html``,
+"""Render the demo's results: SVG figures, ``metrics.json``, a self-contained ``index.html``,
 and the terminal summary.
 
 The experiments (:mod:`crossentropy.experiments`) only compute; everything that draws, writes
-or prints lives here.
+or prints lives here. :func:`write_report` builds the whole report in a temporary folder
+beside the target and renames it into place, so an error or a Ctrl-C never leaves a mix of
+old and new files: the previous report stays intact until the new one is complete.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import platform
+import shutil
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,10 +21,22 @@ import numpy as np
 
 from .. import __version__
 from ..experiments import DemoResults
-from .figures import draw_anatomy, draw_checks, draw_identities, draw_neuron, draw_race
+from .figures import (
+    draw_anatomy,
+    draw_checks,
+    draw_identities,
+    draw_neuron,
+    draw_neuron_png,
+    draw_race,
+)
 from .html import render_html
+from .i18n import LANGUAGES, Texts
 from .metrics import build_metrics
-from .sections import Section, build_sections
+from .sections import FD_TOLERANCE, Section, build_sections
+
+MARKER = ".crossentropy-report"
+"""An empty file in every report folder: the sign that the folder may be replaced."""
+FIGURES = "figures"
 
 
 @dataclass(frozen=True)
@@ -47,30 +64,97 @@ def versions(results: DemoResults) -> dict[str, str]:
     return out
 
 
-def write_report(results: DemoResults, out_dir: Path) -> ReportFiles:
-    """Write figures, ``metrics.json`` and ``index.html`` into ``out_dir`` (which must exist).
+def replaceable(out_dir: Path) -> str | None:
+    """``None`` if ``out_dir`` may receive a report (absent, empty, or an earlier report);
+    otherwise why not. A folder of other files is never replaced."""
+    if not out_dir.exists():
+        return None
+    if not out_dir.is_dir():
+        return "exists and is not a directory"
+    try:
+        entries = {p.name for p in out_dir.iterdir()}
+    except OSError as exc:
+        return f"cannot be read ({exc.strerror or exc})"
+    if not entries or MARKER in entries or {"index.html", "metrics.json"} <= entries:
+        return None
+    return "exists and is not a crossentropy report (choose a new or empty directory)"
 
-    Returns the paths written and the sections (claims, tables, verdicts).
-    """
-    out_dir = Path(out_dir)
-    sections = build_sections(results)
-    figure_of = {s.key: out_dir / s.figure for s in sections}
+
+def _build(results: DemoResults, folder: Path, t: Texts, seconds: float | None) -> ReportFiles:
+    figure_dir = folder / FIGURES
+    figure_dir.mkdir()
+    sections = build_sections(results, t)
     figures = (
-        draw_anatomy(results.anatomy, figure_of["gradient_anatomy"]),
-        draw_neuron(results.neuron, figure_of["saturated_neuron"]),
-        draw_race(results.race, figure_of["fair_race"]),
-        draw_checks(results.checks, figure_of["derivation_checks"]),
-        draw_identities(results.identities, figure_of["identities"]),
+        *draw_anatomy(results.anatomy, figure_dir, t),
+        *draw_neuron(results.neuron, figure_dir, t),
+        draw_neuron_png(results.neuron, figure_dir / "saturated_neuron.png", t),
+        *draw_race(results.race, figure_dir, t),
+        *draw_checks(results.checks, figure_dir, t, FD_TOLERANCE),
+        *draw_identities(results.identities, figure_dir, t),
     )
     v = versions(results)
-    metrics = out_dir / "metrics.json"
+    metrics = folder / "metrics.json"
     metrics.write_text(
-        json.dumps(build_metrics(results, sections, v), indent=2, allow_nan=False) + "\n",
+        json.dumps(build_metrics(results, sections, v, t.lang), indent=2, allow_nan=False) + "\n",
         encoding="utf-8",
     )
-    index = out_dir / "index.html"
-    index.write_text(render_html(results, sections, v), encoding="utf-8")
+    index = folder / "index.html"
+    index.write_text(
+        render_html(results, sections, v, figure_dir, t, seconds=seconds), encoding="utf-8"
+    )
+    (folder / MARKER).write_text("", encoding="utf-8")
     return ReportFiles(index=index, metrics=metrics, figures=figures, sections=tuple(sections))
 
 
-__all__ = ["ReportFiles", "build_sections", "write_report"]
+def write_report(
+    results: DemoResults, out_dir: Path, lang: str = "en", seconds: float | None = None
+) -> ReportFiles:
+    """Write ``index.html``, ``metrics.json`` and ``figures/`` as the folder ``out_dir``.
+
+    The report is built in a temporary folder beside ``out_dir`` and renamed into place;
+    an earlier report in ``out_dir`` is replaced only once the new one is complete.
+    ``seconds`` is the run time the page quotes (default: the experiments' own).
+    Returns the paths written and the sections (claims, tables, verdicts).
+    """
+    if lang not in LANGUAGES:
+        raise ValueError(f"write_report: lang must be one of {LANGUAGES}, got {lang!r}")
+    out_dir = Path(out_dir)
+    reason = replaceable(out_dir)
+    if reason is not None:
+        raise FileExistsError(
+            f"write_report: out_dir must be new, empty or a report, got "
+            f"{str(out_dir)!r}, which {reason}"
+        )
+    parent = out_dir.absolute().parent
+    parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=parent))
+    old: Path | None = None
+    try:
+        built = _build(results, tmp, Texts(lang), seconds)
+        os.chmod(tmp, 0o755)  # mkdtemp makes it private; a report folder is not
+        if out_dir.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.old-", dir=parent))
+            os.rename(out_dir, old / out_dir.name)
+        try:
+            os.rename(tmp, out_dir)
+        except BaseException:
+            if old is not None:  # put the previous report back
+                os.rename(old / out_dir.name, out_dir)
+            raise
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if old is not None and not (old / out_dir.name).exists():
+            shutil.rmtree(old, ignore_errors=True)
+        raise
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+    final = out_dir
+    return ReportFiles(
+        index=final / "index.html",
+        metrics=final / "metrics.json",
+        figures=tuple(final / FIGURES / p.name for p in built.figures),
+        sections=built.sections,
+    )
+
+
+__all__ = ["MARKER", "ReportFiles", "build_sections", "replaceable", "write_report"]

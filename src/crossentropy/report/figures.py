@@ -1,9 +1,22 @@
-"""The report's figures, drawn with matplotlib's object API onto the Agg canvas (no display,
-no global pyplot state). Each function takes an experiment's result and a path and writes one
-PNG."""
+"""The report's figures, drawn with matplotlib's object API (no display, no global pyplot
+state) as SVG panels: vector graphics that stay sharp at any zoom, with their text kept as
+text (selectable, translatable, rendered by the browser's own fonts — CJK included).
+
+One panel per file, so a narrow screen stacks them instead of shrinking a wide figure until
+its labels are unreadable. Each function takes an experiment's result, a folder and a
+language, writes its panels and returns their paths. :func:`draw_neuron_png` writes the
+README's high-DPI PNG of the saturated neuron.
+
+Colours: the Okabe–Ito colour-blind-safe palette; cross-entropy is always a solid blue line,
+MSE a dashed orange one, so the two stay apart in grey scale too.
+"""
 
 from __future__ import annotations
 
+import re
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -11,186 +24,333 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from ..experiments import DerivationChecks, GradientAnatomy, Identity, Race, SaturatedNeuron
+from .i18n import Texts
 
-# Colour-blind-safe pair (Okabe–Ito): cross-entropy blue, MSE orange.
-COLOR = {"cross_entropy": "#0072B2", "mse": "#E69F00", "sigma_prime": "#777777"}
-LABEL = {"cross_entropy": "cross-entropy", "mse": "MSE"}
-DPI = 110
+COLOR = {
+    "cross_entropy": "#0072B2",
+    "mse": "#D55E00",
+    "sigma_prime": "#555555",
+    "fd": "#56B4E9",
+    "torch": "#CC79A7",
+    "entropy": "#009E73",
+    "kl": "#CC79A7",
+}
+DASH = {"cross_entropy": "-", "mse": "--"}
+LOSS_ORDER = ("cross_entropy", "mse")
+PNG_DPI = 200
+# Fonts a browser is likely to have for CJK text; the SVG names them after matplotlib's own.
+CSS_FONTS = (
+    "'DejaVu Sans', 'Helvetica Neue', Arial, 'Noto Sans CJK SC', 'Source Han Sans SC', "
+    "'PingFang SC', 'Microsoft YaHei', 'WenQuanYi Micro Hei', sans-serif"
+)
+_CJK_NAMES = ("Noto Sans CJK", "Source Han Sans", "WenQuanYi", "Droid Sans Fallback", "SimHei")
 
 
-def _figure(width: float, height: float) -> Figure:
-    fig = Figure(figsize=(width, height), dpi=DPI, layout="constrained")
+def _cjk_family() -> str | None:
+    """A CJK font matplotlib can measure text with, if the system has one."""
+    from matplotlib import font_manager
+
+    def known() -> str | None:
+        for f in font_manager.fontManager.ttflist:
+            if any(f.name.startswith(n) for n in _CJK_NAMES):
+                return str(f.name)
+        return None
+
+    found = known()
+    if found is None:
+        for path in font_manager.findSystemFonts():
+            if re.search(r"wqy|notosanscjk|sourcehansans|droidsansfallback", path.lower()):
+                try:
+                    font_manager.fontManager.addfont(path)
+                except (OSError, RuntimeError):
+                    continue
+        found = known()
+    return found
+
+
+@contextmanager
+def _style(t: Texts) -> Iterator[None]:
+    import matplotlib
+
+    family = ["DejaVu Sans"]
+    if t.lang == "zh" and (cjk := _cjk_family()) is not None:
+        family.append(cjk)
+    rc: dict[str, Any] = {
+        "svg.fonttype": "none",
+        "svg.hashsalt": "crossentropy",  # identical runs write identical files
+        "font.family": family,
+        "font.size": 10,
+        "axes.spines.top": False,
+        "axes.spines.right": False,
+        "axes.grid": True,
+        "grid.color": "#e4e7eb",
+        "grid.linewidth": 0.6,
+        "legend.frameon": False,
+        "legend.fontsize": 9,
+    }
+    with matplotlib.rc_context(rc), warnings.catch_warnings():  # type: ignore[arg-type]
+        # Without a CJK font matplotlib cannot measure Chinese glyphs; the browser draws them.
+        warnings.filterwarnings("ignore", message="Glyph .* missing from font")
+        yield
+
+
+def _figure(
+    width: float = 5.6, height: float = 3.6, left: float = 0.6, bottom: float = 0.5
+) -> Figure:
+    """A figure with fixed margins (in inches): a layout engine would measure every label
+    twice and double the drawing time, for panels whose layout never changes."""
+    fig = Figure(figsize=(width, height))
+    fig.subplots_adjust(
+        left=left / width, bottom=bottom / height, right=1 - 0.15 / width, top=1 - 0.35 / height
+    )
     return fig
 
 
-def _save(fig: Figure, path: Path) -> Path:
-    fig.savefig(path, format="png", dpi=DPI, metadata={"Software": None})
+def _save_svg(fig: Figure, path: Path) -> Path:
+    fig.savefig(path, format="svg", metadata={"Date": None, "Creator": None})
+    text = path.read_text(encoding="utf-8")
+    text = re.sub(r"font-family: [^;\"]*", f"font-family: {CSS_FONTS}", text)
+    path.write_text(text, encoding="utf-8")
     return path
 
 
-def draw_anatomy(r: GradientAnatomy, path: Path) -> Path:
-    """Left: ∂L/∂z against z for y = 1 (linear). Right: |∂L/∂z| for both targets (log)."""
-    fig = _figure(10, 3.8)
-    left, right = fig.subplots(1, 2)
+def draw_anatomy(r: GradientAnatomy, out: Path, t: Texts) -> tuple[Path, ...]:
+    """∂L/∂z against z for y = 1 on a linear axis, then |∂L/∂z| for both targets on a log
+    axis."""
     t1 = r.targets.index(1.0)
-    left.axvspan(r.z[0], 0, color="#f3d9d9", alpha=0.6, lw=0, label="wrong (a < 1/2, y = 1)")
-    left.plot(r.z, r.bce_grad[t1], color=COLOR["cross_entropy"], lw=2.2, label="BCE: a − y")
-    left.plot(r.z, r.mse_grad[t1], color=COLOR["mse"], lw=2.2, label="MSE: (a − y) σ'(z)")
-    left.plot(r.z, r.sigmoid_prime, color=COLOR["sigma_prime"], ls="--", lw=1.2, label="σ'(z)")
-    left.axhline(0, color="black", lw=0.6)
-    left.set(xlabel="pre-activation z", ylabel="∂L/∂z", title="target y = 1")
-    left.legend(fontsize=8, frameon=False, ncol=2, loc="upper center", bbox_to_anchor=(0.5, -0.2))
-    for t, y in enumerate(r.targets):
-        style = "-" if y == 1.0 else ":"
-        right.semilogy(
-            r.z,
-            np.abs(r.bce_grad[t]),
-            color=COLOR["cross_entropy"],
-            ls=style,
-            lw=2,
-            label=f"BCE, y = {y:g}",
-        )
-        right.semilogy(
-            r.z, np.abs(r.mse_grad[t]), color=COLOR["mse"], ls=style, lw=2, label=f"MSE, y = {y:g}"
-        )
-    right.set(
-        xlabel="pre-activation z", ylabel="|∂L/∂z| (log scale)", title="both targets (log scale)"
-    )
-    right.set_ylim(1e-6, 3)
-    right.legend(fontsize=8, frameon=False, ncol=2, loc="upper center", bbox_to_anchor=(0.5, -0.2))
-    return _save(fig, path)
+    with _style(t):
+        fig = _figure()
+        ax = fig.subplots()
+        ax.axvspan(r.z[0], 0, color="#f6e3da", lw=0, label=t("fig.wrong_side"))
+        ax.plot(r.z, r.bce_grad[t1], color=COLOR["cross_entropy"], lw=2.2, label=t("fig.bce_dz"))
+        ax.plot(r.z, r.mse_grad[t1], color=COLOR["mse"], ls="--", lw=2.2, label=t("fig.mse_dz"))
+        ax.plot(r.z, r.sigmoid_prime, color=COLOR["sigma_prime"], ls=":", lw=1.6, label="σ'(z)")
+        ax.axhline(0, color="black", lw=0.6)
+        ax.set(xlabel=t("fig.z"), ylabel="∂L/∂z", title=t("fig.anatomy_linear"))
+        ax.legend(loc="lower right")
+        first = _save_svg(fig, out / "gradient_anatomy_linear.svg")
+
+        fig = _figure()
+        ax = fig.subplots()
+        for k, y in enumerate(r.targets):
+            width = 2.2 if y == 1.0 else 1.2
+            for loss, grad in (("cross_entropy", r.bce_grad), ("mse", r.mse_grad)):
+                ax.semilogy(
+                    r.z,
+                    np.abs(grad[k]),
+                    color=COLOR[loss],
+                    ls=DASH[loss],
+                    lw=width,
+                    label=f"{t('loss.' + loss)}, y = {y:g}",
+                )
+        ax.set(xlabel=t("fig.z"), ylabel=t("fig.abs_dz_log"), title=t("fig.anatomy_log"))
+        ax.set_ylim(1e-6, 3)
+        ax.legend(loc="lower center", ncol=2)
+        second = _save_svg(fig, out / "gradient_anatomy_log.svg")
+    return first, second
 
 
-def draw_neuron(r: SaturatedNeuron, path: Path) -> Path:
-    """Output and loss per step, one column per start, both losses in each panel."""
-    starts = list(r.starts)
-    fig = _figure(10, 5.6)
-    axes = fig.subplots(2, len(starts), sharex=True, squeeze=False)
+def _neuron_axes(
+    r: SaturatedNeuron, t: Texts, fig: Figure, columns: int, only_gradient: bool = False
+) -> tuple[Any, Any]:
+    """Draw the output panel (``top``) and, with ``columns == 2``, the gradient panel
+    (``bottom``); ``only_gradient`` draws the gradient panel alone, as ``bottom``."""
+    if only_gradient:
+        top, bottom = None, fig.subplots()
+    elif columns == 2:
+        top, bottom = fig.subplots(1, 2)
+    else:
+        top, bottom = fig.subplots(), None
     steps = np.arange(r.steps + 1)
-    for col, start in enumerate(starts):
-        top, bottom = axes[0, col], axes[1, col]
+    for start in r.starts:
         w0, b0 = r.starts[start]
-        z0 = w0 * r.x + b0
-        for loss in ("cross_entropy", "mse"):
+        mild = start != "saturated"
+        for loss in LOSS_ORDER:
             run = r.run(start, loss)
             n = run.steps_to_correct
-            label = (
-                f"{LABEL[loss]}: right after {n} steps"
-                if n is not None
-                else (f"{LABEL[loss]}: still wrong after {r.steps}")
+            z0 = w0 * r.x + b0
+            label = f"{t('loss.' + loss)}, z₀ = {z0:g}: " + (
+                t("fig.right_after", n=n) if n is not None else t("fig.still_wrong", n=r.steps)
             )
-            top.plot(steps, run.output, color=COLOR[loss], lw=2.2, label=label)
-            bottom.plot(steps, run.loss_values, color=COLOR[loss], lw=2.2, label=LABEL[loss])
-            if n is not None:
-                top.plot([n], [run.output[n]], "o", color=COLOR[loss], ms=6)
-                top.axvline(n, color=COLOR[loss], lw=0.8, ls=":")
-        top.axhline(0.5, color="black", lw=0.6, ls="--")
-        top.set(
-            title=f"{start} start: z₀ = {z0:g}, a₀ = {r.run(start, 'mse').output[0]:.4f}, "
-            f"y = {r.y:g}",
-            ylabel="output a",
-            ylim=(-0.02, 1.02),
-        )
-        top.legend(fontsize=8, frameon=False, loc="center right")
-        bottom.set(xlabel="gradient-descent step (symlog)", ylabel="loss (log)", yscale="log")
-        bottom.legend(fontsize=8, frameon=False)
-        for ax in (top, bottom):
-            ax.set_xscale("symlog", linthresh=10)
-            ax.set_xlim(0, r.steps)
-    fig.suptitle(
-        f"One sigmoid neuron, same learning rate η = {r.learning_rate:g} for both losses",
-        fontsize=11,
-    )
-    return _save(fig, path)
+            style = {
+                "color": COLOR[loss],
+                "ls": DASH[loss],
+                "lw": 1.2 if mild else 2.4,
+                "alpha": 0.55 if mild else 1.0,
+            }
+            if top is not None:
+                top.plot(steps, run.output, label=label, **style)
+                if n is not None:
+                    top.plot([n], [run.output[n]], "o", color=COLOR[loss], ms=4 if mild else 6)
+            if bottom is not None:
+                # |∂L/∂z| along the run: a − y for cross-entropy, (a − y)σ'(z) for MSE
+                a = run.output
+                grad = np.abs(a - r.y) * (1.0 if loss == "cross_entropy" else a * (1 - a))
+                short = f"{t('loss.' + loss)}, z₀ = {z0:g}"
+                bottom.semilogy(steps, grad, label=short, **style)
+    if top is not None:
+        top.axhline(0.5, color="black", lw=0.7, ls=":")
+        top.set(xlabel=t("fig.step"), ylabel=t("fig.output"), title=t("fig.neuron_output"))
+        top.set_ylim(-0.02, 1.02)
+        top.set_xlim(0, r.steps)
+        top.legend(loc="center right", fontsize=8)
+    if bottom is not None:
+        bottom.set(xlabel=t("fig.step"), ylabel="|∂L/∂z|", title=t("fig.neuron_grad"))
+        bottom.set_xlim(0, r.steps)
+    return top, bottom
 
 
-def draw_race(r: Race, path: Path) -> Path:
-    """Validation accuracy per step at each loss's chosen learning rate."""
-    datasets = list(dict.fromkeys(run.dataset for run in r.runs))
-    inits = list(dict.fromkeys(run.init for run in r.runs))
-    fig = _figure(10, 3.2 * len(datasets))
-    axes = fig.subplots(len(datasets), len(inits), squeeze=False)
+def draw_neuron(r: SaturatedNeuron, out: Path, t: Texts) -> tuple[Path, ...]:
+    """Output per step and |∂L/∂z| per step (log axis), both starts, both losses."""
+    with _style(t):
+        fig = _figure()
+        _neuron_axes(r, t, fig, 1)
+        first = _save_svg(fig, out / "saturated_neuron_output.svg")
+        fig = _figure()
+        _, grad_ax = _neuron_axes(r, t, fig, 2, only_gradient=True)
+        grad_ax.legend(loc="upper right", fontsize=8)
+        second = _save_svg(fig, out / "saturated_neuron_gradient.svg")
+    return first, second
+
+
+def draw_neuron_png(r: SaturatedNeuron, path: Path, t: Texts) -> Path:
+    """Both neuron panels side by side as one high-DPI PNG (the README's figure)."""
+    with _style(t):
+        fig = _figure(11, 4.2)
+        fig.subplots_adjust(top=0.86, wspace=0.22)
+        _neuron_axes(r, t, fig, 2)
+        fig.suptitle(t("fig.neuron_suptitle", lr=r.learning_rate), fontsize=11)
+        fig.savefig(path, format="png", dpi=PNG_DPI, metadata={"Software": None})
+    return path
+
+
+def draw_race(r: Race, out: Path, t: Texts) -> tuple[Path, ...]:
+    """Validation accuracy per step at each loss's fastest learning rate, one panel per
+    (data set, initialisation)."""
+    paths = []
     steps = np.arange(r.steps + 1)
-    for i, dataset in enumerate(datasets):
-        for j, init in enumerate(inits):
-            ax: Any = axes[i, j]
+    settings = list(dict.fromkeys((run.dataset, run.init) for run in r.runs))
+    with _style(t):
+        for dataset, init in settings:
+            fig = _figure(5.6, 3.4)
+            ax = fig.subplots()
             target = r.get(dataset, init, "cross_entropy").target_accuracy
-            for loss in ("cross_entropy", "mse"):
+            for loss in LOSS_ORDER:
                 run = r.get(dataset, init, loss)
                 n = run.steps_to_target
-                reached = f"{n} steps" if n is not None else "not reached"
+                reached = t("fig.steps_n", n=n) if n is not None else t("fig.not_reached")
                 ax.plot(
                     steps,
                     run.val_accuracy,
                     color=COLOR[loss],
+                    ls=DASH[loss],
                     lw=2,
-                    label=f"{LABEL[loss]} (η = {run.learning_rate:g}): {reached}",
+                    label=f"{t('loss.' + loss)} (η = {run.learning_rate:g}): {reached}",
                 )
                 if n is not None:
                     ax.plot([n], [run.val_accuracy[n]], "o", color=COLOR[loss], ms=6)
-            ax.axhline(target, color="black", lw=0.7, ls="--")
-            ax.set_xscale("symlog", linthresh=10)
+            ax.axhline(target, color="black", lw=0.7, ls=":")
+            ax.annotate(
+                t("fig.target", p=f"{target:.0%}"),
+                (r.steps, target),
+                xytext=(0, -11),
+                textcoords="offset points",
+                ha="right",
+                fontsize=8,
+            )
             ax.set_xlim(0, r.steps)
             ax.set_ylim(0, 1.01)
             ax.set(
-                title=f"{dataset.replace('_', ' ')}, {init} init (target {target:.0%})",
-                xlabel="step (symlog)",
-                ylabel="validation accuracy",
+                title=t("fig.race_title", data=t("data." + dataset), init=t("init." + init)),
+                xlabel=t("fig.step"),
+                ylabel=t("fig.val_accuracy"),
             )
-            ax.legend(fontsize=8, frameon=False, loc="lower right")
-    return _save(fig, path)
+            ax.legend(loc="lower right", fontsize=8)
+            paths.append(_save_svg(fig, out / f"race_{dataset}_{init}.svg"))
+    return tuple(paths)
 
 
-def draw_checks(r: DerivationChecks, path: Path) -> Path:
-    """Max absolute error of each formula, per reference (log scale)."""
+def draw_checks(r: DerivationChecks, out: Path, t: Texts, tolerance: float) -> tuple[Path, ...]:
+    """Each step's error relative to the gradient's scale, per reference, with the
+    tolerance; an exact 0 is drawn as an open marker on the left edge, labelled."""
     names = list(dict.fromkeys(c.name for c in r.checks))
     refs = list(dict.fromkeys(c.reference for c in r.checks))
-    fig = _figure(10, 0.45 * len(names) + 1.4)
-    ax = fig.subplots()
-    height = 0.8 / len(refs)
-    colors = ["#56B4E9", "#CC79A7"]
-    floor = 1e-18  # an exact 0 is drawn at the floor
-    for k, ref in enumerate(refs):
-        errs = [
-            next(c.max_abs_error for c in r.checks if c.name == n and c.reference == ref)
-            for n in names
-        ]
-        ypos = np.arange(len(names)) + k * height
-        ax.barh(
-            ypos,
-            [max(e, floor) for e in errs],
-            height=height,
-            color=colors[k % 2],
-            label=f"vs {ref}",
-            left=floor,
+    floor = 1e-19
+    with _style(t):
+        fig = _figure(6.4, 0.3 * len(names) + 1.6, left=2.6)
+        fig.subplots_adjust(top=1 - 0.75 / (0.3 * len(names) + 1.6))
+        ax = fig.subplots()
+        ypos = np.arange(len(names))
+        for k, ref in enumerate(refs):
+            key = "fd" if k == 0 else "torch"
+            errs = np.array(
+                [
+                    next(c.relative_error for c in r.checks if c.name == n and c.reference == ref)
+                    for n in names
+                ]
+            )
+            exact = errs == 0
+            offset = (k - (len(refs) - 1) / 2) * 0.22
+            ax.plot(
+                errs[~exact],
+                ypos[~exact] + offset,
+                "o",
+                color=COLOR[key],
+                ms=6,
+                label=t("fig.vs_" + key),
+            )
+            if exact.any():
+                ax.plot(
+                    np.full(exact.sum(), floor * 3),
+                    ypos[exact] + offset,
+                    "o",
+                    mfc="white",
+                    mec=COLOR[key],
+                    ms=6,
+                    label=t("fig.exact_zero", ref=t("fig.vs_" + key)),
+                )
+        ax.axvline(tolerance, color="#b3261e", lw=1.2, ls="--")
+        ax.annotate(
+            t("fig.tolerance", tol=f"{tolerance:g}"),
+            (tolerance, len(names) - 0.5),
+            xytext=(-4, 0),
+            textcoords="offset points",
+            ha="right",
+            va="bottom",
+            color="#b3261e",
+            fontsize=8,
         )
-    ax.set_xscale("log")
-    ax.set_xlim(floor, 1e-3)
-    ax.set_yticks(np.arange(len(names)) + height * (len(refs) - 1) / 2, names)
-    ax.invert_yaxis()
-    ax.set_xlabel("max |article's formula − reference|  (log scale; float64)")
-    ax.legend(fontsize=8, frameon=False, loc="lower right")
-    return _save(fig, path)
+        ax.set_xscale("log")
+        ax.set_xlim(floor, 1e-3)
+        ax.set_yticks(ypos, [t("step." + n) for n in names], fontsize=8)
+        ax.set_ylim(len(names) - 0.4, -0.6)
+        ax.grid(axis="y", visible=False)
+        ax.set(xlabel=t("fig.relative_error"), title=t("fig.checks_title"))
+        ax.legend(loc="lower left", bbox_to_anchor=(0, 1.06), ncol=2, fontsize=8)
+        path = _save_svg(fig, out / "derivation_checks.svg")
+    return (path,)
 
 
-def draw_identities(identities: tuple[Identity, ...], path: Path, rows: int = 15) -> Path:
+def draw_identities(
+    identities: tuple[Identity, ...], out: Path, t: Texts, rows: int = 12
+) -> tuple[Path, ...]:
     """H(p, q) = H(p) + KL(p‖q) as stacked bars, on the ``rows`` test samples with the largest
-    H(p, q) (most samples are near 0 nats: both models are confident and agree)."""
+    H(p, q), beside the ``rows`` with the smallest."""
     ident = next(i for i in identities if i.per_sample)
     per = ident.per_sample
-    picked = np.sort(np.argsort(per["cross_entropy"], kind="stable")[::-1][:rows])
+    order = np.argsort(per["cross_entropy"], kind="stable")
+    picked = np.r_[order[::-1][:rows], order[: rows // 2]]
     h, kl, hpq = per["entropy"][picked], per["kl"][picked], per["cross_entropy"][picked]
-    x = np.arange(picked.size)
-    fig = _figure(10, 3.4)
-    ax = fig.subplots()
-    ax.bar(x, h, color="#009E73", label="H(p)")
-    ax.bar(x, kl, bottom=h, color="#CC79A7", label="KL(p ‖ q)")
-    ax.plot(x, hpq, "k_", ms=22, mew=2, label="H(p, q), computed directly")
-    ax.set_xticks(x, [str(i) for i in picked])
-    ax.set(
-        xlabel=f"digits test sample (the {picked.size} with the largest H(p, q))",
-        ylabel="nats",
-        title="cross-entropy = entropy + KL divergence, sample by sample",
-    )
-    ax.legend(fontsize=8, frameon=False)
-    return _save(fig, path)
+    x = np.r_[np.arange(rows), rows + 1 + np.arange(picked.size - rows)]
+    with _style(t):
+        fig = _figure(6.4, 3.8, bottom=0.85)
+        ax = fig.subplots()
+        ax.bar(x, h, color=COLOR["entropy"], label=t("fig.entropy"))
+        ax.bar(x, kl, bottom=h, color=COLOR["kl"], label=t("fig.kl"))
+        ax.plot(x, hpq, "k_", ms=12, mew=2, label=t("fig.hpq"))
+        ax.set_xticks(x, [str(i) for i in picked], fontsize=7, rotation=90)
+        ax.set(xlabel=t("fig.identity_samples", n=rows), ylabel=t("fig.nats"))
+        ax.set_title(t("fig.identity_title"))
+        ax.legend(loc="upper right", fontsize=8)
+        path = _save_svg(fig, out / "identities.svg")
+    return (path,)

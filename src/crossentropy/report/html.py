@@ -1,45 +1,120 @@
-"""The self-contained HTML page: inline CSS, no script, no network; figures are PNG files
-beside it, referenced by relative paths."""
+"""The report page: one self-contained ``index.html``.
+
+Inline CSS; figures embedded as SVG data URIs; the formulas as MathML; the slider data as
+JSON with a small plain script that only looks values up and draws them. No network, no
+CDN. Without JavaScript every section still shows its static figures and tables; the
+sliders (``hidden`` until the script runs) are the only part that needs it.
+"""
 
 from __future__ import annotations
 
+import base64
+import json
 from html import escape
+from pathlib import Path
 
-from ..experiments import DemoResults
-from .sections import CONFIRMED, PASSED, Section, Table
+import numpy as np
+
+from ..experiments import DemoResults, NeuronGrid
+from . import mathml
+from .i18n import ARTICLE, Texts
+from .script import SCRIPT
+from .sections import CONFIRMED, FD_TOLERANCE, PASSED, TORCH_TOLERANCE, Section, Table
 
 CSS = """
-body { font: 16px/1.5 system-ui, -apple-system, "Segoe UI", sans-serif; color: #1d232a;
-       max-width: 1060px; margin: 2rem auto; padding: 0 1.2rem; background: #fff; }
-h1 { font-size: 1.9rem; margin-bottom: .2rem; }
-h2 { font-size: 1.35rem; margin: 2.6rem 0 .4rem; border-bottom: 1px solid #dde2e8;
+*, *::before, *::after { box-sizing: border-box; }
+html { -webkit-text-size-adjust: 100%; }
+body { font: 16px/1.6 system-ui, -apple-system, "Segoe UI", "Noto Sans", "PingFang SC",
+       "Microsoft YaHei", sans-serif; color: #1d232a; max-width: 1060px; margin: 0 auto;
+       padding: 1.2rem; background: #fff; overflow-wrap: break-word; }
+:lang(zh) body, body:lang(zh) { line-height: 1.75; }
+h1 { font-size: 1.8rem; line-height: 1.25; margin: .6rem 0 .4rem; }
+h2 { font-size: 1.35rem; line-height: 1.3; margin: 2.6rem 0 .5rem; border-bottom: 1px solid #dde2e8;
      padding-bottom: .3rem; }
-.sub { color: #5b6570; margin-top: 0; }
-.claim { font-style: italic; color: #39424c; border-left: 4px solid #0072B2;
-         padding: .2rem .8rem; margin: .6rem 0 1rem; background: #f4f8fb; }
+h3 { font-size: 1.08rem; margin: 1.4rem 0 .4rem; }
+a { color: #005a8d; }
+.cite { background: #f4f8fb; border-left: 4px solid #0072B2; padding: .7rem .9rem;
+        margin: .8rem 0; }
+.cite a { overflow-wrap: anywhere; }
+.sub { color: #4b5560; margin: .4rem 0; font-size: .95rem; }
+nav ol { padding-left: 1.3rem; margin: .3rem 0; }
+.claim { color: #39424c; border-left: 4px solid #0072B2; padding: .2rem .8rem;
+         margin: .6rem 0 1rem; background: #f4f8fb; }
+.claim .who { font-weight: 600; font-style: normal; margin-right: .3rem; }
+.claims li { margin: .5rem 0; }
 .verdict { padding: .6rem .9rem; border-radius: 6px; background: #f6f7f9; margin: 1rem 0; }
-.details { color: #39424c; font-size: .92rem; }
-.badge { display: inline-block; font-size: .78rem; font-weight: 600; text-transform: uppercase;
-         letter-spacing: .04em; padding: .1rem .5rem; border-radius: 999px; margin-right: .5rem;
-         color: #fff; background: #8a6d00; }
+.badge { display: inline-block; font-size: .78rem; font-weight: 600; letter-spacing: .03em;
+         padding: .05rem .55rem; border-radius: 999px; margin-right: .5rem; color: #fff;
+         background: #8a6d00; white-space: nowrap; }
 .badge.good { background: #1b7f4a; }
 .badge.bad { background: #b3261e; }
-figure { margin: 1rem 0; }
-figure img { max-width: 100%; height: auto; border: 1px solid #e6e9ee; border-radius: 4px; }
-table { border-collapse: collapse; margin: .6rem 0 .3rem; font-size: .88rem; width: 100%; }
+.figs { display: grid; grid-template-columns: repeat(auto-fit, minmax(min(100%, 340px), 1fr));
+        gap: .8rem; margin: 1rem 0; }
+figure { margin: 0; min-width: 0; }
+figure img, figure svg { display: block; width: 100%; height: auto; border: 1px solid #e6e9ee;
+                         border-radius: 4px; background: #fff; }
+figcaption { color: #4b5560; font-size: .85rem; margin-top: .25rem; }
+.scroll { overflow-x: auto; -webkit-overflow-scrolling: touch; max-width: 100%; margin: .6rem 0; }
+table { border-collapse: collapse; font-size: .88rem; width: 100%; }
 th, td { border-bottom: 1px solid #e6e9ee; padding: .3rem .5rem; text-align: left;
          vertical-align: top; }
 th { background: #f6f7f9; font-weight: 600; }
-td.num, th.num { text-align: right; font-variant-numeric: tabular-nums; }
-caption { caption-side: bottom; text-align: left; color: #5b6570; font-size: .82rem;
-          padding-top: .3rem; }
-.summary td:first-child { white-space: nowrap; }
-footer { margin: 3rem 0 1rem; color: #5b6570; font-size: .85rem; }
-code { background: #f1f3f5; padding: 0 .25rem; border-radius: 3px; }
+td.num, th.num { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }
+.caption { color: #4b5560; font-size: .82rem; margin: .2rem 0 .8rem; }
+.derivation { border: 1px solid #e6e9ee; border-radius: 6px; padding: .2rem .9rem .6rem;
+              margin: 1rem 0; }
+.line { display: grid; grid-template-columns: minmax(0, 1fr) 13rem; gap: .6rem;
+        align-items: center; border-top: 1px dashed #e6e9ee; padding: .2rem 0; }
+.line:first-of-type { border-top: 0; }
+.eq { overflow-x: auto; overflow-y: hidden; min-width: 0; }
+.eq math { font-size: 1.12rem; margin: .35rem 0; }
+.check { font-size: .8rem; color: #1b5e3b; font-variant-numeric: tabular-nums; }
+.check.bad { color: #b3261e; }
+.check.def { color: #6b7480; }
+.note { color: #4b5560; font-size: .92rem; }
+.play { border: 1px solid #cfd8e3; border-radius: 8px; padding: .4rem 1rem 1rem; margin: 1.2rem 0;
+        background: #fbfcfe; }
+.controls { display: grid; grid-template-columns: repeat(auto-fit, minmax(min(100%, 260px), 1fr));
+            gap: .6rem 1.2rem; margin: .6rem 0; }
+.controls label { display: block; font-weight: 600; font-size: .92rem; }
+.controls input[type=range] { width: 100%; }
+.controls output { font-weight: 400; font-variant-numeric: tabular-nums; }
+.controls fieldset { border: 0; padding: 0; margin: 0; font-size: .92rem; }
+.controls legend { font-weight: 600; padding: 0; }
+#play-summary { font-weight: 600; }
+dl.glossary dt { font-weight: 600; margin-top: .5rem; }
+dl.glossary dd { margin: 0 0 0 1rem; }
+footer { margin: 3rem 0 1rem; color: #4b5560; font-size: .85rem; }
+code { background: #f1f3f5; padding: 0 .25rem; border-radius: 3px; overflow-wrap: anywhere; }
+@media (max-width: 600px) {
+  body { padding: .8rem; font-size: 15px; }
+  h1 { font-size: 1.45rem; }
+  .line { grid-template-columns: minmax(0, 1fr); gap: 0; }
+  .check { margin-bottom: .3rem; }
+}
 """
 
+GLOSSARY = (
+    "g.sigmoid",
+    "g.z",
+    "g.saturated",
+    "g.vanishing",
+    "g.mse",
+    "g.ce",
+    "g.lr",
+    "g.softmax",
+    "g.split",
+    "g.nats",
+    "g.entropy",
+    "g.kl",
+    "g.likelihood",
+    "g.fd",
+    "g.autograd",
+    "g.smoothing",
+)
 
-def _badge(status: str) -> str:
+
+def _badge(status: str, t: Texts) -> str:
     cls = (
         "good"
         if status in (CONFIRMED, PASSED)
@@ -47,92 +122,305 @@ def _badge(status: str) -> str:
         if status in ("not confirmed", "failed")
         else ""
     )
-    return f'<span class="badge {cls}">{escape(status)}</span>'
+    word = escape(t("status." + status))
+    return f'<span class="badge {cls}" data-status="{escape(status)}">{word}</span>'
 
 
 def _is_number(cell: str) -> bool:
     try:
         float(cell.replace(",", "").rstrip("%"))
     except ValueError:
-        return cell in ("never", "0")
+        return False
     return True
 
 
-def _table(t: Table, css_class: str = "") -> str:
+def _table(tbl: Table, css_class: str = "") -> str:
     numeric = [
-        bool(t.rows) and all(_is_number(r[k]) for r in t.rows) for k in range(len(t.headers))
+        bool(tbl.rows) and all(_is_number(r[k]) or r[k] in ("never", "未达到") for r in tbl.rows)
+        for k in range(len(tbl.headers))
     ]
     head = "".join(
         f'<th class="num">{escape(h)}</th>' if num else f"<th>{escape(h)}</th>"
-        for h, num in zip(t.headers, numeric, strict=True)
+        for h, num in zip(tbl.headers, numeric, strict=True)
     )
     body = "\n".join(
         "<tr>"
         + "".join(
-            f'<td class="num">{escape(c)}</td>' if _is_number(c) else f"<td>{escape(c)}</td>"
-            for c in row
+            f'<td class="num">{escape(c)}</td>' if num else f"<td>{escape(c)}</td>"
+            for c, num in zip(row, numeric, strict=True)
         )
         + "</tr>"
-        for row in t.rows
+        for row in tbl.rows
     )
-    cap = f"<caption>{escape(t.caption)}</caption>" if t.caption else ""
     cls = f' class="{css_class}"' if css_class else ""
-    return f"<table{cls}>{cap}<thead><tr>{head}</tr></thead><tbody>\n{body}\n</tbody></table>"
+    cap = f'<p class="caption">{escape(tbl.caption)}</p>' if tbl.caption else ""
+    return (
+        f'<div class="scroll" tabindex="0"><table{cls}><thead><tr>{head}</tr></thead><tbody>\n'
+        f"{body}\n</tbody></table></div>{cap}"
+    )
 
 
-def _section(s: Section) -> str:
-    tables = "\n".join(_table(t) for t in s.tables)
-    details = f'<p class="details">{escape(s.details)}</p>' if s.details else ""
+def svg_data_uri(path: Path) -> str:
+    """The SVG file as a ``data:`` URI, so the page carries its own figures."""
+    return "data:image/svg+xml;base64," + base64.b64encode(path.read_bytes()).decode("ascii")
+
+
+def _figures(s: Section, figure_dir: Path) -> str:
+    items = "\n".join(
+        f'<figure><img src="{svg_data_uri(figure_dir / f.file)}" alt="{escape(f.alt)}" '
+        f'data-file="{escape(f.file)}" width="560" height="360" loading="eager"></figure>'
+        for f in s.figures
+    )
+    return f'<div class="figs">{items}</div>'
+
+
+# -- the derivations ------------------------------------------------------------------------
+
+
+def _check_cell(results: DemoResults, name: str | None, t: Texts) -> str:
+    if name is None:
+        return '<div class="check def"></div>'
+    parts, ok = [], True
+    for c in results.checks.checks:
+        if c.name != name:
+            continue
+        tol = FD_TOLERANCE if c.reference == "finite differences" else TORCH_TOLERANCE
+        ok = ok and c.relative_error < tol
+        label = t("s4.check_fd") if c.reference == "finite differences" else t("s4.check_torch")
+        value = "0" if c.relative_error == 0 else f"{c.relative_error:.1e}"
+        parts.append(f"{escape(label)} {value}")
+    mark = "✓" if ok else "✗"
+    cls = "check" if ok else "check bad"
+    return f'<div class="{cls}" data-check="{escape(name)}">{mark} ' + "<br>".join(parts) + "</div>"
+
+
+def derivations_html(results: DemoResults, t: Texts) -> str:
+    """The article's three derivations, line by line, each next to its check."""
+    blocks = []
+    for key, lines in mathml.DERIVATIONS.items():
+        body = []
+        for k, (name, formula) in enumerate(lines):
+            if key == "softmax" and k == 1:
+                body.append(f'<p class="note">{escape(t("s4.softmax_cases"))}</p>')
+            body.append(
+                f'<div class="line"><div class="eq">{formula}</div>'
+                f"{_check_cell(results, name, t)}</div>"
+            )
+        note = f'<p class="note">{escape(t("s4.why_cancel"))}</p>' if key == "bce" else ""
+        blocks.append(
+            f'<div class="derivation" id="derivation-{key}"><h3>{escape(t("s4." + key))}</h3>'
+            + "\n".join(body)
+            + note
+            + "</div>"
+        )
+    return "\n".join(blocks)
+
+
+# -- the sliders ----------------------------------------------------------------------------
+
+
+def _numbers(values: np.ndarray) -> str:
+    """A flat JSON array with 4 significant digits (enough for a 560-pixel plot)."""
+    return "[" + ",".join(f"{v:.4g}" for v in np.asarray(values, dtype=np.float64).ravel()) + "]"
+
+
+def grid_json(g: NeuronGrid, t: Texts) -> str:
+    """The slider runs as compact JSON: flat arrays indexed ``((iz · nl) + il) · k + step``."""
+    labels = {
+        key: t(key)
+        for key in (
+            "loss.cross_entropy",
+            "loss.mse",
+            "s2.live_output",
+            "s2.live_factor",
+            "fig.step",
+        )
+    }
+    labels["right_after"] = t("s2.right_after", n="{n}")
+    labels["still_wrong"] = t("s2.still_wrong", n="{n}")
+    labels["summary"] = t("s2.live_summary", ce="{ce}", mse="{mse}")
+    parts = [
+        f'"z0":{json.dumps(list(g.z0))}',
+        f'"lr":{json.dumps(list(g.learning_rates))}',
+        f'"y":{g.y}',
+        f'"steps":{g.steps}',
+        f'"recorded":{json.dumps(g.recorded.tolist())}',
+        '"output":{' + ",".join(f'"{loss}":{_numbers(v)}' for loss, v in g.output.items()) + "}",
+        '"sigma_prime":{'
+        + ",".join(f'"{loss}":{_numbers(v)}' for loss, v in g.sigmoid_prime.items())
+        + "}",
+        '"correct":{'
+        + ",".join(
+            f'"{loss}":{json.dumps(v.ravel().tolist())}' for loss, v in g.steps_to_correct.items()
+        )
+        + "}",
+        f'"text":{json.dumps(labels, ensure_ascii=False)}',
+    ]
+    return ("{" + ",".join(parts) + "}").replace("</", "<\\/")
+
+
+def play_html(results: DemoResults, t: Texts) -> str:
+    g = results.grid
+    n = results.neuron
+    z0_default = sum(n.starts.get("saturated", (3.0, 3.0))) if n.x == 1 else g.z0[-1]
+    iz = int(np.argmin(np.abs(np.asarray(g.z0) - z0_default)))
+    il = int(np.argmin(np.abs(np.asarray(g.learning_rates) - n.learning_rate)))
+    runs = len(g.z0) * len(g.learning_rates) * len(g.output)
+    return f"""
+<div class="play" id="play" hidden>
+<h3>{escape(t("s2.play"))}</h3>
+<p class="note">{escape(t("s2.play_intro", runs=runs, steps=g.steps))}</p>
+<div class="controls">
+<label for="play-z0">{escape(t("s2.z0"))}: <output id="play-z0-value" for="play-z0"></output>
+<input type="range" id="play-z0" min="0" max="{len(g.z0) - 1}" step="1" value="{iz}"></label>
+<label for="play-lr">{escape(t("s2.lr"))}: <output id="play-lr-value" for="play-lr"></output>
+<input type="range" id="play-lr" min="0" max="{len(g.learning_rates) - 1}" step="1"
+value="{il}"></label>
+<fieldset><legend>{escape(t("s2.range"))}</legend>
+<label style="display:inline;font-weight:400"><input type="radio" name="play-range" value="50">
+{escape(t("s2.range_short"))}</label>
+<label style="display:inline;font-weight:400;margin-left:1rem"><input type="radio"
+name="play-range" value="{g.steps}" checked> {escape(t("s2.range_all", n=g.steps))}</label>
+</fieldset>
+</div>
+<p id="play-summary" aria-live="polite"></p>
+<div class="figs">
+<figure><svg id="play-output" viewBox="0 0 560 340" role="img"
+aria-label="{escape(t("s2.live_output"))}"></svg></figure>
+<figure><svg id="play-factor" viewBox="0 0 560 340" role="img"
+aria-label="{escape(t("s2.live_factor"))}"></svg></figure>
+</div>
+</div>
+<noscript><p class="note">{escape(t("page.noscript", lr=f"{n.learning_rate:g}"))}</p></noscript>
+<script type="application/json" id="neuron-grid">{grid_json(g, t)}</script>
+<script>{SCRIPT}</script>"""
+
+
+# -- the page -------------------------------------------------------------------------------
+
+
+def _claims(t: Texts) -> str:
+    formulas = {
+        1: mathml.BCE_FORM + mathml.CE_FORM,
+        2: mathml.LIKELIHOOD_FORM,
+        3: mathml.GRADIENTS_FORM,
+        4: mathml.SOFTMAX_FORM,
+    }
+    where = {1: "5", 2: "5", 3: "1, 2, 3, 4", 4: "4"}
+    items = "\n".join(
+        f'<li><p>{escape(t(f"claim.{k}"))} <span class="note">'
+        f"{escape(t('claim.where_many' if ',' in where[k] else 'claim.where', parts=where[k]))}"
+        "</span></p>"
+        f'<div class="eq">{formulas[k]}</div></li>'
+        for k in formulas
+    )
+    return f'<ol class="claims">{items}</ol>'
+
+
+def _section(s: Section, results: DemoResults, t: Texts, figure_dir: Path) -> str:
+    tables = "\n".join(_table(tbl) for tbl in s.tables)
+    extra = ""
+    if s.key == "saturated_neuron":
+        extra = play_html(results, t)
+    elif s.key == "derivation_checks":
+        extra = derivations_html(results, t)
+    details = ""
+    if s.details:
+        paragraphs = "\n".join(f"<p>{escape(p)}</p>" for p in s.details)
+        details = f'<h3>{escape(s.details_title)}</h3><div class="meaning">{paragraphs}</div>'
+    figures = _figures(s, figure_dir)
+    if s.key == "derivation_checks":  # the derivation first, its error chart after it
+        body = extra + figures
+    else:
+        body = figures + extra
     return f"""
 <section id="{escape(s.key)}">
 <h2>{escape(s.title)}</h2>
-<p class="claim">The article: {escape(s.claim)}</p>
-<figure><img src="{escape(s.figure)}" alt="{escape(s.figure_alt)}"></figure>
+<blockquote class="claim"><span class="who">{escape(t("page.article_says"))}:</span>
+{escape(s.claim)}</blockquote>
+<p>{escape(s.explain)}</p>
+{body}
 {tables}
-<p class="verdict">{_badge(s.status)}<strong>Measured in this run:</strong> {escape(s.verdict)}</p>
+<p class="verdict">{_badge(s.status, t)}<strong>{escape(t("page.measured_label"))}</strong>
+{escape(s.verdict)}</p>
 {details}
 </section>"""
 
 
-def render_html(results: DemoResults, sections: list[Section], versions: dict[str, str]) -> str:
-    """The whole page as a string."""
+def render_html(
+    results: DemoResults,
+    sections: list[Section],
+    versions: dict[str, str],
+    figure_dir: Path,
+    t: Texts | None = None,
+    seconds: float | None = None,
+) -> str:
+    """The whole page as a string; figures are read from ``figure_dir`` and embedded."""
+    t = t or Texts("en")
     s = results.settings
+    total = sum(results.seconds.values()) if seconds is None else seconds
     summary_rows = "\n".join(
         f'<tr><td><a href="#{escape(x.key)}">{escape(x.title)}</a></td>'
-        f"<td>{_badge(x.status)}</td><td>{escape(x.verdict)}</td></tr>"
+        f"<td>{_badge(x.status, t)}</td><td>{escape(x.verdict)}</td></tr>"
         for x in sections
     )
-    summary_html = (
-        '<table class="summary"><thead><tr><th>part</th><th>verdict</th><th>measured</th>'
-        f"</tr></thead><tbody>\n{summary_rows}\n</tbody></table>"
+    summary = (
+        f'<div class="scroll" tabindex="0"><table class="summary"><thead><tr>'
+        f"<th>{escape(t('page.part'))}</th><th>{escape(t('page.verdict'))}</th>"
+        f"<th>{escape(t('page.measured'))}</th></tr></thead><tbody>\n{summary_rows}\n"
+        "</tbody></table></div>"
     )
-    total = sum(results.seconds.values())
+    contents = "".join(
+        f'<li><a href="#{escape(x.key)}">{escape(x.title)}</a></li>' for x in sections
+    )
+    glossary = "\n".join(
+        "<dt>{}</dt><dd>{}</dd>".format(
+            *(escape(p.strip()) for p in t(k).split("：" if t.lang == "zh" else ":", 1))
+        )
+        for k in GLOSSARY
+    )
     version_text = ", ".join(f"{k} {v}" for k, v in versions.items())
-    body = "\n".join(_section(x) for x in sections)
-    mode = "quick" if s.quick else "full"
+    body = "\n".join(_section(x, results, t, figure_dir) for x in sections)
+    cite = t("page.cite", **{k: escape(str(v)) for k, v in ARTICLE.items()})
+    run = t(
+        "page.run",
+        mode=t("page.mode.quick" if s.quick else "page.mode.full"),
+        seed=s.seed,
+        seconds=f"{total:.1f}",
+        version=escape(versions.get("crossentropy", "")),
+    )
     return f"""<!DOCTYPE html>
-<html lang="en">
+<html lang="{t("html.lang")}">
 <head>
 <meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1">
-<title>crossentropy demo — why cross-entropy beats MSE under a sigmoid</title>
+<title>{escape(t("page.title"))}</title>
 <style>{CSS}</style>
 </head>
 <body>
 <header>
-<h1>Why cross-entropy beats MSE under a sigmoid</h1>
-<p class="sub">The claims of the source article (“the cross-entropy loss function”, 2020), each
-checked by running code. Produced by <code>crossentropy demo</code> ({mode} run, seed {s.seed},
-{total:.1f} s of experiments).</p>
+<h1>{escape(t("page.h1"))}</h1>
+<p class="cite">{cite}</p>
+<p class="sub">{escape(run)}</p>
+<p class="sub">{escape(t("page.other_lang"))}: <code>{escape(t("page.other_lang_hint"))}</code></p>
 </header>
+<nav aria-label="{escape(t("page.contents"))}"><h2>{escape(t("page.contents"))}</h2>
+<ol>{contents}<li><a href="#glossary">{escape(t("page.glossary"))}</a></li></ol></nav>
+<section id="claims">
+<h2>{escape(t("page.claims"))}</h2>
+<p>{escape(t("page.claims_intro"))}</p>
+{_claims(t)}
+</section>
 <section id="summary">
-<h2>Summary</h2>
-{summary_html}
+<h2>{escape(t("page.summary"))}</h2>
+{summary}
 </section>
 {body}
-<footer>Everything on this page was computed in this run with the library's closed-form
-gradients (NumPy). Data: scikit-learn's bundled breast-cancer and digits sets. The numbers
-are also in <a href="metrics.json">metrics.json</a>. Versions: {escape(version_text)}.</footer>
+<section id="glossary">
+<h2>{escape(t("page.glossary"))}</h2>
+<dl class="glossary">{glossary}</dl>
+</section>
+<footer>{escape(t("page.footer", versions=version_text))}</footer>
 </body>
 </html>
 """

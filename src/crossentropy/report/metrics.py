@@ -15,9 +15,10 @@ def _num(x: float) -> float | None:
 
 
 def build_metrics(
-    results: DemoResults, sections: list[Section], versions: dict[str, str]
+    results: DemoResults, sections: list[Section], versions: dict[str, str], lang: str = "en"
 ) -> dict[str, Any]:
-    """The ``metrics.json`` document (plain JSON types only)."""
+    """The ``metrics.json`` document (plain JSON types only). ``races`` lists the
+    speed-selected runs, then the quality-selected ones (``selection``)."""
     r = results
     return {
         "settings": {
@@ -29,12 +30,14 @@ def build_metrics(
             "neuron_steps": r.neuron.steps,
             "neuron_learning_rate": r.neuron.learning_rate,
         },
+        "language": lang,
         "races": [
             {
                 "experiment": run.experiment,
                 "dataset": run.dataset,
                 "init": run.init,
                 "loss": run.loss,
+                "selection": run.selection,
                 "learning_rate": run.learning_rate,
                 "target_accuracy": run.target_accuracy,
                 "steps_to_target": run.steps_to_target,
@@ -50,7 +53,7 @@ def build_metrics(
                     for t in run.trials
                 ],
             }
-            for run in r.race.runs
+            for run in (*r.race.runs, *r.race.quality_runs)
         ],
         "gradient_checks": [
             {
@@ -59,6 +62,7 @@ def build_metrics(
                 "reference": c.reference,
                 "max_abs_error": _num(c.max_abs_error),
                 "max_abs_value": _num(c.max_abs_value),
+                "relative_error": _num(c.relative_error),
             }
             for c in r.checks.checks
         ],
@@ -97,6 +101,15 @@ def build_metrics(
             }
             for run in r.neuron.runs
         ],
+        "neuron_grid": {
+            "z0": list(r.grid.z0),
+            "learning_rates": list(r.grid.learning_rates),
+            "steps": r.grid.steps,
+            "steps_to_correct": {
+                loss: [[None if v < 0 else int(v) for v in row] for row in table]
+                for loss, table in r.grid.steps_to_correct.items()
+            },
+        },
         "verdicts": [
             {"section": s.key, "title": s.title, "status": s.status, "verdict": s.verdict}
             for s in sections

@@ -1,12 +1,19 @@
-"""What each section of the report says: the article's claim, a table and the verdict
-measured in this run. Shared by the HTML page, the terminal summary and ``metrics.json``."""
+"""What each part of the report says: the article's claim, an explanation, figures, tables and
+the verdict measured in this run, in the report's language. Shared by the HTML page, the
+terminal summary and ``metrics.json``.
+
+Statuses (:data:`CONFIRMED` …) are language-neutral keys; :class:`~.i18n.Texts` words them.
+"""
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
 
+import numpy as np
+
 from ..experiments import DemoResults, Race
+from .i18n import Texts
 
 CONFIRMED = "confirmed"
 MIXED = "mixed"
@@ -14,9 +21,10 @@ NOT_CONFIRMED = "not confirmed"
 PASSED = "passed"
 FAILED = "failed"
 
-FD_TOLERANCE = 1e-6  # finite differences in float64 with h = 1e-6: errors ~1e-9
+FD_TOLERANCE = 1e-6  # finite differences in float64 with h = 1e-6: relative errors ~1e-9
 TORCH_TOLERANCE = 1e-10  # float64 autograd: rounding only
 IDENTITY_TOLERANCE = 1e-9
+SMOOTHING = 0.1  # identity 3's label smoothing (crossentropy.experiments.identities)
 
 
 @dataclass(frozen=True)
@@ -29,18 +37,28 @@ class Table:
 
 
 @dataclass(frozen=True)
+class FigureRef:
+    """A figure file of the section and its text alternative."""
+
+    file: str
+    alt: str
+
+
+@dataclass(frozen=True)
 class Section:
-    """One part of the report."""
+    """One part of the report (all text already in the report's language)."""
 
     key: str
     title: str
+    short: str
     claim: str
-    figure: str
-    figure_alt: str
+    explain: str
+    figures: tuple[FigureRef, ...]
     tables: tuple[Table, ...]
     verdict: str
     status: str
-    details: str = ""
+    details: tuple[str, ...] = ()
+    details_title: str = ""
 
 
 def sci(x: float) -> str:
@@ -52,8 +70,8 @@ def sci(x: float) -> str:
     return f"{x:.1e}"
 
 
-def steps(n: int | None) -> str:
-    return "never" if n is None else str(n)
+def steps(n: int | None, t: Texts | None = None) -> str:
+    return (t("never") if t is not None else "never") if n is None else str(n)
 
 
 def _lt(a: int | None, b: int | None) -> bool:
@@ -61,7 +79,15 @@ def _lt(a: int | None, b: int | None) -> bool:
     return a is not None and (b is None or a < b)
 
 
-def anatomy_section(r: DemoResults) -> Section:
+def _join(t: Texts, parts: list[str]) -> str:
+    return ("；" if t.lang == "zh" else "; ").join(parts)
+
+
+def _list(t: Texts, parts: list[str]) -> str:
+    return ("、" if t.lang == "zh" else ", ").join(parts)
+
+
+def anatomy_section(r: DemoResults, t: Texts) -> Section:
     a = r.anatomy
     zmin = float(a.z[0])
     mse, bce = a.at(zmin, 1.0)
@@ -74,53 +100,59 @@ def anatomy_section(r: DemoResults) -> Section:
         rows.append((f"{z:g}", sci(float(sp)), sci(m0), sci(b0), sci(m1), sci(b1)))
     fd = a.fd_max_abs_error
     ok = bce / mse > 100 and max(fd.values()) < FD_TOLERANCE
+    sp_min = float(a.sigmoid_prime[0])
+    ce_name, mse_name = t("loss.cross_entropy"), t("loss.mse")
     return Section(
         key="gradient_anatomy",
-        title="1. Gradient anatomy",
-        claim=(
-            "under a sigmoid, the MSE gradient (a − y)σ'(z) carries σ'(z), which vanishes for "
-            "large |z|; the cross-entropy gradient is simply a − y."
+        title=t("s1.title"),
+        short=t("s1.short"),
+        claim=t("s1.claim"),
+        explain=t("s1.explain", sp=sci(sp_min), z=f"{zmin:g}"),
+        figures=(
+            FigureRef("gradient_anatomy_linear.svg", t("s1.alt1")),
+            FigureRef("gradient_anatomy_log.svg", t("s1.alt2")),
         ),
-        figure="gradient_anatomy.png",
-        figure_alt="dL/dz of MSE and BCE against z",
         tables=(
             Table(
                 (
                     "z",
                     "σ'(z)",
-                    "|∂L/∂z| MSE, y=0",
-                    "|∂L/∂z| BCE, y=0",
-                    "|∂L/∂z| MSE, y=1",
-                    "|∂L/∂z| BCE, y=1",
+                    f"|∂L/∂z| {mse_name}, y=0",
+                    f"|∂L/∂z| {ce_name}, y=0",
+                    f"|∂L/∂z| {mse_name}, y=1",
+                    f"|∂L/∂z| {ce_name}, y=1",
                 ),
                 tuple(rows),
-                "Closed-form gradients from value_and_grad and the chain rule.",
+                t("s1.table_caption"),
             ),
         ),
-        verdict=(
-            f"At z = {zmin:g} with y = 1 (confidently wrong) |∂L/∂z| is {sci(mse)} under MSE "
-            f"and {bce:.3f} under BCE, {bce / mse:,.0f}× larger; the closed forms match finite "
-            f"differences to {sci(fd['mse'])} (MSE) and {sci(fd['bce'])} (BCE)."
+        verdict=t(
+            "s1.verdict",
+            z=f"{zmin:g}",
+            mse=sci(mse),
+            bce=f"{bce:.3f}",
+            ratio=f"{bce / mse:,.0f}",
+            fd_mse=sci(fd["mse"]),
+            fd_bce=sci(fd["bce"]),
         ),
         status=CONFIRMED if ok else NOT_CONFIRMED,
     )
 
 
-def neuron_section(r: DemoResults) -> Section:
+def neuron_section(r: DemoResults, t: Texts) -> Section:
     n = r.neuron
     rows = []
     for start, (w0, b0) in n.starts.items():
-        for loss in ("mse", "cross_entropy"):
+        for loss in ("cross_entropy", "mse"):
             run = n.run(start, loss)
             rows.append(
                 (
-                    start,
-                    f"w={w0:g}, b={b0:g}, z₀={w0 * n.x + b0:g}",
-                    loss,
-                    steps(run.steps_to_correct),
-                    steps(run.steps_to_close),
+                    t("start." + start),
+                    f"w = {w0:g}, b = {b0:g}, z₀ = {w0 * n.x + b0:g}",
+                    t("loss." + loss),
+                    steps(run.steps_to_correct, t),
+                    steps(run.steps_to_close, t),
                     f"{run.output[-1]:.4f}",
-                    sci(float(run.loss_values[-1])),
                 )
             )
     sat = [s for s in n.starts if s == "saturated"] or list(n.starts)[-1:]
@@ -128,75 +160,71 @@ def neuron_section(r: DemoResults) -> Section:
     ok = True
     for start in list(n.starts)[::-1]:
         m, c = n.run(start, "mse").steps_to_correct, n.run(start, "cross_entropy").steps_to_correct
-        ratio = f" ({m / c:.0f}× more)" if m is not None and c else ""
+        ratio = t("s2.more", ratio=f"{m / c:.0f}") if m is not None and c else ""
         parts.append(
-            f"from the {start} start, cross-entropy needed {steps(c)} steps and MSE "
-            f"{steps(m)}{ratio}"
+            t("s2.verdict_part", start=t("start." + start), ce=steps(c, t), mse=steps(m, t)) + ratio
         )
         if start in sat:
             ok = _lt(c, m)
+    w0, b0 = n.starts[sat[0]]
+    z0 = w0 * n.x + b0
+    a0 = float(n.run(sat[0], "mse").output[0])
     return Section(
         key="saturated_neuron",
-        title="2. The saturated neuron",
-        claim=(
-            "a sigmoid neuron that is confidently wrong learns very slowly under MSE, because "
-            "its gradient is scaled by σ'(z) ≈ 0; cross-entropy cancels σ'(z) and learns fast."
+        title=t("s2.title"),
+        short=t("s2.short"),
+        claim=t("s2.claim"),
+        explain=t(
+            "s2.explain",
+            x=f"{n.x:g}",
+            y=f"{n.y:g}",
+            z0=f"{z0:g}",
+            a0=f"{a0:.4f}",
+            lr=f"{n.learning_rate:g}",
+            mse_step=f"{2 * n.learning_rate * abs(a0 - n.y) * a0 * (1 - a0):.4f}",
+            ce_step=f"{2 * n.learning_rate * abs(a0 - n.y):.2f}",
         ),
-        figure="saturated_neuron.png",
-        figure_alt="output and loss per step of one sigmoid neuron under MSE and cross-entropy",
+        figures=(
+            FigureRef("saturated_neuron_output.svg", t("s2.alt1")),
+            FigureRef("saturated_neuron_gradient.svg", t("s2.alt2")),
+        ),
         tables=(
             Table(
                 (
-                    "start",
-                    "initial parameters",
-                    "loss",
-                    "steps to get right (|a−y|<½)",
-                    f"steps to |a−y|<{n.close_tolerance:g}",
-                    f"output after {n.steps}",
-                    f"loss after {n.steps}",
+                    t("s2.h.start"),
+                    t("s2.h.params"),
+                    t("s2.h.loss"),
+                    t("s2.h.right"),
+                    t("s2.h.close", tol=f"{n.close_tolerance:g}"),
+                    t("s2.h.output", n=n.steps),
                 ),
                 tuple(rows),
-                f"x = {n.x:g}, y = {n.y:g}, learning rate {n.learning_rate:g} for both losses; "
-                "MSE is the article's (a − y)²/2.",
+                t("s2.table_caption", x=f"{n.x:g}", y=f"{n.y:g}", lr=f"{n.learning_rate:g}"),
             ),
         ),
-        verdict=f"At learning rate {n.learning_rate:g}, " + "; ".join(parts) + ".",
+        verdict=t("s2.verdict", lr=f"{n.learning_rate:g}", parts=_join(t, parts)),
         status=CONFIRMED if ok else NOT_CONFIRMED,
     )
 
 
-def _race_verdict(race: Race) -> tuple[str, str, str]:
+def _setting(t: Texts, dataset: str, init: str) -> str:
+    return f"{t('data.' + dataset)}/{t('init.' + init)}"
+
+
+def race_meaning(race: Race, t: Texts) -> tuple[str, ...]:
+    """Plain-words paragraphs on what the race shows, every number from ``race``."""
     settings = list(dict.fromkeys((run.dataset, run.init) for run in race.runs))
-    faster: list[str] = []
-    slower: list[str] = []
-    tied: list[str] = []
-    sat_wins, sat_total = 0, 0
-    acc_mse, ll_mse = [], []
-    for d, i in settings:
-        m, c = race.get(d, i, "mse"), race.get(d, i, "cross_entropy")
-        where = f"{d.replace('_', ' ')}/{i} ({steps(c.steps_to_target)} vs "
-        where += f"{steps(m.steps_to_target)})"
-        if _lt(c.steps_to_target, m.steps_to_target):
-            faster.append(where)
-        elif _lt(m.steps_to_target, c.steps_to_target):
-            slower.append(where)
-        else:
-            tied.append(where)
-        if i == "saturated":
-            sat_total += 1
-            sat_wins += _lt(c.steps_to_target, m.steps_to_target)
-        if m.final_accuracy > c.final_accuracy:
-            acc_mse.append(
-                f"{d.replace('_', ' ')}/{i} ({m.final_accuracy:.3f} vs {c.final_accuracy:.3f})"
-            )
-        if m.final_log_loss < c.final_log_loss:
-            ll_mse.append(
-                f"{d.replace('_', ' ')}/{i} ({m.final_log_loss:.3f} vs {c.final_log_loss:.3f})"
-            )
+    margins, rates = [], []
     pairs = {"cross_entropy": 0, "mse": 0, "tie": 0}
     reached = {"cross_entropy": 0, "mse": 0}
+    gap, gap_samples = 0.0, 0
+    q_mse = q_ce = ll_ce = 0
     for d, i in settings:
         m, c = race.get(d, i, "mse"), race.get(d, i, "cross_entropy")
+        margins.append(
+            f"{_setting(t, d, i)} {steps(c.steps_to_target, t)} : {steps(m.steps_to_target, t)}"
+        )
+        rates.append(f"{_setting(t, d, i)} η = {m.learning_rate:g} : {c.learning_rate:g}")
         for tm, tc in zip(m.trials, c.trials, strict=True):
             if _lt(tc.steps_to_target, tm.steps_to_target):
                 pairs["cross_entropy"] += 1
@@ -206,47 +234,68 @@ def _race_verdict(race: Race) -> tuple[str, str, str]:
                 pairs["tie"] += 1
             reached["mse"] += tm.steps_to_target is not None
             reached["cross_entropy"] += tc.steps_to_target is not None
-    total = sum(pairs.values())
-    n = len(settings)
-    short = (
-        f"Cross-entropy reached the target validation accuracy in fewer steps in {len(faster)} "
-        f"of {n} settings, MSE in {len(slower)}, tied {len(tied)} (each loss at its best "
-        f"learning rate); at equal learning rates cross-entropy got "
-        f"there first in {pairs['cross_entropy']} of {total} cases, MSE in {pairs['mse']}. "
-        f"MSE had the higher test accuracy in {len(acc_mse)} of {n} settings and the lower "
-        f"test log-loss in {len(ll_mse)} of {n}."
+        diff = abs(m.final_accuracy - c.final_accuracy)
+        if diff >= gap:
+            gap, gap_samples = diff, round(diff * c.test_labels.size)
+        qm, qc = race.get(d, i, "mse", "quality"), race.get(d, i, "cross_entropy", "quality")
+        q_mse += qm.final_accuracy > qc.final_accuracy
+        q_ce += qc.final_accuracy > qm.final_accuracy
+        ll_ce += qc.final_log_loss < qm.final_log_loss
+    return (
+        t("s3.m.margins", margins=_list(t, margins)),
+        t("s3.m.rates", rates=_list(t, rates)),
+        t(
+            "s3.m.equal",
+            ce=pairs["cross_entropy"],
+            mse=pairs["mse"],
+            total=sum(pairs.values()),
+            reached_ce=reached["cross_entropy"],
+            reached_mse=reached["mse"],
+        ),
+        t(
+            "s3.m.accuracy",
+            gap=f"{100 * gap:.1f}",
+            samples=gap_samples,
+            q_mse=q_mse,
+            q_ce=q_ce,
+            ll_ce=ll_ce,
+            n=len(settings),
+        ),
     )
-    text = "Steps to target, cross-entropy vs MSE: " + ", ".join(faster + tied + slower) + "."
-    if tied:
-        text += " Tied: " + ", ".join(tied) + "."
-    if slower:
-        text += " MSE was faster in: " + ", ".join(slower) + "."
-    text += (
-        f" Over the whole grid, the target was reached with {reached['cross_entropy']} of "
-        f"{total} learning rates under cross-entropy and {reached['mse']} under MSE; at "
-        f"equal learning rates cross-entropy was first {pairs['cross_entropy']} times, MSE "
-        f"{pairs['mse']} times, ties (including neither reaching it) {pairs['tie']}."
-    )
-    text += (
-        " MSE had the higher test accuracy in: " + ", ".join(acc_mse) + "."
-        if acc_mse
-        else " MSE never had the higher test accuracy."
-    )
-    overconfident = [
-        f"{run.loss} on {run.dataset.replace('_', ' ')}/{run.init} "
-        f"(η = {run.learning_rate:g}: {run.final_log_loss:.3f})"
-        for run in race.runs
-        if run.final_log_loss > 1.0
-    ]
-    if overconfident:
-        text += (
-            " The race picks each learning rate for speed, not calibration; a test log-loss "
-            "above 1 nat was measured for: " + ", ".join(overconfident) + "."
-        )
-    text += (
-        " MSE had the lower test log-loss in: " + ", ".join(ll_mse) + "."
-        if ll_mse
-        else " MSE never had the lower test log-loss."
+
+
+def _race_verdict(race: Race, t: Texts) -> tuple[str, str]:
+    settings = list(dict.fromkeys((run.dataset, run.init) for run in race.runs))
+    faster = slower = tied = acc_mse = 0
+    sat_wins = sat_total = 0
+    pairs = {"cross_entropy": 0, "mse": 0}
+    total = 0
+    for d, i in settings:
+        m, c = race.get(d, i, "mse"), race.get(d, i, "cross_entropy")
+        if _lt(c.steps_to_target, m.steps_to_target):
+            faster += 1
+        elif _lt(m.steps_to_target, c.steps_to_target):
+            slower += 1
+        else:
+            tied += 1
+        if i == "saturated":
+            sat_total += 1
+            sat_wins += _lt(c.steps_to_target, m.steps_to_target)
+        acc_mse += m.final_accuracy > c.final_accuracy
+        for tm, tc in zip(m.trials, c.trials, strict=True):
+            total += 1
+            pairs["cross_entropy"] += _lt(tc.steps_to_target, tm.steps_to_target)
+            pairs["mse"] += _lt(tm.steps_to_target, tc.steps_to_target)
+    verdict = t(
+        "s3.verdict",
+        faster=faster,
+        slower=slower,
+        tied=tied,
+        n=len(settings),
+        pairs=total,
+        pairs_ce=pairs["cross_entropy"],
+        pairs_mse=pairs["mse"],
+        acc_mse=acc_mse,
     )
     if sat_total and sat_wins == sat_total:
         status = CONFIRMED
@@ -254,74 +303,86 @@ def _race_verdict(race: Race) -> tuple[str, str, str]:
         status = MIXED
     else:
         status = NOT_CONFIRMED
-    return short, text, status
+    return verdict, status
 
 
-def race_section(r: DemoResults) -> Section:
-    race = r.race
-    rows = tuple(
+def _race_rows(race: Race, t: Texts, selection: str) -> tuple[tuple[str, ...], ...]:
+    runs = race.runs if selection == "speed" else race.quality_runs
+    return tuple(
         (
-            run.experiment.replace("_", " "),
-            run.dataset.replace("_", " "),
-            run.init,
-            run.loss,
+            t("model." + run.experiment),
+            t("data." + run.dataset),
+            t("init." + run.init),
+            t("loss." + run.loss),
             f"{run.learning_rate:g}",
             f"{run.target_accuracy:.0%}",
-            steps(run.steps_to_target),
+            steps(run.steps_to_target, t),
             f"{run.final_accuracy:.3f}",
             f"{run.final_log_loss:.3f}",
         )
-        for run in race.runs
+        for run in runs
+    )
+
+
+def race_section(r: DemoResults, t: Texts) -> Section:
+    race = r.race
+    headers = tuple(
+        t("s3.h." + k)
+        for k in ("model", "data", "init", "loss", "lr", "target", "steps", "acc", "ll")
     )
     grid_rows = tuple(
         (
-            f"{run.dataset.replace('_', ' ')}, {run.init}, {run.loss}",
-            *(steps(t.steps_to_target) for t in run.trials),
+            f"{_setting(t, run.dataset, run.init)}, {t('loss.' + run.loss)}",
+            *(steps(x.steps_to_target, t) for x in run.trials),
         )
         for run in race.runs
     )
-    verdict, details, status = _race_verdict(race)
+    verdict, status = _race_verdict(race, t)
+    figures = tuple(
+        FigureRef(f"race_{d}_{i}.svg", t("s3.alt", data=t("data." + d), init=t("init." + i)))
+        for d, i in dict.fromkeys((run.dataset, run.init) for run in race.runs)
+    )
+    tables = [Table(headers, _race_rows(race, t, "speed"), t("s3.table_caption"))]
+    if race.quality_runs:
+        tables.append(Table(headers, _race_rows(race, t, "quality"), t("s3.quality_caption")))
+    tables.append(
+        Table((t("s3.h.run"), *(f"η={lr:g}" for lr in race.grid)), grid_rows, t("s3.grid_caption"))
+    )
     return Section(
         key="fair_race",
-        title="3. Real data, fair race",
-        claim=(
-            "with a sigmoid (or softmax) output, use cross-entropy: it keeps learning where MSE "
-            "stalls, on real data too — here with each loss at its own best learning rate."
+        title=t("s3.title"),
+        short=t("s3.short"),
+        claim=t("s3.claim"),
+        explain=t(
+            "s3.explain",
+            sat=f"{race.saturation:g}",
+            grid=", ".join(f"{v:g}" for v in race.grid),
+            steps=race.steps,
         ),
-        figure="race_curves.png",
-        figure_alt="validation accuracy per step, MSE vs cross-entropy, four settings",
-        tables=(
-            Table(
-                (
-                    "model",
-                    "data set",
-                    "init",
-                    "loss",
-                    "learning rate",
-                    "target (val)",
-                    "steps to target",
-                    "test accuracy",
-                    "test log-loss",
-                ),
-                rows,
-                f"Full-batch gradient descent, {race.steps} steps; 60/20/20 stratified split; "
-                "learning rate = the grid value reaching the target validation accuracy in the "
-                "fewest steps (ties: lower validation log-loss). Saturated init: random weights "
-                f"scaled so the training logits have standard deviation {race.saturation:g}.",
-            ),
-            Table(
-                ("run", *(f"η={lr:g}" for lr in race.grid)),
-                grid_rows,
-                "Steps to the target validation accuracy for every learning rate of the grid.",
-            ),
-        ),
+        figures=figures,
+        tables=tuple(tables),
         verdict=verdict,
         status=status,
-        details=details,
+        details=race_meaning(race, t) if race.quality_runs else (),
+        details_title=t("s3.meaning_title"),
     )
 
 
-def checks_section(r: DemoResults) -> Section:
+def torch_reason(r: DemoResults, t: Texts) -> str:
+    return t(
+        "s4.reason_quick" if r.checks.torch_skipped == "not requested" else "s4.reason_missing"
+    )
+
+
+def checks_ok(r: DemoResults) -> tuple[bool, float, list[float]]:
+    """Whether every step passed; the worst finite-difference and torch relative errors."""
+    c = r.checks
+    fd = max(x.relative_error for x in c.checks if x.reference == "finite differences")
+    tt = [x.relative_error for x in c.checks if x.reference == "torch autograd"]
+    return fd < FD_TOLERANCE and all(e < TORCH_TOLERANCE for e in tt), fd, tt
+
+
+def checks_section(r: DemoResults, t: Texts) -> Section:
     c = r.checks
     names = list(dict.fromkeys(x.name for x in c.checks))
     refs = list(dict.fromkeys(x.reference for x in c.checks))
@@ -331,37 +392,44 @@ def checks_section(r: DemoResults) -> Section:
         first = found[refs[0]]
         rows.append(
             (
-                first.formula,
+                t("step." + name),
                 sci(first.max_abs_value),
-                *(sci(found[ref].max_abs_error) for ref in refs),
+                *(sci(found[ref].relative_error) for ref in refs),
             )
         )
-    fd = max(x.max_abs_error for x in c.checks if x.reference == "finite differences")
-    tt = [x.max_abs_error for x in c.checks if x.reference == "torch autograd"]
-    ok = fd < FD_TOLERANCE and all(e < TORCH_TOLERANCE for e in tt)
-    verdict = f"All {len(names)} formulas agree with finite differences to ≤ {sci(fd)}"
-    if tt:
-        verdict += f" and with torch {c.torch_version} autograd to ≤ {sci(max(tt))}."
-    else:
-        reason = "--quick" if c.torch_skipped == "not requested" else c.torch_skipped
-        verdict += f"; the torch autograd comparison was skipped ({reason})."
+    ok, fd, tt = checks_ok(r)
+    torch_part = (
+        t("s4.verdict_torch", version=c.torch_version, err=sci(max(tt)))
+        if tt
+        else t("s4.verdict_skipped", reason=torch_reason(r, t))
+    )
+    verdict = t("s4.verdict", n=len(names), fd=sci(fd), torch=torch_part)
     if not ok:
-        verdict = "Not all formulas agree with their references: " + verdict
+        verdict = t("s4.verdict_bad") + verdict
+    n_samples = 16
     return Section(
         key="derivation_checks",
-        title="4. Derivation checks",
-        claim=(
-            "under a sigmoid, ∂L/∂w = (a − y)σ'(z)x for MSE and ∂L/∂w = x(a − y) for BCE; "
-            "for softmax with cross-entropy, ∂L/∂z_j = a_j − y_j."
+        title=t("s4.title"),
+        short=t("s4.short"),
+        claim=t("s4.claim"),
+        explain=t(
+            "s4.explain",
+            n=n_samples,
+            torch=t("s4.torch", version=c.torch_version)
+            if tt
+            else t("s4.no_torch", reason=torch_reason(r, t)),
+            tol=f"{FD_TOLERANCE:g}",
         ),
-        figure="derivation_checks.png",
-        figure_alt="max absolute error of each formula against finite differences and torch",
+        figures=(FigureRef("derivation_checks.svg", t("s4.alt")),),
         tables=(
             Table(
-                ("formula", "max |gradient|", *(f"max abs error vs {ref}" for ref in refs)),
+                (
+                    t("s4.h.step"),
+                    t("s4.h.scale"),
+                    *(t("s4.h.err", ref=t("ref." + ref)) for ref in refs),
+                ),
                 tuple(rows),
-                f"Float64, a batch of 16 samples; central differences with h = "
-                f"{c.finite_difference_step:g}.",
+                t("s4.table_caption", n=n_samples, h=f"{c.finite_difference_step:g}"),
             ),
         ),
         verdict=verdict,
@@ -369,41 +437,49 @@ def checks_section(r: DemoResults) -> Section:
     )
 
 
-def identities_section(r: DemoResults) -> Section:
+def identities_section(r: DemoResults, t: Texts) -> Section:
     rows = tuple(
-        (i.statement, i.data, f"{i.lhs:.12g}", f"{i.rhs:.12g}", sci(i.abs_error))
+        (
+            t("s5.id." + i.name),
+            t("s5.data." + i.data) if i.data in ("breast_cancer", "digits") else i.data,
+            f"{i.lhs:.12g}",
+            f"{i.rhs:.12g}",
+            sci(i.abs_error),
+        )
         for i in r.identities
     )
     worst = max(i.abs_error for i in r.identities)
-    ok = worst < IDENTITY_TOLERANCE
+    ok = bool(np.isfinite(worst)) and worst < IDENTITY_TOLERANCE
     return Section(
         key="identities",
-        title="5. Identities",
-        claim=(
-            "minimising cross-entropy is maximum likelihood: mean BCE is minus the Bernoulli "
-            "log-likelihood per sample, and H(p, q) = H(p) + KL(p‖q); a two-class softmax "
-            "with cross-entropy is a sigmoid with BCE on the logit difference."
-        ),
-        figure="identities.png",
-        figure_alt="entropy plus KL divergence equals cross-entropy for test samples",
+        title=t("s5.title"),
+        short=t("s5.short"),
+        claim=t("s5.claim"),
+        explain=t("s5.explain"),
+        figures=(FigureRef("identities.svg", t("s5.alt")),),
         tables=(
-            Table(("identity", "evaluated on", "left side", "right side", "|difference|"), rows),
+            Table(
+                tuple(t("s5.h." + k) for k in ("identity", "data", "lhs", "rhs", "diff")),
+                rows,
+                t("s5.table_caption", eps=f"{SMOOTHING:g}"),
+            ),
         ),
         verdict=(
-            f"All {len(rows)} identities hold on real predictions to ≤ {sci(worst)}."
+            t("s5.verdict", n=len(rows), err=sci(worst))
             if ok
-            else f"An identity is off by {sci(worst)}."
+            else t("s5.verdict_bad", err=sci(worst))
         ),
         status=PASSED if ok else FAILED,
     )
 
 
-def build_sections(r: DemoResults) -> list[Section]:
+def build_sections(r: DemoResults, t: Texts | None = None) -> list[Section]:
     """The five sections, in the article's order."""
+    t = t or Texts("en")
     return [
-        anatomy_section(r),
-        neuron_section(r),
-        race_section(r),
-        checks_section(r),
-        identities_section(r),
+        anatomy_section(r, t),
+        neuron_section(r, t),
+        race_section(r, t),
+        checks_section(r, t),
+        identities_section(r, t),
     ]

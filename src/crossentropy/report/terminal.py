@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -14,6 +15,7 @@ from rich.progress import (
 )
 from rich.table import Table
 
+from .i18n import Texts
 from .sections import CONFIRMED, PASSED, Section
 
 
@@ -33,14 +35,26 @@ def _style(status: str) -> str:
     return "green" if status in (CONFIRMED, PASSED) else "yellow" if status == "mixed" else "red"
 
 
-def print_summary(console: Console, sections: list[Section], index: Path, seconds: float) -> None:
-    """The verdicts as a table, then where the report is."""
-    table = Table(title="What this run measured", show_lines=True, expand=False)
-    table.add_column("part", no_wrap=True)
-    table.add_column("verdict", no_wrap=True)
-    table.add_column("measured")
+def print_summary(
+    console: Console, sections: list[Section], index: Path, seconds: float, lang: str = "en"
+) -> None:
+    """The verdicts as a table, then where the report is: a clickable ``file://`` link on a
+    terminal, the plain path on one unbroken line otherwise (so it can be copied or piped)."""
+    t = Texts(lang)
+    table = Table(title=t("page.summary"), show_lines=True, expand=False)
+    table.add_column(t("page.part"), no_wrap=True)
+    table.add_column(t("page.verdict"), no_wrap=True)
+    table.add_column(t("page.measured"))
     for s in sections:
-        table.add_row(s.title, f"[{_style(s.status)}]{s.status}[/]", s.verdict)
+        table.add_row(
+            escape(s.short),
+            f"[{_style(s.status)}]{escape(t('status.' + s.status))}[/]",
+            escape(s.verdict),
+        )
     console.print(table)
-    console.print(f"Report: [bold]{index}[/bold]  (metrics: {index.parent / 'metrics.json'})")
-    console.print(f"Finished in {seconds:.1f} s.")
+    if console.is_terminal:
+        uri = index.as_uri()
+        console.print(f"Report: [link={uri}]{escape(uri)}[/link]", soft_wrap=True)
+    else:
+        console.print(f"Report: {escape(str(index))}", soft_wrap=True, highlight=False)
+    console.print(f"Finished in {seconds:.1f} s.", highlight=False)

@@ -1,0 +1,696 @@
+# ruff: noqa: E501  (Chinese prose: ruff counts each CJK character as two columns)
+"""Every word of the report, in English and in Chinese.
+
+The Chinese text uses the article's own terms (交叉熵, 均方误差, 似然函数, 梯度消失) and is
+written as Chinese, not translated word for word. Templates take their numbers as ``{...}``
+fields; both languages must have exactly the same keys (a test holds them to it).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+LANGUAGES = ("en", "zh")
+
+ARTICLE = {
+    "title": "交叉熵损失函数",
+    "title_en": "The cross-entropy loss function",
+    "author": "tecwang",
+    "site": "博客园 (cnblogs)",
+    "year": 2020,
+    "url": "https://www.cnblogs.com/tecwang/p/13256509.html",
+}
+
+EN: dict[str, str] = {
+    # -- page frame -------------------------------------------------------------------------
+    "html.lang": "en",
+    "page.title": "Why cross-entropy beats MSE under a sigmoid — crossentropy demo",
+    "page.h1": "Why cross-entropy beats MSE under a sigmoid",
+    "page.cite": (
+        "This page checks, by running code, the claims of the article "
+        "<cite>《{title}》</cite> (“{title_en}”) by {author}, published on {site} in {year} "
+        '— the article is in Chinese: <a href="{url}">{url}</a>.'
+    ),
+    "page.run": (
+        "{mode} run, seed {seed}: {seconds} s of computation with crossentropy {version}. "
+        "Every number and every curve below was computed in this run by the library's "
+        "closed-form gradients; none is typed in by hand."
+    ),
+    "page.mode.quick": "A quick",
+    "page.mode.full": "A full",
+    "page.other_lang": "中文版",
+    "page.other_lang_hint": "crossentropy demo --lang zh",
+    "page.contents": "Contents",
+    "page.claims": "What the article claims",
+    "page.claims_intro": "The article makes four claims; each part of this page tests some of them.",
+    "page.summary": "What this run measured",
+    "page.glossary": "Glossary",
+    "page.footer": (
+        "Data: scikit-learn's bundled breast-cancer and digits sets (no download). All numbers "
+        "are also in metrics.json beside this file; the figures are there as SVG files. "
+        "Versions: {versions}."
+    ),
+    "page.part": "part",
+    "page.verdict": "verdict",
+    "page.measured": "measured in this run",
+    "page.article_says": "The article",
+    "page.measured_label": "Measured in this run:",
+    "page.noscript": (
+        "JavaScript is off: the figures above show the two starts of the table at η = {lr}. "
+        "With JavaScript on, sliders let you choose the start and the learning rate here."
+    ),
+    "claim.1": "Two forms of one loss: binary cross-entropy for two classes, categorical "
+    "cross-entropy for m classes (n samples).",
+    "claim.2": "The log-likelihood of a sample and the cross-entropy have the same form: "
+    "“the same face, different origins” — and “different roads to the same end”: "
+    "minimising one is maximising the other.",
+    "claim.3": "Under a sigmoid, the MSE gradient carries σ'(z), which goes to 0 when |z| is "
+    "large, so a saturated neuron learns slowly; cross-entropy's gradient is a − y. With a "
+    "sigmoid output, use binary cross-entropy.",
+    "claim.4": "With a softmax output, the cross-entropy gradient is a subtraction: "
+    "cheap to compute.",
+    "claim.where": "Tested in part {parts}.",
+    "claim.where_many": "Tested in parts {parts}.",
+    # -- statuses ---------------------------------------------------------------------------
+    "status.confirmed": "confirmed",
+    "status.mixed": "mixed",
+    "status.not confirmed": "not confirmed",
+    "status.passed": "passed",
+    "status.failed": "failed",
+    "status.skipped": "skipped",
+    # -- names -----------------------------------------------------------------------------
+    "loss.cross_entropy": "cross-entropy",
+    "loss.mse": "MSE",
+    "data.breast_cancer": "breast cancer",
+    "data.digits": "digits",
+    "init.standard": "standard start",
+    "init.saturated": "saturated start",
+    "start.mildly wrong": "mildly wrong",
+    "start.saturated": "saturated",
+    "model.logistic_regression": "logistic regression",
+    "model.softmax_regression": "softmax regression",
+    "ref.finite differences": "finite differences",
+    "ref.torch autograd": "PyTorch autograd",
+    "never": "never",
+    # -- figures ----------------------------------------------------------------------------
+    "fig.wrong_side": "wrong side (a < ½ while y = 1)",
+    "fig.bce_dz": "cross-entropy: a − y",
+    "fig.mse_dz": "MSE: (a − y)·σ'(z)",
+    "fig.z": "pre-activation z",
+    "fig.anatomy_linear": "Gradient reaching z, target y = 1",
+    "fig.abs_dz_log": "|∂L/∂z| (log scale)",
+    "fig.anatomy_log": "Size of the gradient, both targets",
+    "fig.right_after": "right after {n} steps",
+    "fig.still_wrong": "still wrong after {n}",
+    "fig.step": "gradient-descent step",
+    "fig.output": "output a (target y = 0)",
+    "fig.neuron_output": "Output per step: the distance to the target",
+    "fig.neuron_grad": "Gradient reaching z per step",
+    "fig.neuron_suptitle": "One sigmoid neuron started wrong, same learning rate η = {lr:g} "
+    "for both losses",
+    "fig.steps_n": "{n} steps",
+    "fig.not_reached": "target not reached",
+    "fig.target": "target {p}",
+    "fig.race_title": "{data}, {init}",
+    "fig.val_accuracy": "validation accuracy",
+    "fig.vs_fd": "vs finite differences",
+    "fig.vs_torch": "vs PyTorch autograd",
+    "fig.exact_zero": "exactly 0 ({ref})",
+    "fig.tolerance": "tolerance {tol}",
+    "fig.relative_error": "error ÷ largest |gradient entry| (log scale)",
+    "fig.checks_title": "Each step of the derivations against two references",
+    "fig.entropy": "H(p): the targets' own entropy",
+    "fig.kl": "KL(p ‖ q): what training can reduce",
+    "fig.hpq": "H(p, q) computed directly",
+    "fig.identity_samples": "digits test sample (the {n} worst predicted, then the best)",
+    "fig.nats": "nats",
+    "fig.identity_title": "Cross-entropy = entropy + KL divergence, per sample",
+    # -- derivation steps (figure labels and table rows) ------------------------------------
+    "step.sigmoid_prime": "σ'(z) = a(1 − a)",
+    "step.mse_da": "MSE: ∂L/∂a = a − y",
+    "step.mse_dz": "MSE: ∂L/∂z = (a − y)σ'(z)",
+    "step.mse_dw": "MSE: ∂L/∂w = (a − y)σ'(z)x",
+    "step.mse_db": "MSE: ∂L/∂b = (a − y)σ'(z)",
+    "step.bce_da": "BCE: ∂L/∂a = −y/a + (1−y)/(1−a)",
+    "step.bce_dz": "BCE: ∂L/∂z = a − y",
+    "step.bce_dw": "BCE: ∂L/∂w = x(a − y)",
+    "step.bce_db": "BCE: ∂L/∂b = a − y",
+    "step.softmax_diag": "softmax: ∂aⱼ/∂zⱼ = aⱼ(1 − aⱼ)",
+    "step.softmax_offdiag": "softmax: ∂a_q/∂zⱼ = −a_q aⱼ",
+    "step.ce_da": "CE: ∂L/∂a_q = −y_q/a_q",
+    "step.softmax_ce_dz_general": "CE: ∂L/∂zⱼ = aⱼΣy − yⱼ",
+    "step.softmax_ce_dz": "CE: ∂L/∂zⱼ = aⱼ − yⱼ",
+    # -- part 1 -----------------------------------------------------------------------------
+    "s1.short": "1. Gradient anatomy",
+    "s1.title": "1. Where the gradient goes: MSE against cross-entropy",
+    "s1.claim": "“The MSE gradient always depends on σ'(z) … when z is large, σ'(z) tends to "
+    "zero, which slows the network's convergence.” For cross-entropy, “∂L/∂b = a − y”.",
+    "s1.explain": (
+        "With a sigmoid output a = σ(z), training moves the weights by the gradient that "
+        "reaches the pre-activation z. Under MSE it is (a − y)·σ'(z). The factor "
+        "σ'(z) = a(1 − a) is at most ¼ (at z = 0) and falls like e^(−|z|): {sp} at z = {z}. "
+        "Under cross-entropy the factor cancels (part 4 shows how) and what remains, a − y, "
+        "is large exactly when the neuron is wrong. The shaded band is where a neuron with "
+        "target y = 1 is wrong; the right-hand panel shows the same on a log scale, for both "
+        "targets."
+    ),
+    "s1.alt1": "dL/dz against z for target 1: cross-entropy stays near −1 where the neuron is "
+    "wrong, MSE goes to 0",
+    "s1.alt2": "size of dL/dz on a log scale for both targets",
+    "s1.table_caption": "Closed-form gradients from value_and_grad and the chain rule.",
+    "s1.verdict": (
+        "At z = {z} with y = 1 (confidently wrong) |∂L/∂z| is {mse} under MSE and {bce} "
+        "under cross-entropy, {ratio}× larger; the closed forms match finite differences to "
+        "{fd_mse} (MSE) and {fd_bce} (cross-entropy)."
+    ),
+    # -- part 2 -----------------------------------------------------------------------------
+    "s2.short": "2. The saturated neuron",
+    "s2.title": "2. One neuron, started confidently wrong",
+    "s2.claim": "“When the last layer's activation is a sigmoid, binary cross-entropy solves "
+    "the sigmoid's vanishing-gradient problem.”",
+    "s2.explain": (
+        "One neuron: input x = {x}, weight w, bias b, z = wx + b, a = σ(z), target y = {y}. "
+        "The saturated start is z₀ = {z0}, so a₀ = {a0}: confidently wrong. Both losses use "
+        "the same learning rate η = {lr}. Under MSE each step moves z by about "
+        "2η·(a − y)σ'(z) ≈ {mse_step}: the neuron sits on a plateau for hundreds of steps "
+        "before it slides. Under cross-entropy the step is 2η·(a − y) ≈ {ce_step} from the "
+        "start. (With x = 1 a step changes w and b by the same amount, so z moves twice as "
+        "fast as either.) The left figure shows the progress — the output against the target; "
+        "the right one the gradient that drives it."
+    ),
+    "s2.alt1": "output per step for both losses from two starts",
+    "s2.alt2": "size of the gradient per step for both losses from two starts",
+    "s2.table_caption": "x = {x}, y = {y}, learning rate {lr} for both losses; MSE is the "
+    "article's (a − y)²/2. Losses of different kinds are not compared: only steps and outputs.",
+    "s2.h.start": "start",
+    "s2.h.params": "initial parameters",
+    "s2.h.loss": "loss",
+    "s2.h.right": "steps to get right (|a − y| < ½)",
+    "s2.h.close": "steps to |a − y| < {tol}",
+    "s2.h.output": "output after {n} steps",
+    "s2.verdict_part": "from the {start} start, cross-entropy needed {ce} steps and MSE {mse}",
+    "s2.verdict": "At learning rate {lr}, {parts}.",
+    "s2.more": " ({ratio}× more)",
+    "s2.play": "Try it: choose the start and the learning rate",
+    "s2.play_intro": (
+        "Each curve is one of the {runs} runs (every start z₀ × every learning rate η, both "
+        "losses, {steps} steps) that the Python side trained with the library's gradients and "
+        "embedded in this page. The page only looks them up; nothing is computed in the browser."
+    ),
+    "s2.z0": "start z₀ (a₀ = σ(z₀))",
+    "s2.lr": "learning rate η",
+    "s2.range": "steps shown",
+    "s2.range_short": "first 50",
+    "s2.range_all": "all {n}",
+    "s2.live_output": "Output a per step (target 0; above the dotted line it is wrong)",
+    "s2.live_factor": "The factor σ'(z) = a(1 − a) along each run",
+    "s2.live_summary": "cross-entropy: {ce}; MSE: {mse}.",
+    "s2.right_after": "right after {n} steps",
+    "s2.still_wrong": "still wrong after {n} steps",
+    # -- part 3 -----------------------------------------------------------------------------
+    "s3.short": "3. Real data, fair race",
+    "s3.title": "3. Real data, a fair race",
+    "s3.claim": "“That is why MSE is not recommended as the loss of a classification network.”",
+    "s3.explain": (
+        "Does it matter on real data? Two classic data sets that ship with scikit-learn: "
+        "breast cancer (569 tumours, 30 measurements, benign or malignant; logistic "
+        "regression, a sigmoid output) and handwritten digits (1797 images of 8 × 8 pixels, "
+        "10 classes; softmax regression). Each is split 60/20/20 into training, validation "
+        "and test sets. The weights start either small (the standard start) or saturated: "
+        "random weights scaled so the starting logits have a spread of {sat}, so most outputs "
+        "start near 0 or 1 and many of them wrong. Each loss gets its own learning rate from "
+        "the same grid ({grid}), chosen on the validation set; the test set gives only the "
+        "final numbers. Full-batch gradient descent, {steps} steps."
+    ),
+    "s3.alt": "validation accuracy per step, MSE and cross-entropy, {data}, {init}",
+    "s3.meaning_title": "What this means",
+    "s3.table_caption": (
+        "Learning rate = the grid value that reaches the target validation accuracy in the "
+        "fewest steps (ties: lower validation log-loss). Log-loss is the cross-entropy of the "
+        "predicted probabilities on the test set, in nats; lower is better."
+    ),
+    "s3.quality_caption": (
+        "The fair counterpart: each loss at the learning rate with the best final validation "
+        "accuracy (ties: lower validation log-loss)."
+    ),
+    "s3.grid_caption": "Steps to the target validation accuracy for every learning rate.",
+    "s3.h.model": "model",
+    "s3.h.data": "data set",
+    "s3.h.init": "start",
+    "s3.h.loss": "loss",
+    "s3.h.lr": "learning rate",
+    "s3.h.target": "target (validation)",
+    "s3.h.steps": "steps to target",
+    "s3.h.acc": "test accuracy",
+    "s3.h.ll": "test log-loss",
+    "s3.h.run": "run",
+    "s3.verdict": (
+        "With each loss at its fastest learning rate, cross-entropy reached the target "
+        "validation accuracy first in {faster} of {n} settings (MSE in {slower}, tied "
+        "{tied}); at equal learning rates it was first in {pairs_ce} of {pairs} cases, MSE "
+        "in {pairs_mse}. MSE had the higher test accuracy in {acc_mse} of {n} settings."
+    ),
+    "s3.m.margins": (
+        "Steps to the target, cross-entropy against MSE: {margins}. The margins are small."
+    ),
+    "s3.m.rates": (
+        "Why so small? MSE chose larger learning rates ({rates}): a larger step makes up "
+        "for the small factor σ'(z). On these data sets, tuning the learning rate largely "
+        "hides MSE's saturation — which is itself the article's point seen from the other "
+        "side: MSE needs a learning rate tuned to how saturated the outputs are, "
+        "cross-entropy does not."
+    ),
+    "s3.m.equal": (
+        "At the same learning rate — the comparison the article makes — cross-entropy was "
+        "first in {ce} of {total} cases, MSE in {mse}; the target was reached at {reached_ce} "
+        "of the grid's learning rates under cross-entropy and {reached_mse} under MSE."
+    ),
+    "s3.m.accuracy": (
+        "Final test accuracy is another matter: the largest gap between the two losses is "
+        "{gap} points ({samples} test samples). At the learning rate of the best final "
+        "validation accuracy, MSE's test accuracy was higher in {q_mse} of {n} settings and "
+        "cross-entropy's in {q_ce}. On these small data sets both losses end up about equally "
+        "accurate; cross-entropy's advantage is in getting there, and in honest probabilities "
+        "(its test log-loss was lower in {ll_ce} of {n} settings)."
+    ),
+    # -- part 4 -----------------------------------------------------------------------------
+    "s4.short": "4. Derivation checks",
+    "s4.title": "4. The derivations, step by step, checked",
+    "s4.claim": "“∂L/∂w = x(a − y), ∂L/∂b = a − y” for BCE under a sigmoid, and for softmax "
+    "with cross-entropy “∂L/∂zⱼ = aⱼ − yⱼ”: “very little computation, very efficient”.",
+    "s4.explain": (
+        "The article derives the gradients by hand, for one sample. Each step is typeset "
+        "below as it derives it; beside it is the largest error of that formula in this run, "
+        "on a batch of {n} random samples, against finite differences of the library's own "
+        "functions and {torch}. Errors are divided by the largest entry of the gradient, so "
+        "every step is measured on its own scale; the tolerance is {tol}."
+    ),
+    "s4.torch": "against PyTorch autograd {version} (float64)",
+    "s4.no_torch": "(PyTorch autograd skipped: {reason})",
+    "s4.sigmoid": "The sigmoid and its derivative",
+    "s4.mse": "MSE under a sigmoid",
+    "s4.bce": "Binary cross-entropy under a sigmoid: σ'(z) cancels",
+    "s4.softmax": "Softmax with cross-entropy",
+    "s4.softmax_cases": "Two cases of the Jacobian, then the sum:",
+    "s4.check_fd": "vs finite differences",
+    "s4.check_torch": "vs autograd",
+    "s4.why_cancel": (
+        "Under MSE the factor σ'(z) stays; under cross-entropy, ∂L/∂a has exactly a(1 − a) "
+        "in its denominator, and the chain rule multiplies by σ'(z) = a(1 − a): they cancel."
+    ),
+    "s4.alt": "error of each derivation step against finite differences and PyTorch",
+    "s4.table_caption": "Float64, {n} samples; central differences with h = {h}.",
+    "s4.h.step": "step",
+    "s4.h.scale": "largest |entry|",
+    "s4.h.err": "error vs {ref}",
+    "s4.verdict": "All {n} steps agree with finite differences to ≤ {fd}{torch}.",
+    "s4.verdict_torch": " and with PyTorch {version} autograd to ≤ {err}",
+    "s4.verdict_skipped": "; the PyTorch autograd comparison was skipped ({reason})",
+    "s4.verdict_bad": "Not every step agrees with its references: ",
+    "s4.reason_quick": "--quick run",
+    "s4.reason_missing": "torch is not installed",
+    # -- part 5 -----------------------------------------------------------------------------
+    "s5.short": "5. Cross-entropy and likelihood",
+    "s5.title": "5. Why minimising cross-entropy is maximum likelihood",
+    "s5.claim": "“Cross-entropy measures the difference between two distributions; the "
+    "likelihood measures how well a model explains the samples … the same face, different "
+    "origins, different roads to the same end.”",
+    "s5.explain": (
+        "A classifier gives each sample a probability for its true label: q(yᵢ | xᵢ). The "
+        "likelihood of the data is the product Πᵢ q(yᵢ | xᵢ), and maximum likelihood "
+        "chooses the model that makes it largest. Identities 1 and 2 say that the mean "
+        "cross-entropy with the true labels is exactly −(1/n)·log of that likelihood. "
+        "Since the logarithm increases and 1/n is positive, the model that minimises the "
+        "cross-entropy is the one that maximises the likelihood: the two are one criterion. "
+        "Identity 3 adds the information-theory view: for any target distribution p, "
+        "H(p, q) = H(p) + KL(p‖q); H(p) belongs to the targets and no model can change it, "
+        "so minimising cross-entropy minimises the divergence KL(p‖q) of the model from the "
+        "targets, which is 0 only when q = p. With one-hot labels H(p) = 0 and cross-entropy "
+        "is the divergence itself. Each identity is checked on a trained model's test "
+        "predictions against the true test labels."
+    ),
+    "s5.alt": "stacked bars of entropy and KL divergence per test sample, equal to the "
+    "cross-entropy",
+    "s5.h.identity": "identity",
+    "s5.h.data": "evaluated on",
+    "s5.h.lhs": "left side (library)",
+    "s5.h.rhs": "right side (definition)",
+    "s5.h.diff": "|difference|",
+    "s5.table_caption": (
+        "Logarithms of probabilities come from log σ(z) and log-softmax, never from log of "
+        "a probability that may have rounded to 0 or 1; label smoothing ε = {eps} for "
+        "identity 3."
+    ),
+    "s5.id.mean_bce_equals_negative_log_likelihood": "1. mean BCE = −log-likelihood / n "
+    "(Bernoulli)",
+    "s5.id.mean_ce_equals_negative_log_likelihood": "2. mean CE = −log-likelihood / n "
+    "(categorical)",
+    "s5.id.cross_entropy_equals_entropy_plus_kl": "3. H(p, q) = H(p) + KL(p ‖ q)",
+    "s5.id.two_class_softmax_ce_equals_bce_on_logit_difference": "4. two-class softmax CE = "
+    "BCE on z₁ − z₀",
+    "s5.data.breast_cancer": "breast-cancer test set, labels",
+    "s5.data.digits": "digits test set, labels",
+    "s5.verdict": "All {n} identities hold on real predictions against the labels to ≤ {err}.",
+    "s5.verdict_bad": "An identity is off by {err}.",
+    # -- glossary ---------------------------------------------------------------------------
+    "g.sigmoid": "sigmoid σ(z) = 1/(1 + e^(−z)): squashes any number into (0, 1); "
+    "its slope σ'(z) = a(1 − a) is at most ¼.",
+    "g.z": "pre-activation (logit) z: the neuron's input to the sigmoid, z = wx + b.",
+    "g.saturated": "saturated: |z| so large that σ(z) is almost 0 or 1 and σ'(z) almost 0; "
+    "“confidently wrong” when it is on the wrong side.",
+    "g.mse": "MSE (均方误差): mean squared error, here the article's (a − y)²/2.",
+    "g.ce": "cross-entropy (交叉熵): also called log-loss; binary cross-entropy (BCE) for "
+    "two classes.",
+    "g.lr": "learning rate η: how far one gradient-descent step moves the weights.",
+    "g.softmax": "softmax: turns m numbers into m probabilities, aⱼ = e^(zⱼ)/Σₖ e^(zₖ).",
+    "g.split": "training / validation / test sets: the model learns on the first, settings are "
+    "chosen on the second, the third is only used for the final numbers.",
+    "g.nats": "nats: the unit of information with natural logarithms (1 nat ≈ 1.44 bits).",
+    "g.entropy": "entropy H(p) = −Σ p log p: the uncertainty of a distribution.",
+    "g.kl": "KL divergence KL(p‖q) = Σ p log(p/q): how far q is from p; 0 only when q = p.",
+    "g.likelihood": "likelihood (似然函数): the probability the model gives to the observed "
+    "labels, as a function of the model.",
+    "g.fd": "finite differences: the slope (f(x + h) − f(x − h)) / 2h, a check that needs "
+    "no calculus.",
+    "g.autograd": "autograd: PyTorch's automatic differentiation, an independent reference.",
+    "g.smoothing": "label smoothing ε: targets (1 − ε)·one-hot + ε/m instead of one-hot.",
+    "g.vanishing": "vanishing gradient (梯度消失): a gradient scaled by a factor near 0, so "
+    "learning almost stops.",
+}
+
+ZH: dict[str, str] = {
+    "html.lang": "zh-CN",
+    "page.title": "为什么 sigmoid 输出要配交叉熵而不是均方误差 — crossentropy demo",
+    "page.h1": "为什么 sigmoid 输出要配交叉熵，而不是均方误差",
+    "page.cite": (
+        "本页用可以运行的代码，逐条检验 {author} {year} 年发表在{site}的文章"
+        '<cite>《{title}》</cite>中的结论。原文为中文：<a href="{url}">{url}</a>。'
+    ),
+    "page.run": (
+        "{mode}，随机种子 {seed}：计算用时 {seconds} 秒，crossentropy {version}。"
+        "下面的每个数字、每条曲线都是本次运行中由库里的闭式梯度算出来的，没有一个是手填的。"
+    ),
+    "page.mode.quick": "快速运行",
+    "page.mode.full": "完整运行",
+    "page.other_lang": "English",
+    "page.other_lang_hint": "crossentropy demo --lang en",
+    "page.contents": "目录",
+    "page.claims": "原文的结论",
+    "page.claims_intro": "原文有四个结论，本页的各部分分别检验它们。",
+    "page.summary": "本次运行的结果",
+    "page.glossary": "术语表",
+    "page.footer": (
+        "数据：scikit-learn 自带的乳腺癌和手写数字数据集（无需下载）。所有数字也保存在本文件旁的 "
+        "metrics.json 中，图也以 SVG 文件的形式放在旁边。版本：{versions}。"
+    ),
+    "page.part": "部分",
+    "page.verdict": "结论",
+    "page.measured": "本次测得",
+    "page.article_says": "原文",
+    "page.measured_label": "本次运行测得：",
+    "page.noscript": (
+        "JavaScript 已关闭：上面的图给出了表中两个起点在 η = {lr} 时的结果。"
+        "打开 JavaScript 后，可以在这里用滑块选择起点和学习率。"
+    ),
+    "claim.1": "交叉熵只有一种，二分类时写成二元交叉熵，多分类（m 类）时写成多分类交叉熵（n 个样本）。",
+    "claim.2": "单个样本的对数似然函数与交叉熵公式一致：两者“同貌不同源”，但“殊途同归”——"
+    "最小化交叉熵就是最大化似然。",
+    "claim.3": "sigmoid 作激活函数时，均方误差的梯度含有 σ'(z)，|z| 较大时它趋于零，饱和的神经元学得很慢；"
+    "交叉熵的梯度是 a − y。所以 sigmoid 输出应使用二元交叉熵。",
+    "claim.4": "softmax 配合交叉熵，反向传播的梯度只是一次减法，计算量非常小。",
+    "claim.where": "在第 {parts} 部分检验。",
+    "claim.where_many": "在第 {parts} 部分检验。",
+    "status.confirmed": "成立",
+    "status.mixed": "部分成立",
+    "status.not confirmed": "不成立",
+    "status.passed": "通过",
+    "status.failed": "未通过",
+    "status.skipped": "跳过",
+    "loss.cross_entropy": "交叉熵",
+    "loss.mse": "均方误差",
+    "data.breast_cancer": "乳腺癌",
+    "data.digits": "手写数字",
+    "init.standard": "普通起点",
+    "init.saturated": "饱和起点",
+    "start.mildly wrong": "轻度错误",
+    "start.saturated": "饱和",
+    "model.logistic_regression": "逻辑回归",
+    "model.softmax_regression": "softmax 回归",
+    "ref.finite differences": "有限差分",
+    "ref.torch autograd": "PyTorch 自动求导",
+    "never": "未达到",
+    "fig.wrong_side": "错误一侧（y = 1 而 a < ½）",
+    "fig.bce_dz": "交叉熵：a − y",
+    "fig.mse_dz": "均方误差：(a − y)·σ'(z)",
+    "fig.z": "激活前的值 z",
+    "fig.anatomy_linear": "传到 z 的梯度，目标 y = 1",
+    "fig.abs_dz_log": "|∂L/∂z|（对数坐标）",
+    "fig.anatomy_log": "梯度的大小，两种目标",
+    "fig.right_after": "{n} 步后正确",
+    "fig.still_wrong": "{n} 步后仍错误",
+    "fig.step": "梯度下降步数",
+    "fig.output": "输出 a（目标 y = 0）",
+    "fig.neuron_output": "每一步的输出：离目标还有多远",
+    "fig.neuron_grad": "每一步传到 z 的梯度",
+    "fig.neuron_suptitle": "一个从错误处出发的 sigmoid 神经元，两种损失用同一学习率 η = {lr:g}",
+    "fig.steps_n": "{n} 步",
+    "fig.not_reached": "未达到目标",
+    "fig.target": "目标 {p}",
+    "fig.race_title": "{data}，{init}",
+    "fig.val_accuracy": "验证集准确率",
+    "fig.vs_fd": "对比有限差分",
+    "fig.vs_torch": "对比 PyTorch 自动求导",
+    "fig.exact_zero": "恰好为 0（{ref}）",
+    "fig.tolerance": "容差 {tol}",
+    "fig.relative_error": "误差 ÷ 梯度最大分量的绝对值（对数坐标）",
+    "fig.checks_title": "推导的每一步对照两种参考",
+    "fig.entropy": "H(p)：目标分布自身的熵",
+    "fig.kl": "KL(p ‖ q)：训练能减小的部分",
+    "fig.hpq": "直接计算的 H(p, q)",
+    "fig.identity_samples": "手写数字测试样本（预测最差的 {n} 个，然后是最好的）",
+    "fig.nats": "奈特",
+    "fig.identity_title": "交叉熵 = 熵 + KL 散度（逐个样本）",
+    "step.sigmoid_prime": "σ'(z) = a(1 − a)",
+    "step.mse_da": "均方误差：∂L/∂a = a − y",
+    "step.mse_dz": "均方误差：∂L/∂z = (a − y)σ'(z)",
+    "step.mse_dw": "均方误差：∂L/∂w = (a − y)σ'(z)x",
+    "step.mse_db": "均方误差：∂L/∂b = (a − y)σ'(z)",
+    "step.bce_da": "交叉熵：∂L/∂a = −y/a + (1−y)/(1−a)",
+    "step.bce_dz": "交叉熵：∂L/∂z = a − y",
+    "step.bce_dw": "交叉熵：∂L/∂w = x(a − y)",
+    "step.bce_db": "交叉熵：∂L/∂b = a − y",
+    "step.softmax_diag": "softmax：∂aⱼ/∂zⱼ = aⱼ(1 − aⱼ)",
+    "step.softmax_offdiag": "softmax：∂a_q/∂zⱼ = −a_q aⱼ",
+    "step.ce_da": "多分类交叉熵：∂L/∂a_q = −y_q/a_q",
+    "step.softmax_ce_dz_general": "多分类交叉熵：∂L/∂zⱼ = aⱼΣy − yⱼ",
+    "step.softmax_ce_dz": "多分类交叉熵：∂L/∂zⱼ = aⱼ − yⱼ",
+    "s1.short": "1. 梯度剖析",
+    "s1.title": "1. 梯度去了哪里：均方误差与交叉熵",
+    "s1.claim": "“均方误差求导后的梯度始终跟 σ'(z) 是有关系的……当 z 的值较大时，σ'(z) 的值会趋于零，"
+    "进而降低神经网络的收敛速度。”而交叉熵的“∂L/∂b = a − y”。",
+    "s1.explain": (
+        "输出为 a = σ(z) 时，训练靠传到激活前的值 z 的梯度来更新权重。用均方误差时这个梯度是 "
+        "(a − y)·σ'(z)。因子 σ'(z) = a(1 − a) 最大只有 ¼（在 z = 0 处），并按 e^(−|z|) 衰减："
+        "z = {z} 时只有 {sp}。用交叉熵时这个因子被约掉了（第 4 部分给出推导），剩下的 a − y "
+        "恰好在神经元出错时最大。阴影区是目标 y = 1 的神经元出错的区域；右图用对数坐标画出两种目标下的同一件事。"
+    ),
+    "s1.alt1": "目标为 1 时 dL/dz 随 z 的变化：出错一侧交叉熵保持在 −1 附近，均方误差趋于 0",
+    "s1.alt2": "两种目标下 dL/dz 的大小（对数坐标）",
+    "s1.table_caption": "闭式梯度由 value_and_grad 和链式法则得到。",
+    "s1.verdict": (
+        "在 z = {z}、y = 1（自信地错了）处，|∂L/∂z| 用均方误差是 {mse}，用交叉熵是 {bce}，"
+        "大 {ratio} 倍；闭式梯度与有限差分相差不超过 {fd_mse}（均方误差）和 {fd_bce}（交叉熵）。"
+    ),
+    "s2.short": "2. 饱和的神经元",
+    "s2.title": "2. 一个自信地犯错的神经元",
+    "s2.claim": "“当神经网络最后一层的激活函数是 sigmoid 函数时，使用二进制交叉熵损失函数可以解决 "
+    "sigmoid 梯度消失的问题。”",
+    "s2.explain": (
+        "一个神经元：输入 x = {x}，权重 w，偏置 b，z = wx + b，a = σ(z)，目标 y = {y}。"
+        "饱和起点 z₀ = {z0}，于是 a₀ = {a0}：自信地错了。两种损失用同一学习率 η = {lr}。"
+        "用均方误差时，每一步 z 只移动约 2η·(a − y)σ'(z) ≈ {mse_step}：神经元在平台上停留几百步才开始下滑；"
+        "用交叉熵时，从第一步起每步就移动 2η·(a − y) ≈ {ce_step}。"
+        "（x = 1 时每一步 w 和 b 变化相同，所以 z 的变化是它们的两倍。）"
+        "左图是进展——输出离目标多远；右图是推动它的梯度。"
+    ),
+    "s2.alt1": "两个起点、两种损失下每一步的输出",
+    "s2.alt2": "两个起点、两种损失下每一步梯度的大小",
+    "s2.table_caption": "x = {x}，y = {y}，两种损失的学习率都是 {lr}；均方误差取原文的 (a − y)²/2。"
+    "两种损失的数值单位不同，不作比较，只比较步数和输出。",
+    "s2.h.start": "起点",
+    "s2.h.params": "初始参数",
+    "s2.h.loss": "损失",
+    "s2.h.right": "变为正确所需步数（|a − y| < ½）",
+    "s2.h.close": "达到 |a − y| < {tol} 的步数",
+    "s2.h.output": "{n} 步后的输出",
+    "s2.verdict_part": "从{start}起点出发，交叉熵用了 {ce} 步，均方误差用了 {mse} 步",
+    "s2.verdict": "学习率为 {lr} 时，{parts}。",
+    "s2.more": "（多 {ratio} 倍）",
+    "s2.play": "动手试试：选择起点和学习率",
+    "s2.play_intro": (
+        "每条曲线都来自 Python 端用库里的梯度训练好、嵌入本页的 {runs} 次运行之一"
+        "（每个起点 z₀ × 每个学习率 η，两种损失，各 {steps} 步）。页面只负责查表，浏览器里不做任何计算。"
+    ),
+    "s2.z0": "起点 z₀（a₀ = σ(z₀)）",
+    "s2.lr": "学习率 η",
+    "s2.range": "显示的步数",
+    "s2.range_short": "前 50 步",
+    "s2.range_all": "全部 {n} 步",
+    "s2.live_output": "每一步的输出 a（目标 0；虚线以上为错误）",
+    "s2.live_factor": "每次运行中的因子 σ'(z) = a(1 − a)",
+    "s2.live_summary": "交叉熵：{ce}；均方误差：{mse}。",
+    "s2.right_after": "{n} 步后正确",
+    "s2.still_wrong": "{n} 步后仍错误",
+    "s3.short": "3. 真实数据上的公平比赛",
+    "s3.title": "3. 真实数据上的公平比赛",
+    "s3.claim": "“因此不建议使用均方误差作为神经网络分类问题的损失函数。”",
+    "s3.explain": (
+        "在真实数据上这一点重要吗？用 scikit-learn 自带的两个经典数据集：乳腺癌（569 个肿瘤，30 项测量，"
+        "良性或恶性；逻辑回归，sigmoid 输出）和手写数字（1797 张 8 × 8 像素的图片，10 类；softmax 回归）。"
+        "每个数据集按 60/20/20 分为训练集、验证集和测试集。权重要么从很小的值出发（普通起点），"
+        "要么从饱和处出发：随机权重按比例放大，使初始 logit 的标准差为 {sat}，大多数输出一开始就接近 0 或 1，"
+        "其中很多是错的。每种损失从同一组学习率（{grid}）中按验证集各选各的；测试集只用来给出最终数字。"
+        "全批量梯度下降，{steps} 步。"
+    ),
+    "s3.alt": "{data}、{init}：均方误差与交叉熵每一步的验证集准确率",
+    "s3.meaning_title": "这说明什么",
+    "s3.table_caption": (
+        "学习率 = 网格中最快达到目标验证准确率的值（并列时取验证集对数损失更低者）。"
+        "对数损失是预测概率在测试集上的交叉熵，单位为奈特，越低越好。"
+    ),
+    "s3.quality_caption": "公平的另一面：每种损失取最终验证准确率最好的学习率（并列时取验证集对数损失更低者）。",
+    "s3.grid_caption": "每个学习率下达到目标验证准确率所需的步数。",
+    "s3.h.model": "模型",
+    "s3.h.data": "数据集",
+    "s3.h.init": "起点",
+    "s3.h.loss": "损失",
+    "s3.h.lr": "学习率",
+    "s3.h.target": "目标（验证集）",
+    "s3.h.steps": "达到目标的步数",
+    "s3.h.acc": "测试准确率",
+    "s3.h.ll": "测试对数损失",
+    "s3.h.run": "运行",
+    "s3.verdict": (
+        "各用最快的学习率时，交叉熵在 {n} 个设置中的 {faster} 个里先达到目标验证准确率"
+        "（均方误差 {slower} 个，持平 {tied} 个）；在相同学习率下，{pairs} 种情况中交叉熵领先 {pairs_ce} 次，"
+        "均方误差 {pairs_mse} 次。均方误差的测试准确率在 {n} 个设置中有 {acc_mse} 个更高。"
+    ),
+    "s3.m.margins": "达到目标的步数（交叉熵对均方误差）：{margins}。差距不大。",
+    "s3.m.rates": (
+        "为什么差距这么小？均方误差选了更大的学习率（{rates}）：更大的步长弥补了很小的因子 σ'(z)。"
+        "在这两个数据集上，调好学习率在很大程度上掩盖了均方误差的饱和问题——这从另一面印证了原文："
+        "均方误差需要按输出的饱和程度去调学习率，交叉熵不需要。"
+    ),
+    "s3.m.equal": (
+        "在相同学习率下（这正是原文所做的比较），{total} 种情况中交叉熵领先 {ce} 次，均方误差 {mse} 次；"
+        "网格中的学习率有 {reached_ce} 个让交叉熵达到了目标，均方误差只有 {reached_mse} 个。"
+    ),
+    "s3.m.accuracy": (
+        "最终的测试准确率则是另一回事：两种损失之间最大的差距是 {gap} 个百分点（{samples} 个测试样本）。"
+        "取最终验证准确率最好的学习率时，{n} 个设置中均方误差的测试准确率有 {q_mse} 个更高，交叉熵有 {q_ce} 个。"
+        "在这些小数据集上两种损失最终差不多准；交叉熵的优势在于更快到达，以及给出可信的概率"
+        "（它的测试对数损失在 {n} 个设置中有 {ll_ce} 个更低）。"
+    ),
+    "s4.short": "4. 推导检验",
+    "s4.title": "4. 逐步推导，逐步检验",
+    "s4.claim": "sigmoid 下二元交叉熵的“∂L/∂w = x(a − y)，∂L/∂b = a − y”，以及 softmax 配合交叉熵的"
+    "“∂L/∂zⱼ = aⱼ − yⱼ”：“计算量非常小，十分高效”。",
+    "s4.explain": (
+        "原文针对单个样本手工推导了梯度。下面按原文的推导排出每一步；每一步旁边是该公式在本次运行中的最大误差："
+        "在 {n} 个随机样本上，对照库自身函数的有限差分，以及{torch}。误差除以梯度最大分量的绝对值，"
+        "所以每一步都按自己的量级衡量；容差为 {tol}。"
+    ),
+    "s4.torch": " PyTorch {version} 的自动求导（float64）",
+    "s4.no_torch": "（跳过了 PyTorch 自动求导：{reason}）",
+    "s4.sigmoid": "sigmoid 及其导数",
+    "s4.mse": "sigmoid 下的均方误差",
+    "s4.bce": "sigmoid 下的二元交叉熵：σ'(z) 被约掉",
+    "s4.softmax": "softmax 配合交叉熵",
+    "s4.softmax_cases": "雅可比矩阵分两种情况，再求和：",
+    "s4.check_fd": "对比有限差分",
+    "s4.check_torch": "对比自动求导",
+    "s4.why_cancel": (
+        "用均方误差时因子 σ'(z) 一直留着；用交叉熵时，∂L/∂a 的分母恰好是 a(1 − a)，"
+        "链式法则又乘上 σ'(z) = a(1 − a)，两者相消。"
+    ),
+    "s4.alt": "推导每一步对照有限差分和 PyTorch 的误差",
+    "s4.table_caption": "float64，{n} 个样本；中心差分步长 h = {h}。",
+    "s4.h.step": "步骤",
+    "s4.h.scale": "最大分量绝对值",
+    "s4.h.err": "对比{ref}的误差",
+    "s4.verdict": "全部 {n} 步与有限差分的误差不超过 {fd}{torch}。",
+    "s4.verdict_torch": "，与 PyTorch {version} 自动求导的误差不超过 {err}",
+    "s4.verdict_skipped": "；跳过了与 PyTorch 自动求导的对比（{reason}）",
+    "s4.verdict_bad": "并非每一步都与参考一致：",
+    "s4.reason_quick": "--quick 快速运行",
+    "s4.reason_missing": "未安装 torch",
+    "s5.short": "5. 交叉熵与似然",
+    "s5.title": "5. 为什么最小化交叉熵就是最大似然",
+    "s5.claim": "“交叉熵是直接衡量两个分布，或者说两个 model 之间的差异。而似然函数则是解释以 model "
+    "的输出为参数的某分布模型对样本集的解释程度。因此，可以说这两者是‘同貌不同源’，但是‘殊途同归’啦。”",
+    "s5.explain": (
+        "分类器给每个样本的真实标签一个概率 q(yᵢ | xᵢ)。数据的似然函数是乘积 Πᵢ q(yᵢ | xᵢ)，"
+        "最大似然就是选使它最大的模型。恒等式 1 和 2 说明：以真实标签计算的平均交叉熵恰好等于 "
+        "−(1/n)·log（似然）。对数单调递增、1/n 为正，所以使交叉熵最小的模型正是使似然最大的模型：两者是同一个准则。"
+        "恒等式 3 给出信息论的视角：对任意目标分布 p，H(p, q) = H(p) + KL(p‖q)；H(p) 只属于目标，"
+        "任何模型都改变不了它，所以最小化交叉熵就是最小化模型相对目标的 KL 散度，只有 q = p 时它才为 0。"
+        "标签为 one-hot 时 H(p) = 0，交叉熵就是散度本身。每个恒等式都在训练好的模型对测试集的预测上、对照真实测试标签检验。"
+    ),
+    "s5.alt": "每个测试样本的熵与 KL 散度堆叠，等于交叉熵",
+    "s5.h.identity": "恒等式",
+    "s5.h.data": "数据",
+    "s5.h.lhs": "左边（库）",
+    "s5.h.rhs": "右边（定义）",
+    "s5.h.diff": "|差|",
+    "s5.table_caption": (
+        "概率的对数取自 log σ(z) 和 log-softmax，从不对可能已舍入为 0 或 1 的概率取 log；"
+        "恒等式 3 使用标签平滑 ε = {eps}。"
+    ),
+    "s5.id.mean_bce_equals_negative_log_likelihood": "1. 平均二元交叉熵 = −对数似然 / n（伯努利）",
+    "s5.id.mean_ce_equals_negative_log_likelihood": "2. 平均交叉熵 = −对数似然 / n（类别分布）",
+    "s5.id.cross_entropy_equals_entropy_plus_kl": "3. H(p, q) = H(p) + KL(p ‖ q)",
+    "s5.id.two_class_softmax_ce_equals_bce_on_logit_difference": "4. 两类 softmax 交叉熵 = "
+    "z₁ − z₀ 上的二元交叉熵",
+    "s5.data.breast_cancer": "乳腺癌测试集，真实标签",
+    "s5.data.digits": "手写数字测试集，真实标签",
+    "s5.verdict": "全部 {n} 个恒等式在真实预测上对照标签成立，误差不超过 {err}。",
+    "s5.verdict_bad": "有一个恒等式相差 {err}。",
+    "g.sigmoid": "sigmoid σ(z) = 1/(1 + e^(−z))：把任意实数压到 (0, 1) 之间；斜率 σ'(z) = a(1 − a) 最大为 ¼。",
+    "g.z": "激活前的值（logit）z：sigmoid 的输入，z = wx + b。",
+    "g.saturated": "饱和：|z| 太大，σ(z) 几乎为 0 或 1，σ'(z) 几乎为 0；落在错误一侧时就是“自信地错了”。",
+    "g.mse": "均方误差（MSE）：这里取原文的 (a − y)²/2。",
+    "g.ce": "交叉熵（cross-entropy）：也叫对数损失（log-loss）；两类时称二元交叉熵（BCE）。",
+    "g.lr": "学习率 η：每一步梯度下降移动权重的幅度。",
+    "g.softmax": "softmax：把 m 个数变成 m 个概率，aⱼ = e^(zⱼ)/Σₖ e^(zₖ)。",
+    "g.split": "训练集 / 验证集 / 测试集：模型在第一个上学习，在第二个上选设置，第三个只用来给出最终数字。",
+    "g.nats": "奈特（nat）：以自然对数计的信息单位（1 奈特 ≈ 1.44 比特）。",
+    "g.entropy": "熵 H(p) = −Σ p log p：一个分布的不确定性。",
+    "g.kl": "KL 散度 KL(p‖q) = Σ p log(p/q)：q 离 p 有多远；只有 q = p 时为 0。",
+    "g.likelihood": "似然函数：把模型看作变量时，模型给观测到的标签的概率。",
+    "g.fd": "有限差分：用 (f(x + h) − f(x − h)) / 2h 估计斜率，不需要微积分的检验方法。",
+    "g.autograd": "自动求导：PyTorch 的自动微分，一个独立的参考。",
+    "g.smoothing": "标签平滑 ε：目标取 (1 − ε)·one-hot + ε/m，而不是 one-hot。",
+    "g.vanishing": "梯度消失：梯度被一个接近 0 的因子缩小，学习几乎停止。",
+}
+
+STRINGS = {"en": EN, "zh": ZH}
+
+
+@dataclass(frozen=True)
+class Texts:
+    """The report's words in one language: ``t("key", **fields)``."""
+
+    lang: str = "en"
+
+    def __post_init__(self) -> None:
+        if self.lang not in LANGUAGES:
+            raise ValueError(f"Texts: lang must be one of {LANGUAGES}, got {self.lang!r}")
+
+    def __call__(self, key: str, **fields: Any) -> str:
+        template = STRINGS[self.lang][key]
+        return template.format(**fields) if fields else template
+
+    def keys_with_prefix(self, prefix: str) -> list[str]:
+        """Every key starting with ``prefix``, in the order written."""
+        return [k for k in STRINGS[self.lang] if k.startswith(prefix)]
