@@ -27,7 +27,17 @@ typecheck: $(STAMP)
 test: lint typecheck
 	$(PY) -m pytest
 
-demo: $(STAMP)
+# `make demo` needs only the [demo] extra (numpy, matplotlib, scikit-learn, rich): on a fresh
+# clone it installs that alone, no torch and no test tools. A .venv that `make install` or
+# `make test` built already has it. The torch cross-check is skipped (and says so) without torch.
+DEMO_STAMP := $(VENV)/.installed-demo
+
+$(DEMO_STAMP): pyproject.toml constraints.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install --quiet -c constraints.txt -e '.[demo]'
+	touch $(DEMO_STAMP)
+
+demo: $(if $(wildcard $(STAMP)),$(STAMP),$(DEMO_STAMP))
 	$(VENV)/bin/crossentropy demo
 
 bench: $(STAMP)
