@@ -53,4 +53,4 @@ docs: $(STAMP)
 	$(PY) -m sphinx -W --keep-going -b html docs docs/_build/html
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache crossentropy-report
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache crossentropy-report docs/_build docs/api/generated
