@@ -364,6 +364,18 @@ def test_all_ignored_and_integer_target_dtypes(rng: np.random.Generator) -> None
     torch.testing.assert_close(out2.logprob, ref["logprob"])
 
 
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16])
+def test_inputs_not_written(rng: np.random.Generator, dtype: torch.dtype) -> None:
+    h, w, b, t = _inputs(_gen(rng), dtype=dtype)
+    z = F.linear(h, w, b)
+    copies = [x.clone() for x in (h, w, b, z, t)]
+    h, w, b, z = (x.requires_grad_() for x in (h, w, b, z))
+    for out in (token_stats(z, t, ignore_index=-100), linear_token_stats(h, w, t, b, chunk_size=3)):
+        (out.logprob + out.entropy + out.lse).sum().backward()
+    for x, c in zip((h, w, b, z, t), copies, strict=True):
+        torch.testing.assert_close(x.detach(), c, rtol=0, atol=0)
+
+
 def test_minus_inf_logits(rng: np.random.Generator) -> None:
     g = _gen(rng)
     z = torch.randn(4, V, generator=g, dtype=torch.float64)

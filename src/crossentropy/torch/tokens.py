@@ -29,8 +29,9 @@ Names. The fields are ``logprob``, ``entropy``, ``lse`` and ``argmax`` (see
 :mod:`crossentropy.tokens` for the table): ``logprob`` is verl's ``log_probs``
 (``logprobs_from_logits``) and TRL's ``per_token_logps`` (``selective_log_softmax``), in the
 singular because each entry is one token's value; ``entropy`` is both libraries'
-``entropy_from_logits``. ``target`` is the argument name of :func:`crossentropy.torch.
-cross_entropy` (verl says ``labels``, TRL ``index``). The classes are the last dimension.
+``entropy_from_logits``. ``target`` is the argument name of
+:func:`crossentropy.torch.cross_entropy` (verl says ``labels``, TRL ``index``). The classes
+are the last dimension.
 
 Differentiability. ``logprob``, ``entropy`` and ``lse`` are differentiable (``lse`` is what
 the PaLM z-loss squares); ``argmax`` is marked non-differentiable. ``argmax`` is int64; the
@@ -38,10 +39,13 @@ three differentiable outputs are float32 for float16/bfloat16/float32 inputs and
 float64 (unlike the NumPy core, which returns the input's dtype: a bfloat16 log-probability
 has 3 significant digits, too few for an importance ratio). Low-precision inputs run the
 matmul in their dtype, as ``F.linear`` does, and every softmax statistic in float32; the
-gradients come back in the inputs' dtypes. Double backward (``create_graph=True``, ``gradgradcheck``) recomputes
-the logits with differentiable torch ops and differentiates the closed form; under
-``torch.func`` transforms (``grad``, ``vmap``, ``jacrev``, forward-mode AD) both functions
-are the plain composition of ``F.linear``, ``logsumexp`` and ``gather``.
+gradients come back in the inputs' dtypes.
+
+Double backward (``create_graph=True``, ``gradgradcheck``) recomputes the logits with
+differentiable torch ops and differentiates the closed form; under ``torch.func`` transforms
+(``grad``, ``vmap``, ``jacrev``, forward-mode AD) both functions are the plain composition of
+``F.linear``, ``logsumexp`` and ``gather``. Each kernel is a ``torch.library.custom_op`` with
+a fake implementation, so ``torch.compile(fullgraph=True)`` sees no graph break.
 """
 
 import numbers
@@ -136,25 +140,36 @@ def _vjp_rows(
 
 
 def _stats_chunk(
-    z: Tensor, target: Tensor, ignore_index: int, out: tuple[Tensor, Tensor, Tensor, Tensor]
+    z: Tensor,
+    target: Tensor,
+    ignore_index: int,
+    out: tuple[Tensor, Tensor, Tensor, Tensor],
+    writable: bool,
 ) -> None:
     """Write the statistics of a chunk of rows ``z`` (R, C), compute dtype, into ``out``.
 
-    Temporaries: two chunks (``log p`` and ``p``) besides ``z``.
+    ``log p`` is computed in ``z``'s own buffer when ``writable`` (a chunk of logits this
+    function owns), so the temporaries are one chunk (``p``) besides ``z``; else two.
     """
     logprob, entropy, lse, argmax = out
-    torch.logsumexp(z, dim=-1, out=lse)
-    log_p = z - lse.unsqueeze(-1)
+    torch.argmax(z, dim=-1, out=argmax)
+    m = z.amax(dim=-1, keepdim=True)
+    m = torch.where(torch.isfinite(m), m, 0.0)  # a row of only -inf: no -inf - -inf here
+    log_p = z.sub_(m) if writable else z - m  # max shift: exp never overflows
+    p = log_p.exp()
+    s = p.sum(dim=-1, keepdim=True)
+    log_s = s.log()
+    torch.add(m, log_s, out=lse.unsqueeze(-1))  # lse = m + log Σ e^{z − m}
+    log_p.sub_(log_s)
+    p.div_(s)
     keep = target != ignore_index
     picked = log_p.gather(-1, torch.where(keep, target, 0).unsqueeze(-1)).squeeze(-1)
     logprob.copy_(picked.masked_fill_(~keep, 0.0))
-    p = log_p.exp()
     # 0 · log 0 = 0: a -inf logit (log p = -inf) becomes the most negative finite number, and
     # 0 times it is 0; NaN (a row of only -inf logits) stays NaN.
     log_p.clamp_(min=torch.finfo(log_p.dtype).min)
     torch.sum(p.mul_(log_p), dim=-1, out=entropy)
     entropy.neg_()
-    torch.argmax(z, dim=-1, out=argmax)
 
 
 def _vjp_chunk(
@@ -166,10 +181,12 @@ def _vjp_chunk(
     d_logprob: Tensor | None,
     d_entropy: Tensor | None,
     d_lse: Tensor | None,
+    writable: bool,
 ) -> Tensor:
-    """``G`` of a chunk (R, C) from the saved ``lse`` and ``entropy``, in place in two chunk
-    buffers (``z`` is not written). The upstream gradients are rows (R,) or ``None``."""
-    log_p = z - lse.unsqueeze(-1)
+    """``G`` of a chunk (R, C) from the saved ``lse`` and ``entropy``. ``log p`` goes into
+    ``z``'s buffer when ``writable``, ``p`` and then ``G`` into one more chunk. The upstream
+    gradients are rows (R,) or ``None``."""
+    log_p = z.sub_(lse.unsqueeze(-1)) if writable else z - lse.unsqueeze(-1)
     p = log_p.exp()
     keep = target != ignore_index
     a = None if d_logprob is None else torch.where(keep, d_logprob, 0.0)
@@ -195,12 +212,14 @@ def _chunk_rows(num_classes: int, dtype: torch.dtype, chunk: int) -> int:
 
 def _logits_chunk(
     x: Tensor, weight: Tensor | None, bias: Tensor | None, r0: int, r1: int
-) -> Tensor:
+) -> tuple[Tensor, bool]:
     """Rows ``r0:r1`` of the logits in compute dtype: ``x`` itself, or ``x @ weight.T + bias``
-    (the matmul in the inputs' dtype, as ``F.linear``)."""
+    (the matmul in the inputs' dtype, as ``F.linear``); and whether the chunk is a new
+    tensor (not the caller's logits), which the kernels may overwrite."""
     cdt = K.compute_dtype(x.dtype)
-    z = x[r0:r1] if weight is None else F.linear(x[r0:r1], weight, bias)
-    return z.to(cdt)
+    if weight is None:
+        return x[r0:r1].to(cdt), x.dtype != cdt
+    return F.linear(x[r0:r1], weight, bias).to(cdt), True
 
 
 # --------------------------------------------------------------------------- custom ops
@@ -230,8 +249,9 @@ def _forward_op(
     step = _chunk_rows(num_classes, cdt, chunk_size)
     for r0 in range(0, rows, step):
         r1 = min(rows, r0 + step)
-        z = _logits_chunk(x, weight, bias, r0, r1)
-        _stats_chunk(z, target[r0:r1], ignore_index, tuple(o[r0:r1] for o in out))  # type: ignore[arg-type]
+        z, fresh = _logits_chunk(x, weight, bias, r0, r1)
+        rows_out = tuple(o[r0:r1] for o in out)
+        _stats_chunk(z, target[r0:r1], ignore_index, rows_out, fresh)  # type: ignore[arg-type]
     return out
 
 
@@ -273,9 +293,9 @@ def _backward_op(
     step = _chunk_rows(num_classes, cdt, chunk_size)
     for r0 in range(0, rows, step):
         r1 = min(rows, r0 + step)
-        z = _logits_chunk(x, weight, bias, r0, r1)
-        rows_ups = [None if d is None else d[r0:r1] for d in ups]
-        g = _vjp_chunk(z, target[r0:r1], ignore_index, lse[r0:r1], entropy[r0:r1], *rows_ups)
+        z, fresh = _logits_chunk(x, weight, bias, r0, r1)
+        a, b, c = (None if d is None else d[r0:r1] for d in ups)
+        g = _vjp_chunk(z, target[r0:r1], ignore_index, lse[r0:r1], entropy[r0:r1], a, b, c, fresh)
         del z
         if weight is None:
             if need_x:
@@ -580,11 +600,13 @@ def linear_token_stats(
         \frac{\partial L}{\partial b} = \textstyle\sum_i G_i .
 
     The forward is one matmul per chunk and keeps four numbers per row; backward is three
-    (recompute the chunk, ``d hidden``, ``d weight``). Memory held: the inputs, four (N,)
-    statistics, and during each pass one chunk of logits with two chunk-sized buffers; backward
-    adds the gradients (``d weight`` and ``d bias`` accumulated in float32 for low-precision
-    inputs). Under autocast, ``hidden``, ``weight`` and ``bias`` are first cast to the autocast
-    dtype, as ``F.linear`` would. Double backward materialises the logits once and
+    (recompute the chunk, ``d hidden``, ``d weight``). Memory held between forward and
+    backward: the inputs and four (N,) statistics. During each pass: one chunk of logits
+    (``log p`` is written over it) and one more chunk-sized buffer (``p``, then ``G``), plus a
+    low-precision copy of ``G`` for bfloat16/float16; backward adds the gradients (``d weight``
+    and ``d bias`` accumulated in float32 for low-precision inputs). Under autocast,
+    ``hidden``, ``weight`` and ``bias`` are first cast to the autocast dtype, as ``F.linear``
+    would. Double backward materialises the logits once and
     differentiates the closed form; ``torch.func`` transforms use the plain composition.
 
     Examples
