@@ -289,11 +289,26 @@ def test_race_meaning_is_computed_from_the_runs(results: DemoResults) -> None:
     assert s.details and s.details_title == "What this means"
     text = " ".join(s.details)
     for run in results.race.runs:
-        assert f"η = {run.learning_rate:g}" in text or f": {run.learning_rate:g}" in text
+        assert f"η = {run.learning_rate:g}" in text or f" : {run.learning_rate:g}" in text
     c = results.race.get("digits", "saturated", "cross_entropy")
     m = results.race.get("digits", "saturated", "mse")
     assert f"{c.steps_to_target} : {m.steps_to_target}" in text
-    assert "tuning the learning rate largely hides" in text
+    larger = sum(
+        results.race.get(d, i, "mse").learning_rate
+        > results.race.get(d, i, "cross_entropy").learning_rate
+        for d in ("breast_cancer", "digits")
+        for i in ("standard", "saturated")
+    )
+    assert f"MSE's was the larger in {larger} of 4 settings" in text
+    # "largely hides" is said only when the numbers support it
+    lowered = tuple(
+        dataclasses.replace(r, learning_rate=0.01) if r.loss == "mse" else r
+        for r in results.race.runs
+    )
+    low = dataclasses.replace(results, race=dataclasses.replace(results.race, runs=lowered))
+    low_text = " ".join(race_section(low, Texts("en")).details)
+    assert "MSE's was the larger in 0 of 4 settings" in low_text
+    assert "largely hides" not in low_text
 
 
 def test_identities_verdict_fails_on_a_real_disagreement(results: DemoResults) -> None:

@@ -14,6 +14,7 @@ import os
 import platform
 import shutil
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -47,6 +48,7 @@ class ReportFiles:
     metrics: Path
     figures: tuple[Path, ...]
     sections: tuple[Section, ...]
+    seconds: float
 
 
 def versions(results: DemoResults) -> dict[str, str]:
@@ -80,7 +82,9 @@ def replaceable(out_dir: Path) -> str | None:
     return "exists and is not a crossentropy report (choose a new or empty directory)"
 
 
-def _build(results: DemoResults, folder: Path, t: Texts, seconds: float | None) -> ReportFiles:
+def _build(
+    results: DemoResults, folder: Path, t: Texts, clock: Callable[[], float] | None
+) -> ReportFiles:
     figure_dir = folder / FIGURES
     figure_dir.mkdir()
     sections = build_sections(results, t)
@@ -99,21 +103,29 @@ def _build(results: DemoResults, folder: Path, t: Texts, seconds: float | None) 
         encoding="utf-8",
     )
     index = folder / "index.html"
+    # The run time the page quotes, read once everything it reports on is done.
+    seconds = clock() if clock is not None else sum(results.seconds.values())
     index.write_text(
         render_html(results, sections, v, figure_dir, t, seconds=seconds), encoding="utf-8"
     )
     (folder / MARKER).write_text("", encoding="utf-8")
-    return ReportFiles(index=index, metrics=metrics, figures=figures, sections=tuple(sections))
+    return ReportFiles(
+        index=index, metrics=metrics, figures=figures, sections=tuple(sections), seconds=seconds
+    )
 
 
 def write_report(
-    results: DemoResults, out_dir: Path, lang: str = "en", seconds: float | None = None
+    results: DemoResults,
+    out_dir: Path,
+    lang: str = "en",
+    clock: Callable[[], float] | None = None,
 ) -> ReportFiles:
     """Write ``index.html``, ``metrics.json`` and ``figures/`` as the folder ``out_dir``.
 
     The report is built in a temporary folder beside ``out_dir`` and renamed into place;
     an earlier report in ``out_dir`` is replaced only once the new one is complete.
-    ``seconds`` is the run time the page quotes (default: the experiments' own).
+    ``clock()`` gives the run time the page quotes, read when the figures are drawn (default:
+    the experiments' own time); it is returned as ``seconds``, for the terminal to quote too.
     Returns the paths written and the sections (claims, tables, verdicts).
     """
     if lang not in LANGUAGES:
@@ -130,7 +142,7 @@ def write_report(
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=parent))
     old: Path | None = None
     try:
-        built = _build(results, tmp, Texts(lang), seconds)
+        built = _build(results, tmp, Texts(lang), clock)
         os.chmod(tmp, 0o755)  # mkdtemp makes it private; a report folder is not
         if out_dir.exists():
             old = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.old-", dir=parent))
@@ -154,6 +166,7 @@ def write_report(
         metrics=final / "metrics.json",
         figures=tuple(final / FIGURES / p.name for p in built.figures),
         sections=built.sections,
+        seconds=built.seconds,
     )
 
 

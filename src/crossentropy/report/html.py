@@ -60,7 +60,7 @@ th, td { border-bottom: 1px solid #e6e9ee; padding: .3rem .5rem; text-align: lef
          vertical-align: top; }
 th { background: #f6f7f9; font-weight: 600; }
 td.num, th.num { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }
-.caption { color: #4b5560; font-size: .82rem; margin: .2rem 0 .8rem; }
+.caption { color: #4b5560; font-size: .85rem; margin: 1.2rem 0 .2rem; }
 .derivation { border: 1px solid #e6e9ee; border-radius: 6px; padding: .2rem .9rem .6rem;
               margin: 1rem 0; }
 .line { display: grid; grid-template-columns: minmax(0, 1fr) 13rem; gap: .6rem;
@@ -155,8 +155,8 @@ def _table(tbl: Table, css_class: str = "") -> str:
     cls = f' class="{css_class}"' if css_class else ""
     cap = f'<p class="caption">{escape(tbl.caption)}</p>' if tbl.caption else ""
     return (
-        f'<div class="scroll" tabindex="0"><table{cls}><thead><tr>{head}</tr></thead><tbody>\n'
-        f"{body}\n</tbody></table></div>{cap}"
+        f'{cap}<div class="scroll" tabindex="0"><table{cls}><thead><tr>{head}</tr></thead>'
+        f"<tbody>\n{body}\n</tbody></table></div>"
     )
 
 

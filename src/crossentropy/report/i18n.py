@@ -252,14 +252,18 @@ EN: dict[str, str] = {
         "in {pairs_mse}. MSE had the higher test accuracy in {acc_mse} of {n} settings."
     ),
     "s3.m.margins": (
-        "Steps to the target, cross-entropy against MSE: {margins}. The margins are small."
+        "Steps to the target, cross-entropy against MSE, each at its fastest learning rate: "
+        "{margins}. The largest margin is {largest} steps of the {steps}."
     ),
     "s3.m.rates": (
-        "Why so small? MSE chose larger learning rates ({rates}): a larger step makes up "
-        "for the small factor σ'(z). On these data sets, tuning the learning rate largely "
-        "hides MSE's saturation — which is itself the article's point seen from the other "
-        "side: MSE needs a learning rate tuned to how saturated the outputs are, "
-        "cross-entropy does not."
+        "The learning rates chosen (cross-entropy against MSE): {rates}. MSE's was the larger "
+        "in {larger} of {n} settings: a larger step makes up for the small factor σ'(z)."
+    ),
+    "s3.m.hides": (
+        "So on these data sets, tuning each loss's learning rate largely hides MSE's "
+        "saturation. That is the article's point seen from the other side: at one learning "
+        "rate for both, as the article compares them, the picture is clear (next paragraph); "
+        "MSE only catches up when its learning rate is tuned for it."
     ),
     "s3.m.equal": (
         "At the same learning rate — the comparison the article makes — cross-entropy was "
@@ -352,6 +356,7 @@ EN: dict[str, str] = {
     "s5.data.breast_cancer": "breast-cancer test set, labels",
     "s5.data.digits": "digits test set, labels",
     "s5.verdict": "All {n} identities hold on real predictions against the labels to ≤ {err}.",
+    "s5.verdict_exact": "All {n} identities hold exactly (difference 0) on real predictions against the labels.",
     "s5.verdict_bad": "An identity is off by {err}.",
     # -- glossary ---------------------------------------------------------------------------
     "g.sigmoid": "sigmoid σ(z) = 1/(1 + e^(−z)): squashes any number into (0, 1); "
@@ -576,11 +581,15 @@ ZH: dict[str, str] = {
         "（均方误差 {slower} 个，持平 {tied} 个）；在相同学习率下，{pairs} 种情况中交叉熵领先 {pairs_ce} 次，"
         "均方误差 {pairs_mse} 次。均方误差的测试准确率在 {n} 个设置中有 {acc_mse} 个更高。"
     ),
-    "s3.m.margins": "达到目标的步数（交叉熵对均方误差）：{margins}。差距不大。",
+    "s3.m.margins": "各用最快的学习率时，达到目标的步数（交叉熵对均方误差）：{margins}。最大的差距是 {largest} 步（共 {steps} 步）。",
     "s3.m.rates": (
-        "为什么差距这么小？均方误差选了更大的学习率（{rates}）：更大的步长弥补了很小的因子 σ'(z)。"
-        "在这两个数据集上，调好学习率在很大程度上掩盖了均方误差的饱和问题——这从另一面印证了原文："
-        "均方误差需要按输出的饱和程度去调学习率，交叉熵不需要。"
+        "所选的学习率（交叉熵对均方误差）：{rates}。{n} 个设置中有 {larger} 个是均方误差的更大："
+        "更大的步长弥补了很小的因子 σ'(z)。"
+    ),
+    "s3.m.hides": (
+        "所以在这两个数据集上，给每种损失各自调好学习率，在很大程度上掩盖了均方误差的饱和问题。"
+        "这从另一面印证了原文：像原文那样两者用同一个学习率时，差别一目了然（见下一段）；"
+        "只有为均方误差专门调大学习率，它才追得上。"
     ),
     "s3.m.equal": (
         "在相同学习率下（这正是原文所做的比较），{total} 种情况中交叉熵领先 {ce} 次，均方误差 {mse} 次；"
@@ -655,6 +664,7 @@ ZH: dict[str, str] = {
     "s5.data.breast_cancer": "乳腺癌测试集，真实标签",
     "s5.data.digits": "手写数字测试集，真实标签",
     "s5.verdict": "全部 {n} 个恒等式在真实预测上对照标签成立，误差不超过 {err}。",
+    "s5.verdict_exact": "全部 {n} 个恒等式在真实预测上对照标签精确成立（差为 0）。",
     "s5.verdict_bad": "有一个恒等式相差 {err}。",
     "g.sigmoid": "sigmoid σ(z) = 1/(1 + e^(−z))：把任意实数压到 (0, 1) 之间；斜率 σ'(z) = a(1 − a) 最大为 ¼。",
     "g.z": "激活前的值（logit）z：sigmoid 的输入，z = wx + b。",
