@@ -43,6 +43,9 @@ TORCH_API = [
     "vocab_parallel_linear_cross_entropy",
     "CrossEntropyLoss",
     "LinearCrossEntropyLoss",
+    "token_stats",
+    "linear_token_stats",
+    "TokenStats",
 ]
 MODULES = [
     "crossentropy.special",
@@ -51,9 +54,11 @@ MODULES = [
     "crossentropy.regression",
     "crossentropy.divergence",
     "crossentropy.grad",
+    "crossentropy.tokens",
     "crossentropy.torch.functional",
     "crossentropy.torch.modules",
     "crossentropy.torch.distributed",
+    "crossentropy.torch.tokens",
 ]
 PAGES = [
     "index.html",

@@ -10,10 +10,12 @@ from .divergence import entropy, kl_div, kl_divergence
 from .grad import value_and_grad
 from .regression import mse_loss
 from .special import log_sigmoid, log_softmax, logsumexp, sigmoid, softmax
+from .tokens import TokenStats, token_stats, token_stats_vjp
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "TokenStats",
     "__version__",
     "binary_cross_entropy",
     "binary_cross_entropy_with_logits",
@@ -29,5 +31,7 @@ __all__ = [
     "nll_loss",
     "sigmoid",
     "softmax",
+    "token_stats",
+    "token_stats_vjp",
     "value_and_grad",
 ]

@@ -5,6 +5,9 @@
 - :func:`linear_cross_entropy`: ``cross_entropy(hidden @ weight.T + bias, target)`` without
   materialising the logits.
 - :class:`CrossEntropyLoss`, :class:`LinearCrossEntropyLoss`: ``nn.Module`` wrappers.
+- :func:`token_stats`, :func:`linear_token_stats`: per-token log-probability of the target,
+  entropy, log-sum-exp and argmax with exact gradients (RL fine-tuning), the linear form
+  without materialising the logits.
 - ``vocab_parallel_cross_entropy``, ``vocab_parallel_linear_cross_entropy`` (from
   :mod:`crossentropy.torch.distributed`, loaded on first use): the vocabulary sharded across
   the ranks of a process group.
@@ -27,12 +30,16 @@ except ImportError as exc:  # pragma: no cover - exercised in a subprocess test
 
 from .functional import cross_entropy, linear_cross_entropy
 from .modules import CrossEntropyLoss, LinearCrossEntropyLoss
+from .tokens import TokenStats, linear_token_stats, token_stats
 
 __all__ = [
     "CrossEntropyLoss",
     "LinearCrossEntropyLoss",
+    "TokenStats",
     "cross_entropy",
     "linear_cross_entropy",
+    "linear_token_stats",
+    "token_stats",
     "vocab_parallel_cross_entropy",
     "vocab_parallel_linear_cross_entropy",
 ]
