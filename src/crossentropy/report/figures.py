@@ -191,9 +191,11 @@ def _neuron_axes(
     if top is not None:
         top.axhline(0.5, color="black", lw=0.7, ls=":")
         top.set(xlabel=t("fig.step"), ylabel=t("fig.output"), title=t("fig.neuron_output"))
-        top.set_ylim(-0.02, 1.02)
         top.set_xlim(0, r.steps)
-        top.legend(loc="center right", fontsize=8)
+        # above the curves, in headroom of its own: no curve passes under the legend
+        top.set_ylim(-0.02, 1.34)
+        top.set_yticks([0, 0.2, 0.4, 0.6, 0.8, 1.0])
+        top.legend(loc="upper center", ncol=2, fontsize=7.5, columnspacing=1.0)
     if bottom is not None:
         bottom.set(xlabel=t("fig.step"), ylabel="|∂L/∂z|", title=t("fig.neuron_grad"))
         bottom.set_xlim(0, r.steps)
