@@ -70,7 +70,10 @@ function inspect(frame) {
             section: img.closest("section").id};
   });
   var play = doc.getElementById("play");
+  var live = doc.getElementById("play-output");
   var out = {scrollWidth: root.scrollWidth, clientWidth: width, wide: wide.slice(0, 10),
+             playWidth: live ? Math.round(live.getBoundingClientRect().width) : null,
+             viewBoxWidth: live ? Number(live.getAttribute("viewBox").split(" ")[2]) : null,
              maths: maths, figures: figures, playShown: !!play && !play.hidden &&
              play.getBoundingClientRect().height > 0,
              noscriptShown: false, text: doc.body.innerText.slice(0, 200000)};
@@ -210,6 +213,10 @@ def test_moving_a_slider_redraws_the_curve(probed: dict[str, dict[str, Any]]) ->
         assert f["before"] != f["after"] != f["afterRate"]
         assert f["summaryBefore"] != f["summaryAfter"]
     assert "MSE: right after 426 steps" in probed["en"]["wide"]["summaryBefore"]
+    # drawn at the size shown, so its text is as large on a phone as on a desktop
+    narrow, wide = probed["en"]["narrow"]["playWidth"], probed["en"]["wide"]["playWidth"]
+    assert narrow < 360 < wide
+    assert probed["en"]["narrow"]["viewBoxWidth"] == narrow
 
 
 @pytest.mark.parametrize("frame", list(FRAMES))
@@ -254,6 +261,14 @@ def test_screenshots(
     }
     for name, (lang, width, height) in shots.items():
         path = target / name
+        # Headless Chromium lays a window out at least 500 px wide: a frame of exactly the
+        # width wanted shows the page as a phone would.
+        frame = reports[lang].index.parent / f"shot-{width}.html"
+        frame.write_text(
+            f"<!DOCTYPE html><body style='margin:0'><iframe src='index.html' "
+            f"style='width:{width}px;height:{height}px;border:0;display:block'></iframe>",
+            encoding="utf-8",
+        )
         proc = subprocess.run(
             [
                 browser,
@@ -261,12 +276,13 @@ def test_screenshots(
                 f"--window-size={width},{height}",
                 f"--user-data-dir={profile}",
                 f"--screenshot={path}",
-                reports[lang].index.as_uri(),
+                frame.as_uri(),
             ],
             capture_output=True,
             timeout=120,
             check=False,
         )
+        frame.unlink()
         assert path.is_file(), proc.stderr[-2000:]
         data = path.read_bytes()
         assert data[:8] == b"\x89PNG\r\n\x1a\n"

@@ -38,6 +38,9 @@ COLOR = {
 DASH = {"cross_entropy": "-", "mse": "--"}
 LOSS_ORDER = ("cross_entropy", "mse")
 PNG_DPI = 200
+# Panel size in inches: small enough that a 360 px screen shows the text at ~70 % of its size
+# (a wide figure shrunk to a phone's width is unreadable), large enough for two side by side.
+PANEL = (4.8, 3.3)
 # Fonts a browser is likely to have for CJK text; the SVG names them after matplotlib's own.
 CSS_FONTS = (
     "'DejaVu Sans', 'Helvetica Neue', Arial, 'Noto Sans CJK SC', 'Source Han Sans SC', "
@@ -95,7 +98,7 @@ def _style(t: Texts) -> Iterator[None]:
 
 
 def _figure(
-    width: float = 5.6, height: float = 3.6, left: float = 0.6, bottom: float = 0.5
+    width: float = PANEL[0], height: float = PANEL[1], left: float = 0.6, bottom: float = 0.5
 ) -> Figure:
     """A figure with fixed margins (in inches): a layout engine would measure every label
     twice and double the drawing time, for panels whose layout never changes."""
@@ -169,9 +172,11 @@ def _neuron_axes(
             run = r.run(start, loss)
             n = run.steps_to_correct
             z0 = w0 * r.x + b0
-            label = f"{t('loss.' + loss)}, z₀ = {z0:g}: " + (
-                t("fig.right_after", n=n) if n is not None else t("fig.still_wrong", n=r.steps)
-            )
+            if n is None:
+                outcome = t("fig.still_wrong", n=r.steps)
+            else:  # a single panel has half the room: "7 steps" (its title says to what)
+                outcome = t("fig.steps_n" if columns == 1 else "fig.right_after", n=n)
+            label = f"{t('loss.' + loss)}, z₀ = {z0:g}: {outcome}"
             style = {
                 "color": COLOR[loss],
                 "ls": DASH[loss],
@@ -195,7 +200,13 @@ def _neuron_axes(
         # above the curves, in headroom of its own: no curve passes under the legend
         top.set_ylim(-0.02, 1.34)
         top.set_yticks([0, 0.2, 0.4, 0.6, 0.8, 1.0])
-        top.legend(loc="upper center", ncol=2, fontsize=7.5, columnspacing=1.0)
+        top.legend(
+            loc="upper center",
+            ncol=2,
+            fontsize=7 if columns == 1 else 7.5,
+            columnspacing=0.8,
+            handlelength=1.6,
+        )
     if bottom is not None:
         bottom.set(xlabel=t("fig.step"), ylabel="|∂L/∂z|", title=t("fig.neuron_grad"))
         bottom.set_xlim(0, r.steps)
@@ -234,7 +245,7 @@ def draw_race(r: Race, out: Path, t: Texts) -> tuple[Path, ...]:
     settings = list(dict.fromkeys((run.dataset, run.init) for run in r.runs))
     with _style(t):
         for dataset, init in settings:
-            fig = _figure(5.6, 3.4)
+            fig = _figure(PANEL[0], 3.1)
             ax = fig.subplots()
             target = r.get(dataset, init, "cross_entropy").target_accuracy
             for loss in LOSS_ORDER:
@@ -279,8 +290,9 @@ def draw_checks(r: DerivationChecks, out: Path, t: Texts, tolerance: float) -> t
     refs = list(dict.fromkeys(c.reference for c in r.checks))
     floor = 1e-19
     with _style(t):
-        fig = _figure(6.4, 0.3 * len(names) + 1.6, left=2.6)
-        fig.subplots_adjust(top=1 - 0.75 / (0.3 * len(names) + 1.6))
+        height = 0.26 * len(names) + 1.5
+        fig = _figure(5.2, height, left=2.35)
+        fig.subplots_adjust(top=1 - 0.75 / height)
         ax = fig.subplots()
         ypos = np.arange(len(names))
         for k, ref in enumerate(refs):
@@ -324,7 +336,7 @@ def draw_checks(r: DerivationChecks, out: Path, t: Texts, tolerance: float) -> t
         )
         ax.set_xscale("log")
         ax.set_xlim(floor, 1e-3)
-        ax.set_yticks(ypos, [t("step." + n) for n in names], fontsize=8)
+        ax.set_yticks(ypos, [t("step." + n) for n in names], fontsize=7.5)
         ax.set_ylim(len(names) - 0.4, -0.6)
         ax.grid(axis="y", visible=False)
         ax.set(xlabel=t("fig.relative_error"), title=t("fig.checks_title"))
@@ -345,7 +357,7 @@ def draw_identities(
     h, kl, hpq = per["entropy"][picked], per["kl"][picked], per["cross_entropy"][picked]
     x = np.r_[np.arange(rows), rows + 1 + np.arange(picked.size - rows)]
     with _style(t):
-        fig = _figure(6.4, 3.8, bottom=0.85)
+        fig = _figure(5.2, 3.6, bottom=0.85)
         ax = fig.subplots()
         ax.bar(x, h, color=COLOR["entropy"], label=t("fig.entropy"))
         ax.bar(x, kl, bottom=h, color=COLOR["kl"], label=t("fig.kl"))

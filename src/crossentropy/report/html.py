@@ -54,6 +54,7 @@ figure { margin: 0; min-width: 0; }
 figure img, figure svg { display: block; width: 100%; height: auto; border: 1px solid #e6e9ee;
                          border-radius: 4px; background: #fff; }
 figcaption { color: #4b5560; font-size: .85rem; margin-top: .25rem; }
+figcaption.live { color: #1d232a; font-weight: 600; margin: 0 0 .25rem; }
 .scroll { overflow-x: auto; -webkit-overflow-scrolling: touch; max-width: 100%; margin: .6rem 0; }
 table { border-collapse: collapse; font-size: .88rem; width: 100%; }
 th, td { border-bottom: 1px solid #e6e9ee; padding: .3rem .5rem; text-align: left;
@@ -91,6 +92,11 @@ code { background: #f1f3f5; padding: 0 .25rem; border-radius: 3px; overflow-wrap
   h1 { font-size: 1.45rem; }
   .line { grid-template-columns: minmax(0, 1fr); gap: 0; }
   .check { margin-bottom: .3rem; }
+  .eq math { font-size: .98rem; }
+  /* the summary as one card per part: three columns do not fit a phone */
+  table.summary thead { display: none; }
+  table.summary tr, table.summary td { display: block; border: 0; padding: .1rem 0; }
+  table.summary tr { border-bottom: 1px solid #e6e9ee; padding: .5rem 0; }
 }
 """
 
@@ -285,9 +291,11 @@ name="play-range" value="{g.steps}" checked> {escape(t("s2.range_all", n=g.steps
 </div>
 <p id="play-summary" aria-live="polite"></p>
 <div class="figs">
-<figure><svg id="play-output" viewBox="0 0 560 340" role="img"
+<figure><figcaption class="live">{escape(t("s2.live_output"))}</figcaption>
+<svg id="play-output" viewBox="0 0 560 340" role="img"
 aria-label="{escape(t("s2.live_output"))}"></svg></figure>
-<figure><svg id="play-factor" viewBox="0 0 560 340" role="img"
+<figure><figcaption class="live">{escape(t("s2.live_factor"))}</figcaption>
+<svg id="play-factor" viewBox="0 0 560 340" role="img"
 aria-label="{escape(t("s2.live_factor"))}"></svg></figure>
 </div>
 </div>

@@ -105,7 +105,7 @@ EN: dict[str, str] = {
     "fig.still_wrong": "still wrong after {n}",
     "fig.step": "gradient-descent step",
     "fig.output": "output a (target y = 0)",
-    "fig.neuron_output": "Output per step: the distance to the target",
+    "fig.neuron_output": "Output per step, and steps to get it right",
     "fig.neuron_grad": "Gradient reaching z per step",
     "fig.neuron_suptitle": "One sigmoid neuron started wrong, same learning rate η = {lr:g} "
     "for both losses",
@@ -456,7 +456,7 @@ ZH: dict[str, str] = {
     "fig.still_wrong": "{n} 步后仍错误",
     "fig.step": "梯度下降步数",
     "fig.output": "输出 a（目标 y = 0）",
-    "fig.neuron_output": "每一步的输出：离目标还有多远",
+    "fig.neuron_output": "每一步的输出，以及变为正确所需的步数",
     "fig.neuron_grad": "每一步传到 z 的梯度",
     "fig.neuron_suptitle": "一个从错误处出发的 sigmoid 神经元，两种损失用同一学习率 η = {lr:g}",
     "fig.steps_n": "{n} 步",

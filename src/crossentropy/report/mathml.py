@@ -135,6 +135,7 @@ CE_FORM = math(
         ),
     ),
 )
+# One formula per line: a phone has room for one, not two side by side.
 LIKELIHOOD_FORM = math(
     L,
     EQ,
@@ -146,28 +147,15 @@ LIKELIHOOD_FORM = math(
     paren(ONE, MINUS, y),
     LN,
     paren(ONE, MINUS, mi("p"), paren(x)),
-    mo(","),
-    MSPACE,
+) + math(
     mi("H"),
     paren(mi("p"), mo(","), mi("q")),
     EQ,
     MINUS,
     total("x", row(mi("p"), paren(x), mi("log"), "<mo>&#x2061;</mo>", mi("q"), paren(x))),
 )
-GRADIENTS_FORM = math(
-    text("MSE: "),
-    d(L, w),
-    EQ,
-    paren(A_MINUS_Y),
-    SIGMA_PRIME,
-    x,
-    mo(","),
-    MSPACE,
-    text("BCE: "),
-    d(L, w),
-    EQ,
-    x,
-    paren(A_MINUS_Y),
+GRADIENTS_FORM = math(text("MSE: "), d(L, w), EQ, paren(A_MINUS_Y), SIGMA_PRIME, x) + math(
+    text("BCE: "), d(L, w), EQ, x, paren(A_MINUS_Y)
 )
 SOFTMAX_FORM = math(d(L, zj), EQ, aj, MINUS, yj)
 

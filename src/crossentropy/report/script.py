@@ -15,7 +15,8 @@ SCRIPT = r"""
   if (!root || !source) { return; }
   var data = JSON.parse(source.textContent);
   var NS = "http://www.w3.org/2000/svg";
-  var W = 560, H = 340, L = 58, R = 14, T = 30, B = 46;
+  // Drawn at the size it is shown (resized with the window): text stays 11-13 px on a phone.
+  var W = 560, H = 340, L = 52, R = 12, T = 34, B = 44;
   var COLORS = {cross_entropy: "#0072B2", mse: "#D55E00"};
   var DASHES = {cross_entropy: "", mse: "7 4"};
   var LOSSES = ["cross_entropy", "mse"];
@@ -34,12 +35,15 @@ SCRIPT = r"""
   function sx(s, xmax) { return L + (W - L - R) * s / xmax; }
   function sy(v, ymax) { return H - B - (H - T - B) * v / ymax; }
 
-  function frame(svg, title, xmax, ymax, yticks, half) {
+  function frame(svg, xmax, ymax, yticks, half) {
     while (svg.firstChild) { svg.removeChild(svg.firstChild); }
+    W = Math.max(260, Math.round(svg.getBoundingClientRect().width) || 560);
+    H = Math.round(Math.min(340, Math.max(250, W * 0.62)));
+    svg.setAttribute("viewBox", "0 0 " + W + " " + H);
     var clip = el("clipPath", {id: svg.id + "-clip"}, el("defs", {}, svg));
     el("rect", {x: L, y: T, width: W - L - R, height: H - T - B}, clip);
-    el("text", {x: L, y: 18, "font-size": 13, "font-weight": 600, fill: "#1d232a"}, svg, title);
     var xt = xmax <= 50 ? [0, 10, 20, 30, 40, 50] : [0, 100, 200, 300, 400, 500];
+    if (W < 400) { xt = xt.filter(function (s, i) { return i % 2 === 0; }); }
     xt.forEach(function (s) {
       if (s > xmax) { return; }
       el("line", {x1: sx(s, xmax), x2: sx(s, xmax), y1: T, y2: H - B, stroke: "#e4e7eb"}, svg);
@@ -75,7 +79,7 @@ SCRIPT = r"""
 
   function legend(svg) {
     LOSSES.forEach(function (loss, j) {
-      var x = W - R - 250 + j * 130, y = T + 14;
+      var x = L + j * 130, y = T - 16;  // a row of its own, above the plot
       el("line", {x1: x, x2: x + 26, y1: y, y2: y, stroke: COLORS[loss], "stroke-width": 2.4,
                   "stroke-dasharray": DASHES[loss]}, svg);
       el("text", {x: x + 32, y: y + 4, "font-size": 12, fill: "#1d232a"}, svg,
@@ -96,9 +100,9 @@ SCRIPT = r"""
       String(z) + " (a\u2080 = " + (1 / (1 + Math.exp(-z))).toFixed(4) + ")";
     document.getElementById("play-lr-value").textContent = String(data.lr[il]);
     var out = document.getElementById("play-output");
-    frame(out, data.text["s2.live_output"], xmax, 1, [0, 0.25, 0.5, 0.75, 1], true);
+    frame(out, xmax, 1, [0, 0.25, 0.5, 0.75, 1], true);
     var fac = document.getElementById("play-factor");
-    frame(fac, data.text["s2.live_factor"], xmax, 0.25, [0, 0.05, 0.1, 0.15, 0.2, 0.25], false);
+    frame(fac, xmax, 0.25, [0, 0.05, 0.1, 0.15, 0.2, 0.25], false);
     LOSSES.forEach(function (loss) {
       curve(out, data.output[loss], offset, xmax, 1, loss);
       curve(fac, data.sigma_prime[loss], offset, xmax, 0.25, loss);
@@ -119,6 +123,10 @@ SCRIPT = r"""
   lr.addEventListener("input", draw);
   Array.prototype.forEach.call(root.querySelectorAll("input[name=play-range]"), function (r) {
     r.addEventListener("change", draw);
+  });
+  var pending = null;
+  window.addEventListener("resize", function () {
+    if (pending === null) { pending = setTimeout(function () { pending = null; draw(); }, 100); }
   });
   root.hidden = false;
   draw();
