@@ -33,7 +33,7 @@ from .figures import (
 from .html import render_html
 from .i18n import LANGUAGES, Texts
 from .metrics import build_metrics
-from .sections import FD_TOLERANCE, Section, build_sections
+from .sections import FD_TOLERANCE, TORCH_TOLERANCE, Section, build_sections
 
 MARKER = ".crossentropy-report"
 """An empty file in every report folder: the sign that the folder may be replaced."""
@@ -93,7 +93,7 @@ def _build(
         *draw_neuron(results.neuron, figure_dir, t),
         draw_neuron_png(results.neuron, figure_dir / "saturated_neuron.png", t),
         *draw_race(results.race, figure_dir, t),
-        *draw_checks(results.checks, figure_dir, t, FD_TOLERANCE),
+        *draw_checks(results.checks, figure_dir, t, FD_TOLERANCE, TORCH_TOLERANCE),
         *draw_identities(results.identities, figure_dir, t),
     )
     v = versions(results)

@@ -283,16 +283,22 @@ def draw_race(r: Race, out: Path, t: Texts) -> tuple[Path, ...]:
     return tuple(paths)
 
 
-def draw_checks(r: DerivationChecks, out: Path, t: Texts, tolerance: float) -> tuple[Path, ...]:
-    """Each step's error relative to the gradient's scale, per reference, with the
-    tolerance; an exact 0 is drawn as an open marker on the left edge, labelled."""
+def draw_checks(
+    r: DerivationChecks,
+    out: Path,
+    t: Texts,
+    tolerance: float,
+    torch_tolerance: float | None = None,
+) -> tuple[Path, ...]:
+    """Each step's error relative to the gradient's scale, per reference, with each
+    reference's tolerance; an exact 0 is an open marker on the left edge, labelled."""
     names = list(dict.fromkeys(c.name for c in r.checks))
     refs = list(dict.fromkeys(c.reference for c in r.checks))
     floor = 1e-19
     with _style(t):
-        height = 0.26 * len(names) + 1.5
+        height = 0.26 * len(names) + 1.9
         fig = _figure(5.2, height, left=2.35)
-        fig.subplots_adjust(top=1 - 0.75 / height)
+        fig.subplots_adjust(top=1 - 1.0 / height)  # room for the title and the legend
         ax = fig.subplots()
         ypos = np.arange(len(names))
         for k, ref in enumerate(refs):
@@ -323,24 +329,31 @@ def draw_checks(r: DerivationChecks, out: Path, t: Texts, tolerance: float) -> t
                     ms=6,
                     label=t("fig.exact_zero", ref=t("fig.vs_" + key)),
                 )
-        ax.axvline(tolerance, color="#b3261e", lw=1.2, ls="--")
-        ax.annotate(
-            t("fig.tolerance", tol=f"{tolerance:g}"),
-            (tolerance, len(names) - 0.5),
-            xytext=(-4, 0),
-            textcoords="offset points",
-            ha="right",
-            va="bottom",
-            color="#b3261e",
-            fontsize=8,
-        )
+        marks = [(tolerance, COLOR["fd"])]
+        if torch_tolerance is not None and len(refs) > 1:
+            marks.append((torch_tolerance, COLOR["torch"]))
+        for tol, color in marks:
+            ax.axvline(tol, color=color, lw=1.2, ls="--")
+            ax.annotate(  # along its line, so two tolerances never collide
+                t("fig.tolerance", tol=f"{tol:g}"),
+                (tol, len(names) - 0.45),
+                xytext=(-3, 0),
+                textcoords="offset points",
+                rotation=90,
+                ha="right",
+                va="bottom",
+                color="#39424c",
+                fontsize=7.5,
+            )
         ax.set_xscale("log")
         ax.set_xlim(floor, 1e-3)
         ax.set_yticks(ypos, [t("step." + n) for n in names], fontsize=7.5)
         ax.set_ylim(len(names) - 0.4, -0.6)
         ax.grid(axis="y", visible=False)
-        ax.set(xlabel=t("fig.relative_error"), title=t("fig.checks_title"))
-        ax.legend(loc="lower left", bbox_to_anchor=(0, 1.06), ncol=2, fontsize=8)
+        ax.set(xlabel=t("fig.relative_error"))
+        # centred on the figure, not on the axes: the step labels take the left half
+        fig.suptitle(t("fig.checks_title"), y=1 - 0.1 / height, fontsize=10)
+        fig.legend(loc="upper center", bbox_to_anchor=(0.5, 1 - 0.38 / height), ncol=2, fontsize=8)
         path = _save_svg(fig, out / "derivation_checks.svg")
     return (path,)
 
@@ -363,7 +376,7 @@ def draw_identities(
         ax.bar(x, kl, bottom=h, color=COLOR["kl"], label=t("fig.kl"))
         ax.plot(x, hpq, "k_", ms=12, mew=2, label=t("fig.hpq"))
         ax.set_xticks(x, [str(i) for i in picked], fontsize=7, rotation=90)
-        ax.set(xlabel=t("fig.identity_samples", n=rows), ylabel=t("fig.nats"))
+        ax.set(xlabel=t("fig.identity_samples", n=rows, m=picked.size - rows), ylabel=t("fig.nats"))
         ax.set_title(t("fig.identity_title"))
         ax.legend(loc="upper right", fontsize=8)
         path = _save_svg(fig, out / "identities.svg")

@@ -51,6 +51,7 @@ nav ol { padding-left: 1.3rem; margin: .3rem 0; }
 .figs { display: grid; grid-template-columns: repeat(auto-fit, minmax(min(100%, 340px), 1fr));
         gap: .8rem; margin: 1rem 0; }
 figure { margin: 0; min-width: 0; }
+.figs > figure:only-child { max-width: 620px; width: 100%; justify-self: center; }
 figure img, figure svg { display: block; width: 100%; height: auto; border: 1px solid #e6e9ee;
                          border-radius: 4px; background: #fff; }
 figcaption { color: #4b5560; font-size: .85rem; margin-top: .25rem; }
@@ -314,10 +315,10 @@ def _claims(t: Texts) -> str:
         3: mathml.GRADIENTS_FORM,
         4: mathml.SOFTMAX_FORM,
     }
-    where = {1: "5", 2: "5", 3: "1, 2, 3, 4", 4: "4"}
+    where = {1: "5", 2: "5", 3: ("1、2、3、4" if t.lang == "zh" else "1, 2, 3, 4"), 4: "4"}
     items = "\n".join(
         f'<li><p>{escape(t(f"claim.{k}"))} <span class="note">'
-        f"{escape(t('claim.where_many' if ',' in where[k] else 'claim.where', parts=where[k]))}"
+        f"{escape(t('claim.where_many' if len(where[k]) > 1 else 'claim.where', parts=where[k]))}"
         "</span></p>"
         f'<div class="eq">{formulas[k]}</div></li>'
         for k in formulas

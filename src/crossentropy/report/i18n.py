@@ -123,7 +123,7 @@ EN: dict[str, str] = {
     "fig.entropy": "H(p): the targets' own entropy",
     "fig.kl": "KL(p ‖ q): what training can reduce",
     "fig.hpq": "H(p, q) computed directly",
-    "fig.identity_samples": "digits test sample (the {n} worst predicted, then the best)",
+    "fig.identity_samples": "digits test sample (the {n} worst predicted, then the {m} best)",
     "fig.nats": "nats",
     "fig.identity_title": "Cross-entropy = entropy + KL divergence, per sample",
     # -- derivation steps (figure labels and table rows) ------------------------------------
@@ -473,7 +473,7 @@ ZH: dict[str, str] = {
     "fig.entropy": "H(p)：目标分布自身的熵",
     "fig.kl": "KL(p ‖ q)：训练能减小的部分",
     "fig.hpq": "直接计算的 H(p, q)",
-    "fig.identity_samples": "手写数字测试样本（预测最差的 {n} 个，然后是最好的）",
+    "fig.identity_samples": "手写数字测试样本（预测最差的 {n} 个，然后是最好的 {m} 个）",
     "fig.nats": "奈特",
     "fig.identity_title": "交叉熵 = 熵 + KL 散度（逐个样本）",
     "step.sigmoid_prime": "σ'(z) = a(1 − a)",
