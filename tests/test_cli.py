@@ -193,6 +193,20 @@ def test_out_full_of_other_files_is_refused_before_any_work(
     assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]
 
 
+def test_out_that_is_the_working_directory_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # An empty folder may receive a report, but not the one the user is standing in: it
+    # would be renamed away from under them.
+    here = tmp_path / "empty"
+    here.mkdir()
+    monkeypatch.chdir(here)
+    for out in (".", str(here), ".."):
+        assert main(["demo", "--quick", "--out", out]) == 1
+        assert "is the current directory or contains it" in capsys.readouterr().err
+    assert list(here.iterdir()) == []
+
+
 def test_the_parser_has_room_for_more_subcommands() -> None:
     parser = build_parser()
     args = parser.parse_args(["demo"])

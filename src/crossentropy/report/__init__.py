@@ -73,6 +73,10 @@ def replaceable(out_dir: Path) -> str | None:
         return None
     if not out_dir.is_dir():
         return "exists and is not a directory"
+    here = Path.cwd().resolve()
+    if out_dir.resolve() in (here, *here.parents):
+        # it would be renamed away from under the shell (and everything else) working in it
+        return "is the current directory or contains it (choose a folder for the report)"
     try:
         entries = {p.name for p in out_dir.iterdir()}
     except OSError as exc:
@@ -130,7 +134,7 @@ def write_report(
     """
     if lang not in LANGUAGES:
         raise ValueError(f"write_report: lang must be one of {LANGUAGES}, got {lang!r}")
-    out_dir = Path(out_dir)
+    out_dir = Path(out_dir).absolute()
     reason = replaceable(out_dir)
     if reason is not None:
         raise FileExistsError(
