@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import os
+import tempfile
 
 # Triton kernels run on CPU tensors in Triton's interpreter (read when a kernel is defined, so
 # before anything imports crossentropy.torch._triton): how the CUDA path is tested here.
 os.environ.setdefault("TRITON_INTERPRET", "1")
+# A fresh inductor cache per run: a cache left by an earlier build of the custom ops could be
+# replayed against this one (the cache keys on op names, not on what the ops return).
+os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", tempfile.mkdtemp(prefix="crossentropy-inductor-"))
 
 from collections.abc import Callable
 from typing import Any

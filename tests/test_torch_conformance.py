@@ -738,3 +738,41 @@ def test_hostile_argument_cases():
     m = cet.CrossEntropyLoss(label_smoothing=0.1)
     assert isinstance(m, torch.nn.CrossEntropyLoss)
     torch.testing.assert_close(m(x, t), torch.nn.CrossEntropyLoss(label_smoothing=0.1)(x, t))
+
+
+@pytest.mark.parametrize("offset", [1e4, 1e6])
+def test_large_logits_keep_float32_accuracy(offset):
+    """Found by the hostile pass: with logits near 1e4, exp(x − lse) of a rounded lse (and
+    lse − x_y) lost ~1e-3 relative; every path now shifts by the exact row max."""
+    g = torch.Generator().manual_seed(12)
+    x = torch.randn(64, 1000, generator=g) * 3 + offset
+    t = torch.randint(0, 1000, (64,), generator=g)
+    y = torch.softmax(torch.randn(x.shape, generator=g), dim=1)
+    up = torch.rand(64, generator=g)
+    h = torch.randn(64, 16, generator=g)
+    w = torch.randn(1000, 16, generator=g)
+    b = torch.randn(1000, generator=g) + offset
+    for target, reduction in ((t, "none"), (t, "mean"), (y, "none"), (y, "mean")):
+        xx = x.clone().requires_grad_()
+        loss = cet.cross_entropy(xx, target, reduction=reduction)
+        loss.backward(up if reduction == "none" else None)
+        ref = x.double().requires_grad_()
+        exact = F.cross_entropy(
+            ref, target.double() if target.is_floating_point() else target, reduction=reduction
+        )
+        exact.backward(up.double() if reduction == "none" else None)
+        assert (xx.grad.double() - ref.grad).abs().max() <= 2e-6 * ref.grad.abs().max()
+        torch.testing.assert_close(loss.double(), exact, rtol=2e-6, atol=2e-6)
+    for reduction in ("none", "mean"):
+        ww = w.clone().requires_grad_()
+        loss = cet.linear_cross_entropy(h, ww, t, b, reduction=reduction, chunk_size=16)
+        loss.backward(up if reduction == "none" else None)
+        w64 = w.double().requires_grad_()
+        exact = F.cross_entropy(F.linear(h.double(), w64, b.double()), t, reduction=reduction)
+        exact.backward(up.double() if reduction == "none" else None)
+        # the float32 logits themselves carry ulp(1e4) of rounding: no worse than F in float32
+        w32 = w.clone().requires_grad_()
+        naive = F.cross_entropy(F.linear(h, w32, b), t, reduction=reduction)
+        naive.backward(up if reduction == "none" else None)
+        ours_err = (ww.grad.double() - w64.grad).abs().max()
+        assert ours_err <= 1.5 * (w32.grad.double() - w64.grad).abs().max() + 1e-6

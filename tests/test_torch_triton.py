@@ -211,7 +211,10 @@ def test_impl_argument_errors(monkeypatch):
         cet.cross_entropy(x, t, impl="cuda")
     with pytest.raises(ValueError, match="impl must be 'auto' or 'torch' for float64 input"):
         cet.cross_entropy(x.double(), t, impl="triton")
-    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    # kernels defined for the GPU (TRITON_INTERPRET unset when Triton first read it): CPU
+    # tensors are refused with our error, also if the variable is set afterwards
+    monkeypatch.setattr(TR, "INTERPRETED", False)
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
     with pytest.raises(ValueError, match="impl must be 'auto' or 'torch' for tensors on cpu"):
         cet.cross_entropy(x, t, impl="triton")
     monkeypatch.setattr(K, "triton_available", lambda: False)
@@ -227,3 +230,47 @@ def test_auto_keeps_cpu_tensors_on_torch_ops():
         assert K._triton_for(x) is None
     with K.use_impl("triton"):
         assert K._triton_for(x) is TR
+
+
+# --------------------------------------------------------------------------- hostile-pass cases
+
+
+@pytest.mark.parametrize("offset", [1e4, 1e6])
+@pytest.mark.parametrize("impl", ["triton", "torch"])
+def test_large_logits_keep_float32_accuracy(impl, offset):
+    """Found by the hostile pass: exp(x − lse) with a rounded lse of logits near 1e4 put
+    ulp(lse) ≈ 1e-3 of relative error into every probability (3e-4 gradient error at 1e4,
+    1e-2 at 1e7). Probabilities are now exp(x − m) e^{−(lse − m)}: float32 accuracy."""
+    g = torch.Generator().manual_seed(11)
+    x = torch.randn(6, 2 * BLOCK + 3, generator=g) * 3 + offset
+    t = torch.randint(0, x.shape[1], (6,), generator=g)
+    y = torch.softmax(torch.randn(x.shape, generator=g), dim=1)
+    up = torch.rand(6, generator=g)
+    for target, reduction in ((t, "none"), (t, "mean"), (y, "none"), (y, "mean")):
+        xx = x.clone().requires_grad_()
+        loss = cet.cross_entropy(xx, target, reduction=reduction, impl=impl)
+        loss.backward(up if reduction == "none" else None)
+        ref = x.double().requires_grad_()
+        exact = F.cross_entropy(
+            ref, target.double() if target.is_floating_point() else target, reduction=reduction
+        )
+        exact.backward(up.double() if reduction == "none" else None)
+        scale = ref.grad.abs().max()
+        assert (xx.grad.double() - ref.grad).abs().max() <= 2e-6 * scale
+        torch.testing.assert_close(loss.double(), exact, rtol=2e-6, atol=2e-6)
+
+
+def test_equal_huge_logits():
+    x = torch.full((2, 4), 3e38)
+    for impl in ("triton", "torch"):
+        xx = x.clone().requires_grad_()
+        cet.cross_entropy(xx, torch.tensor([0, 3]), reduction="sum", impl=impl).backward()
+        expected = torch.full((2, 4), 0.25)
+        expected[0, 0] = expected[1, 3] = -0.75
+        torch.testing.assert_close(xx.grad, expected)
+
+
+def test_block_must_be_a_power_of_two(monkeypatch):
+    monkeypatch.setattr(TR, "BLOCK", 20)
+    with pytest.raises(ValueError, match="BLOCK must be None or a power of two"):
+        cet.cross_entropy(torch.randn(2, 5), torch.tensor([0, 1]), impl="triton")

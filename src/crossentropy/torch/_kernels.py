@@ -34,7 +34,7 @@ Two passes, kept separate so a caller can reduce statistics between them:
 vocabulary is local and the row scales are known in the forward (``"mean"``/``"sum"``): the
 gradient is the forward's by-product, as in the article (``∂L/∂z = a − y``). Each of their
 blocks goes through one ``softmax`` kernel (max, exp, sum and scale per row while the row is in
-cache), and their statistics use the row's log-sum-exp as reference point instead of its max.
+cache), and their statistics are recovered from it (``max_c p_c = 1 / Σ_c e^{x_c − m}``).
 
 Work is done in row blocks of about :data:`BLOCK_ELEMENTS` elements so a block stays in cache
 between the max, exp, sum and scale steps: each logit is read from memory once per pass and
@@ -49,6 +49,7 @@ import contextvars
 import importlib.util
 import math
 import os
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from types import ModuleType
@@ -69,7 +70,11 @@ def triton_available() -> bool:
 
 
 def triton_interpreted() -> bool:
-    """``TRITON_INTERPRET=1``: Triton kernels run on CPU tensors in its interpreter."""
+    """Triton kernels run on CPU tensors in its interpreter: ``TRITON_INTERPRET=1`` when the
+    kernels were defined (Triton reads it then), or now if they have not been defined yet."""
+    tr = sys.modules.get("crossentropy.torch._triton")
+    if tr is not None:
+        return bool(tr.INTERPRETED)
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
@@ -123,10 +128,9 @@ class RowStats:
     Attributes
     ----------
     max : Tensor
-        ``m_i = max_c x_ic`` over the shard's columns: the reference point of ``sumexp``. The
-        fused kernels return another finite reference point ``r ≥ m`` (the log-sum-exp, so
-        ``e^{x − r} ≤ 1``); :func:`row_lse`, :func:`row_nll` and :func:`merge_row_stats` accept
-        any such ``r``.
+        ``m_i = max_c x_ic`` over the shard's columns: the reference point of ``sumexp``
+        (:func:`row_lse`, :func:`row_nll` and :func:`merge_row_stats` accept any finite
+        reference point; the exact max keeps ``x − m`` exact, hence large logits accurate).
     sumexp : Tensor
         ``Σ_{c ≠ y_i} exp(x_ic − m_i)`` over the shard: the target column is excluded.
     target_logit : Tensor
@@ -240,11 +244,6 @@ def _block_stats(
     return m.squeeze(-1), sumexp, xt, s
 
 
-#: Target probabilities at or above this are normal float32 numbers far from underflow, so
-#: ``lse = x_y − log p_y`` is accurate; rows below it use ``m − log max_c p_c`` instead.
-_MIN_TARGET_PROB = 2.0**-100
-
-
 def _softmax_block(
     xb: Tensor,
     idx: Tensor,
@@ -257,42 +256,33 @@ def _softmax_block(
     zeroed) in ``work``.
 
     One ``softmax`` kernel (max, exp, sum and scale per row while the row is in cache) replaces
-    the separate max, subtract, exp and sum passes of :func:`_block_stats`: measured ~2x faster
-    for this step. The statistics use the row's log-sum-exp as reference point instead of its
-    max: the returned ``max`` is ``lse = x_y − log p_y`` (``m − log max_c p_c`` for rows whose
-    ``p_y`` is below :data:`_MIN_TARGET_PROB`, where ``max_c p_c = 1 / Σ_c e^{x_c − m}``) and
-    ``sumexp`` is ``q = Σ_{c≠y} p_c``; :func:`row_lse` and :func:`row_nll` take any reference
-    point.
+    the separate subtract, exp and sum passes of :func:`_block_stats`: measured ~2x faster for
+    this step. The statistics are those of :func:`_block_stats` (reference point: the row max
+    ``m``), recovered from the probabilities: ``max_c p_c = 1 / Σ_c e^{x_c − m}``, so
+    ``Σ_{c≠y} e^{x_c − m} = q / max_c p_c`` with ``q = Σ_{c≠y} p_c`` summed from the softmax.
+    Referring to the exact max rather than to a rounded log-sum-exp keeps ``lse − x_y`` and
+    ``exp(x_y − m)`` accurate for large logits (``|x| ~ 1e4`` in float32).
     """
     cdt = work.dtype
-    x0 = xb
-    aliased = False
     if xb.dtype != cdt:
         work.copy_(xb)
         xb = work
-    else:
-        aliased = work.data_ptr() == xb.data_ptr()
     # Read everything needed from xb first: ``work`` may alias it (in-place gradient).
     xt = xb.gather(-1, idx).squeeze(-1)
     s = None
     if with_sum:
         s = xb.sum(dim=-1) if class_weight is None else torch.matmul(xb, class_weight)
-    m = torch.amax(xb, dim=-1) if aliased else None
+    m = torch.amax(xb, dim=-1)
     if xb.is_contiguous() and work.is_contiguous():
         torch._softmax(xb, -1, False, out=work)
     else:  # the out= form assumes contiguous tensors; strided layouts take a temporary
         work.copy_(torch.softmax(xb, dim=-1))
-    py = work.gather(-1, idx).squeeze(-1)
-    ref = xt - torch.log(py)
-    low = ~(py >= _MIN_TARGET_PROB)
-    if bool(low.any()):  # whole-block reductions: cheaper than copying out the rows
-        top = m if m is not None else torch.amax(x0, dim=-1).to(cdt)
-        ref = torch.where(low, top - torch.log(torch.amax(work, dim=-1)), ref)
+    top = torch.amax(work, dim=-1)
     # Exclude the target column from the sum: Σ_{c≠y} p_c keeps its relative precision.
-    kept = torch.where(inside.unsqueeze(-1), 0.0, py.unsqueeze(-1))
-    work.scatter_(-1, idx, kept)
+    py = work.gather(-1, idx)
+    work.scatter_(-1, idx, torch.where(inside.unsqueeze(-1), 0.0, py))
     q = work.sum(dim=-1)
-    return ref, q, torch.where(inside, xt, 0.0), s
+    return m, q / top, torch.where(inside, xt, 0.0), s
 
 
 def logits_row_stats(
@@ -387,18 +377,29 @@ def row_lse(stats: RowStats) -> Tensor:
     return stats.max + torch.log(stats.sumexp + target_exp(stats))
 
 
+def row_lse_rel(stats: RowStats) -> Tensor:
+    """``lse_i − m_i = log(Σ_{c≠y} e^{x_c − m_i} + e^{x_y − m_i})``: the log-sum-exp relative to
+    the reference point, a small number known to full precision. Gradient passes take it with
+    ``ref=stats.max``: ``exp(x − lse)`` with a rounded ``lse`` of large logits (``|x| ~ 1e4``
+    in float32) would be off by ``ulp(lse)`` relative; ``exp(x − m) · e^{−(lse − m)}`` is not."""
+    return torch.log(stats.sumexp + target_exp(stats))
+
+
 def row_nll(stats: RowStats, lse: Tensor | None = None) -> Tensor:
     """``lse_i − x_{iy_i}`` from global stats, accurate for confident rows.
 
     When the target is (near) the max, ``lse − x_y = log1p(Σ_{c≠y} e^{x_c − x_y})`` keeps the
-    tiny loss that ``lse − x_y`` would round to 0; elsewhere the plain difference is exact
-    enough. Rows without a target get 0.
+    tiny loss that ``lse − x_y`` would round to 0; elsewhere ``(m − x_y) + log Σ_c e^{x_c − m}``.
+    Rows without a target get 0. ``lse`` is accepted for the callers' convenience and unused:
+    the statistics alone give the accurate forms.
     """
-    lse = row_lse(stats) if lse is None else lse
     et = target_exp(stats)
     near = et > 2.0**-20
     ratio = stats.sumexp / torch.where(near, et, 1.0)
-    nll = torch.where(near, torch.log1p(ratio), lse - stats.target_logit)
+    # far from the max: (m − x_y) + log Σ e^{x − m}; both terms exact or small, where
+    # lse − x_y would subtract two rounded large numbers (|x| ~ 1e4 in float32)
+    far = (stats.max - stats.target_logit) + torch.log(stats.sumexp + et)
+    nll = torch.where(near, torch.log1p(ratio), far)
     return torch.where(stats.has_target, nll, 0.0)
 
 
@@ -483,6 +484,7 @@ def logits_grad(
     class_weight: Tensor | None = None,
     out: Tensor | None = None,
     block_rows: int | None = None,
+    ref: Tensor | None = None,
 ) -> Tensor:
     """The gradient pass: ``d loss / d logits`` for a shard, given the *global* ``lse``.
 
@@ -503,12 +505,19 @@ def logits_grad(
     out : Tensor, shape ``(*rows, C)``, optional
         Where to write the gradient (any floating dtype, may be ``logits`` itself). Default: a
         new tensor of the logits' dtype.
+    ref : Tensor, shape ``rows``, optional
+        A per-row reference point (the row max): ``lse`` is then ``lse − ref``
+        (:func:`row_lse_rel`), and the probabilities are computed as
+        ``exp(x − ref) · e^{−(lse − ref)}``, accurate for large logits.
 
     Returns
     -------
     Tensor
         ``out``.
     """
+    if ref is not None:  # fold e^{-(lse - ref)} into the per-row probability scale
+        coef = GradCoefficients(coef.p_scale * torch.exp(-lse), coef.smooth_scale, coef.target_grad)
+        lse = ref
     if (tr := _triton_for(logits)) is not None:
         return tr.logits_grad(
             logits, target, lse, coef, class_offset=class_offset, class_weight=class_weight, out=out
@@ -564,8 +573,8 @@ def logits_fused(
 
     Returns the statistics and the gradient ``out`` (new tensor of the logits' dtype unless
     given) for the row scales ``row_scale`` (see :func:`index_target_coefficients`): each
-    block's ``softmax`` becomes its gradient while still in cache. The statistics' ``max`` is
-    the row's log-sum-exp (see :func:`_softmax_block`), not its max.
+    block's ``softmax`` becomes its gradient while still in cache. The statistics are those of
+    :func:`logits_row_stats` (reference point: the row max; see :func:`_softmax_block`).
     """
     if (tr := _triton_for(logits)) is not None:
         return tr.logits_fused(
@@ -652,11 +661,13 @@ def prob_row_stats(
     class_weight: Tensor | None = None,
     label_smoothing: float = 0.0,
     block_rows: int | None = None,
-) -> tuple[Tensor, Tensor, Tensor]:
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Pass 1 for probability targets ``y`` (same shape as ``logits``, classes last).
 
-    With ``y' = (1 − ε) y + ε / C``, returns per row ``(lse, loss, A)`` where
-    ``loss_i = Σ_c w_c y'_ic (lse_i − x_ic)`` and ``A_i = Σ_c w_c y'_ic`` (compute dtype).
+    With ``y' = (1 − ε) y + ε / C``, returns per row ``(m, lse − m, loss, A)`` where ``m`` is
+    the row max, ``loss_i = Σ_c w_c y'_ic (lse_i − x_ic)`` and ``A_i = Σ_c w_c y'_ic``
+    (compute dtype). The loss is summed as ``A (lse − m) − Σ w y' (x − m)``: no cancellation
+    between two large terms when the logits are large.
     """
     if (tr := _triton_for(logits)) is not None:
         return tr.prob_row_stats(
@@ -667,7 +678,7 @@ def prob_row_stats(
     x = logits if rows else logits.unsqueeze(0)
     y = target if rows else target.unsqueeze(0)
     shape0 = tuple(x.shape[:-1])
-    lse, loss, amass = (torch.empty(shape0, dtype=cdt, device=x.device) for _ in range(3))
+    ref, rel, loss, amass = (torch.empty(shape0, dtype=cdt, device=x.device) for _ in range(4))
     n0 = x.shape[0]
     per_row = x[0].numel() if n0 else 1
     step = block_rows or default_block_rows(per_row)
@@ -675,16 +686,18 @@ def prob_row_stats(
         b = min(n0, a + step)
         xf = x[a:b].to(cdt)
         m = torch.amax(xf, dim=-1, keepdim=True)
-        l_b = (m + torch.log(torch.exp(xf - m).sum(dim=-1, keepdim=True))).squeeze(-1)
+        m = torch.where(m == float("-inf"), 0.0, m)  # a row of -inf: no shift (its lse is -inf)
+        shifted = xf - m
+        r_b = torch.log(torch.exp(shifted).sum(dim=-1))
         wy = _smoothed_block(y[a:b], cdt, label_smoothing, num_classes)
         if class_weight is not None:
             wy = wy * class_weight
         am = wy.sum(dim=-1)
-        lse[a:b], amass[a:b] = l_b, am
-        loss[a:b] = am * l_b - (wy * xf).sum(dim=-1)
+        ref[a:b], rel[a:b], amass[a:b] = m.squeeze(-1), r_b, am
+        loss[a:b] = am * r_b - (wy * shifted).sum(dim=-1)
     if not rows:
-        return lse[0], loss[0], amass[0]
-    return lse, loss, amass
+        return ref[0], rel[0], loss[0], amass[0]
+    return ref, rel, loss, amass
 
 
 def prob_grad(
@@ -698,8 +711,15 @@ def prob_grad(
     label_smoothing: float = 0.0,
     out: Tensor | None = None,
     block_rows: int | None = None,
+    ref: Tensor | None = None,
 ) -> Tensor:
-    """Pass 2 for probability targets: ``g_ic = s_i (A_i p_ic − w_c y'_ic)`` into ``out``."""
+    """Pass 2 for probability targets: ``g_ic = s_i (A_i p_ic − w_c y'_ic)`` into ``out``.
+
+    With ``ref`` (the row max), ``lse`` is ``lse − ref`` and ``p = exp(x − ref) e^{−(lse − ref)}``
+    (see :func:`logits_grad`)."""
+    if ref is not None:  # fold e^{-(lse - ref)} into A
+        amass = amass * torch.exp(-lse)
+        lse = ref
     if (tr := _triton_for(logits)) is not None:
         return tr.prob_grad(
             logits,
@@ -880,13 +900,15 @@ def linear_grad(
     need_hidden: bool = True,
     need_weight: bool = True,
     need_bias: bool = False,
+    ref: Tensor | None = None,
 ) -> LinearGrads:
     """Pass 2 for ``logits = hidden @ weight.T + bias``: recompute each chunk of logits, turn it
     into ``d logits`` in place (:func:`logits_grad`), and accumulate
     ``d hidden = g @ weight``, ``d weight += g.T @ hidden``, ``d bias += Σ_rows g``.
 
-    Arguments as in :func:`linear_row_stats` and :func:`logits_grad`; ``lse`` and ``coef`` are
-    global per-row values of shape ``(R,)``. Returns :class:`LinearGrads` in compute dtype.
+    Arguments as in :func:`linear_row_stats` and :func:`logits_grad`; ``lse``, ``coef`` and
+    ``ref`` are global per-row values of shape ``(R,)``. Returns :class:`LinearGrads` in compute
+    dtype.
     """
     n = hidden.shape[0]
     step = chunk_rows or default_chunk_rows(weight.shape[0], hidden.element_size())
@@ -902,7 +924,14 @@ def linear_grad(
             coef.target_grad[sl],
         )
         logits_grad(
-            z, target[sl], lse[sl], c, class_offset=class_offset, class_weight=class_weight, out=z
+            z,
+            target[sl],
+            lse[sl],
+            c,
+            class_offset=class_offset,
+            class_weight=class_weight,
+            out=z,
+            ref=None if ref is None else ref[sl],
         )
         _accumulate(grads, z, hidden[sl], weight, sl)
         del z

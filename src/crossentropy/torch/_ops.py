@@ -43,6 +43,11 @@ __all__ = [
     "row_scales",
 ]
 
+#: Part of every op's name. Compiled-graph caches (inductor's, on disk) key on op names, not on
+#: what an op returns: bump this whenever an op's arguments, outputs or meaning change, or a
+#: cache written by the previous version would be replayed against the new one.
+OP_VERSION = 2
+
 #: Largest float16 gradient entry the prescale aims for (float16's largest normal is ~2**16).
 _FP16_TARGET = 2.0**14
 
@@ -186,7 +191,7 @@ def _index_losses(
 # --------------------------------------------------------------------------- index targets
 
 
-@torch.library.custom_op("crossentropy::index_forward", mutates_args=())
+@torch.library.custom_op(f"crossentropy::index_forward_v{OP_VERSION}", mutates_args=())
 def index_forward(
     logits: Tensor,
     target: Tensor,
@@ -197,11 +202,16 @@ def index_forward(
     with_grad: bool,
     impl: str,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-    """Loss, per-row ``lse`` and ``q = Σ_{c≠y} p_c``, and (``with_grad``, ``"mean"``/``"sum"``)
-    the gradient ``∂ loss / ∂ logits · pre`` in the logits' dtype and ``pre`` (0-d).
+    """Loss, per-row normaliser ``norm`` and ``q = Σ_{c≠y} p_c``, and (``with_grad``,
+    ``"mean"``/``"sum"``) the gradient ``∂ loss / ∂ logits · pre`` in the logits' dtype and
+    ``pre`` (0-d).
 
-    ``loss`` is 0-d or of the rows' shape, in compute dtype. Without ``with_grad`` the
-    gradient output is an empty tensor and ``pre`` is 1.
+    ``loss`` is 0-d or of the rows' shape, in compute dtype. ``norm`` stacks the row's reference
+    point ``m`` and ``lse − m`` (shape ``(2, *rows)``): a later gradient pass computes
+    ``p = exp(x − m) e^{−(lse − m)}``, accurate for large logits, where ``exp(x − lse)`` with a
+    rounded ``lse`` would not be. Without ``with_grad`` the gradient output is an empty tensor
+    and ``pre`` is 1. (After a fused sweep, backward never needs ``norm``: a second backward
+    runs the sweep again.)
     """
     with K.use_impl(impl):
         return _index_forward(
@@ -262,7 +272,8 @@ def _index_forward(
         stats = K.logits_row_stats(x, target, class_weight=w, with_sum=bool(eps))
     lse = K.row_lse(stats)
     loss = _index_losses(stats, lse, valid, tw, eps, num_classes, total)
-    return _reduce(loss, reduction, tw.sum()), lse, K.other_prob(stats), grad, pre
+    norm = torch.stack([stats.max, K.row_lse_rel(stats)])
+    return _reduce(loss, reduction, tw.sum()), norm, K.other_prob(stats), grad, pre
 
 
 @index_forward.register_fake
@@ -274,26 +285,26 @@ def _(logits, target, weight, ignore_index, reduction, label_smoothing, with_gra
     grad = torch.empty_like(logits) if fused else logits.new_empty((0,))
     return (
         loss,
-        logits.new_empty(rows, dtype=cdt),
+        logits.new_empty((2, *rows), dtype=cdt),
         logits.new_empty(rows, dtype=cdt),
         grad,
         logits.new_empty((), dtype=cdt),
     )
 
 
-@torch.library.custom_op("crossentropy::index_backward", mutates_args=())
+@torch.library.custom_op(f"crossentropy::index_backward_v{OP_VERSION}", mutates_args=())
 def index_backward(
     logits: Tensor,
     target: Tensor,
     weight: Tensor | None,
-    lse: Tensor,
+    norm: Tensor,
     q: Tensor,
     row_grad: Tensor,
     ignore_index: int,
     label_smoothing: float,
     impl: str,
 ) -> Tensor:
-    """``∂/∂ logits`` of ``Σ_i row_grad_i ℓ_i`` (one pass, from the saved ``lse`` and ``q``)."""
+    """``∂/∂ logits`` of ``Σ_i row_grad_i ℓ_i`` (one pass, from the saved ``norm`` and ``q``)."""
     with K.use_impl(impl):
         num_classes = logits.shape[1] if logits.dim() >= 2 else logits.shape[0]
         cdt = K.compute_dtype(logits.dtype)
@@ -305,7 +316,13 @@ def index_backward(
         coef = _coefficients(q, rg * pre, tw, label_smoothing, num_classes, total)
         grad = torch.empty_like(logits)
         K.logits_grad(
-            _classes_last(logits), target, lse, coef, class_weight=w, out=_classes_last(grad)
+            _classes_last(logits),
+            target,
+            norm[1],
+            coef,
+            class_weight=w,
+            out=_classes_last(grad),
+            ref=norm[0],
         )
         if logits.dtype == torch.float16:
             grad = (grad.to(cdt) / pre).to(logits.dtype)
@@ -313,14 +330,14 @@ def index_backward(
 
 
 @index_backward.register_fake
-def _(logits, target, weight, lse, q, row_grad, ignore_index, label_smoothing, impl):  # type: ignore[no-untyped-def]
+def _(logits, target, weight, norm, q, row_grad, ignore_index, label_smoothing, impl):  # type: ignore[no-untyped-def]
     return torch.empty_like(logits)
 
 
 # --------------------------------------------------------------------------- probability targets
 
 
-@torch.library.custom_op("crossentropy::prob_forward", mutates_args=())
+@torch.library.custom_op(f"crossentropy::prob_forward_v{OP_VERSION}", mutates_args=())
 def prob_forward(
     logits: Tensor,
     target: Tensor,
@@ -328,32 +345,37 @@ def prob_forward(
     label_smoothing: float,
     impl: str,
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """Per-row ``(loss, lse, A = Σ_c w_c y'_c)`` for probability targets, compute dtype."""
+    """Per-row ``(loss, norm, A = Σ_c w_c y'_c)`` for probability targets, compute dtype
+    (``norm`` as in :func:`index_forward`)."""
     with K.use_impl(impl):
         cdt = K.compute_dtype(logits.dtype)
         w = None if weight is None else weight.to(cdt)
-        lse, loss, amass = K.prob_row_stats(
+        ref, rel, loss, amass = K.prob_row_stats(
             _classes_last(logits),
             _classes_last(target),
             class_weight=w,
             label_smoothing=label_smoothing,
         )
-        return loss, lse, amass
+        return loss, torch.stack([ref, rel]), amass
 
 
 @prob_forward.register_fake
 def _(logits, target, weight, label_smoothing, impl):  # type: ignore[no-untyped-def]
     rows = _rows_shape(logits)
     cdt = K.compute_dtype(logits.dtype)
-    return tuple(logits.new_empty(rows, dtype=cdt) for _ in range(3))
+    return (
+        logits.new_empty(rows, dtype=cdt),
+        logits.new_empty((2, *rows), dtype=cdt),
+        logits.new_empty(rows, dtype=cdt),
+    )
 
 
-@torch.library.custom_op("crossentropy::prob_backward", mutates_args=())
+@torch.library.custom_op(f"crossentropy::prob_backward_v{OP_VERSION}", mutates_args=())
 def prob_backward(
     logits: Tensor,
     target: Tensor,
     weight: Tensor | None,
-    lse: Tensor,
+    norm: Tensor,
     amass: Tensor,
     row_grad: Tensor,
     label_smoothing: float,
@@ -367,18 +389,19 @@ def prob_backward(
         K.prob_grad(
             _classes_last(logits),
             _classes_last(target),
-            lse,
+            norm[1],
             row_grad.to(cdt),
             amass,
             class_weight=w,
             label_smoothing=label_smoothing,
             out=_classes_last(grad),
+            ref=norm[0],
         )
         return grad
 
 
 @prob_backward.register_fake
-def _(logits, target, weight, lse, amass, row_grad, label_smoothing, impl):  # type: ignore[no-untyped-def]
+def _(logits, target, weight, norm, amass, row_grad, label_smoothing, impl):  # type: ignore[no-untyped-def]
     return torch.empty_like(logits)
 
 
@@ -414,7 +437,7 @@ def _grads_out(
     return out[0], out[1], out[2]
 
 
-@torch.library.custom_op("crossentropy::linear_forward", mutates_args=())
+@torch.library.custom_op(f"crossentropy::linear_forward_v{OP_VERSION}", mutates_args=())
 def linear_forward(
     hidden: Tensor,
     weight: Tensor,
@@ -430,7 +453,7 @@ def linear_forward(
     need_bias: bool,
     impl: str,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
-    """Loss of ``hidden @ weight.T + bias`` (rows of ``hidden`` (R, D)), per-row ``lse`` and
+    """Loss of ``hidden @ weight.T + bias`` (rows of ``hidden`` (R, D)), per-row ``norm`` and
     ``q``, and for ``"mean"``/``"sum"`` with any ``need_*`` the three gradients in compute
     dtype (empty where not needed). ``chunk_size`` 0 means the default."""
     with K.use_impl(impl):
@@ -474,7 +497,8 @@ def linear_forward(
             grads = _empty_like_grads(hidden, weight, bias, (False, False, False))
         lse = K.row_lse(stats)
         loss = _index_losses(stats, lse, valid, tw, eps, num_classes, total)
-        return (_reduce(loss, reduction, tw.sum()), lse, K.other_prob(stats), *grads)
+        norm = torch.stack([stats.max, K.row_lse_rel(stats)])
+        return (_reduce(loss, reduction, tw.sum()), norm, K.other_prob(stats), *grads)
 
 
 @linear_forward.register_fake
@@ -499,20 +523,20 @@ def _(  # type: ignore[no-untyped-def]
     need = (need_hidden, need_weight, need_bias) if fused else (False, False, False)
     return (
         hidden.new_empty(rows if reduction == "none" else (), dtype=cdt),
-        hidden.new_empty(rows, dtype=cdt),
+        hidden.new_empty((2, *rows), dtype=cdt),
         hidden.new_empty(rows, dtype=cdt),
         *_empty_like_grads(hidden, weight, bias, need),
     )
 
 
-@torch.library.custom_op("crossentropy::linear_backward", mutates_args=())
+@torch.library.custom_op(f"crossentropy::linear_backward_v{OP_VERSION}", mutates_args=())
 def linear_backward(
     hidden: Tensor,
     weight: Tensor,
     bias: Tensor | None,
     target: Tensor,
     class_weight: Tensor | None,
-    lse: Tensor,
+    norm: Tensor,
     q: Tensor,
     row_grad: Tensor,
     ignore_index: int,
@@ -539,7 +563,7 @@ def linear_backward(
             hidden,
             weight,
             target,
-            lse,
+            norm[1],
             _coefficients(q, rg * pre, tw, eps, num_classes, total),
             bias=bias,
             class_weight=w,
@@ -547,6 +571,7 @@ def linear_backward(
             need_hidden=need[0],
             need_weight=need[1],
             need_bias=need[2],
+            ref=norm[0],
         )
         return _grads_out(g, hidden, weight, bias, need, pre)
 
@@ -558,10 +583,10 @@ def _(  # type: ignore[no-untyped-def]
     bias,
     target,
     class_weight,
-    lse,
+    norm,
     q,
     row_grad,
-    ignore_index,  # type: ignore[no-untyped-def]
+    ignore_index,
     label_smoothing,
     chunk_size,
     need_hidden,

@@ -49,12 +49,27 @@ __all__ = [
 BLOCK: int | None = None
 
 
+#: Whether Triton defined these kernels for its interpreter (it reads ``TRITON_INTERPRET`` at
+#: definition, so setting the variable later changes nothing for this process).
+INTERPRETED = os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
 def _interpreted() -> bool:
-    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+    return INTERPRETED
 
 
 def _block(num_classes: int) -> int:
     if BLOCK is not None:
+        if (
+            isinstance(BLOCK, bool)
+            or not isinstance(BLOCK, int)
+            or BLOCK < 1
+            or BLOCK & (BLOCK - 1)
+        ):
+            raise ValueError(
+                "crossentropy.torch._triton.BLOCK must be None or a power of two (classes per "
+                f"chunk), got {BLOCK!r}"
+            )
         return BLOCK
     cap = 256 if _interpreted() else 4096
     return max(16, min(cap, triton.next_power_of_2(max(1, num_classes))))
@@ -291,7 +306,6 @@ def _fused_kernel(
     m_ref = tl.where(m == float("-inf"), 0.0, m)
     et = tl.where(inside, tl.exp(xt - m_ref), 0.0)
     total = d + et
-    lse = m_ref + tl.log(total)
     q = d / total
     rs = tl.load(RS + r).to(tl.float32)
     tw = tl.load(TW + r).to(tl.float32)
@@ -309,14 +323,16 @@ def _fused_kernel(
     tl.store(XT_out + r, xt)
     if SMOOTH:
         tl.store(S_out + r, s)
+    # p_c = e^{x_c − m} / total: shifting by the (exact) max, not by a rounded lse, keeps p
+    # accurate for large logits; 1/total goes into the row's scale
     _write_grad(
         x_ptr,
         g_ptr,
         t_local,
         inside,
         W,
-        lse,
-        p_scale,
+        m_ref,
+        p_scale / total,
         smooth,
         tgrad,
         V,
@@ -333,7 +349,8 @@ def _prob_stats_kernel(
     X,
     Y,
     W,
-    LSE_out,
+    REF_out,
+    REL_out,
     LOSS_out,
     A_out,
     D,
@@ -355,7 +372,7 @@ def _prob_stats_kernel(
     m = zero - float("inf")
     d = zero
     a = zero
-    b = zero
+    b = zero  # Σ w y' (x − m) for the running max m: no cancellation for large logits
     for start in range(0, V, BLOCK):
         cols = start + tl.arange(0, BLOCK)
         mask = cols < V
@@ -365,15 +382,17 @@ def _prob_stats_kernel(
         if HAS_WEIGHT:
             y = y * tl.load(W + cols, mask=mask, other=0.0).to(tl.float32)
         y = tl.where(mask, y, 0.0)
-        a += tl.sum(y, 0)
-        b += tl.sum(y * tl.where(mask, x, 0.0), 0)
         m_new = tl.maximum(m, tl.max(x, 0))
         m_ref = tl.where(m_new == float("-inf"), 0.0, m_new)
+        m_old = tl.where(m == float("-inf"), m_ref, m)
+        b = b - a * (m_ref - m_old) + tl.sum(y * tl.where(mask, x - m_ref, 0.0), 0)
+        a += tl.sum(y, 0)
         d = d * tl.exp(m - m_ref) + tl.sum(tl.where(mask, tl.exp(x - m_ref), 0.0), 0)
         m = m_new
-    lse = tl.where(m == float("-inf"), 0.0, m) + tl.log(d)
-    tl.store(LSE_out + r, lse)
-    tl.store(LOSS_out + r, a * lse - b)
+    rel = tl.log(d)
+    tl.store(REF_out + r, tl.where(m == float("-inf"), 0.0, m))
+    tl.store(REL_out + r, rel)
+    tl.store(LOSS_out + r, a * rel - b)
     tl.store(A_out + r, a)
 
 
@@ -639,7 +658,7 @@ def prob_row_stats(
     class_weight: Tensor | None = None,
     label_smoothing: float = 0.0,
     block_rows: int | None = None,
-) -> tuple[Tensor, Tensor, Tensor]:
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """:func:`._kernels.prob_row_stats` as one Triton launch."""
     _check_float64(logits)
     rows, v = tuple(logits.shape[:-1]), logits.shape[-1]
@@ -648,15 +667,16 @@ def prob_row_stats(
     if dy != d:
         y, _, _, yso, ysi, ysc = _row_layout(target.contiguous())
     dev = logits.device
-    lse, loss, amass = (torch.empty(n, dtype=torch.float32, device=dev) for _ in range(3))
-    w = class_weight.to(torch.float32).contiguous() if class_weight is not None else lse
+    ref, rel, loss, amass = (torch.empty(n, dtype=torch.float32, device=dev) for _ in range(4))
+    w = class_weight.to(torch.float32).contiguous() if class_weight is not None else ref
     if n and v:
         blk = _block(v)
         _prob_stats_kernel[(n,)](
             x,
             y,
             w,
-            lse,
+            ref,
+            rel,
             loss,
             amass,
             d,
@@ -672,7 +692,7 @@ def prob_row_stats(
             BLOCK=blk,
             num_warps=_warps(blk),
         )
-    return lse.reshape(rows), loss.reshape(rows), amass.reshape(rows)
+    return ref.reshape(rows), rel.reshape(rows), loss.reshape(rows), amass.reshape(rows)
 
 
 def prob_grad(

@@ -540,8 +540,15 @@ class _VocabParallelCrossEntropy(torch.autograd.Function):
         else:
             coef = _coefficients(grad, saved, layout, opts)
             with _kernels.use_impl(opts.impl):
+                # p = exp(x − M) e^{−(lse − M)}: accurate for large logits (see logits_grad)
                 d_logits = _kernels.logits_grad(
-                    logits_shard, target, saved.lse, coef, class_offset=layout.start, class_weight=w
+                    logits_shard,
+                    target,
+                    _kernels.row_lse_rel(saved.stats),
+                    coef,
+                    class_offset=layout.start,
+                    class_weight=w,
+                    ref=saved.stats.max,
                 )
         return d_logits, None, None, None, None, None
 
@@ -607,7 +614,7 @@ class _VocabParallelLinearCrossEntropy(torch.autograd.Function):
                     hidden,
                     weight_shard,
                     target,
-                    saved.lse,
+                    _kernels.row_lse_rel(saved.stats),
                     _coefficients(grad, saved, layout, opts),
                     bias=bias_shard,
                     class_offset=layout.start,
@@ -616,6 +623,7 @@ class _VocabParallelLinearCrossEntropy(torch.autograd.Function):
                     need_hidden=need_h,
                     need_weight=need_w,
                     need_bias=need_b,
+                    ref=saved.stats.max,
                 )
         d_hidden = grads.hidden
         if d_hidden is not None:

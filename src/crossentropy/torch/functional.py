@@ -336,7 +336,7 @@ class _CrossEntropyProb(torch.autograd.Function):
         row_grad = grad_out.to(K.compute_dtype(logits.dtype))
         if reduction == "mean":
             row_grad = row_grad / rows
-        row_grad = row_grad.expand(lse.shape)
+        row_grad = row_grad.expand(amass.shape).contiguous()
         if _differentiable_backward():
             g = _prob_grad_reference(logits, target, weight, eps, row_grad)
         else:
