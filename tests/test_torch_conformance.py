@@ -489,7 +489,7 @@ def test_result_dtype_promotion():
 @pytest.mark.parametrize("kind", ["index", "prob", "linear"])
 def test_empty_batches(monkeypatch, fused, reduction, kind):
     if not fused:
-        monkeypatch.setattr(CF, "DIRECT_MAX_ELEMENTS", 1 << 19)
+        monkeypatch.setattr(CF, "DIRECT_MAX_ELEMENTS", 1 << 20)
         monkeypatch.setattr(CF, "LINEAR_DIRECT_MAX_ELEMENTS", 1 << 19)
     out = []
     for ours in (True, False):
@@ -565,7 +565,7 @@ def test_argument_errors_in_our_format():
 
 
 def test_direct_path_errors_are_ours(monkeypatch):
-    monkeypatch.setattr(CF, "DIRECT_MAX_ELEMENTS", 1 << 19)
+    monkeypatch.setattr(CF, "DIRECT_MAX_ELEMENTS", 1 << 20)
     x = torch.randn(4, C, requires_grad=True)
     with pytest.raises(ValueError, match=r"target must contain class indices in \[0, 5\)"):
         cet.cross_entropy(x, torch.tensor([0, 1, 2, 7]))

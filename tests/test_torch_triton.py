@@ -274,3 +274,15 @@ def test_block_must_be_a_power_of_two(monkeypatch):
     monkeypatch.setattr(TR, "BLOCK", 20)
     with pytest.raises(ValueError, match="BLOCK must be None or a power of two"):
         cet.cross_entropy(torch.randn(2, 5), torch.tensor([0, 1]), impl="triton")
+
+
+def test_modules_take_impl():
+    x, t, w, _ = _index_case((5, BLOCK + 3), True, True, torch.float32, seed=13)
+    ours = cet.CrossEntropyLoss(w, label_smoothing=0.1, impl="triton")
+    assert "impl='triton'" in repr(ours)
+    torch.testing.assert_close(ours(x, t), F.cross_entropy(x, t, w, label_smoothing=0.1))
+    h, wt = torch.randn(5, 4), torch.randn(BLOCK + 3, 4)
+    lin = cet.LinearCrossEntropyLoss(chunk_size=2, impl="triton")
+    torch.testing.assert_close(lin(h, wt, t), F.cross_entropy(h @ wt.T, t))
+    with pytest.raises(ValueError, match="impl must be one of"):
+        cet.CrossEntropyLoss(impl="gpu")(x, t)

@@ -121,6 +121,8 @@ def check_projection(
 
 def check_impl(fn: str, impl: object, x: Tensor) -> str:
     """``impl`` is ``"auto"``, ``"torch"`` or ``"triton"``, and Triton can run on ``x``."""
+    if impl == "auto":
+        return impl
     from . import _kernels as K
 
     if not isinstance(impl, str) or impl not in K.IMPLS:

@@ -58,12 +58,15 @@ __all__ = ["DIRECT_MAX_ELEMENTS", "cross_entropy", "linear_cross_entropy"]
 #: Logits (elements) up to which :func:`cross_entropy` calls ``F.cross_entropy`` directly:
 #: below it the fused path's fixed cost (Python blocks, custom-op dispatch) exceeds what it
 #: saves. Measured by ``benchmarks/bench_torch.py`` (the "small inputs" table).
-DIRECT_MAX_ELEMENTS = 1 << 19
+DIRECT_MAX_ELEMENTS = 1 << 20
 
 #: Rows × classes up to which :func:`linear_cross_entropy` composes ``F.linear`` and
 #: ``F.cross_entropy`` directly (its logits are small enough to materialise). Measured on the
 #: project machine: the chunked kernel is 2× slower at 131k logits, even at 524k, faster above.
-LINEAR_DIRECT_MAX_ELEMENTS = 1 << 19
+LINEAR_DIRECT_MAX_ELEMENTS = 1 << 20
+
+
+_REDUCTIONS = ("mean", "sum", "none")
 
 
 def _compiling() -> bool:
@@ -545,6 +548,34 @@ def cross_entropy(
     tensor([[-0.1072,  0.0876,  0.0196],
             [ 0.0226,  0.0226, -0.0453]])
     """
+    if (
+        type(input) is Tensor
+        and type(target) is Tensor
+        and weight is None
+        and size_average is None
+        and reduce is None
+        and not inplace_backward
+        and impl == "auto"
+        and type(ignore_index) is int
+        and type(label_smoothing) is float
+        and 0.0 <= label_smoothing <= 1.0
+        and reduction in _REDUCTIONS
+        and input.numel() <= DIRECT_MAX_ELEMENTS
+        and (target.dtype == torch.int64 or target.is_floating_point())
+    ):
+        # A small problem with plain arguments is F.cross_entropy itself (the ~µs of our checks
+        # would be a fifth of its time); anything F refuses is re-checked below, for our error.
+        try:
+            return F.cross_entropy(
+                input,
+                target,
+                None,
+                ignore_index=ignore_index,
+                reduction=reduction,
+                label_smoothing=label_smoothing,
+            )
+        except (RuntimeError, IndexError, ValueError, TypeError):
+            pass
     fn = "cross_entropy"
     x = check_tensor(fn, "input", input, floating=True)
     if x.dim() == 0:

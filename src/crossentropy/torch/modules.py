@@ -18,8 +18,8 @@ class CrossEntropyLoss(torch.nn.CrossEntropyLoss):
     ----------
     weight : Tensor, shape ``(C,)``, optional
         Class weights, stored as a buffer (moves with ``.to()``).
-    ignore_index, reduction, label_smoothing
-        As in :func:`crossentropy.torch.cross_entropy`.
+    ignore_index, reduction, label_smoothing, impl
+        As in :func:`crossentropy.torch.cross_entropy` (``impl`` is keyword-only).
 
     Examples
     --------
@@ -37,10 +37,13 @@ class CrossEntropyLoss(torch.nn.CrossEntropyLoss):
         reduce: bool | None = None,
         reduction: str = "mean",
         label_smoothing: float = 0.0,
+        *,
+        impl: str = "auto",
     ) -> None:
         # nn.CrossEntropyLoss's own constructor: the same buffer, attributes and legacy
         # size_average/reduce handling, and isinstance(loss, nn.CrossEntropyLoss) holds.
         super().__init__(weight, size_average, ignore_index, reduce, reduction, label_smoothing)
+        self.impl = impl
 
     def forward(self, input: Tensor, target: Tensor) -> Tensor:
         return cross_entropy(
@@ -50,12 +53,13 @@ class CrossEntropyLoss(torch.nn.CrossEntropyLoss):
             ignore_index=self.ignore_index,
             reduction=self.reduction,
             label_smoothing=self.label_smoothing,
+            impl=self.impl,
         )
 
     def extra_repr(self) -> str:
         return (
             f"ignore_index={self.ignore_index}, reduction={self.reduction!r}, "
-            f"label_smoothing={self.label_smoothing}"
+            f"label_smoothing={self.label_smoothing}, impl={self.impl!r}"
         )
 
 
@@ -69,7 +73,7 @@ class LinearCrossEntropyLoss(torch.nn.Module):
     ----------
     class_weight : Tensor, shape ``(C,)``, optional
         Class weights, stored as a buffer.
-    ignore_index, reduction, label_smoothing, chunk_size
+    ignore_index, reduction, label_smoothing, chunk_size, impl
         As in :func:`crossentropy.torch.linear_cross_entropy`.
 
     Examples
@@ -95,6 +99,7 @@ class LinearCrossEntropyLoss(torch.nn.Module):
         *,
         class_weight: Tensor | None = None,
         chunk_size: int | None = None,
+        impl: str = "auto",
     ) -> None:
         super().__init__()
         self.register_buffer("class_weight", class_weight)
@@ -102,6 +107,7 @@ class LinearCrossEntropyLoss(torch.nn.Module):
         self.reduction = reduction
         self.label_smoothing = label_smoothing
         self.chunk_size = chunk_size
+        self.impl = impl
 
     def forward(
         self, hidden: Tensor, weight: Tensor, target: Tensor, bias: Tensor | None = None
@@ -116,10 +122,12 @@ class LinearCrossEntropyLoss(torch.nn.Module):
             label_smoothing=self.label_smoothing,
             class_weight=self.class_weight,
             chunk_size=self.chunk_size,
+            impl=self.impl,
         )
 
     def extra_repr(self) -> str:
         return (
             f"ignore_index={self.ignore_index}, reduction={self.reduction!r}, "
-            f"label_smoothing={self.label_smoothing}, chunk_size={self.chunk_size}"
+            f"label_smoothing={self.label_smoothing}, chunk_size={self.chunk_size}, "
+            f"impl={self.impl!r}"
         )
