@@ -32,8 +32,16 @@ def dry_run(tmp_path: Path, *stamps: str) -> str:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.touch()
     assert MAKE is not None
+    # Under `make test` this runs in a sub-make: without MAKEFLAGS/MAKELEVEL and with
+    # --no-print-directory the plan is the same as from a shell.
+    env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MAKELEVEL", "MFLAGS")}
     proc = subprocess.run(
-        [MAKE, "-n", "demo"], cwd=tmp_path, capture_output=True, text=True, check=True
+        [MAKE, "--no-print-directory", "-n", "demo"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        check=True,
+        env=env,
     )
     return proc.stdout
 
