@@ -317,3 +317,21 @@ def test_the_demo_runs_without_torch_and_says_the_check_was_skipped(tmp_path: Pa
     m = json.loads((out / "metrics.json").read_text(encoding="utf-8"))
     assert "torch" not in m["versions"]
     assert all(c["reference"] == "finite differences" for c in m["gradient_checks"])
+
+
+def test_missing_matplotlib_is_a_clear_error_in_a_fresh_process(tmp_path: Path) -> None:
+    """Found by the hostile pass: without the [demo] extra the output-folder check imported the
+    report (matplotlib) first and the user got a traceback instead of the pip line."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; sys.modules['matplotlib'] = None\n"
+        "import importlib.util as u; real = u.find_spec\n"
+        "u.find_spec = lambda n, *a: None if n == 'matplotlib' else real(n, *a)\n"
+        "from crossentropy.cli import main\n"
+        f"raise SystemExit(main(['demo', '--quick', '--out', {str(tmp_path / 'r')!r}]))\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
+    assert proc.returncode == 1, proc.stderr
+    assert "pip install 'crossentropy[demo]'" in proc.stderr and "Traceback" not in proc.stderr

@@ -95,10 +95,7 @@ class _Progress:
 def _run_demo(args: argparse.Namespace) -> int:
     start = time.perf_counter()  # the run time quoted counts the imports too
     out = Path(args.out)
-    error = _check_out_dir(out)
-    if error is not None:
-        print(f"{PROG} demo: error: {error}", file=sys.stderr)
-        return 1
+    # The extra first: checking the output folder already imports the report (matplotlib).
     missing = [m for m in ("matplotlib", "sklearn", "rich") if importlib.util.find_spec(m) is None]
     if missing:
         print(
@@ -106,6 +103,10 @@ def _run_demo(args: argparse.Namespace) -> int:
             f"(pip install 'crossentropy[demo]'); missing: {', '.join(missing)}",
             file=sys.stderr,
         )
+        return 1
+    error = _check_out_dir(out)
+    if error is not None:
+        print(f"{PROG} demo: error: {error}", file=sys.stderr)
         return 1
     # Heavy imports only once the arguments are known to be good.
     try:
