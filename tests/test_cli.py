@@ -335,3 +335,28 @@ def test_missing_matplotlib_is_a_clear_error_in_a_fresh_process(tmp_path: Path) 
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
     assert proc.returncode == 1, proc.stderr
     assert "pip install 'crossentropy[demo]'" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_a_reader_that_leaves_early_does_not_fail_the_run(tmp_path: Path) -> None:
+    """Found by the hostile pass: `crossentropy demo 2>&1 | head -2` exited 1 and wrote no
+    report (the progress line hit the closed pipe)."""
+    import subprocess
+    import sys
+
+    out = tmp_path / "r"
+    cmd = (
+        f"{sys.executable} -m crossentropy demo --quick --out {out} 2>&1 | head -1 >/dev/null; "
+        "exit ${PIPESTATUS[0]}"
+    )
+    proc = subprocess.run(["bash", "-c", cmd], capture_output=True, text=True, check=False)
+    assert proc.returncode == 0, proc.stderr
+    assert (out / "index.html").is_file()
+
+
+def test_a_symlinked_output_folder_receives_the_report(tmp_path: Path) -> None:
+    target = tmp_path / "target"
+    target.mkdir()
+    link = tmp_path / "link"
+    link.symlink_to(target)
+    assert main(["demo", "--quick", "--out", str(link)]) == 0
+    assert link.is_symlink() and (target / "index.html").is_file()

@@ -378,3 +378,45 @@ def test_a_folder_of_other_files_is_never_replaced(results: DemoResults, tmp_pat
     empty = tmp_path / "empty"
     empty.mkdir()
     assert replaceable(empty) is None
+
+
+# -- hostile-pass cases --------------------------------------------------------------------------
+
+
+def test_a_report_folder_with_the_users_files_is_not_replaced(
+    results: DemoResults, tmp_path: Path
+) -> None:
+    """Found by the hostile pass: re-running into a report folder that also held the user's
+    files deleted them silently."""
+    out = tmp_path / "r"
+    write_report(results, out)
+    (out / "notes.txt").write_text("mine")
+    reason = replaceable(out)
+    assert reason is not None and "notes.txt" in reason and "deleted" in reason
+    with pytest.raises(FileExistsError):
+        write_report(results, out)
+    assert (out / "notes.txt").read_text() == "mine"
+    (out / "notes.txt").unlink()
+    (out / "figures" / "data.csv").write_text("mine")
+    assert replaceable(out) is not None
+    (out / "figures" / "data.csv").unlink()
+    assert replaceable(out) is None
+
+
+def test_race_meaning_claims_better_probabilities_only_when_measured(
+    results: DemoResults,
+) -> None:
+    from crossentropy.report.sections import race_meaning
+
+    race = results.race
+    settings = list(dict.fromkeys((run.dataset, run.init) for run in race.runs))
+    lower = sum(
+        race.get(d, i, "cross_entropy", "quality").final_log_loss
+        < race.get(d, i, "mse", "quality").final_log_loss
+        for d, i in settings
+    )
+    text = " ".join(race_meaning(race, Texts("en")))
+    if 2 * lower > len(settings):
+        assert "better probabilities" in text
+    else:
+        assert "not clearly better" in text and "better probabilities" not in text

@@ -53,6 +53,24 @@ def _check_out_dir(out: Path) -> str | None:
     return None
 
 
+def _mute(stream: Any) -> None:
+    """Send the rest of ``stream``'s output to the null device (its reader went away)."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, stream.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):
+        pass
+
+
+def _say(text: str) -> None:
+    """One progress line on stderr; a closed pipe (``| head``) ends the output, not the run."""
+    try:
+        print(text, file=sys.stderr, flush=True)
+    except BrokenPipeError:
+        _mute(sys.stderr)
+
+
 class _Progress:
     """Progress of the demo: a bar on a terminal, one line per part otherwise (logs, CI)."""
 
@@ -74,7 +92,7 @@ class _Progress:
             self._bar.__enter__()
             self._task = self._bar.add_task("starting", total=self.total)
         else:
-            print(f"{PROG} demo: running ({self.total} units of work)", file=sys.stderr)
+            _say(f"{PROG} demo: running ({self.total} units of work)")
         return self
 
     def advance(self, description: str) -> None:
@@ -85,7 +103,7 @@ class _Progress:
         part = description.split(":")[0]
         if part != self._last_part:
             self._last_part = part
-            print(f"{PROG} demo: [{self.done}/{self.total}] {part}", file=sys.stderr, flush=True)
+            _say(f"{PROG} demo: [{self.done}/{self.total}] {part}")
 
     def __exit__(self, *exc: object) -> None:
         if self._bar is not None:
@@ -95,6 +113,8 @@ class _Progress:
 def _run_demo(args: argparse.Namespace) -> int:
     start = time.perf_counter()  # the run time quoted counts the imports too
     out = Path(args.out)
+    if out.is_symlink():  # write where the link points; renaming would replace the link itself
+        out = out.resolve()
     # The extra first: checking the output folder already imports the report (matplotlib).
     missing = [m for m in ("matplotlib", "sklearn", "rich") if importlib.util.find_spec(m) is None]
     if missing:
@@ -123,7 +143,13 @@ def _run_demo(args: argparse.Namespace) -> int:
         )
         return 1
 
-    console = Console()
+    class _Console(Console):  # type: ignore[misc]
+        def on_broken_pipe(self) -> None:
+            # rich's default exits with status 1; the report is written, so stop printing only
+            self.quiet = True
+            _mute(sys.stdout)
+
+    console = _Console()
     settings = DemoSettings(seed=args.seed, quick=args.quick)
     with _Progress(settings.work_units + 1, sys.stderr.isatty()) as progress:
         results = run_demo(settings, on_progress=progress.advance)
@@ -136,7 +162,13 @@ def _run_demo(args: argparse.Namespace) -> int:
             print(f"{PROG} demo: error: cannot write the report into {out}: {exc}", file=sys.stderr)
             return 1
         progress.advance("report written")
-    print_summary(console, list(files.sections), files.index.absolute(), files.seconds, args.lang)
+    try:
+        print_summary(
+            console, list(files.sections), files.index.absolute(), files.seconds, args.lang
+        )
+        sys.stdout.flush()
+    except BrokenPipeError:  # the report is written; a reader that left early is no error
+        _mute(sys.stdout)
     return 0
 
 

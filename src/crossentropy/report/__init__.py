@@ -79,11 +79,28 @@ def replaceable(out_dir: Path) -> str | None:
         return "is the current directory or contains it (choose a folder for the report)"
     try:
         entries = {p.name for p in out_dir.iterdir()}
+        figures = out_dir / FIGURES
+        extra_figures = (
+            [p.name for p in figures.iterdir() if not p.name.endswith((".svg", ".png"))]
+            if figures.is_dir()
+            else []
+        )
     except OSError as exc:
         return f"cannot be read ({exc.strerror or exc})"
-    if not entries or MARKER in entries or {"index.html", "metrics.json"} <= entries:
+    if not entries:
         return None
-    return "exists and is not a crossentropy report (choose a new or empty directory)"
+    if not (MARKER in entries or {"index.html", "metrics.json"} <= entries):
+        return "exists and is not a crossentropy report (choose a new or empty directory)"
+    # An earlier report is replaced whole: anything else in it would be deleted with it.
+    ours = {MARKER, "index.html", "metrics.json", FIGURES}
+    foreign = sorted((entries - ours) | set(extra_figures))
+    if foreign or (FIGURES in entries and not figures.is_dir()):
+        shown = ", ".join(foreign[:3]) + (", ..." if len(foreign) > 3 else "")
+        return (
+            f"holds files the report did not write ({shown or FIGURES}); they would be deleted "
+            "with the old report: move them, or choose another directory"
+        )
+    return None
 
 
 def _build(

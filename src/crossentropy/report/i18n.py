@@ -275,8 +275,16 @@ EN: dict[str, str] = {
         "{gap} points ({samples} test samples). At the learning rate of the best final "
         "validation accuracy, MSE's test accuracy was higher in {q_mse} of {n} settings and "
         "cross-entropy's in {q_ce}. On these small data sets both losses end up about equally "
-        "accurate; cross-entropy's advantage is in getting there, and in honest probabilities "
-        "(its test log-loss was lower in {ll_ce} of {n} settings)."
+        "accurate; cross-entropy's advantage is in getting there."
+    ),
+    "s3.m.ll_better": (
+        "It also gave the better probabilities: its test log-loss was lower in {ll_ce} of {n} "
+        "settings."
+    ),
+    "s3.m.ll_not": (
+        "Its probabilities were not clearly better here: its test log-loss was lower in only "
+        "{ll_ce} of {n} settings (a learning rate chosen for speed can leave a model "
+        "over-confident)."
     ),
     # -- part 4 -----------------------------------------------------------------------------
     "s4.short": "4. Derivation checks",
@@ -598,8 +606,12 @@ ZH: dict[str, str] = {
     "s3.m.accuracy": (
         "最终的测试准确率则是另一回事：两种损失之间最大的差距是 {gap} 个百分点（{samples} 个测试样本）。"
         "取最终验证准确率最好的学习率时，{n} 个设置中均方误差的测试准确率有 {q_mse} 个更高，交叉熵有 {q_ce} 个。"
-        "在这些小数据集上两种损失最终差不多准；交叉熵的优势在于更快到达，以及给出可信的概率"
-        "（它的测试对数损失在 {n} 个设置中有 {ll_ce} 个更低）。"
+        "在这些小数据集上两种损失最终差不多准；交叉熵的优势在于更快到达。"
+    ),
+    "s3.m.ll_better": "它给出的概率也更可信：测试对数损失在 {n} 个设置中有 {ll_ce} 个更低。",
+    "s3.m.ll_not": (
+        "这里它的概率并没有明显更可信：测试对数损失在 {n} 个设置中只有 {ll_ce} 个更低"
+        "（为速度选出的学习率可能让模型过于自信）。"
     ),
     "s4.short": "4. 推导检验",
     "s4.title": "4. 逐步推导，逐步检验",

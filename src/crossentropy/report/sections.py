@@ -253,7 +253,8 @@ def race_meaning(race: Race, t: Texts) -> tuple[str, ...]:
     ]
     # "hides" only when the measurements say so: MSE mostly needed (and got) larger steps,
     # and at equal learning rates it was not the faster one.
-    if 2 * larger >= n and pairs["cross_entropy"] > pairs["mse"]:
+    # ("MSE only catches up when its learning rate is tuned": only if it never led at equal ones)
+    if 2 * larger >= n and pairs["cross_entropy"] > pairs["mse"] and pairs["mse"] == 0:
         paragraphs.append(t("s3.m.hides"))
     paragraphs += [
         t(
@@ -270,9 +271,9 @@ def race_meaning(race: Race, t: Texts) -> tuple[str, ...]:
             samples=gap_samples,
             q_mse=q_mse,
             q_ce=q_ce,
-            ll_ce=ll_ce,
             n=n,
         ),
+        t("s3.m.ll_better" if 2 * ll_ce > n else "s3.m.ll_not", ll_ce=ll_ce, n=n),
     ]
     return tuple(paragraphs)
 
