@@ -248,10 +248,19 @@ def draw_race(r: Race, out: Path, t: Texts) -> tuple[Path, ...]:
             fig = _figure(PANEL[0], 3.1)
             ax = fig.subplots()
             target = r.get(dataset, init, "cross_entropy").target_accuracy
+            # Zoom to where the race is decided (a few steps on these data sets): on the whole
+            # run's axis both curves sit on top of each other at the left edge.
+            reach = [r.get(dataset, init, loss).steps_to_target for loss in LOSS_ORDER]
+            shown = r.steps
+            if all(n is not None for n in reach):
+                shown = int(min(r.steps, max(10, 4 * max(n for n in reach if n is not None))))
             for loss in LOSS_ORDER:
                 run = r.get(dataset, init, loss)
                 n = run.steps_to_target
-                reached = t("fig.steps_n", n=n) if n is not None else t("fig.not_reached")
+                if n is None:
+                    reached = t("fig.not_reached")
+                else:
+                    reached = t("fig.steps_1") if n == 1 else t("fig.steps_n", n=n)
                 ax.plot(
                     steps,
                     run.val_accuracy,
@@ -265,17 +274,18 @@ def draw_race(r: Race, out: Path, t: Texts) -> tuple[Path, ...]:
             ax.axhline(target, color="black", lw=0.7, ls=":")
             ax.annotate(
                 t("fig.target", p=f"{target:.0%}"),
-                (r.steps, target),
+                (shown, target),
                 xytext=(0, -11),
                 textcoords="offset points",
                 ha="right",
                 fontsize=8,
             )
-            ax.set_xlim(0, r.steps)
+            ax.set_xlim(0, shown)
             ax.set_ylim(0, 1.01)
+            xlabel = t("fig.step") if shown == r.steps else t("fig.zoomed", n=shown, total=r.steps)
             ax.set(
                 title=t("fig.race_title", data=t("data." + dataset), init=t("init." + init)),
-                xlabel=t("fig.step"),
+                xlabel=xlabel,
                 ylabel=t("fig.val_accuracy"),
             )
             ax.legend(loc="lower right", fontsize=8)

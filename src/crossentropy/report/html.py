@@ -62,6 +62,8 @@ th, td { border-bottom: 1px solid #e6e9ee; padding: .3rem .5rem; text-align: lef
          vertical-align: top; }
 th { background: #f6f7f9; font-weight: 600; }
 td.num, th.num { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }
+/* Chinese has no spaces: keep each word whole (the table scrolls in its box instead) */
+:lang(zh) table:not(.summary) th, :lang(zh) table:not(.summary) td { word-break: keep-all; }
 .caption { color: #4b5560; font-size: .85rem; margin: 1.2rem 0 .2rem; }
 .derivation { border: 1px solid #e6e9ee; border-radius: 6px; padding: .2rem .9rem .6rem;
               margin: 1rem 0; }

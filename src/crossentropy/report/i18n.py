@@ -110,6 +110,8 @@ EN: dict[str, str] = {
     "fig.neuron_suptitle": "One sigmoid neuron started wrong, same learning rate η = {lr:g} "
     "for both losses",
     "fig.steps_n": "{n} steps",
+    "fig.steps_1": "1 step",
+    "fig.zoomed": "gradient-descent step (first {n} of {total})",
     "fig.not_reached": "target not reached",
     "fig.target": "target {p}",
     "fig.race_title": "{data}, {init}",
@@ -468,6 +470,8 @@ ZH: dict[str, str] = {
     "fig.neuron_grad": "每一步传到 z 的梯度",
     "fig.neuron_suptitle": "一个从错误处出发的 sigmoid 神经元，两种损失用同一学习率 η = {lr:g}",
     "fig.steps_n": "{n} 步",
+    "fig.steps_1": "1 步",
+    "fig.zoomed": "梯度下降步数（共 {total} 步中的前 {n} 步）",
     "fig.not_reached": "未达到目标",
     "fig.target": "目标 {p}",
     "fig.race_title": "{data}，{init}",
