@@ -397,3 +397,16 @@ def test_torch_tensor_points_at_torch_backend() -> None:
     torch = pytest.importorskip("torch")
     with pytest.raises(TypeError, match=r"token_stats: logits must be a NumPy array"):
         token_stats(torch.zeros(2, 3), np.array([0, 1]))
+
+
+def test_vjp_with_an_infinite_upstream_is_the_limit_not_nan():
+    """Found by the hostile pass: d_logprob = inf gave NaN at the target (inf − inf)."""
+    import warnings
+
+    from crossentropy.tokens import token_stats_vjp
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        g = token_stats_vjp(np.zeros((3, 4)), np.zeros(3, dtype=int), d_logprob=np.inf)
+    np.testing.assert_array_equal(g[:, 0], np.inf)
+    np.testing.assert_array_equal(g[:, 1:], -np.inf)

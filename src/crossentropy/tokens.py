@@ -372,19 +372,21 @@ def token_stats_vjp(
     for r0, r1 in _blocks(n_rows, n_cols, x.dtype.itemsize):
         log_p, _ = _log_softmax_block(x[r0:r1])
         p = np.exp(log_p)
-        coef = np.zeros_like(log_p)  # c - a' - b (log p + H), per entry
+        rest = np.zeros_like(log_p)  # c - b (log p + H), per entry
         if c is not None:
-            coef += c[r0:r1, None]
-        if a is not None:
-            coef -= a[r0:r1, None]
+            rest += c[r0:r1, None]
         if b is not None:
             safe_log_p = np.where(p == 0, 0.0, log_p)  # 0 · log 0 = 0
             h = -np.sum(p * safe_log_p, axis=1)
-            coef -= b[r0:r1, None] * (safe_log_p + h[:, None])
+            rest -= b[r0:r1, None] * (safe_log_p + h[:, None])
         gb = grad[r0:r1]
-        np.multiply(p, coef, out=gb)
+        np.multiply(p, rest if a is None else rest - a[r0:r1, None], out=gb)
         if a is not None:
-            gb[np.arange(r1 - r0), prep.labels[r0:r1]] += a[r0:r1]
+            # the target entry as a'(1 − p_y) + p_y·rest_y: finite for an infinite a', where
+            # p_y(rest_y − a') + a' would be inf − inf
+            rows, cols = np.arange(r1 - r0), prep.labels[r0:r1]
+            p_y = p[rows, cols]
+            gb[rows, cols] = a[r0:r1] * (1 - p_y) + p_y * rest[rows, cols]
     return _back(grad, prep)
 
 
