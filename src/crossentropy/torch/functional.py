@@ -15,11 +15,12 @@ How each mode is served, and why:
 - **Backward with** ``create_graph=True`` (Hessians, gradient penalties, MAML) computes the
   closed-form gradient with differentiable torch ops (``softmax(x)·a − y``), so every higher
   derivative is autograd's own.
-- **torch.func** transforms (``grad``, ``vmap``, ``jacrev``, ...), class ``weight`` or
-  probability ``target`` that require grad, and small problems (fewer than
-  :data:`DIRECT_MAX_ELEMENTS` logits, where a fused kernel's fixed cost exceeds its saving)
-  go to the composite reference ``torch.nn.functional.cross_entropy`` itself: bit-for-bit the
-  function we stand in for.
+- **torch.func** transforms (``grad``, ``vmap``, ``jacrev``, ``jvp``, ...) and forward-mode
+  AD, a probability ``target`` (or, with one, a class ``weight``) that requires grad, and small
+  problems (at most :data:`DIRECT_MAX_ELEMENTS` logits, where a fused kernel's fixed cost
+  exceeds its saving) go to the composite reference ``torch.nn.functional.cross_entropy``
+  itself: bit-for-bit the function we stand in for. A class ``weight`` that requires grad with
+  index targets is refused, as ``F`` refuses it.
 - **torch.compile / meta / FakeTensor**: the kernels are custom ops with fake impls, the
   public functions read nothing on the host, and the ``autograd.Function`` backward is
   functional under compilation, so ``fullgraph=True`` traces with no graph break.
@@ -527,8 +528,8 @@ def cross_entropy(
     devices by a device-side assertion, as ``F.cross_entropy`` does — no host sync.
 
     Which path runs: small problems (at most :data:`DIRECT_MAX_ELEMENTS` logits), ``torch.func``
-    transforms, and a ``weight`` or probability ``target`` that requires grad go to
-    ``F.cross_entropy`` itself (the fused kernel cannot win there, or the gradient it would
+    transforms and forward-mode AD, and a probability ``target`` (or, with one, a ``weight``)
+    that requires grad go to ``F.cross_entropy`` itself (the fused kernel cannot win there, or the gradient it would
     need is not one it computes); everything else runs the fused kernels. The fused first
     backward hands out the forward's gradient once (rescaled in place); a second backward
     through a retained graph recomputes it; ``create_graph=True`` uses differentiable ops.
