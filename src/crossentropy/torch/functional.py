@@ -529,8 +529,9 @@ def cross_entropy(
 
     Which path runs: small problems (at most :data:`DIRECT_MAX_ELEMENTS` logits), ``torch.func``
     transforms and forward-mode AD, and a probability ``target`` (or, with one, a ``weight``)
-    that requires grad go to ``F.cross_entropy`` itself (the fused kernel cannot win there, or the gradient it would
-    need is not one it computes); everything else runs the fused kernels. The fused first
+    that requires grad go to ``F.cross_entropy`` itself (the fused kernel cannot win there,
+    or the gradient it would need is not one it computes); everything else runs the fused
+    kernels. The fused first
     backward hands out the forward's gradient once (rescaled in place); a second backward
     through a retained graph recomputes it; ``create_graph=True`` uses differentiable ops.
     Float16 gradients are stored pre-multiplied by a power of two so that a ``GradScaler``'s
