@@ -27,6 +27,8 @@ ever multiplies it. Backward multiplies by ``upstream / pre``, exact when the up
 ``GradScaler`` scale) is a power of two.
 """
 
+from typing import NamedTuple
+
 import torch
 from torch import Tensor
 
@@ -34,6 +36,8 @@ from .._validation import fail
 from . import _kernels as K
 
 __all__ = [
+    "RowWeights",
+    "classes_last",
     "index_backward",
     "index_forward",
     "linear_backward",
@@ -41,6 +45,7 @@ __all__ = [
     "prob_backward",
     "prob_forward",
     "row_scales",
+    "row_weights",
 ]
 
 #: Part of every op's name. Compiled-graph caches (inductor's, on disk) key on op names, not on
@@ -103,8 +108,44 @@ def row_scales(
     return valid, tw, scale
 
 
-def _weight_total(weight: Tensor | None, num_classes: int) -> Tensor | float:
-    return float(num_classes) if weight is None else weight.sum()
+class RowWeights(NamedTuple):
+    """The class weights of a call as every pass needs them (compute dtype)."""
+
+    w: Tensor | None  # per-class weights, or None
+    total: Tensor | float  # W = Σ_c w_c (C without weights)
+    valid: Tensor  # target != ignore_index
+    tw: Tensor  # w_{y_i}, 0 for ignored rows
+    scale: Tensor  # s_i = ∂ reduced / ∂ℓ_i
+
+
+def row_weights(
+    target: Tensor,
+    weight: Tensor | None,
+    ignore_index: int,
+    reduction: str,
+    num_classes: int,
+    cdt: torch.dtype,
+) -> RowWeights:
+    """:func:`row_scales` with the weights cast once and their total ``W``."""
+    w = None if weight is None else weight.to(cdt)
+    total: Tensor | float = float(num_classes) if w is None else w.sum()
+    return RowWeights(w, total, *row_scales(target, w, ignore_index, reduction, cdt))
+
+
+def _backward_coefficients(
+    dtype: torch.dtype,
+    rw: RowWeights,
+    q: Tensor,
+    row_grad: Tensor,
+    eps: float,
+    num_classes: int,
+    target: float,
+) -> tuple[K.GradCoefficients, Tensor]:
+    """Coefficients of a recomputing gradient pass for ``row_grad``, and the float16 ``pre``
+    they are multiplied by (see :func:`_prescale`)."""
+    rg = row_grad.to(rw.tw.dtype)
+    pre = _prescale(dtype, rg, rw.tw, rw.w, eps, num_classes, rw.total, target)
+    return _coefficients(q, rg * pre, rw.tw, eps, num_classes, rw.total), pre
 
 
 def _coefficients(
@@ -159,7 +200,8 @@ def _rows_shape(logits: Tensor) -> tuple[int, ...]:
     return tuple(logits.shape[:1]) + tuple(logits.shape[2:]) if logits.dim() >= 2 else ()
 
 
-def _classes_last(x: Tensor) -> Tensor:
+def classes_last(x: Tensor) -> Tensor:
+    """The classes on the last dimension (a view): ``(N, C, d…)`` → ``(N, d…, C)``."""
     return x.movedim(1, -1) if x.dim() >= 3 else x
 
 
@@ -248,10 +290,10 @@ def _index_forward(
     num_classes = logits.shape[1] if logits.dim() >= 2 else logits.shape[0]
     check_targets(target, num_classes, ignore_index, "cross_entropy")
     cdt = K.compute_dtype(logits.dtype)
-    x = _classes_last(logits)
-    w = None if weight is None else weight.to(cdt)
-    total = _weight_total(w, num_classes)
-    valid, tw, scale = row_scales(target, w, ignore_index, reduction, cdt)
+    x = classes_last(logits)
+    w, total, valid, tw, scale = row_weights(
+        target, weight, ignore_index, reduction, num_classes, cdt
+    )
     fused = with_grad and reduction != "none"
     pre = torch.ones((), dtype=cdt, device=logits.device)
     if fused:
@@ -265,7 +307,7 @@ def _index_forward(
             label_smoothing=eps,
             weight_total=total,
             class_weight=w,
-            out=_classes_last(grad),
+            out=classes_last(grad),
         )
     else:
         grad = logits.new_empty((0,))
@@ -308,20 +350,18 @@ def index_backward(
     with K.use_impl(impl):
         num_classes = logits.shape[1] if logits.dim() >= 2 else logits.shape[0]
         cdt = K.compute_dtype(logits.dtype)
-        w = None if weight is None else weight.to(cdt)
-        total = _weight_total(w, num_classes)
-        _, tw, _ = row_scales(target, w, ignore_index, "sum", cdt)
-        rg = row_grad.to(cdt)
-        pre = _prescale(logits.dtype, rg, tw, w, label_smoothing, num_classes, total, _FP16_TARGET)
-        coef = _coefficients(q, rg * pre, tw, label_smoothing, num_classes, total)
+        rw = row_weights(target, weight, ignore_index, "sum", num_classes, cdt)
+        coef, pre = _backward_coefficients(
+            logits.dtype, rw, q, row_grad, label_smoothing, num_classes, _FP16_TARGET
+        )
         grad = torch.empty_like(logits)
         K.logits_grad(
-            _classes_last(logits),
+            classes_last(logits),
             target,
             norm[1],
             coef,
-            class_weight=w,
-            out=_classes_last(grad),
+            class_weight=rw.w,
+            out=classes_last(grad),
             ref=norm[0],
         )
         if logits.dtype == torch.float16:
@@ -351,8 +391,8 @@ def prob_forward(
         cdt = K.compute_dtype(logits.dtype)
         w = None if weight is None else weight.to(cdt)
         ref, rel, loss, amass = K.prob_row_stats(
-            _classes_last(logits),
-            _classes_last(target),
+            classes_last(logits),
+            classes_last(target),
             class_weight=w,
             label_smoothing=label_smoothing,
         )
@@ -387,14 +427,14 @@ def prob_backward(
         w = None if weight is None else weight.to(cdt)
         grad = torch.empty_like(logits)
         K.prob_grad(
-            _classes_last(logits),
-            _classes_last(target),
+            classes_last(logits),
+            classes_last(target),
             norm[1],
             row_grad.to(cdt),
             amass,
             class_weight=w,
             label_smoothing=label_smoothing,
-            out=_classes_last(grad),
+            out=classes_last(grad),
             ref=norm[0],
         )
         return grad
@@ -461,9 +501,9 @@ def linear_forward(
         num_classes = weight.shape[0]
         check_targets(target, num_classes, ignore_index, "linear_cross_entropy")
         cdt = K.compute_dtype(hidden.dtype)
-        w = None if class_weight is None else class_weight.to(cdt)
-        total = _weight_total(w, num_classes)
-        valid, tw, scale = row_scales(target, w, ignore_index, reduction, cdt)
+        w, total, valid, tw, scale = row_weights(
+            target, class_weight, ignore_index, reduction, num_classes, cdt
+        )
         need = (need_hidden, need_weight, need_bias and bias is not None)
         chunk = chunk_size or None
         if reduction != "none" and any(need):
@@ -553,20 +593,17 @@ def linear_backward(
         eps = label_smoothing
         num_classes = weight.shape[0]
         cdt = K.compute_dtype(hidden.dtype)
-        w = None if class_weight is None else class_weight.to(cdt)
-        total = _weight_total(w, num_classes)
-        _, tw, _ = row_scales(target, w, ignore_index, "sum", cdt)
-        rg = row_grad.to(cdt)
-        pre = _prescale(hidden.dtype, rg, tw, w, eps, num_classes, total, 1.0)
+        rw = row_weights(target, class_weight, ignore_index, "sum", num_classes, cdt)
+        coef, pre = _backward_coefficients(hidden.dtype, rw, q, row_grad, eps, num_classes, 1.0)
         need = (need_hidden, need_weight, need_bias and bias is not None)
         g = K.linear_grad(
             hidden,
             weight,
             target,
             norm[1],
-            _coefficients(q, rg * pre, tw, eps, num_classes, total),
+            coef,
             bias=bias,
-            class_weight=w,
+            class_weight=rw.w,
             chunk_rows=chunk_size or None,
             need_hidden=need[0],
             need_weight=need[1],

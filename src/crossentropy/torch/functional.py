@@ -134,10 +134,6 @@ class _NoAutocast:
 # --------------------------------------------------------------------------- reference grads
 
 
-def _classes_last(x: Tensor) -> Tensor:
-    return x.movedim(1, -1) if x.dim() >= 3 else x
-
-
 def _classes_back(g: Tensor, like: Tensor) -> Tensor:
     return g.movedim(-1, 1) if like.dim() >= 3 else g
 
@@ -155,11 +151,11 @@ def _index_grad_reference(
     ``s_i u_i (a_i softmax(x_i) − (1−ε) w_y e_y − (ε/C) w)``, with ``a_i`` as in
     :func:`cross_entropy`'s Notes."""
     cdt = K.compute_dtype(x.dtype)
-    xl = _classes_last(x).to(cdt)
+    xl = _ops.classes_last(x).to(cdt)
     num_classes = xl.shape[-1]
-    w = None if weight is None else weight.to(cdt)
-    valid, tw, scale = _ops.row_scales(target, w, ignore_index, reduction, cdt)
-    total: Tensor | float = float(num_classes) if w is None else w.sum()
+    w, total, valid, tw, scale = _ops.row_weights(
+        target, weight, ignore_index, reduction, num_classes, cdt
+    )
     p = torch.softmax(xl, dim=-1)
     a = (1.0 - eps) * tw + (eps / num_classes) * total
     safe = torch.where(valid, target, 0).to(torch.int64)
@@ -177,9 +173,9 @@ def _prob_grad_reference(
 ) -> Tensor:
     """``u_i (A_i softmax(x_i) − w ⊙ y'_i)`` in differentiable torch ops."""
     cdt = K.compute_dtype(x.dtype)
-    xl = _classes_last(x).to(cdt)
+    xl = _ops.classes_last(x).to(cdt)
     num_classes = xl.shape[-1]
-    y = _classes_last(target).to(cdt)
+    y = _ops.classes_last(target).to(cdt)
     if eps:
         y = y * (1.0 - eps) + eps / num_classes
     if weight is not None:
