@@ -116,6 +116,17 @@ def _scaled(g: Tensor, factor: Tensor, *, inplace: bool) -> Tensor:
     return g.mul_(f) if inplace else g * f
 
 
+def _autocast_projection(h: Tensor, weight: object, bias: object) -> tuple[Tensor, Any, Any]:
+    """What ``F.linear`` does under autocast: ``hidden``, ``weight`` and ``bias`` cast to the
+    autocast dtype (differentiably; anything not a floating tensor is left for the checks)."""
+    low = torch.get_autocast_dtype(h.device.type)
+    if isinstance(weight, Tensor) and weight.is_floating_point():
+        weight = weight.to(low)
+    if isinstance(bias, Tensor) and bias.is_floating_point():
+        bias = bias.to(low)
+    return h.to(low), weight, bias
+
+
 class _NoAutocast:
     """``torch.autocast(enabled=False)`` only when autocast is on (the common case costs 0)."""
 
@@ -901,13 +912,7 @@ def linear_cross_entropy(
         fail(fn, "hidden", "have at least 1 dimension (features)", "shape ()")
     autocast = _autocast_on(h)
     if autocast:
-        # F.linear under autocast: hidden, weight and bias in the autocast dtype.
-        low = torch.get_autocast_dtype(h.device.type)
-        if isinstance(weight, Tensor) and weight.is_floating_point():
-            weight = weight.to(low)
-        if isinstance(bias, Tensor) and bias.is_floating_point():
-            bias = bias.to(low)
-        h = h.to(low)
+        h, weight, bias = _autocast_projection(h, weight, bias)
     wt, b = check_projection(fn, h, weight, bias)
     num_classes = wt.shape[0]
     t = check_tensor(fn, "target", target, floating=False)

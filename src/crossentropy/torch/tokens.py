@@ -61,6 +61,7 @@ from ._checks import check_chunk_size, check_projection, check_tensor, describe
 from ._ops import check_targets
 from .functional import (
     _autocast_on,
+    _autocast_projection,
     _differentiable_backward,
     _NoAutocast,
     _reference_call,
@@ -629,13 +630,7 @@ def linear_token_stats(
     if h.dim() == 0:
         fail(fn, "hidden", "have at least 1 dimension (features)", "shape ()")
     if _autocast_on(h):
-        # F.linear under autocast: hidden, weight and bias in the autocast dtype.
-        low = torch.get_autocast_dtype(h.device.type)
-        if isinstance(weight, Tensor) and weight.is_floating_point():
-            weight = weight.to(low)
-        if isinstance(bias, Tensor) and bias.is_floating_point():
-            bias = bias.to(low)
-        h = h.to(low)
+        h, weight, bias = _autocast_projection(h, weight, bias)
     w, b = check_projection(fn, h, weight, bias)
     if b is not None and b.device != h.device:
         fail(fn, "bias", f"be on hidden's device {h.device}", f"device {b.device}")
