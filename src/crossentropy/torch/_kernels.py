@@ -385,13 +385,12 @@ def row_lse_rel(stats: RowStats) -> Tensor:
     return torch.log(stats.sumexp + target_exp(stats))
 
 
-def row_nll(stats: RowStats, lse: Tensor | None = None) -> Tensor:
+def row_nll(stats: RowStats) -> Tensor:
     """``lse_i − x_{iy_i}`` from global stats, accurate for confident rows.
 
     When the target is (near) the max, ``lse − x_y = log1p(Σ_{c≠y} e^{x_c − x_y})`` keeps the
     tiny loss that ``lse − x_y`` would round to 0; elsewhere ``(m − x_y) + log Σ_c e^{x_c − m}``.
-    Rows without a target get 0. ``lse`` is accepted for the callers' convenience and unused:
-    the statistics alone give the accurate forms.
+    Rows without a target get 0.
     """
     et = target_exp(stats)
     near = et > 2.0**-20

@@ -222,7 +222,7 @@ def _index_losses(
     total: Tensor | float,
 ) -> Tensor:
     """ℓ_i = (1−ε) w_y (lse − x_y) + (ε/C) (W lse − Σ_c w_c x_c), 0 for ignored rows."""
-    loss = tw * K.row_nll(stats, lse)
+    loss = tw * K.row_nll(stats)
     if eps:
         loss = (1.0 - eps) * loss
         assert stats.sum_logits is not None  # requested whenever eps > 0

@@ -54,10 +54,6 @@ BLOCK: int | None = None
 INTERPRETED = os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
-def _interpreted() -> bool:
-    return INTERPRETED
-
-
 def _block(num_classes: int) -> int:
     if BLOCK is not None:
         if (
@@ -71,7 +67,7 @@ def _block(num_classes: int) -> int:
                 f"chunk), got {BLOCK!r}"
             )
         return BLOCK
-    cap = 256 if _interpreted() else 4096
+    cap = 256 if INTERPRETED else 4096
     return max(16, min(cap, triton.next_power_of_2(max(1, num_classes))))
 
 

@@ -422,7 +422,7 @@ def _reduce_stats(
         per_row[:, 2] if local.sum_logits is not None else None,
     )
     lse = _kernels.row_lse(stats)
-    nll = _kernels.row_nll(stats, lse)
+    nll = _kernels.row_nll(stats)
     if class_weight is None:
         target_weight = torch.ones_like(nll)
         weight_total: float | Tensor = float(layout.vocab)

@@ -366,7 +366,7 @@ def _legacy_reduction(size_average: object, reduce: object, reduction: object) -
     return _reduction.legacy_get_string(size_average, reduce)  # type: ignore[arg-type]
 
 
-def _as_float(fn: str, arg: str, value: object) -> object:
+def _as_float(value: object) -> object:
     """NumPy scalars and 0-d tensors become Python floats, as ``F`` accepts them."""
     if isinstance(value, Tensor) and value.dim() == 0 and value.dtype != torch.bool:
         return float(value) if value.is_floating_point() else int(value)
@@ -592,7 +592,7 @@ def cross_entropy(
     t = check_tensor(fn, "target", target)
     reduction = _legacy_reduction(size_average, reduce, reduction)  # type: ignore[assignment]
     red, eps, ignore = check_options(
-        fn, reduction, _as_float(fn, "label_smoothing", label_smoothing), _as_int(ignore_index)
+        fn, reduction, _as_float(label_smoothing), _as_int(ignore_index)
     )
     if not isinstance(inplace_backward, bool):
         fail(fn, "inplace_backward", "be a bool", describe(inplace_backward), TypeError)
@@ -926,7 +926,7 @@ def linear_cross_entropy(
     if t.device != h.device:
         fail(fn, "target", f"be on hidden's device {h.device}", f"device {t.device}")
     red, eps, ignore = check_options(
-        fn, reduction, _as_float(fn, "label_smoothing", label_smoothing), _as_int(ignore_index)
+        fn, reduction, _as_float(label_smoothing), _as_int(ignore_index)
     )
     cw = check_class_weight(fn, "class_weight", class_weight, num_classes, device=h.device)
     chunk_size = check_chunk_size(fn, chunk_size)
