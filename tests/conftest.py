@@ -69,3 +69,33 @@ def force_fused(monkeypatch: pytest.MonkeyPatch) -> None:
     functional = pytest.importorskip("crossentropy.torch.functional")
     monkeypatch.setattr(functional, "DIRECT_MAX_ELEMENTS", -1)
     monkeypatch.setattr(functional, "LINEAR_DIRECT_MAX_ELEMENTS", -1)
+
+
+#: The figures the demo report writes (``figures/*.svg``), for the report and CLI tests.
+DEMO_SVGS = frozenset(
+    {
+        "gradient_anatomy_linear.svg",
+        "gradient_anatomy_log.svg",
+        "saturated_neuron_output.svg",
+        "saturated_neuron_gradient.svg",
+        "race_breast_cancer_standard.svg",
+        "race_breast_cancer_saturated.svg",
+        "race_digits_standard.svg",
+        "race_digits_saturated.svg",
+        "derivation_checks.svg",
+        "identities.svg",
+    }
+)
+
+#: Headless Chromium with nothing that reaches the network, for the browser tests.
+CHROMIUM_FLAGS = (
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--hide-scrollbars",
+)

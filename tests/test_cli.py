@@ -16,21 +16,11 @@ from pathlib import Path
 
 import pytest
 
+from conftest import DEMO_SVGS
 from crossentropy import __version__
 from crossentropy.cli import build_parser, main
 
-SVGS = {
-    "gradient_anatomy_linear.svg",
-    "gradient_anatomy_log.svg",
-    "saturated_neuron_output.svg",
-    "saturated_neuron_gradient.svg",
-    "race_breast_cancer_standard.svg",
-    "race_breast_cancer_saturated.svg",
-    "race_digits_standard.svg",
-    "race_digits_saturated.svg",
-    "derivation_checks.svg",
-    "identities.svg",
-}
+SVGS = DEMO_SVGS
 ENV = {**os.environ, "COLUMNS": "120"}
 
 

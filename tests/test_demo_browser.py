@@ -21,21 +21,14 @@ from typing import Any
 
 import pytest
 
+from conftest import CHROMIUM_FLAGS
 from crossentropy.experiments import DemoResults, DemoSettings, run_demo
 from crossentropy.report import ReportFiles, write_report
 
 pytestmark = pytest.mark.slow
 
 FLAGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--hide-scrollbars",
+    *CHROMIUM_FLAGS,
     "--allow-file-access-from-files",  # the harness may read its frames' documents
     "--virtual-time-budget=20000",
 ]

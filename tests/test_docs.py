@@ -23,6 +23,7 @@ from urllib.parse import unquote, urlsplit
 import pytest
 
 import crossentropy as ce
+from conftest import CHROMIUM_FLAGS
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs"
@@ -262,15 +263,7 @@ def test_benchmark_tables_changelog_and_demo_report_are_in_the_site(site: Site) 
 # --- in a real browser ------------------------------------------------------------------------
 
 BROWSER_FLAGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--hide-scrollbars",
+    *CHROMIUM_FLAGS,
     "--window-size=1280,1800",
     "--virtual-time-budget=15000",
 ]

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from conftest import DEMO_SVGS
 from crossentropy.experiments import DemoResults, DemoSettings, run_demo
 from crossentropy.report import MARKER, ReportFiles, replaceable, write_report
 from crossentropy.report import figures as figures_module
@@ -31,18 +32,7 @@ from crossentropy.report.sections import (
     race_section,
 )
 
-SVGS = {
-    "gradient_anatomy_linear.svg",
-    "gradient_anatomy_log.svg",
-    "saturated_neuron_output.svg",
-    "saturated_neuron_gradient.svg",
-    "race_breast_cancer_standard.svg",
-    "race_breast_cancer_saturated.svg",
-    "race_digits_standard.svg",
-    "race_digits_saturated.svg",
-    "derivation_checks.svg",
-    "identities.svg",
-}
+SVGS = DEMO_SVGS
 
 
 @pytest.fixture(scope="module")
