@@ -212,6 +212,29 @@ def _local_index(target: Tensor, class_offset: int, num_local: int) -> tuple[Ten
     return torch.where(inside, local, 0).unsqueeze(-1), inside
 
 
+def _softcap_kw(softcap: float | None) -> dict[str, float]:
+    """The Triton functions' ``softcap`` keyword, passed only when set."""
+    return {} if softcap is None else {"softcap": softcap}
+
+
+def _softcapped(
+    xb: Tensor, cdt: torch.dtype, softcap: float | None
+) -> tuple[Tensor, Tensor | None]:
+    """``(x', t)`` for one block: ``x' = c tanh(x / c)`` in compute dtype and ``t = tanh(x / c)``
+    (kept for the chain factor ``1 − t²``), or ``(xb, None)`` without softcap. Block-sized
+    temporaries: the softcapped logits never exist in memory as a whole."""
+    if softcap is None:
+        return xb, None
+    t = torch.tanh(xb.to(cdt) / softcap)
+    return t * softcap, t
+
+
+def _chain_softcap(work: Tensor, t: Tensor | None) -> None:
+    """``work *= 1 − t²``: ``∂x'/∂x`` of the softcap (the formula of torch's tanh backward)."""
+    if t is not None:
+        work.mul_(t.mul_(t).neg_().add_(1.0))
+
+
 def _block_stats(
     xb: Tensor,
     idx: Tensor,
@@ -293,6 +316,7 @@ def logits_row_stats(
     class_weight: Tensor | None = None,
     with_sum: bool = False,
     block_rows: int | None = None,
+    softcap: float | None = None,
 ) -> RowStats:
     """Per-row statistics of a shard of logits (pass 1).
 
@@ -311,6 +335,8 @@ def logits_row_stats(
         Also compute ``sum_logits`` (label smoothing needs it).
     block_rows : int, optional
         Rows (along the first dimension) per block; default from :data:`BLOCK_ELEMENTS`.
+    softcap : float, optional
+        ``c``: the statistics are those of ``x' = c tanh(x / c)``, computed block by block.
 
     Returns
     -------
@@ -319,7 +345,12 @@ def logits_row_stats(
     """
     if (tr := _triton_for(logits)) is not None:
         return tr.logits_row_stats(
-            logits, target, class_offset=class_offset, class_weight=class_weight, with_sum=with_sum
+            logits,
+            target,
+            class_offset=class_offset,
+            class_weight=class_weight,
+            with_sum=with_sum,
+            **_softcap_kw(softcap),
         )
     cdt = compute_dtype(logits.dtype)
     rows, num_local = tuple(logits.shape[:-1]), logits.shape[-1]
@@ -338,6 +369,7 @@ def logits_row_stats(
         b = min(n0, a + step)
         xb = x[a:b]
         w = work[: xb.numel()].view(xb.shape)
+        xb, _ = _softcapped(xb, cdt, softcap)
         m, se, xt, s = _block_stats(xb, idx_[a:b], inside_[a:b], w, class_weight, with_sum)
         outs[0][a:b] = m
         outs[1][a:b] = se
@@ -416,6 +448,7 @@ def index_target_coefficients(
     label_smoothing: float,
     num_classes: int,
     weight_total: float | Tensor,
+    z_loss: float = 0.0,
 ) -> GradCoefficients:
     """Gradient coefficients for index targets (see the module docstring).
 
@@ -433,13 +466,22 @@ def index_target_coefficients(
         Global vocabulary size ``C``.
     weight_total : float or Tensor
         ``W = Σ_c w_c`` over the global vocabulary (``C`` without class weights).
+    z_loss : float
+        ``z``: the row loss gains ``z w_y lse²``, so ``α`` and ``τ`` gain ``s · 2 z w_y lse``
+        (``lse`` from the global ``stats``).
     """
     eps = float(label_smoothing)
     a = (1.0 - eps) * target_weight
     if eps:
         a = a + (eps / num_classes) * weight_total
+    zgrad = None
+    if z_loss:
+        zgrad = (2.0 * z_loss) * target_weight * row_lse(stats)
+        a = a + zgrad
     p_scale = row_scale * a
     tgrad = -p_scale * other_prob(stats)
+    if zgrad is not None:
+        tgrad = tgrad + row_scale * zgrad
     smooth = None
     if eps:
         smooth = row_scale * (eps / num_classes)
@@ -484,6 +526,7 @@ def logits_grad(
     out: Tensor | None = None,
     block_rows: int | None = None,
     ref: Tensor | None = None,
+    softcap: float | None = None,
 ) -> Tensor:
     """The gradient pass: ``d loss / d logits`` for a shard, given the *global* ``lse``.
 
@@ -508,6 +551,9 @@ def logits_grad(
         A per-row reference point (the row max): ``lse`` is then ``lse − ref``
         (:func:`row_lse_rel`), and the probabilities are computed as
         ``exp(x − ref) · e^{−(lse − ref)}``, accurate for large logits.
+    softcap : float, optional
+        ``c``: ``lse``, ``ref`` and ``coef`` are those of ``x' = c tanh(x / c)``; the result is
+        the gradient at ``x'`` times ``∂x'/∂x = 1 − (x'/c)²``.
 
     Returns
     -------
@@ -519,7 +565,14 @@ def logits_grad(
         lse = ref
     if (tr := _triton_for(logits)) is not None:
         return tr.logits_grad(
-            logits, target, lse, coef, class_offset=class_offset, class_weight=class_weight, out=out
+            logits,
+            target,
+            lse,
+            coef,
+            class_offset=class_offset,
+            class_weight=class_weight,
+            out=out,
+            **_softcap_kw(softcap),
         )
     cdt = compute_dtype(logits.dtype)
     if out is None:
@@ -545,12 +598,14 @@ def logits_grad(
         xb, gb = x[a:b], g[a:b]
         work = gb if direct else work_buf[: xb.numel()].view(xb.shape)  # type: ignore[index]
         lb = lse[a:b].unsqueeze(-1)
-        torch.sub(xb, lb, out=work)
+        xs, t = _softcapped(xb, cdt, softcap)  # read before ``work`` (may alias xb) is written
+        torch.sub(xs, lb, out=work)
         work.exp_()
         ss = None if coef.smooth_scale is None else coef.smooth_scale[a:b]
         _write_grad_block(
             work, idx[a:b], inside[a:b], coef.p_scale[a:b], ss, coef.target_grad[a:b], class_weight
         )
+        _chain_softcap(work, t)
         if not direct:
             gb.copy_(work)
     return out
@@ -567,6 +622,8 @@ def logits_fused(
     class_weight: Tensor | None = None,
     out: Tensor | None = None,
     block_rows: int | None = None,
+    z_loss: float = 0.0,
+    softcap: float | None = None,
 ) -> tuple[RowStats, Tensor]:
     """Both passes in one sweep over the whole (unsharded) vocabulary.
 
@@ -574,6 +631,8 @@ def logits_fused(
     given) for the row scales ``row_scale`` (see :func:`index_target_coefficients`): each
     block's ``softmax`` becomes its gradient while still in cache. The statistics are those of
     :func:`logits_row_stats` (reference point: the row max; see :func:`_softmax_block`).
+    ``z_loss`` and ``softcap`` as in :func:`index_target_coefficients` and :func:`logits_grad`
+    (the statistics are then those of the softcapped logits).
     """
     if (tr := _triton_for(logits)) is not None:
         return tr.logits_fused(
@@ -585,6 +644,8 @@ def logits_fused(
             weight_total=weight_total,
             class_weight=class_weight,
             out=out,
+            **_softcap_kw(softcap),
+            **({"z_loss": z_loss} if z_loss else {}),
         )
     cdt = compute_dtype(logits.dtype)
     if out is None:
@@ -610,6 +671,7 @@ def logits_fused(
         b = min(n0, a + step)
         xb, gb = x[a:b], g[a:b]
         work = gb if direct else work_buf[: xb.numel()].view(xb.shape)  # type: ignore[index]
+        xb, t = _softcapped(xb, cdt, softcap)  # read before ``work`` (may alias xb) is written
         m, se, xt, s = _softmax_block(xb, idx[a:b], inside[a:b], work, class_weight, bool(eps))
         st = RowStats(m, se, xt, inside[a:b], s)
         coef = index_target_coefficients(
@@ -619,6 +681,7 @@ def logits_fused(
             label_smoothing=eps,
             num_classes=num_classes,
             weight_total=weight_total,
+            z_loss=z_loss,
         )
         # work holds p = softmax(x) with the target column zeroed.
         work.mul_(coef.p_scale.unsqueeze(-1))
@@ -631,6 +694,7 @@ def logits_fused(
         # get target_grad = 0 written at column 0. Scattered into the float32 work block
         # before the downcast: measured, scatter_ into a bfloat16 tensor is ~30x slower.
         work.scatter_(-1, idx[a:b], coef.target_grad.unsqueeze(-1).to(work.dtype))
+        _chain_softcap(work, t)
         if not direct:
             gb.copy_(work)
         m_all[a:b], se_all[a:b], xt_all[a:b] = m, se, xt
@@ -660,17 +724,23 @@ def prob_row_stats(
     class_weight: Tensor | None = None,
     label_smoothing: float = 0.0,
     block_rows: int | None = None,
+    softcap: float | None = None,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Pass 1 for probability targets ``y`` (same shape as ``logits``, classes last).
 
     With ``y' = (1 − ε) y + ε / C``, returns per row ``(m, lse − m, loss, A)`` where ``m`` is
     the row max, ``loss_i = Σ_c w_c y'_ic (lse_i − x_ic)`` and ``A_i = Σ_c w_c y'_ic``
     (compute dtype). The loss is summed as ``A (lse − m) − Σ w y' (x − m)``: no cancellation
-    between two large terms when the logits are large.
+    between two large terms when the logits are large. With ``softcap`` everything is of
+    ``x' = c tanh(x / c)``.
     """
     if (tr := _triton_for(logits)) is not None:
         return tr.prob_row_stats(
-            logits, target, class_weight=class_weight, label_smoothing=label_smoothing
+            logits,
+            target,
+            class_weight=class_weight,
+            label_smoothing=label_smoothing,
+            **_softcap_kw(softcap),
         )
     cdt = compute_dtype(logits.dtype)
     rows, num_classes = tuple(logits.shape[:-1]), logits.shape[-1]
@@ -683,7 +753,7 @@ def prob_row_stats(
     step = block_rows or default_block_rows(per_row)
     for a in range(0, n0, step):
         b = min(n0, a + step)
-        xf = x[a:b].to(cdt)
+        xf, _ = _softcapped(x[a:b].to(cdt), cdt, softcap)
         m = torch.amax(xf, dim=-1, keepdim=True)
         m = torch.where(m == float("-inf"), 0.0, m)  # a row of -inf: no shift (its lse is -inf)
         shifted = xf - m
@@ -711,11 +781,13 @@ def prob_grad(
     out: Tensor | None = None,
     block_rows: int | None = None,
     ref: Tensor | None = None,
+    softcap: float | None = None,
 ) -> Tensor:
     """Pass 2 for probability targets: ``g_ic = s_i (A_i p_ic − w_c y'_ic)`` into ``out``.
 
     With ``ref`` (the row max), ``lse`` is ``lse − ref`` and ``p = exp(x − ref) e^{−(lse − ref)}``
-    (see :func:`logits_grad`)."""
+    (see :func:`logits_grad`). With ``softcap``, ``lse``/``ref`` are of ``x'`` and the result is
+    multiplied by ``1 − (x'/c)²``."""
     if ref is not None:  # fold e^{-(lse - ref)} into A
         amass = amass * torch.exp(-lse)
         lse = ref
@@ -729,6 +801,7 @@ def prob_grad(
             class_weight=class_weight,
             label_smoothing=label_smoothing,
             out=out,
+            **_softcap_kw(softcap),
         )
     cdt = compute_dtype(logits.dtype)
     if out is None:
@@ -742,12 +815,14 @@ def prob_grad(
     step = block_rows or default_block_rows(per_row)
     for a in range(0, n0, step):
         b = min(n0, a + step)
-        p = torch.exp(x[a:b].to(cdt) - lse[a:b].unsqueeze(-1))
+        xs, t = _softcapped(x[a:b].to(cdt), cdt, softcap)
+        p = torch.exp(xs - lse[a:b].unsqueeze(-1))
         p.mul_((row_scale[a:b] * amass[a:b]).unsqueeze(-1))
         wy = _smoothed_block(y[a:b], cdt, label_smoothing, num_classes)
         if class_weight is not None:
             wy = wy * class_weight
         p.sub_(wy * row_scale[a:b].unsqueeze(-1))
+        _chain_softcap(p, t)
         g[a:b] = p
     return out
 
@@ -792,6 +867,7 @@ def linear_row_stats(
     class_weight: Tensor | None = None,
     with_sum: bool = False,
     chunk_rows: int | None = None,
+    softcap: float | None = None,
 ) -> RowStats:
     """Pass 1 for ``logits = hidden @ weight.T + bias`` without materialising them.
 
@@ -805,7 +881,7 @@ def linear_row_stats(
         Global class indices.
     bias : Tensor, shape ``(C,)``, optional
         The shard's bias.
-    class_weight, with_sum, class_offset
+    class_weight, with_sum, class_offset, softcap
         As in :func:`logits_row_stats`.
     chunk_rows : int, optional
         Rows of logits alive at a time (default :func:`default_chunk_rows`).
@@ -824,6 +900,7 @@ def linear_row_stats(
                 class_offset=class_offset,
                 class_weight=class_weight,
                 with_sum=with_sum,
+                softcap=softcap,
             )
         )
         del z
@@ -900,6 +977,7 @@ def linear_grad(
     need_weight: bool = True,
     need_bias: bool = False,
     ref: Tensor | None = None,
+    softcap: float | None = None,
 ) -> LinearGrads:
     """Pass 2 for ``logits = hidden @ weight.T + bias``: recompute each chunk of logits, turn it
     into ``d logits`` in place (:func:`logits_grad`), and accumulate
@@ -931,6 +1009,7 @@ def linear_grad(
             class_weight=class_weight,
             out=z,
             ref=None if ref is None else ref[sl],
+            softcap=softcap,
         )
         _accumulate(grads, z, hidden[sl], weight, sl)
         del z
@@ -952,6 +1031,8 @@ def linear_fused(
     need_hidden: bool = True,
     need_weight: bool = True,
     need_bias: bool = False,
+    z_loss: float = 0.0,
+    softcap: float | None = None,
 ) -> tuple[RowStats, LinearGrads]:
     """Statistics and gradients in one sweep (whole vocabulary local, row scales known): three
     matmuls in all — each chunk of logits is computed once and turned into its gradient."""
@@ -973,6 +1054,8 @@ def linear_fused(
             weight_total=weight_total,
             class_weight=class_weight,
             out=z,
+            z_loss=z_loss,
+            softcap=softcap,
         )
         parts.append(st)
         _accumulate(grads, z, hidden[sl], weight, sl)
