@@ -148,3 +148,62 @@ def check_impl(fn: str, impl: object, x: Tensor) -> str:
             "'triton'",
         )
     return impl
+
+
+def _real(value: object) -> object:
+    """NumPy scalars and 0-d real tensors become Python numbers (as ``F`` accepts them)."""
+    if isinstance(value, Tensor) and value.dim() == 0 and value.dtype != torch.bool:
+        if not value.is_complex():
+            return float(value)
+    if isinstance(value, numbers.Real) and not isinstance(value, (bool, int, float)):
+        return float(value)
+    return value
+
+
+def check_z_loss(fn: str, z_loss: object) -> float:
+    """A finite real ``≥ 0`` (the weight of ``lse²``)."""
+    value = _real(z_loss)
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        fail(fn, "z_loss", "be a finite float >= 0", describe(z_loss), TypeError)
+    z = float(value)
+    if not (z >= 0.0 and z != float("inf")):
+        fail(fn, "z_loss", "be a finite float >= 0", z)
+    return z
+
+
+def check_softcap(fn: str, softcap: object) -> float | None:
+    """``None`` or a finite real ``> 0`` (the cap ``c`` of ``c tanh(x / c)``)."""
+    if softcap is None:
+        return None
+    value = _real(softcap)
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        fail(fn, "softcap", "be None or a finite float > 0", describe(softcap), TypeError)
+    c = float(value)
+    if not (c > 0.0 and c != float("inf")):
+        fail(fn, "softcap", "be None or a finite float > 0", c)
+    return c
+
+
+def check_sample_weight(
+    fn: str,
+    sample_weight: object,
+    positions: tuple[int, ...],
+    device: torch.device,
+    *,
+    what: str = "one weight per target position",
+) -> Tensor | None:
+    """``None``, or a floating tensor of the target positions' shape on ``device`` (no
+    broadcasting: a weight per position)."""
+    if sample_weight is None:
+        return None
+    s = check_tensor(fn, "sample_weight", sample_weight, floating=True)
+    if tuple(s.shape) != tuple(positions):
+        fail(
+            fn,
+            "sample_weight",
+            f"have shape {tuple(positions)} ({what})",
+            f"shape {tuple(s.shape)}",
+        )
+    if s.device != device:
+        fail(fn, "sample_weight", f"be on the input's device {device}", f"device {s.device}")
+    return s
