@@ -551,3 +551,317 @@ def test_device_mismatch_is_reported() -> None:
         match=re.escape("linear_token_stats: bias must be on hidden's device cpu, got device meta"),
     ):
         linear_token_stats(_H, _W, _T, torch.zeros(5, device="meta"))
+
+
+# ---------------------------------------------------------------------------------------------
+# softcap: the statistics of z' = c·tanh(z / c), gradients through ∂z'/∂z = 1 − (z'/c)²
+# ---------------------------------------------------------------------------------------------
+
+CAP = 2.0  # well inside the range of the test logits (|z| up to ~10): tanh saturates
+
+
+def _capped(z: torch.Tensor, softcap: float) -> torch.Tensor:
+    """The softcap as the plain torch composition, differentiated by autograd."""
+    return softcap * torch.tanh(z / softcap)
+
+
+def _capped_both(x, w, b, t, ups, softcap, ignore_index=-100, **kw):
+    """(outputs, grads) of ours (logits form if ``w is None``) and of the composition."""
+    results = []
+    for impl in ("ours", "ref"):
+        leaves = [v.detach().clone().requires_grad_() for v in (x, w, b) if v is not None]
+        xx = leaves[0]
+        ww = leaves[1] if w is not None else None
+        bb = leaves[-1] if b is not None else None
+        if impl == "ours" and w is None:
+            out = token_stats(xx, t, ignore_index=ignore_index, softcap=softcap)
+        elif impl == "ours":
+            out = linear_token_stats(
+                xx, ww, t, bb, ignore_index=ignore_index, softcap=softcap, **kw
+            )
+        else:
+            z = xx if w is None else F.linear(xx, ww, bb)
+            out = _reference(_capped(z, softcap), t, ignore_index)
+        grads = torch.autograd.grad(_loss(out, ups), leaves)
+        results.append(({k: v.detach() for k, v in _fields(out).items()}, grads))
+    return results
+
+
+@pytest.mark.parametrize("used", COMBOS, ids=lambda c: "+".join(c))
+@pytest.mark.parametrize("lead", [(N,), (3, 4)], ids=str)
+def test_softcap_logits_form_matches_composition(
+    rng: np.random.Generator, used: tuple[str, ...], lead: tuple[int, ...]
+) -> None:
+    g = _gen(rng)
+    z = 4 * torch.randn(*lead, V, generator=g, dtype=torch.float64)
+    t = torch.randint(0, V, lead, generator=g)
+    t.view(-1)[::3] = -100
+    ups = {k: torch.randn(lead, generator=g, dtype=torch.float64) for k in used}
+    ours, ref = _capped_both(z, None, None, t, ups, CAP)
+    assert all(ours[0][k].shape == lead for k in (*FIELDS, "argmax"))
+    assert _max_error(ours, ref) < 1e-13
+    torch.testing.assert_close(ours[0]["argmax"], ref[0]["argmax"])
+    # the cap is applied: the statistics differ from the uncapped ones
+    assert float((ours[0]["lse"] - torch.logsumexp(z, -1)).abs().max()) > 0.1
+
+
+@pytest.mark.parametrize("used", COMBOS, ids=lambda c: "+".join(c))
+@pytest.mark.parametrize("chunk", [1, 3, None], ids=lambda c: f"chunk{c}")
+def test_softcap_linear_form_matches_composition(
+    rng: np.random.Generator, used: tuple[str, ...], chunk: int | None
+) -> None:
+    g = _gen(rng)
+    h, w, b, t = _inputs(g)
+    h = 3 * h
+    ups = {k: torch.randn(N, generator=g, dtype=torch.float64) for k in used}
+    ours, ref = _capped_both(h, w, b, t, ups, CAP, chunk_size=chunk)
+    assert _max_error(ours, ref) < 1e-13
+    torch.testing.assert_close(ours[0]["argmax"], ref[0]["argmax"])
+
+
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("lead", [(2, 5), ()], ids=str)
+def test_softcap_linear_form_shapes_and_ignore_index(
+    rng: np.random.Generator, bias: bool, lead: tuple[int, ...]
+) -> None:
+    g = _gen(rng)
+    h, w, b, t = _inputs(g, lead=lead, bias=bias, ignore=False)
+    t.view(-1)[::3] = 4  # a class index as ignore_index
+    ups = {k: torch.randn(lead, generator=g, dtype=torch.float64) for k in FIELDS}
+    ours, ref = _capped_both(3 * h, w, b, t, ups, 1.5, ignore_index=4, chunk_size=3)
+    assert all(ours[0][k].shape == lead for k in (*FIELDS, "argmax"))
+    assert _max_error(ours, ref) < 1e-13
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16, torch.float16])
+def test_softcap_none_is_bit_for_bit(rng: np.random.Generator, dtype: torch.dtype) -> None:
+    g = _gen(rng)
+    h, w, b, t = _inputs(g, dtype=dtype)
+    ups = {k: torch.randn(N, generator=g) for k in FIELDS}
+    for call in (
+        lambda x, kw: linear_token_stats(x, w, t, b, chunk_size=4, **kw),
+        lambda x, kw: token_stats(F.linear(x, w, b), t, **kw),
+    ):
+        results = []
+        for kw in ({}, {"softcap": None}):
+            x = h.clone().requires_grad_()
+            out = call(x, kw)
+            (gx,) = torch.autograd.grad(_loss(out, ups), x)
+            results.append((*out, gx))
+        for a, r in zip(*results, strict=True):
+            torch.testing.assert_close(a, r, rtol=0, atol=0, equal_nan=True)
+
+
+def test_softcap_large_is_identity(rng: np.random.Generator) -> None:
+    g = _gen(rng)
+    h, w, b, t = _inputs(g)
+    ups = {k: torch.randn(N, generator=g, dtype=torch.float64) for k in FIELDS}
+    for form in ("logits", "linear"):
+        results = []
+        for cap in (None, 1e8):
+            x = (F.linear(h, w, b) if form == "logits" else h).clone().requires_grad_()
+            if form == "logits":
+                out = token_stats(x, t, softcap=cap)
+            else:
+                out = linear_token_stats(x, w, t, b, softcap=cap)
+            (gx,) = torch.autograd.grad(_loss(out, ups), x)
+            results.append((*out, gx))
+        for a, r in zip(*results, strict=True):
+            torch.testing.assert_close(a, r, rtol=0, atol=1e-14)
+
+
+def test_softcap_gradgradcheck_and_hessian(rng: np.random.Generator) -> None:
+    g = _gen(rng)
+    h, w, b, t = _inputs(g, lead=(4,))
+    h, w, b = (x.requires_grad_() for x in (2 * h, w, b))
+
+    def linear(h, w, b):
+        return linear_token_stats(h, w, t, b, chunk_size=2, softcap=1.5)[:3]
+
+    assert torch.autograd.gradcheck(linear, (h, w, b))
+    assert torch.autograd.gradgradcheck(linear, (h, w, b))
+    z = (2 * torch.randn(4, V, generator=g, dtype=torch.float64)).requires_grad_()
+    assert torch.autograd.gradgradcheck(lambda z: token_stats(z, t, softcap=1.5)[:3], (z,))
+
+    def ours(x):
+        out = token_stats(x, t, softcap=1.5)
+        return (out.logprob + 0.3 * out.entropy + 0.1 * out.lse**2).sum()
+
+    def ref(x):
+        r = _reference(_capped(x, 1.5), t)
+        return (r["logprob"] + 0.3 * r["entropy"] + 0.1 * r["lse"] ** 2).sum()
+
+    z = z.detach()
+    h1 = torch.autograd.functional.hessian(ours, z)
+    h2 = torch.autograd.functional.hessian(ref, z)
+    assert float((h1 - h2).abs().max()) < 1e-13
+
+
+def test_softcap_torch_func_transforms(rng: np.random.Generator) -> None:
+    g = _gen(rng)
+    h, w, b, t = _inputs(g, lead=(4,))
+    z = 3 * F.linear(h, w, b)
+
+    def ref(x):
+        return _reference(_capped(x, CAP), t)
+
+    gr = torch.func.grad(lambda x: token_stats(x, t, softcap=CAP).entropy.sum())(z)
+    torch.testing.assert_close(gr, torch.func.grad(lambda x: ref(x)["entropy"].sum())(z))
+    tangent = torch.randn_like(z)
+    _, jvp = torch.func.jvp(lambda x: token_stats(x, t, softcap=CAP).logprob, (z,), (tangent,))
+    _, jvp_ref = torch.func.jvp(lambda x: ref(x)["logprob"], (z,), (tangent,))
+    torch.testing.assert_close(jvp, jvp_ref)
+    per = torch.func.vmap(
+        torch.func.grad(lambda x: linear_token_stats(x, w, t, b, softcap=CAP).lse.sum())
+    )
+    hs = torch.stack([h, 3 * h])
+    expected = torch.stack(
+        [torch.func.grad(lambda x: ref(F.linear(x, w, b))["lse"].sum())(x) for x in hs]
+    )
+    torch.testing.assert_close(per(hs), expected)
+
+
+def test_softcap_backward_saves_no_logits(rng: np.random.Generator) -> None:
+    g = _gen(rng)
+    n, d, v = 64, 4, 50
+    h = torch.randn(n, d, generator=g, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(v, d, generator=g, dtype=torch.float64, requires_grad=True)
+    t = torch.randint(0, v, (n,), generator=g)
+    sizes: list[int] = []
+
+    def pack(x: torch.Tensor) -> torch.Tensor:
+        sizes.append(x.numel())
+        return x
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda x: x):
+        out = linear_token_stats(h, w, t, chunk_size=8, softcap=CAP)
+    assert max(sizes) <= max(n * d, v * d)
+    (out.logprob.sum() + out.entropy.sum()).backward()
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_softcap_low_precision(rng: np.random.Generator, dtype: torch.dtype) -> None:
+    g = _gen(rng)
+    h, w, b, t = _inputs(g, dtype=dtype)
+    h = 3 * h
+    ups = {k: torch.randn(N, generator=g) for k in FIELDS}
+    hh, ww, bb = (x.clone().requires_grad_() for x in (h, w, b))
+    out = linear_token_stats(hh, ww, t, bb, chunk_size=4, softcap=CAP)
+    assert all(v.dtype == torch.float32 for v in out[:3])
+    _loss(out, ups).backward()
+    assert hh.grad.dtype == ww.grad.dtype == bb.grad.dtype == dtype
+    hr, wr, br = (x.clone().requires_grad_() for x in (h, w, b))
+    ref = _reference(_capped(F.linear(hr, wr, br).float(), CAP), t)
+    _loss(ref, ups).backward()
+    for k in FIELDS:
+        torch.testing.assert_close(getattr(out, k), ref[k], **tol(torch.float32))
+    for a, r in ((hh, hr), (ww, wr), (bb, br)):
+        torch.testing.assert_close(a.grad.float(), r.grad.float(), **tol(dtype))
+    z = F.linear(h, w, b).requires_grad_()
+    out_z = token_stats(z, t, softcap=CAP)
+    (gz,) = torch.autograd.grad(_loss(out_z, ups), z)
+    zr = z.detach().clone().requires_grad_()
+    (gr,) = torch.autograd.grad(_loss(_reference(_capped(zr.float(), CAP), t), ups), zr)
+    assert gz.dtype == dtype
+    torch.testing.assert_close(gz.float(), gr.float(), **tol(dtype))
+
+
+def test_softcap_autocast(rng: np.random.Generator) -> None:
+    h, w, b, t = _inputs(_gen(rng), dtype=torch.float32)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = linear_token_stats(h, w, t, b, softcap=CAP)
+        z = F.linear(h, w, b)
+    ref = _reference(_capped(z.float(), CAP), t)
+    for k in FIELDS:
+        torch.testing.assert_close(getattr(out, k), ref[k], **tol(torch.float32))
+
+
+def test_softcap_empty_and_minus_inf(rng: np.random.Generator) -> None:
+    h = torch.zeros(0, D, requires_grad=True)
+    w = torch.randn(V, D, requires_grad=True)
+    out = linear_token_stats(h, w, torch.zeros(0, dtype=torch.int64), softcap=CAP)
+    assert all(v.shape == (0,) for v in out)
+    (out.logprob.sum() + out.entropy.sum()).backward()
+    assert h.grad.shape == (0, D) and not w.grad.any()
+    # -inf is capped to -c (not masked), +inf to c: as the composition does
+    z = torch.randn(3, V, generator=_gen(rng), dtype=torch.float64)
+    z[:, 5:] = -torch.inf
+    z[2, 0] = torch.inf
+    t = torch.tensor([0, 6, -100])
+    ups = {k: torch.ones(3, dtype=torch.float64) for k in FIELDS}
+    ours, ref = _capped_both(z, None, None, t, ups, CAP)
+    assert _max_error(ours, ref) < 1e-13
+    assert torch.isfinite(ours[1][0]).all() and not ours[1][0][:, 5:].any()
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16])
+def test_softcap_inputs_not_written(rng: np.random.Generator, dtype: torch.dtype) -> None:
+    h, w, b, t = _inputs(_gen(rng), dtype=dtype)
+    z = F.linear(h, w, b)
+    copies = [x.clone() for x in (h, w, b, z)]
+    h, w, b, z = (x.requires_grad_() for x in (h, w, b, z))
+    for out in (
+        token_stats(z, t, softcap=CAP),
+        linear_token_stats(h, w, t, b, chunk_size=3, softcap=CAP),
+    ):
+        (out.logprob + out.entropy + out.lse).sum().backward()
+    for x, c in zip((h, w, b, z), copies, strict=True):
+        torch.testing.assert_close(x.detach(), c, rtol=0, atol=0)
+
+
+def test_softcap_compile_without_graph_breaks(rng: np.random.Generator) -> None:
+    h, w, b, t = _inputs(_gen(rng), dtype=torch.float32)
+    h.requires_grad_()
+    z = F.linear(h, w, b).detach().requires_grad_()
+    for fn, args in (
+        (lambda h, w: linear_token_stats(h, w, t, softcap=CAP).logprob.sum(), (h, w)),
+        (lambda z: token_stats(z, t, softcap=CAP).entropy.sum(), (z,)),
+    ):
+        e = torch._dynamo.explain(fn)(*args)
+        assert e.graph_break_count == 0, e.break_reasons
+    torch._dynamo.reset()
+
+    def loss(h):
+        out = linear_token_stats(h, w, t, b, softcap=CAP)
+        return (out.entropy * 2 - out.logprob).sum()
+
+    compiled = torch.compile(loss, fullgraph=True, backend="aot_eager")
+    (gc,) = torch.autograd.grad(compiled(h), h)
+    (ge,) = torch.autograd.grad(loss(h), h)
+    torch.testing.assert_close(gc, ge)
+
+
+@pytest.mark.parametrize(
+    "cap", [np.float32(2.0), np.int64(2), 2, torch.tensor(2.0), torch.tensor(2)], ids=repr
+)
+def test_softcap_accepts_reals(rng: np.random.Generator, cap: object) -> None:
+    z = torch.randn(3, V, generator=_gen(rng))
+    t = torch.tensor([0, 1, -100])
+    expected = token_stats(z, t, softcap=2.0)
+    for a, r in zip(token_stats(z, t, softcap=cap), expected, strict=True):
+        torch.testing.assert_close(a, r, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize(
+    ("cap", "kind", "got"),
+    [
+        (0.0, ValueError, "0.0"),
+        (-1.0, ValueError, "-1.0"),
+        (float("inf"), ValueError, "inf"),
+        (float("nan"), ValueError, "nan"),
+        (np.float64(-3), ValueError, "-3.0"),
+        (torch.tensor(0.0), ValueError, "0.0"),
+        (True, TypeError, "bool True"),
+        ("30", TypeError, "str '30'"),
+        (torch.tensor([2.0]), TypeError, "tensor of shape (1,) and dtype torch.float32"),
+    ],
+    ids=repr,
+)
+def test_softcap_errors(cap: object, kind: type[Exception], got: str) -> None:
+    for fn, call in (
+        ("token_stats", lambda: token_stats(torch.zeros(3, 5), _T, softcap=cap)),
+        ("linear_token_stats", lambda: linear_token_stats(_H, _W, _T, softcap=cap)),
+    ):
+        message = f"{fn}: softcap must be a finite float > 0 or None, got {got}"
+        with pytest.raises(kind, match=re.escape(message) + "$"):
+            call()

@@ -25,6 +25,11 @@ vector-Jacobian product of :func:`crossentropy.tokens.token_stats_vjp`,
 with :math:`a, b, c` the upstream gradients of ``logprob``, ``entropy`` and ``lse`` (an output
 the loss does not use has none, and its term is skipped).
 
+Softcap. With ``softcap=s`` every statistic is that of the capped logits
+:math:`z' = s \tanh(z / s)` (Gemma 2's ``final_logit_softcapping``, Liger's and Apple CCE's
+``softcap``), applied chunk by chunk like everything else, and the gradient gains the chain
+factor of the cap, :math:`G \odot (1 - (z'/s)^2)`, before the projection.
+
 Names. The fields are ``logprob``, ``entropy``, ``lse`` and ``argmax`` (see
 :mod:`crossentropy.tokens` for the table): ``logprob`` is verl's ``log_probs``
 (``logprobs_from_logits``) and TRL's ``per_token_logps`` (``selective_log_softmax``), in the
@@ -48,6 +53,7 @@ differentiable torch ops and differentiates the closed form; under ``torch.func`
 a fake implementation, so ``torch.compile(fullgraph=True)`` sees no graph break.
 """
 
+import math
 import numbers
 from typing import Any, NamedTuple
 
@@ -60,6 +66,7 @@ from . import _kernels as K
 from ._checks import check_chunk_size, check_projection, check_tensor, describe
 from ._ops import check_targets
 from .functional import (
+    _as_float,
     _autocast_on,
     _autocast_projection,
     _differentiable_backward,
@@ -72,9 +79,16 @@ __all__ = ["TokenStats", "linear_token_stats", "token_stats"]
 
 _INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
 
+#: Part of the custom ops' names (this module's own; :data:`._ops.OP_VERSION` names the loss
+#: ops). Compiled-graph caches key on op names: bump it whenever an op's arguments, outputs or
+#: meaning change. 2: ``softcap``.
+_OP_VERSION = 2
+
 
 class TokenStats(NamedTuple):
     """Per-token statistics, each of the target's shape.
+
+    ``z`` is the logits, or the softcapped logits ``s·tanh(z / s)`` with ``softcap=s``.
 
     Attributes
     ----------
@@ -95,6 +109,15 @@ class TokenStats(NamedTuple):
 
 
 # --------------------------------------------------------------------------- row formulas
+
+
+def _softcap_rows(z: Tensor, softcap: float | None) -> tuple[Tensor, Tensor | None]:
+    """``(z', t)`` in differentiable torch ops: ``z' = s·tanh(z / s)`` and ``t = tanh(z / s)``
+    (so ``∂z'/∂z = 1 − t²``), or ``(z, None)`` without softcap."""
+    if softcap is None:
+        return z, None
+    t = torch.tanh(z / softcap)
+    return t * softcap, t
 
 
 def _reference_rows(z: Tensor, target: Tensor, ignore_index: int) -> TokenStats:
@@ -146,13 +169,19 @@ def _stats_chunk(
     ignore_index: int,
     out: tuple[Tensor, Tensor, Tensor, Tensor],
     writable: bool,
+    softcap: float | None,
 ) -> None:
-    """Write the statistics of a chunk of rows ``z`` (R, C), compute dtype, into ``out``.
+    """Write the statistics of a chunk of rows ``z`` (R, C), compute dtype, into ``out``: of
+    ``z' = s·tanh(z / s)`` with ``softcap=s``.
 
     ``log p`` is computed in ``z``'s own buffer when ``writable`` (a chunk of logits this
     function owns), so the temporaries are one chunk (``p``) besides ``z``; else two.
     """
     logprob, entropy, lse, argmax = out
+    if softcap is not None:  # z' in z's buffer when it is ours, else in a new one (then ours)
+        z = z.div_(softcap) if writable else z / softcap
+        z = z.tanh_().mul_(softcap)
+        writable = True
     torch.argmax(z, dim=-1, out=argmax)
     m = z.amax(dim=-1, keepdim=True)
     m = torch.where(torch.isfinite(m), m, 0.0)  # a row of only -inf: no -inf - -inf here
@@ -183,10 +212,21 @@ def _vjp_chunk(
     d_entropy: Tensor | None,
     d_lse: Tensor | None,
     writable: bool,
+    softcap: float | None,
 ) -> Tensor:
-    """``G`` of a chunk (R, C) from the saved ``lse`` and ``entropy``. ``log p`` goes into
-    ``z``'s buffer when ``writable``, ``p`` and then ``G`` into one more chunk. The upstream
-    gradients are rows (R,) or ``None``."""
+    """``G = ∂L/∂z`` of a chunk (R, C) from the saved ``lse`` and ``entropy``. ``log p`` goes
+    into ``z``'s buffer when ``writable``, ``p`` and then ``G`` into one more chunk. The upstream
+    gradients are rows (R,) or ``None``.
+
+    With ``softcap=s`` the statistics are of ``z' = s·tanh(z / s)``: ``t = tanh(z / s)`` takes
+    ``z``'s buffer (when ``writable``), ``z' = s·t`` a new one, and ``G`` (of ``z'``) is
+    multiplied by ``∂z'/∂z = 1 − t²`` at the end (torch's tanh backward): one chunk more.
+    """
+    t = None
+    if softcap is not None:
+        t = z.div_(softcap) if writable else z / softcap
+        t.tanh_()
+        z, writable = t * softcap, True
     log_p = z.sub_(lse.unsqueeze(-1)) if writable else z - lse.unsqueeze(-1)
     p = log_p.exp()
     keep = target != ignore_index
@@ -204,6 +244,8 @@ def _vjp_chunk(
         g = p.mul_(coef)
     if a is not None:
         g.scatter_add_(-1, torch.where(keep, target, 0).unsqueeze(-1), a.unsqueeze(-1))
+    if t is not None:
+        g.mul_(t.square_().neg_().add_(1.0))  # ∂z'/∂z = 1 − t²
     return g
 
 
@@ -226,7 +268,7 @@ def _logits_chunk(
 # --------------------------------------------------------------------------- custom ops
 
 
-@torch.library.custom_op("crossentropy::token_stats_forward", mutates_args=())
+@torch.library.custom_op(f"crossentropy::token_stats_forward_v{_OP_VERSION}", mutates_args=())
 def _forward_op(
     x: Tensor,
     weight: Tensor | None,
@@ -234,10 +276,12 @@ def _forward_op(
     target: Tensor,
     ignore_index: int,
     chunk_size: int,
+    softcap: float | None,
     fn: str,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """``(logprob, entropy, lse, argmax)`` of the rows of the logits ``x`` (R, C), or of
-    ``x @ weight.T + bias`` for hidden states ``x`` (R, D), chunk by chunk."""
+    ``x @ weight.T + bias`` for hidden states ``x`` (R, D), softcapped if ``softcap``, chunk by
+    chunk."""
     num_classes = x.shape[-1] if weight is None else weight.shape[0]
     check_targets(target, num_classes, ignore_index, fn)
     rows, cdt = x.shape[0], K.compute_dtype(x.dtype)
@@ -252,18 +296,18 @@ def _forward_op(
         r1 = min(rows, r0 + step)
         z, fresh = _logits_chunk(x, weight, bias, r0, r1)
         rows_out = tuple(o[r0:r1] for o in out)
-        _stats_chunk(z, target[r0:r1], ignore_index, rows_out, fresh)  # type: ignore[arg-type]
+        _stats_chunk(z, target[r0:r1], ignore_index, rows_out, fresh, softcap)  # type: ignore[arg-type]
     return out
 
 
 @_forward_op.register_fake
-def _(x, weight, bias, target, ignore_index, chunk_size, fn):  # type: ignore[no-untyped-def]
+def _(x, weight, bias, target, ignore_index, chunk_size, softcap, fn):  # type: ignore[no-untyped-def]
     rows, cdt = x.shape[0], K.compute_dtype(x.dtype)
     f = x.new_empty(rows, dtype=cdt)
     return f, torch.empty_like(f), torch.empty_like(f), x.new_empty(rows, dtype=torch.int64)
 
 
-@torch.library.custom_op("crossentropy::token_stats_backward", mutates_args=())
+@torch.library.custom_op(f"crossentropy::token_stats_backward_v{_OP_VERSION}", mutates_args=())
 def _backward_op(
     x: Tensor,
     weight: Tensor | None,
@@ -276,6 +320,7 @@ def _backward_op(
     d_lse: Tensor | None,
     ignore_index: int,
     chunk_size: int,
+    softcap: float | None,
     need_x: bool,
     need_weight: bool,
     need_bias: bool,
@@ -296,7 +341,9 @@ def _backward_op(
         r1 = min(rows, r0 + step)
         z, fresh = _logits_chunk(x, weight, bias, r0, r1)
         a, b, c = (None if d is None else d[r0:r1] for d in ups)
-        g = _vjp_chunk(z, target[r0:r1], ignore_index, lse[r0:r1], entropy[r0:r1], a, b, c, fresh)
+        g = _vjp_chunk(
+            z, target[r0:r1], ignore_index, lse[r0:r1], entropy[r0:r1], a, b, c, fresh, softcap
+        )
         del z
         if weight is None:
             if need_x:
@@ -326,6 +373,7 @@ def _(  # type: ignore[no-untyped-def]
     d_lse,
     ignore_index,
     chunk_size,
+    softcap,
     need_x,
     need_weight,
     need_bias,
@@ -353,14 +401,15 @@ class _TokenStats(torch.autograd.Function):
         target: Tensor,
         ignore_index: int,
         chunk_size: int,
+        softcap: float | None,
         fn: str,
     ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         with _NoAutocast(x):
             logprob, entropy, lse, argmax = _forward_op(
-                x, weight, bias, target, ignore_index, chunk_size, fn
+                x, weight, bias, target, ignore_index, chunk_size, softcap, fn
             )
         ctx.save_for_backward(x, weight, bias, target, lse, entropy)
-        ctx.options = (ignore_index, chunk_size)
+        ctx.options = (ignore_index, chunk_size, softcap)
         ctx.mark_non_differentiable(argmax)
         ctx.set_materialize_grads(False)  # an unused output's gradient stays None
         return logprob, entropy, lse, argmax
@@ -374,9 +423,9 @@ class _TokenStats(torch.autograd.Function):
         _d_argmax: Tensor | None,
     ) -> tuple[Tensor | None, ...]:
         x, weight, bias, target, lse, entropy = ctx.saved_tensors
-        ignore_index, chunk_size = ctx.options
+        ignore_index, chunk_size, softcap = ctx.options
         need = ctx.needs_input_grad[:3]
-        none = (None,) * 4
+        none = (None,) * 5
         if (d_logprob is None and d_entropy is None and d_lse is None) or not any(need):
             return (None, None, None, *none)
         if _differentiable_backward():  # create_graph=True or a vmapped backward
@@ -394,6 +443,7 @@ class _TokenStats(torch.autograd.Function):
                 d_lse,
                 ignore_index,
                 chunk_size,
+                softcap,
                 need[0],
                 need[1],
                 need[2],
@@ -412,13 +462,15 @@ def _differentiable_grads(
     """The closed-form VJP in differentiable torch ops on the materialised logits (double
     backward: every higher derivative is autograd's)."""
     x, weight, bias, target, _, _ = ctx.saved_tensors
-    ignore_index, _ = ctx.options
+    ignore_index, _, softcap = ctx.options
     need = ctx.needs_input_grad[:3]
     cdt = K.compute_dtype(x.dtype)
     with _NoAutocast(x):
-        z = (x if weight is None else F.linear(x, weight, bias)).to(cdt)
+        z, t = _softcap_rows((x if weight is None else F.linear(x, weight, bias)).to(cdt), softcap)
         ups = [None if d is None else d.to(cdt) for d in (d_logprob, d_entropy, d_lse)]
         g = _vjp_rows(z, target, ignore_index, *ups)
+        if t is not None:
+            g = g * (1 - t * t)  # ∂z'/∂z of the softcap
         if weight is None:
             return (g.to(x.dtype) if need[0] else None), None, None
         gl = g.to(weight.dtype)
@@ -442,6 +494,19 @@ def _check_ignore_index(fn: str, ignore_index: object) -> int:
     return int(value)
 
 
+def _check_softcap(fn: str, softcap: object) -> float | None:
+    """``None`` or a finite real ``> 0`` (NumPy scalars and 0-d tensors too), as a float."""
+    if softcap is None:
+        return None
+    value = _as_float(softcap)
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        fail(fn, "softcap", "be a finite float > 0 or None", describe(softcap), TypeError)
+    cap = float(value)
+    if not (math.isfinite(cap) and cap > 0):
+        fail(fn, "softcap", "be a finite float > 0 or None", cap)
+    return cap
+
+
 def _check_target(fn: str, target: object, x: Tensor, x_arg: str, what: str) -> Tensor:
     t = check_tensor(fn, "target", target, floating=False)
     if tuple(t.shape) != tuple(x.shape[:-1]):
@@ -457,7 +522,13 @@ def _finish(out: tuple[Tensor, ...], shape: tuple[int, ...]) -> TokenStats:
 
 
 def _reference(
-    fn: str, x: Tensor, weight: Tensor | None, bias: Tensor | None, t: Tensor, ignore: int
+    fn: str,
+    x: Tensor,
+    weight: Tensor | None,
+    bias: Tensor | None,
+    t: Tensor,
+    ignore: int,
+    softcap: float | None,
 ) -> tuple[Tensor, ...]:
     """The plain composition (``torch.func`` transforms): every op has its batching and jvp
     rules."""
@@ -465,7 +536,7 @@ def _reference(
     cdt = K.compute_dtype(x.dtype)
 
     def call() -> Tensor:
-        z = (x if weight is None else F.linear(x, weight, bias)).to(cdt)
+        z, _ = _softcap_rows((x if weight is None else F.linear(x, weight, bias)).to(cdt), softcap)
         return torch.stack(_reference_rows(z, t, ignore)[:3]), z.argmax(dim=-1)  # type: ignore[return-value]
 
     with _NoAutocast(x):
@@ -473,7 +544,9 @@ def _reference(
     return (*stacked.unbind(0), argmax)
 
 
-def token_stats(logits: Tensor, target: Tensor, *, ignore_index: int = -100) -> TokenStats:
+def token_stats(
+    logits: Tensor, target: Tensor, *, ignore_index: int = -100, softcap: float | None = None
+) -> TokenStats:
     r"""Per-token log-probability of ``target``, entropy, log-sum-exp and argmax of ``logits``.
 
     Parameters
@@ -486,6 +559,9 @@ def token_stats(logits: Tensor, target: Tensor, *, ignore_index: int = -100) -> 
         A target with no log-probability: its ``logprob`` is 0 and contributes no gradient.
         ``entropy``, ``lse`` and ``argmax`` do not depend on the target and are computed at
         every position (mask them in your loss as you mask the log-probabilities).
+    softcap : float, optional
+        ``s > 0``: every statistic is that of the capped logits ``z' = s·tanh(z / s)``
+        (Gemma 2's ``final_logit_softcapping``, 30.0 there). ``None`` (default): ``z' = z``.
 
     Returns
     -------
@@ -498,14 +574,16 @@ def token_stats(logits: Tensor, target: Tensor, *, ignore_index: int = -100) -> 
     ------
     TypeError
         ``logits`` not a floating tensor, ``target`` not an integer tensor, ``ignore_index``
-        not an integer.
+        not an integer, ``softcap`` not a real number.
     ValueError
         0-d ``logits`` or no classes; ``target`` of the wrong shape or device; on CPU, a target
-        outside ``[0, C)`` that is not ``ignore_index`` (elsewhere a device-side assertion).
+        outside ``[0, C)`` that is not ``ignore_index`` (elsewhere a device-side assertion);
+        ``softcap`` not finite or not ``> 0``.
 
     Notes
     -----
-    Equal to the composition (``p = softmax(z)``)::
+    Equal to the composition (``p = softmax(z)``, and with ``softcap=s`` first
+    ``z = s * torch.tanh(z / s)``)::
 
         lse = z.logsumexp(-1)
         logprob = (z.log_softmax(-1).gather(-1, y[..., None])[..., 0]).where(y != ignore, 0)
@@ -518,6 +596,19 @@ def token_stats(logits: Tensor, target: Tensor, *, ignore_index: int = -100) -> 
     :func:`crossentropy.tokens.token_stats_vjp`). Memory above the logits: the gradient and
     two chunks. ``-inf`` logits (masked vocabulary) add nothing to the entropy and get zero
     gradient; ``+inf`` logits give NaN, as ``F.log_softmax`` does.
+
+    With ``softcap=s`` the gradient w.r.t. the raw logits chains through the cap:
+
+    .. math::
+
+        z' = s \tanh(z / s), \qquad
+        \frac{\partial L}{\partial z} = G' \odot \Big(1 - \big(z'/s\big)^2\Big),
+
+    with :math:`G'` the formula above at :math:`z'` (``p = softmax(z')``). The cap is bounded:
+    a ``-inf`` logit becomes ``-s``, so it is no longer masked (its probability is
+    :math:`\propto e^{-s}`; to mask classes, cap the logits yourself, set the masked ones to
+    ``-inf`` and pass ``softcap=None``), and ``+inf`` becomes ``s``. Memory: one more chunk in
+    backward (``tanh(z / s)``, for the chain factor).
 
     Examples
     --------
@@ -540,12 +631,13 @@ def token_stats(logits: Tensor, target: Tensor, *, ignore_index: int = -100) -> 
         fail(fn, "logits", "have at least one class (C >= 1)", f"shape {tuple(x.shape)}")
     t = _check_target(fn, target, x, "logits", "logits' shape without the classes")
     ignore = _check_ignore_index(fn, ignore_index)
+    cap = _check_softcap(fn, softcap)
     lead = tuple(t.shape)
     x2 = x.reshape(-1, x.shape[-1])
     t1 = t.reshape(-1).to(torch.int64)
     if _transforms_active():
-        return _finish(_reference(fn, x2, None, None, t1, ignore), lead)
-    out = _TokenStats.apply(x2, None, None, t1, ignore, 0, fn)  # type: ignore[no-untyped-call]
+        return _finish(_reference(fn, x2, None, None, t1, ignore, cap), lead)
+    out = _TokenStats.apply(x2, None, None, t1, ignore, 0, cap, fn)  # type: ignore[no-untyped-call]
     return _finish(out, lead)
 
 
@@ -557,6 +649,7 @@ def linear_token_stats(
     *,
     ignore_index: int = -100,
     chunk_size: int | None = None,
+    softcap: float | None = None,
 ) -> TokenStats:
     r""":func:`token_stats` of ``hidden @ weight.T + bias`` without materialising the logits.
 
@@ -574,6 +667,9 @@ def linear_token_stats(
         As in :func:`token_stats`.
     chunk_size : int, optional
         Rows of logits alive at a time. Default: about 48 MiB of compute-dtype logits.
+    softcap : float, optional
+        ``s > 0``: the statistics of ``s·tanh(z / s)``, ``z = hidden @ weight.T + bias``,
+        applied chunk by chunk (the capped logits are never materialised either).
 
     Returns
     -------
@@ -585,15 +681,17 @@ def linear_token_stats(
     ------
     TypeError
         Non-tensor arguments; ``hidden`` not floating, ``weight``/``bias`` of another dtype,
-        ``target`` not integer; ``chunk_size`` not an integer.
+        ``target`` not integer; ``chunk_size`` not an integer; ``softcap`` not a real number.
     ValueError
-        Shapes that do not match; tensors on different devices; ``chunk_size < 1``; on CPU, a
-        target out of range.
+        Shapes that do not match; tensors on different devices; ``chunk_size < 1``; ``softcap``
+        not finite or not ``> 0``; on CPU, a target out of range.
 
     Notes
     -----
     With ``z = h Wᵀ + b`` and ``G = ∂L/∂z`` the closed form of :func:`token_stats` (computed
-    chunk by chunk from the chunk's logits and the saved per-row ``lse`` and entropy):
+    chunk by chunk from the chunk's logits and the saved per-row ``lse`` and entropy; with
+    ``softcap=s``, the statistics' closed form at ``z' = s·tanh(z / s)`` times
+    ``1 − (z'/s)²``):
 
     .. math::
         \frac{\partial L}{\partial h} = G W, \qquad
@@ -605,7 +703,8 @@ def linear_token_stats(
     backward: the inputs and four (N,) statistics. During each pass: one chunk of logits
     (``log p`` is written over it) and one more chunk-sized buffer (``p``, then ``G``), plus a
     low-precision copy of ``G`` for bfloat16/float16; backward adds the gradients (``d weight``
-    and ``d bias`` accumulated in float32 for low-precision inputs). Under autocast,
+    and ``d bias`` accumulated in float32 for low-precision inputs); ``softcap`` adds one
+    chunk-sized buffer to backward (``tanh(z / s)``, for the chain factor). Under autocast,
     ``hidden``, ``weight`` and ``bias`` are first cast to the autocast dtype, as ``F.linear``
     would. Double backward materialises the logits once and
     differentiates the closed form; ``torch.func`` transforms use the plain composition.
@@ -639,10 +738,11 @@ def linear_token_stats(
     t = _check_target(fn, target, h, "hidden", "hidden's shape without the features")
     ignore = _check_ignore_index(fn, ignore_index)
     chunk = check_chunk_size(fn, chunk_size) or 0
+    cap = _check_softcap(fn, softcap)
     lead = tuple(t.shape)
     h2 = h.reshape(-1, h.shape[-1])
     t1 = t.reshape(-1).to(torch.int64)
     if _transforms_active():
-        return _finish(_reference(fn, h2, w, b, t1, ignore), lead)
-    out = _TokenStats.apply(h2, w, b, t1, ignore, chunk, fn)  # type: ignore[no-untyped-call]
+        return _finish(_reference(fn, h2, w, b, t1, ignore, cap), lead)
+    out = _TokenStats.apply(h2, w, b, t1, ignore, chunk, cap, fn)  # type: ignore[no-untyped-call]
     return _finish(out, lead)
