@@ -27,6 +27,7 @@ ever multiplies it. Backward multiplies by ``upstream / pre``, exact when the up
 ``GradScaler`` scale) is a power of two.
 """
 
+import math
 from typing import NamedTuple
 
 import torch
@@ -51,7 +52,7 @@ __all__ = [
 #: Part of every op's name. Compiled-graph caches (inductor's, on disk) key on op names, not on
 #: what an op returns: bump this whenever an op's arguments, outputs or meaning change, or a
 #: cache written by the previous version would be replayed against the new one.
-OP_VERSION = 2
+OP_VERSION = 3
 
 #: Largest float16 gradient entry the prescale aims for (float16's largest normal is ~2**16).
 _FP16_TARGET = 2.0**14
@@ -140,12 +141,17 @@ def _backward_coefficients(
     eps: float,
     num_classes: int,
     target: float,
+    z_loss: float = 0.0,
+    lse: Tensor | None = None,
 ) -> tuple[K.GradCoefficients, Tensor]:
     """Coefficients of a recomputing gradient pass for ``row_grad``, and the float16 ``pre``
-    they are multiplied by (see :func:`_prescale`)."""
+    they are multiplied by (see :func:`_prescale`). ``lse`` (the rows' log-sum-exp) is needed
+    with ``z_loss``."""
     rg = row_grad.to(rw.tw.dtype)
-    pre = _prescale(dtype, rg, rw.tw, rw.w, eps, num_classes, rw.total, target)
-    return _coefficients(q, rg * pre, rw.tw, eps, num_classes, rw.total), pre
+    zlse = 0.0 if not z_loss or lse is None else 2.0 * z_loss * lse
+    bound = zlse if isinstance(zlse, float) else zlse.abs()
+    pre = _prescale(dtype, rg, rw.tw, rw.w, eps, num_classes, rw.total, target, bound)
+    return _coefficients(q, rg * pre, rw.tw, eps, num_classes, rw.total, zlse), pre
 
 
 def _coefficients(
@@ -155,13 +161,21 @@ def _coefficients(
     eps: float,
     num_classes: int,
     total: Tensor | float,
+    zlse: Tensor | float = 0.0,
 ) -> K.GradCoefficients:
-    """:func:`._kernels.index_target_coefficients` from the saved ``q = Σ_{c≠y} p_c``."""
+    """:func:`._kernels.index_target_coefficients` from the saved ``q = Σ_{c≠y} p_c`` (and
+    ``zlse = 2 z lse`` per row with a z-loss)."""
     a = (1.0 - eps) * tw
     if eps:
         a = a + (eps / num_classes) * total
+    zgrad = None
+    if not isinstance(zlse, float) or zlse:
+        zgrad = tw * zlse
+        a = a + zgrad
     p_scale = row_grad * a
     tgrad = -p_scale * q
+    if zgrad is not None:
+        tgrad = tgrad + row_grad * zgrad
     smooth = None
     if eps:
         smooth = row_grad * (eps / num_classes)
@@ -183,14 +197,18 @@ def _prescale(
     num_classes: int,
     total: Tensor | float,
     target: float,
+    zlse: Tensor | float = 0.0,
 ) -> Tensor:
-    """The power of two ``pre`` for a float16 gradient (1 for every other dtype)."""
+    """The power of two ``pre`` for a float16 gradient (1 for every other dtype). ``zlse``
+    bounds ``|2 z lse|`` per row (or for all rows) with a z-loss."""
     one = torch.ones((), dtype=row_grad.dtype, device=row_grad.device)
     if dtype != torch.float16 or row_grad.numel() == 0:
         return one
-    # |g_ic| ≤ |s_i| (a_i + (ε/C) max_c w_c), with a_i = (1 − ε) w_y + (ε/C) W.
+    # |g_ic| ≤ |s_i| (a_i + (ε/C) max_c w_c), with a_i = (1 − ε) w_y + (ε/C) W + 2 z w_y lse.
     wmax = one if weight is None else weight.abs().amax().to(row_grad.dtype)
     a = (1.0 - eps) * tw.abs() + (eps / num_classes) * (abs(total) + wmax)  # type: ignore[operator]
+    if not isinstance(zlse, float) or zlse:
+        a = a + tw.abs() * zlse
     bound = (row_grad.abs() * a).amax()
     exponent = torch.floor(torch.log2(target / bound)).clamp(-60.0, 60.0)
     return torch.where(bound > 0, torch.exp2(exponent), one)
@@ -220,14 +238,59 @@ def _index_losses(
     eps: float,
     num_classes: int,
     total: Tensor | float,
+    z_loss: float = 0.0,
+    sample_weight: Tensor | None = None,
 ) -> Tensor:
-    """ℓ_i = (1−ε) w_y (lse − x_y) + (ε/C) (W lse − Σ_c w_c x_c), 0 for ignored rows."""
+    """ℓ_i = s_i [(1−ε) w_y (lse − x_y) + (ε/C) (W lse − Σ_c w_c x_c) + z w_y lse²], 0 for
+    ignored rows (whatever their sample weight ``s_i``)."""
     loss = tw * K.row_nll(stats)
     if eps:
         loss = (1.0 - eps) * loss
         assert stats.sum_logits is not None  # requested whenever eps > 0
         loss = loss + (eps / num_classes) * (total * lse - stats.sum_logits)
+    if z_loss:
+        loss = loss + z_loss * tw * lse * lse
+    if sample_weight is not None:
+        loss = loss * sample_weight
     return torch.where(valid, loss, 0.0)
+
+
+def _sample_scale(scale: Tensor, valid: Tensor, sample_weight: Tensor | None) -> Tensor:
+    """``∂ reduced / ∂(unweighted ℓ_i)``: the row scale times the sample weight (0 if ignored)."""
+    if sample_weight is None:
+        return scale
+    return torch.where(valid, scale * sample_weight, 0.0)
+
+
+def _zlse_bound(
+    x: Tensor, z_loss: float, softcap: float | None, num_classes: int
+) -> Tensor | float:
+    """A bound on ``|2 z lse|`` for the float16 prescale of a fused sweep, before the sweep:
+    ``|lse| ≤ max |x'| + log C`` (``max |x'| ≤ softcap``)."""
+    if not z_loss or x.dtype != torch.float16 or x.numel() == 0:
+        return 0.0
+    top = float(softcap) if softcap is not None else x.abs().amax().float()
+    return 2.0 * z_loss * (top + math.log(max(num_classes, 1)))
+
+
+def _linear_zlse_bound(
+    hidden: Tensor,
+    weight: Tensor,
+    bias: Tensor | None,
+    z_loss: float,
+    softcap: float | None,
+) -> Tensor | float:
+    """:func:`_zlse_bound` for ``hidden @ weight.T + bias`` before any logit exists:
+    ``|x_ic| ≤ ‖h_i‖ ‖w_c‖ + |b_c|`` (Cauchy–Schwarz)."""
+    if not z_loss or hidden.dtype != torch.float16 or hidden.numel() == 0:
+        return 0.0
+    if softcap is not None:
+        top: Tensor | float = float(softcap)
+    else:
+        top = hidden.float().norm(dim=-1).amax() * weight.float().norm(dim=-1).amax()
+        if bias is not None and bias.numel():
+            top = top + bias.float().abs().amax()
+    return 2.0 * z_loss * (top + math.log(max(weight.shape[0], 1)))
 
 
 # --------------------------------------------------------------------------- index targets
@@ -243,6 +306,9 @@ def index_forward(
     label_smoothing: float,
     with_grad: bool,
     impl: str,
+    sample_weight: Tensor | None,
+    z_loss: float,
+    softcap: float | None,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     """Loss, per-row normaliser ``norm`` and ``q = Σ_{c≠y} p_c``, and (``with_grad``,
     ``"mean"``/``"sum"``) the gradient ``∂ loss / ∂ logits · pre`` in the logits' dtype and
@@ -254,11 +320,35 @@ def index_forward(
     rounded ``lse`` would not be. Without ``with_grad`` the gradient output is an empty tensor
     and ``pre`` is 1. (After a fused sweep, backward never needs ``norm``: a second backward
     runs the sweep again.)
+
+    ``sample_weight`` (rows' shape, any floating dtype), ``z_loss`` and ``softcap`` as in
+    :func:`crossentropy.torch.cross_entropy`; ``norm`` and ``q`` are then those of the
+    softcapped logits.
     """
     with K.use_impl(impl):
         return _index_forward(
-            logits, target, weight, ignore_index, reduction, label_smoothing, with_grad, None
+            logits,
+            target,
+            weight,
+            ignore_index,
+            reduction,
+            label_smoothing,
+            with_grad,
+            None,
+            _Extras(sample_weight, z_loss, softcap),
         )
+
+
+class _Extras(NamedTuple):
+    """The options beyond ``F.cross_entropy``'s: per-position weights, z-loss, softcap."""
+
+    sample_weight: Tensor | None = None
+    z_loss: float = 0.0
+    softcap: float | None = None
+
+    def plain(self) -> bool:
+        """None of the options is set: the call is ``F.cross_entropy``'s."""
+        return self.sample_weight is None and not self.z_loss and self.softcap is None
 
 
 def index_forward_inplace(
@@ -268,11 +358,12 @@ def index_forward_inplace(
     ignore_index: int,
     reduction: str,
     label_smoothing: float,
+    extras: "_Extras",
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """:func:`index_forward` writing the gradient into ``logits`` itself (eager only):
     returns ``(loss, lse, q, pre)``."""
     loss, lse, q, _, pre = _index_forward(
-        logits, target, weight, ignore_index, reduction, label_smoothing, True, logits
+        logits, target, weight, ignore_index, reduction, label_smoothing, True, logits, extras
     )
     return loss, lse, q, pre
 
@@ -286,6 +377,7 @@ def _index_forward(
     eps: float,
     with_grad: bool,
     out: Tensor | None,
+    extras: _Extras,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     num_classes = logits.shape[1] if logits.dim() >= 2 else logits.shape[0]
     check_targets(target, num_classes, ignore_index, "cross_entropy")
@@ -294,32 +386,50 @@ def _index_forward(
     w, total, valid, tw, scale = row_weights(
         target, weight, ignore_index, reduction, num_classes, cdt
     )
+    sw = None if extras.sample_weight is None else extras.sample_weight.to(cdt)
+    z, cap = extras.z_loss, extras.softcap
     fused = with_grad and reduction != "none"
     pre = torch.ones((), dtype=cdt, device=logits.device)
     if fused:
-        pre = _prescale(logits.dtype, scale, tw, w, eps, num_classes, total, _FP16_TARGET)
+        rs = _sample_scale(scale, valid, sw)
+        zb = _zlse_bound(logits, z, cap, num_classes)
+        pre = _prescale(logits.dtype, rs, tw, w, eps, num_classes, total, _FP16_TARGET, zb)
         grad = torch.empty_like(logits) if out is None else out
         stats, _ = K.logits_fused(
             x,
             target,
-            scale * pre,
+            rs * pre,
             tw,
             label_smoothing=eps,
             weight_total=total,
             class_weight=w,
             out=classes_last(grad),
+            z_loss=z,
+            softcap=cap,
         )
     else:
         grad = logits.new_empty((0,))
-        stats = K.logits_row_stats(x, target, class_weight=w, with_sum=bool(eps))
+        stats = K.logits_row_stats(x, target, class_weight=w, with_sum=bool(eps), softcap=cap)
     lse = K.row_lse(stats)
-    loss = _index_losses(stats, lse, valid, tw, eps, num_classes, total)
+    loss = _index_losses(stats, lse, valid, tw, eps, num_classes, total, z, sw)
     norm = torch.stack([stats.max, K.row_lse_rel(stats)])
     return _reduce(loss, reduction, tw.sum()), norm, K.other_prob(stats), grad, pre
 
 
 @index_forward.register_fake
-def _(logits, target, weight, ignore_index, reduction, label_smoothing, with_grad, impl):  # type: ignore[no-untyped-def]
+def _(  # type: ignore[no-untyped-def]
+    logits,
+    target,
+    weight,
+    ignore_index,
+    reduction,
+    label_smoothing,
+    with_grad,
+    impl,
+    sample_weight,
+    z_loss,
+    softcap,
+):
     cdt = K.compute_dtype(logits.dtype)
     rows = _rows_shape(logits)
     loss = logits.new_empty(rows if reduction == "none" else (), dtype=cdt)
@@ -345,14 +455,25 @@ def index_backward(
     ignore_index: int,
     label_smoothing: float,
     impl: str,
+    z_loss: float,
+    softcap: float | None,
 ) -> Tensor:
-    """``∂/∂ logits`` of ``Σ_i row_grad_i ℓ_i`` (one pass, from the saved ``norm`` and ``q``)."""
+    """``∂/∂ logits`` of ``Σ_i row_grad_i ℓ_i`` (one pass, from the saved ``norm`` and ``q``;
+    ``row_grad`` includes any sample weights)."""
     with K.use_impl(impl):
         num_classes = logits.shape[1] if logits.dim() >= 2 else logits.shape[0]
         cdt = K.compute_dtype(logits.dtype)
         rw = row_weights(target, weight, ignore_index, "sum", num_classes, cdt)
         coef, pre = _backward_coefficients(
-            logits.dtype, rw, q, row_grad, label_smoothing, num_classes, _FP16_TARGET
+            logits.dtype,
+            rw,
+            q,
+            row_grad,
+            label_smoothing,
+            num_classes,
+            _FP16_TARGET,
+            z_loss,
+            norm[0] + norm[1],
         )
         grad = torch.empty_like(logits)
         K.logits_grad(
@@ -363,6 +484,7 @@ def index_backward(
             class_weight=rw.w,
             out=classes_last(grad),
             ref=norm[0],
+            softcap=softcap,
         )
         if logits.dtype == torch.float16:
             grad = (grad.to(cdt) / pre).to(logits.dtype)
@@ -370,7 +492,9 @@ def index_backward(
 
 
 @index_backward.register_fake
-def _(logits, target, weight, norm, q, row_grad, ignore_index, label_smoothing, impl):  # type: ignore[no-untyped-def]
+def _(  # type: ignore[no-untyped-def]
+    logits, target, weight, norm, q, row_grad, ignore_index, label_smoothing, impl, z_loss, softcap
+):
     return torch.empty_like(logits)
 
 
@@ -384,9 +508,12 @@ def prob_forward(
     weight: Tensor | None,
     label_smoothing: float,
     impl: str,
+    z_loss: float,
+    softcap: float | None,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Per-row ``(loss, norm, A = Σ_c w_c y'_c)`` for probability targets, compute dtype
-    (``norm`` as in :func:`index_forward`)."""
+    (``norm`` as in :func:`index_forward`; the loss includes ``z lse²``, unweighted by any
+    sample weight)."""
     with K.use_impl(impl):
         cdt = K.compute_dtype(logits.dtype)
         w = None if weight is None else weight.to(cdt)
@@ -395,12 +522,16 @@ def prob_forward(
             classes_last(target),
             class_weight=w,
             label_smoothing=label_smoothing,
+            softcap=softcap,
         )
+        if z_loss:
+            lse = ref + rel
+            loss = loss + z_loss * lse * lse
         return loss, torch.stack([ref, rel]), amass
 
 
 @prob_forward.register_fake
-def _(logits, target, weight, label_smoothing, impl):  # type: ignore[no-untyped-def]
+def _(logits, target, weight, label_smoothing, impl, z_loss, softcap):  # type: ignore[no-untyped-def]
     rows = _rows_shape(logits)
     cdt = K.compute_dtype(logits.dtype)
     return (
@@ -420,12 +551,17 @@ def prob_backward(
     row_grad: Tensor,
     label_smoothing: float,
     impl: str,
+    z_loss: float,
+    softcap: float | None,
 ) -> Tensor:
-    """``∂/∂ logits`` of ``Σ_i row_grad_i ℓ_i`` for probability targets."""
+    """``∂/∂ logits`` of ``Σ_i row_grad_i ℓ_i`` for probability targets (the z-loss adds
+    ``2 z lse`` to the coefficient ``A`` of ``p``)."""
     with K.use_impl(impl):
         cdt = K.compute_dtype(logits.dtype)
         w = None if weight is None else weight.to(cdt)
         grad = torch.empty_like(logits)
+        if z_loss:
+            amass = amass + 2.0 * z_loss * (norm[0] + norm[1])
         K.prob_grad(
             classes_last(logits),
             classes_last(target),
@@ -436,12 +572,15 @@ def prob_backward(
             label_smoothing=label_smoothing,
             out=classes_last(grad),
             ref=norm[0],
+            softcap=softcap,
         )
         return grad
 
 
 @prob_backward.register_fake
-def _(logits, target, weight, norm, amass, row_grad, label_smoothing, impl):  # type: ignore[no-untyped-def]
+def _(  # type: ignore[no-untyped-def]
+    logits, target, weight, norm, amass, row_grad, label_smoothing, impl, z_loss, softcap
+):
     return torch.empty_like(logits)
 
 
@@ -492,10 +631,14 @@ def linear_forward(
     need_weight: bool,
     need_bias: bool,
     impl: str,
+    sample_weight: Tensor | None,
+    z_loss: float,
+    softcap: float | None,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     """Loss of ``hidden @ weight.T + bias`` (rows of ``hidden`` (R, D)), per-row ``norm`` and
     ``q``, and for ``"mean"``/``"sum"`` with any ``need_*`` the three gradients in compute
-    dtype (empty where not needed). ``chunk_size`` 0 means the default."""
+    dtype (empty where not needed). ``chunk_size`` 0 means the default. ``sample_weight``,
+    ``z_loss`` and ``softcap`` as in :func:`index_forward`."""
     with K.use_impl(impl):
         eps = label_smoothing
         num_classes = weight.shape[0]
@@ -504,15 +647,18 @@ def linear_forward(
         w, total, valid, tw, scale = row_weights(
             target, class_weight, ignore_index, reduction, num_classes, cdt
         )
+        sw = None if sample_weight is None else sample_weight.to(cdt)
         need = (need_hidden, need_weight, need_bias and bias is not None)
         chunk = chunk_size or None
         if reduction != "none" and any(need):
-            pre = _prescale(hidden.dtype, scale, tw, w, eps, num_classes, total, 1.0)
+            rs = _sample_scale(scale, valid, sw)
+            zb = _linear_zlse_bound(hidden, weight, bias, z_loss, softcap)
+            pre = _prescale(hidden.dtype, rs, tw, w, eps, num_classes, total, 1.0, zb)
             stats, g = K.linear_fused(
                 hidden,
                 weight,
                 target,
-                scale * pre,
+                rs * pre,
                 tw,
                 bias=bias,
                 label_smoothing=eps,
@@ -522,6 +668,8 @@ def linear_forward(
                 need_hidden=need[0],
                 need_weight=need[1],
                 need_bias=need[2],
+                z_loss=z_loss,
+                softcap=softcap,
             )
             grads = _grads_out(g, hidden, weight, bias, need, pre)
         else:
@@ -533,10 +681,11 @@ def linear_forward(
                 class_weight=w,
                 with_sum=bool(eps),
                 chunk_rows=chunk,
+                softcap=softcap,
             )
             grads = _empty_like_grads(hidden, weight, bias, (False, False, False))
         lse = K.row_lse(stats)
-        loss = _index_losses(stats, lse, valid, tw, eps, num_classes, total)
+        loss = _index_losses(stats, lse, valid, tw, eps, num_classes, total, z_loss, sw)
         norm = torch.stack([stats.max, K.row_lse_rel(stats)])
         return (_reduce(loss, reduction, tw.sum()), norm, K.other_prob(stats), *grads)
 
@@ -556,6 +705,9 @@ def _(  # type: ignore[no-untyped-def]
     need_weight,
     need_bias,
     impl,
+    sample_weight,
+    z_loss,
+    softcap,
 ):
     cdt = K.compute_dtype(hidden.dtype)
     rows = (hidden.shape[0],)
@@ -586,15 +738,20 @@ def linear_backward(
     need_weight: bool,
     need_bias: bool,
     impl: str,
+    z_loss: float,
+    softcap: float | None,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Gradients of ``Σ_i row_grad_i ℓ_i`` w.r.t. hidden, weight and bias (compute dtype),
-    recomputing each chunk of logits (four matmuls)."""
+    recomputing each chunk of logits (four matmuls); ``row_grad`` includes any sample
+    weights."""
     with K.use_impl(impl):
         eps = label_smoothing
         num_classes = weight.shape[0]
         cdt = K.compute_dtype(hidden.dtype)
         rw = row_weights(target, class_weight, ignore_index, "sum", num_classes, cdt)
-        coef, pre = _backward_coefficients(hidden.dtype, rw, q, row_grad, eps, num_classes, 1.0)
+        coef, pre = _backward_coefficients(
+            hidden.dtype, rw, q, row_grad, eps, num_classes, 1.0, z_loss, norm[0] + norm[1]
+        )
         need = (need_hidden, need_weight, need_bias and bias is not None)
         g = K.linear_grad(
             hidden,
@@ -609,6 +766,7 @@ def linear_backward(
             need_weight=need[1],
             need_bias=need[2],
             ref=norm[0],
+            softcap=softcap,
         )
         return _grads_out(g, hidden, weight, bias, need, pre)
 
@@ -630,5 +788,7 @@ def _(  # type: ignore[no-untyped-def]
     need_weight,
     need_bias,
     impl,
+    z_loss,
+    softcap,
 ):
     return _empty_like_grads(hidden, weight, bias, (need_hidden, need_weight, need_bias))

@@ -50,9 +50,15 @@ from ._checks import (
     check_impl,
     check_options,
     check_projection,
+    check_sample_weight,
+    check_softcap,
     check_tensor,
+    check_z_loss,
     describe,
 )
+from ._ops import _Extras
+
+_NO_EXTRAS = _Extras()
 
 __all__ = ["DIRECT_MAX_ELEMENTS", "cross_entropy", "linear_cross_entropy"]
 
@@ -149,6 +155,22 @@ def _classes_back(g: Tensor, like: Tensor) -> Tensor:
     return g.movedim(-1, 1) if like.dim() >= 3 else g
 
 
+def _softcap(x: Tensor, softcap: float | None) -> Tensor:
+    """``c tanh(x / c)`` in differentiable torch ops (the kernels' exact arithmetic)."""
+    return x if softcap is None else torch.tanh(x / softcap) * softcap
+
+
+def _softcapped_rows(
+    x: Tensor, softcap: float | None, cdt: torch.dtype
+) -> tuple[Tensor, Tensor | None]:
+    """Classes-last logits in compute dtype after the softcap, and ``∂x'/∂x = 1 − t²``."""
+    xl = _ops.classes_last(x).to(cdt)
+    if softcap is None:
+        return xl, None
+    t = torch.tanh(xl / softcap)
+    return t * softcap, 1.0 - t * t
+
+
 def _index_grad_reference(
     x: Tensor,
     target: Tensor,
@@ -157,43 +179,118 @@ def _index_grad_reference(
     reduction: str,
     eps: float,
     upstream: Tensor,
+    extras: _Extras = _NO_EXTRAS,
 ) -> Tensor:
     """``∂L/∂x`` for index targets in differentiable torch ops (the double-backward path):
-    ``s_i u_i (a_i softmax(x_i) − (1−ε) w_y e_y − (ε/C) w)``, with ``a_i`` as in
-    :func:`cross_entropy`'s Notes."""
+    ``s_i u_i ((a_i + 2 z w_y lse_i) softmax(x'_i) − (1−ε) w_y e_y − (ε/C) w) ∂x'/∂x``, with
+    ``a_i`` as in :func:`cross_entropy`'s Notes and ``s_i`` the sample weight."""
     cdt = K.compute_dtype(x.dtype)
-    xl = _ops.classes_last(x).to(cdt)
+    xl, chain = _softcapped_rows(x, extras.softcap, cdt)
     num_classes = xl.shape[-1]
     w, total, valid, tw, scale = _ops.row_weights(
         target, weight, ignore_index, reduction, num_classes, cdt
     )
     p = torch.softmax(xl, dim=-1)
     a = (1.0 - eps) * tw + (eps / num_classes) * total
+    if extras.z_loss:
+        a = a + (2.0 * extras.z_loss) * tw * torch.logsumexp(xl, dim=-1)
     safe = torch.where(valid, target, 0).to(torch.int64)
     onehot = F.one_hot(safe, num_classes).to(cdt)
     g = a.unsqueeze(-1) * p - ((1.0 - eps) * tw).unsqueeze(-1) * onehot
     if eps:
         g = g - (eps / num_classes) * (1.0 if w is None else w)
-    g = g * (upstream.to(cdt) * scale).unsqueeze(-1)
+    if chain is not None:
+        g = g * chain
+    row = upstream.to(cdt) * scale
+    if extras.sample_weight is not None:
+        row = row * extras.sample_weight.to(cdt)
+    g = g * row.unsqueeze(-1)
     g = torch.where(valid.unsqueeze(-1), g, 0.0)
     return _classes_back(g, x).to(x.dtype)
 
 
 def _prob_grad_reference(
-    x: Tensor, target: Tensor, weight: Tensor | None, eps: float, row_grad: Tensor
+    x: Tensor,
+    target: Tensor,
+    weight: Tensor | None,
+    eps: float,
+    row_grad: Tensor,
+    extras: _Extras = _NO_EXTRAS,
 ) -> Tensor:
-    """``u_i (A_i softmax(x_i) − w ⊙ y'_i)`` in differentiable torch ops."""
+    """``u_i ((A_i + 2 z lse_i) softmax(x'_i) − w ⊙ y'_i) ∂x'/∂x`` in differentiable torch
+    ops (``row_grad`` includes any sample weights)."""
     cdt = K.compute_dtype(x.dtype)
-    xl = _ops.classes_last(x).to(cdt)
+    xl, chain = _softcapped_rows(x, extras.softcap, cdt)
     num_classes = xl.shape[-1]
     y = _ops.classes_last(target).to(cdt)
     if eps:
         y = y * (1.0 - eps) + eps / num_classes
     if weight is not None:
         y = y * weight.to(cdt)
-    g = y.sum(dim=-1, keepdim=True) * torch.softmax(xl, dim=-1) - y
+    a = y.sum(dim=-1, keepdim=True)
+    if extras.z_loss:
+        a = a + (2.0 * extras.z_loss) * torch.logsumexp(xl, dim=-1, keepdim=True)
+    g = a * torch.softmax(xl, dim=-1) - y
+    if chain is not None:
+        g = g * chain
     g = g * row_grad.to(cdt).unsqueeze(-1)
     return _classes_back(g, x).to(x.dtype)
+
+
+def _composite(
+    x: Tensor,
+    target: Tensor,
+    weight: Tensor | None,
+    ignore_index: int,
+    reduction: str,
+    eps: float,
+    extras: _Extras,
+    out_dtype: torch.dtype,
+) -> Tensor:
+    """The reference of :func:`cross_entropy` in differentiable torch ops: ``F.cross_entropy``
+    itself without the extra options, else ``F.cross_entropy(softcap(x), reduction="none")``
+    plus ``z w_y lse²``, times the sample weights, reduced over the same denominator. The
+    softcap runs in the compute dtype, as in the kernels (a bfloat16 ``c tanh(x / c)`` would
+    round ``x'`` to 3 digits)."""
+    if extras.plain():
+        return F.cross_entropy(
+            x, target, weight, ignore_index=ignore_index, reduction=reduction, label_smoothing=eps
+        )
+    cdt = K.compute_dtype(x.dtype)
+    if target.is_floating_point():
+        cdt = torch.promote_types(cdt, target.dtype)
+        target = target.to(cdt)
+    if weight is not None:
+        weight = weight.to(cdt)
+    xs = _softcap(x.to(cdt), extras.softcap)
+    per = F.cross_entropy(
+        xs, target, weight, ignore_index=ignore_index, reduction="none", label_smoothing=eps
+    )
+    cls = 1 if x.dim() >= 2 else 0
+    prob = target.is_floating_point()
+    valid: Tensor | None = None
+    if prob:
+        tw: Tensor | float = 1.0
+        denom: Tensor | float = float(per.numel())
+    else:
+        valid = target != ignore_index
+        if weight is None:
+            tw = valid.to(per.dtype)
+        else:
+            tw = torch.where(valid, weight.to(per.dtype)[torch.where(valid, target, 0)], 0.0)
+        denom = tw.sum()
+    if extras.z_loss:
+        lse = torch.logsumexp(xs, dim=cls).to(per.dtype)
+        per = per + extras.z_loss * tw * lse * lse
+    if extras.sample_weight is not None:
+        per = per * extras.sample_weight.to(per.dtype)
+        if valid is not None:
+            per = torch.where(valid, per, 0.0)
+    if reduction != "none":
+        per = per.sum()
+        if reduction == "mean":
+            per = per / denom
+    return per.to(out_dtype)
 
 
 # --------------------------------------------------------------------------- autograd
@@ -214,30 +311,45 @@ class _CrossEntropyIndex(torch.autograd.Function):
         fused: bool,
         out_dtype: torch.dtype,
         impl: str,
+        sample_weight: Tensor | None,
+        z_loss: float,
+        softcap: float | None,
     ) -> Tensor:
         with _NoAutocast(logits):
             loss, lse, q, grad, pre = _ops.index_forward(
-                logits, target, weight, ignore_index, reduction, eps, fused, impl
+                logits,
+                target,
+                weight,
+                ignore_index,
+                reduction,
+                eps,
+                fused,
+                impl,
+                sample_weight,
+                z_loss,
+                softcap,
             )
         ctx.compiled = _compiling()
-        ctx.options = (ignore_index, reduction, eps, impl)
+        ctx.options = (ignore_index, reduction, eps, impl, z_loss, softcap)
         ctx.fused = fused
         ctx.grad = None
+        saved = [logits, target, weight, sample_weight, lse, q, pre]
         if fused and ctx.compiled:
-            ctx.save_for_backward(logits, target, weight, lse, q, pre, grad)
+            saved.append(grad)
         else:
-            ctx.save_for_backward(logits, target, weight, lse, q, pre)
             ctx.grad = grad if fused else None
+        ctx.save_for_backward(*saved)
         return loss.to(out_dtype)
 
     @staticmethod
     def backward(ctx: Any, grad_out: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
-        none = (None,) * 8
-        logits, target, weight, lse, q, pre, *kept = ctx.saved_tensors
-        ignore_index, reduction, eps, impl = ctx.options
+        none = (None,) * 11
+        logits, target, weight, sw, lse, q, pre, *kept = ctx.saved_tensors
+        ignore_index, reduction, eps, impl, z_loss, softcap = ctx.options
         if _differentiable_backward():  # create_graph=True or a torch.func transform
+            extras = _Extras(sw, z_loss, softcap)
             g = _index_grad_reference(
-                logits, target, weight, ignore_index, reduction, eps, grad_out
+                logits, target, weight, ignore_index, reduction, eps, grad_out, extras
             )
             return (g, *none)
         if ctx.fused and kept:  # compiled: functional
@@ -247,14 +359,26 @@ class _CrossEntropyIndex(torch.autograd.Function):
             if grad is None:  # a second backward (retained graph): the same sweep again
                 with _NoAutocast(logits):
                     grad = _ops.index_forward(
-                        logits, target, weight, ignore_index, reduction, eps, True, impl
+                        logits,
+                        target,
+                        weight,
+                        ignore_index,
+                        reduction,
+                        eps,
+                        True,
+                        impl,
+                        sw,
+                        z_loss,
+                        softcap,
                     )[3]
             # first eager backward: the forward's buffer, handed out once
             return (_scaled(grad, grad_out / pre, inplace=True), *none)
         cdt = K.compute_dtype(logits.dtype)
-        _, _, scale = _ops.row_scales(target, weight, ignore_index, reduction, cdt)
-        row_grad = grad_out.to(cdt) * scale
-        g = _ops.index_backward(logits, target, weight, lse, q, row_grad, ignore_index, eps, impl)
+        valid, _, scale = _ops.row_scales(target, weight, ignore_index, reduction, cdt)
+        row_grad = _ops._sample_scale(grad_out.to(cdt) * scale, valid, _cast(sw, cdt))
+        g = _ops.index_backward(
+            logits, target, weight, lse, q, row_grad, ignore_index, eps, impl, z_loss, softcap
+        )
         return (g, *none)
 
 
@@ -276,12 +400,13 @@ class _CrossEntropyInplace(torch.autograd.Function):
         out_dtype: torch.dtype,
         geometry: tuple[tuple[int, ...], tuple[int, ...], int] | None,
         impl: str,
+        extras: _Extras,
     ) -> tuple[Tensor, Tensor]:
         # ``logits`` is the storage's base tensor; ``geometry`` the caller's view of all of it.
         view = logits if geometry is None else logits.as_strided(*geometry)
         with _NoAutocast(logits), K.use_impl(impl):
             loss, _, _, pre = _ops.index_forward_inplace(
-                view, target, weight, ignore_index, reduction, eps
+                view, target, weight, ignore_index, reduction, eps, extras
             )
         ctx.mark_dirty(logits)
         ctx.grad, ctx.pre = logits, pre
@@ -292,7 +417,7 @@ class _CrossEntropyInplace(torch.autograd.Function):
     def backward(  # type: ignore[override]
         ctx: Any, grad_out: Tensor | None, grad_overwritten: Tensor | None
     ) -> tuple[Tensor | None, ...]:
-        none = (None,) * 8
+        none = (None,) * 9
         if grad_overwritten is not None:
             raise RuntimeError(
                 "cross_entropy: input was overwritten by its gradient (inplace_backward=True) "
@@ -328,34 +453,50 @@ class _CrossEntropyProb(torch.autograd.Function):
         eps: float,
         out_dtype: torch.dtype,
         impl: str,
+        sample_weight: Tensor | None,
+        z_loss: float,
+        softcap: float | None,
     ) -> Tensor:
         with _NoAutocast(logits):
-            loss, lse, amass = _ops.prob_forward(logits, target, weight, eps, impl)
+            loss, lse, amass = _ops.prob_forward(logits, target, weight, eps, impl, z_loss, softcap)
         rows = loss.numel()
+        if sample_weight is not None:
+            loss = loss * sample_weight.to(loss.dtype)
         if reduction != "none":
             loss = loss.sum()
             if reduction == "mean":
                 loss = loss / rows
-        ctx.save_for_backward(logits, target, weight, lse, amass)
-        ctx.options = (reduction, eps, rows, impl)
+        ctx.save_for_backward(logits, target, weight, sample_weight, lse, amass)
+        ctx.options = (reduction, eps, rows, impl, z_loss, softcap)
         return loss.to(out_dtype)
 
     @staticmethod
     def backward(ctx: Any, grad_out: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
-        logits, target, weight, lse, amass = ctx.saved_tensors
-        reduction, eps, rows, impl = ctx.options
-        row_grad = grad_out.to(K.compute_dtype(logits.dtype))
+        logits, target, weight, sw, lse, amass = ctx.saved_tensors
+        reduction, eps, rows, impl, z_loss, softcap = ctx.options
+        cdt = K.compute_dtype(logits.dtype)
+        row_grad = grad_out.to(cdt)
         if reduction == "mean":
             row_grad = row_grad / rows
-        row_grad = row_grad.expand(amass.shape).contiguous()
+        row_grad = row_grad.expand(amass.shape)
+        if sw is not None:
+            row_grad = row_grad * sw.to(cdt)
+        row_grad = row_grad.contiguous()
         if _differentiable_backward():
-            g = _prob_grad_reference(logits, target, weight, eps, row_grad)
+            extras = _Extras(None, z_loss, softcap)
+            g = _prob_grad_reference(logits, target, weight, eps, row_grad, extras)
         else:
-            g = _ops.prob_backward(logits, target, weight, lse, amass, row_grad, eps, impl)
-        return (g, None, None, None, None, None, None)
+            g = _ops.prob_backward(
+                logits, target, weight, lse, amass, row_grad, eps, impl, z_loss, softcap
+            )
+        return (g, *(None,) * 9)
 
 
 # --------------------------------------------------------------------------- arguments
+
+
+def _cast(x: Tensor | None, dtype: torch.dtype) -> Tensor | None:
+    return None if x is None else x.to(dtype)
 
 
 def _legacy_reduction(size_average: object, reduce: object, reduction: object) -> object:
@@ -455,6 +596,9 @@ def cross_entropy(
     reduction: str = "mean",
     label_smoothing: float = 0.0,
     *,
+    z_loss: float = 0.0,
+    softcap: float | None = None,
+    sample_weight: Tensor | None = None,
     inplace_backward: bool = False,
     impl: str = "auto",
 ) -> Tensor:
@@ -490,6 +634,24 @@ def cross_entropy(
     label_smoothing : float in [0, 1]
         Mix ``ε`` of the uniform distribution into the targets (a float, NumPy scalar or 0-d
         tensor).
+    z_loss : float >= 0
+        Not in ``F``: adds ``z_loss · lse(x')²`` per kept position (the PaLM z-loss;
+        Liger-Kernel's and flash-attn's ``lse_square_scale``), weighted by ``w_y`` like the
+        position's share of ``"mean"``'s denominator (1 for probability targets).
+    softcap : float > 0, optional
+        Not in ``F``: the logits become ``x' = softcap · tanh(x / softcap)`` before anything
+        else (Gemma 2's final-logit softcapping), computed block by block: the capped logits
+        never exist in memory as a whole. The gradient carries ``1 − (x'/softcap)²``.
+    sample_weight : Tensor, optional
+        Not in ``F``: one weight per target position (the target's shape for class indices,
+        the input's without the class dimension for probabilities; any floating dtype, on
+        the input's device), e.g. an RL advantage. It multiplies each position's loss and
+        does **not** change ``"mean"``'s denominator: ones reproduce the unweighted loss; use
+        ``ignore_index`` to drop positions, or ``reduction="sum"`` and divide by
+        ``sample_weight.sum()`` for a mean weighted by them. Ignored positions give 0 whatever
+        their sample weight; a non-finite sample weight gives a non-finite loss, as a
+        non-finite logit does. A ``sample_weight`` that requires grad is differentiated
+        (through the composite path). See :doc:`/guide/options` for how the three combine.
     inplace_backward : bool
         Opt-in (not in ``F.cross_entropy``): write the gradient into ``input``'s own buffer
         during the forward, saving the gradient-sized allocation. ``input`` then holds the
@@ -526,7 +688,10 @@ def cross_entropy(
     included (PyTorch's quirk); if every target is ignored (or the batch is empty) the mean is
     NaN (0/0) and the gradient is 0, as in PyTorch. For probability targets
     ``y'`` = ``(1 − ε) y + ε/C``, ``ℓ = −Σ_c w_c y'_c log p_c`` and
-    ``∂ℓ/∂x_c = (Σ_k w_k y'_k) p_c − w_c y'_c``.
+    ``∂ℓ/∂x_c = (Σ_k w_k y'_k) p_c − w_c y'_c``. With ``z_loss`` the coefficient of ``p_c``
+    gains ``2 z w_y lse`` (``2 z lse`` for probability targets); with ``softcap`` every formula
+    holds for ``x'`` and the gradient is multiplied by ``∂x'/∂x = 1 − (x'/c)²``; a sample
+    weight multiplies its row's loss and gradient.
 
     What is checked, where and when: argument types, dtypes, shapes and option values at the
     call, from metadata only (no host read, so also under ``torch.compile`` and on meta
@@ -571,6 +736,10 @@ def cross_entropy(
         and reduction in _REDUCTIONS
         and input.numel() <= DIRECT_MAX_ELEMENTS
         and (target.dtype == torch.int64 or target.is_floating_point())
+        and softcap is None
+        and sample_weight is None
+        and type(z_loss) in (float, int)
+        and not z_loss
     ):
         # A small problem with plain arguments is F.cross_entropy itself (the ~µs of our checks
         # would be a fifth of its time); anything F refuses is re-checked below, for our error.
@@ -597,6 +766,8 @@ def cross_entropy(
     if not isinstance(inplace_backward, bool):
         fail(fn, "inplace_backward", "be a bool", describe(inplace_backward), TypeError)
     impl = check_impl(fn, impl, x)
+    z = check_z_loss(fn, z_loss)
+    cap = check_softcap(fn, softcap)
     autocast = _autocast_on(x)
     num_classes = x.shape[1] if x.dim() >= 2 else x.shape[0]
     w = check_class_weight(fn, "weight", weight, num_classes, device=x.device)
@@ -648,6 +819,9 @@ def cross_entropy(
                 "be False with reduction='none' or probability targets",
                 f"True with reduction={red!r} and target dtype {t.dtype}",
             )
+    positions = tuple(x.shape[:1]) + tuple(x.shape[2:]) if x.dim() >= 2 else ()
+    sw = check_sample_weight(fn, sample_weight, positions, x.device)
+    extras = _Extras(sw, z, cap)
     grad_on = torch.is_grad_enabled()
     if grad_on and not prob and w is not None and w.requires_grad:
         fail(
@@ -657,32 +831,33 @@ def cross_entropy(
             "differentiate it either; pass weight.detach(), or probability targets)",
             "a weight that requires grad",
         )
+    if prob:
+        xd, td = x.dtype, t.dtype
+        if autocast:
+            xd, td = _autocast_dtype(xd), _autocast_dtype(td)
+        out_dtype = torch.promote_types(xd, td)
+    else:
+        out_dtype = _autocast_dtype(x.dtype) if autocast else x.dtype
     wants_inplace = inplace_backward and grad_on and x.requires_grad and not _compiling()
     if (
         (impl == "auto" and not wants_inplace and x.numel() <= DIRECT_MAX_ELEMENTS)
         or _transforms_active()
         or (grad_on and w is not None and w.requires_grad)
         or (grad_on and prob and t.requires_grad)
+        or (grad_on and sw is not None and sw.requires_grad)
     ):
         return _reference_call(
             fn,
-            lambda: F.cross_entropy(
-                x, t, w, ignore_index=ignore, reduction=red, label_smoothing=eps
-            ),
+            lambda: _composite(x, t, w, ignore, red, eps, extras, out_dtype),
             t,
             num_classes,
             ignore,
         )
     if prob:
-        xd, td = x.dtype, t.dtype
-        if autocast:
-            xd, td = _autocast_dtype(xd), _autocast_dtype(td)
-        out_dtype = torch.promote_types(xd, td)
-        out: Tensor = _CrossEntropyProb.apply(x, t, w, red, eps, out_dtype, impl)  # type: ignore[no-untyped-call]
+        out: Tensor = _CrossEntropyProb.apply(x, t, w, red, eps, out_dtype, impl, sw, z, cap)  # type: ignore[no-untyped-call]
         return out
     if not t.dtype == torch.int64:
         t = t.to(torch.int64)
-    out_dtype = _autocast_dtype(x.dtype) if autocast else x.dtype
     if wants_inplace:
         if (x if x._base is None else x._base).is_leaf:
             fail(
@@ -696,11 +871,13 @@ def cross_entropy(
         base, geometry = _whole_storage_view(fn, x)
         loss: Tensor
         loss, _ = _CrossEntropyInplace.apply(  # type: ignore[no-untyped-call]
-            base, t, w, ignore, red, eps, out_dtype, geometry, impl
+            base, t, w, ignore, red, eps, out_dtype, geometry, impl, extras
         )
         return loss
     fused = red != "none" and grad_on and x.requires_grad
-    out = _CrossEntropyIndex.apply(x, t, w, ignore, red, eps, fused, out_dtype, impl)  # type: ignore[no-untyped-call]
+    out = _CrossEntropyIndex.apply(  # type: ignore[no-untyped-call]
+        x, t, w, ignore, red, eps, fused, out_dtype, impl, sw, z, cap
+    )
     return out
 
 
@@ -732,6 +909,9 @@ class _LinearCrossEntropy(torch.autograd.Function):
         needs: tuple[bool, bool, bool],
         out_dtype: torch.dtype,
         impl: str,
+        sample_weight: Tensor | None,
+        z_loss: float,
+        softcap: float | None,
     ) -> Tensor:
         with _NoAutocast(hidden):
             loss, lse, q, dh, dw, db = _ops.linear_forward(
@@ -746,13 +926,16 @@ class _LinearCrossEntropy(torch.autograd.Function):
                 chunk,
                 *needs,
                 impl,
+                sample_weight,
+                z_loss,
+                softcap,
             )
         fused = reduction != "none" and any(needs)
         ctx.compiled = _compiling()
-        ctx.options = (ignore_index, reduction, eps, chunk, impl)
+        ctx.options = (ignore_index, reduction, eps, chunk, impl, z_loss, softcap)
         ctx.fused, ctx.needs = fused, needs
         ctx.grads = None
-        saved = [hidden, weight, bias, target, class_weight, lse, q]
+        saved = [hidden, weight, bias, target, class_weight, sample_weight, lse, q]
         if fused and ctx.compiled:
             saved += [dh, dw, db]
         elif fused:
@@ -762,15 +945,18 @@ class _LinearCrossEntropy(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx: Any, grad_out: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
-        hidden, weight, bias, target, cw, lse, q, *kept = ctx.saved_tensors
-        ignore_index, reduction, eps, chunk, impl = ctx.options
+        hidden, weight, bias, target, cw, sw, lse, q, *kept = ctx.saved_tensors
+        ignore_index, reduction, eps, chunk, impl, z_loss, softcap = ctx.options
         need = ctx.needs_input_grad[:3]
-        none = (None,) * 9
+        none = (None,) * 12
         dtypes = (hidden.dtype, weight.dtype, None if bias is None else bias.dtype)
         if _differentiable_backward():  # create_graph=True or a torch.func transform
             cdt = K.compute_dtype(hidden.dtype)
             z = F.linear(hidden.to(cdt), weight.to(cdt), None if bias is None else bias.to(cdt))
-            gz = _index_grad_reference(z, target, cw, ignore_index, reduction, eps, grad_out)
+            extras = _Extras(sw, z_loss, softcap)
+            gz = _index_grad_reference(
+                z, target, cw, ignore_index, reduction, eps, grad_out, extras
+            )
             grads = (
                 (gz @ weight.to(cdt)) if need[0] else None,
                 (gz.t() @ hidden.to(cdt)) if need[1] else None,
@@ -795,6 +981,9 @@ class _LinearCrossEntropy(torch.autograd.Function):
                             chunk,
                             *ctx.needs,
                             impl,
+                            sw,
+                            z_loss,
+                            softcap,
                         )[3:]
             grads = tuple(  # type: ignore[assignment]
                 _scaled(g, grad_out, inplace=inplace) if n and have else None
@@ -802,7 +991,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
             )
         else:
             cdt = K.compute_dtype(hidden.dtype)
-            _, _, scale = _ops.row_scales(target, cw, ignore_index, reduction, cdt)
+            valid, _, scale = _ops.row_scales(target, cw, ignore_index, reduction, cdt)
             dh, dw, db = _ops.linear_backward(
                 hidden,
                 weight,
@@ -811,7 +1000,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
                 cw,
                 lse,
                 q,
-                grad_out.to(cdt) * scale,
+                _ops._sample_scale(grad_out.to(cdt) * scale, valid, _cast(sw, cdt)),
                 ignore_index,
                 eps,
                 chunk,
@@ -819,6 +1008,8 @@ class _LinearCrossEntropy(torch.autograd.Function):
                 need[1],
                 bias is not None and need[2],
                 impl,
+                z_loss,
+                softcap,
             )
             grads = (
                 dh if need[0] else None,
@@ -847,6 +1038,9 @@ def linear_cross_entropy(
     label_smoothing: float = 0.0,
     *,
     class_weight: Tensor | None = None,
+    z_loss: float = 0.0,
+    softcap: float | None = None,
+    sample_weight: Tensor | None = None,
     chunk_size: int | None = None,
     impl: str = "auto",
 ) -> Tensor:
@@ -866,6 +1060,12 @@ def linear_cross_entropy(
         As in :func:`cross_entropy`.
     class_weight : Tensor, shape ``(C,)``, optional
         Per-class rescaling weight (``F.cross_entropy``'s ``weight``).
+    z_loss, softcap : float, optional
+        As in :func:`cross_entropy`: ``z_loss · lse²`` per kept row, and logits
+        ``softcap · tanh(z / softcap)``, applied chunk by chunk.
+    sample_weight : Tensor, shape ``(*)``, optional
+        One weight per target position, as in :func:`cross_entropy` (``"mean"``'s denominator
+        unchanged).
     chunk_size : int, optional
         Rows of logits alive at a time. Default: about 48 MiB of logits.
 
@@ -930,6 +1130,12 @@ def linear_cross_entropy(
     )
     cw = check_class_weight(fn, "class_weight", class_weight, num_classes, device=h.device)
     chunk_size = check_chunk_size(fn, chunk_size)
+    extras = _Extras(
+        check_sample_weight(fn, sample_weight, tuple(t.shape), h.device),
+        check_z_loss(fn, z_loss),
+        check_softcap(fn, softcap),
+    )
+    sw = extras.sample_weight
     if cw is not None and not autocast and cw.dtype != h.dtype:
         fail(fn, "class_weight", f"have hidden's dtype {h.dtype}", f"dtype {cw.dtype}", TypeError)
     impl = check_impl(fn, impl, h)
@@ -944,17 +1150,21 @@ def linear_cross_entropy(
         )
     rows = h.numel() // max(1, h.shape[-1])
     small = impl == "auto" and rows * num_classes <= LINEAR_DIRECT_MAX_ELEMENTS
-    if small or _transforms_active():
+    out_dtype = _autocast_dtype(h.dtype) if autocast else h.dtype
+    if small or _transforms_active() or (grad_on and sw is not None and sw.requires_grad):
         w_ref = cw if cw is None or cw.dtype == h.dtype or autocast else cw.to(h.dtype)
+        flat = extras._replace(sample_weight=None if sw is None else sw.reshape(-1))
         ref = _reference_call(
             fn,
-            lambda: F.cross_entropy(
+            lambda: _composite(
                 F.linear(h, wt, b).reshape(-1, num_classes),
                 t.reshape(-1),
                 w_ref,
-                ignore_index=ignore,
-                reduction=red,
-                label_smoothing=eps,
+                ignore,
+                red,
+                eps,
+                flat,
+                out_dtype,
             ),
             t,
             num_classes,
@@ -971,8 +1181,21 @@ def linear_cross_entropy(
         grad_on and wt.requires_grad,
         grad_on and b is not None and b.requires_grad,
     )
-    out_dtype = _autocast_dtype(h.dtype) if autocast else h.dtype
+    sw1 = None if sw is None else sw.reshape(-1)
     out: Tensor = _LinearCrossEntropy.apply(  # type: ignore[no-untyped-call]
-        h2, wt, b, t1, cw, ignore, red, eps, chunk_size or 0, needs, out_dtype, impl
+        h2,
+        wt,
+        b,
+        t1,
+        cw,
+        ignore,
+        red,
+        eps,
+        chunk_size or 0,
+        needs,
+        out_dtype,
+        impl,
+        sw1,
+        *extras[1:],
     )
     return out.reshape(lead) if red == "none" else out
