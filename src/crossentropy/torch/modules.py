@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from ._checks import check_softcap, check_z_loss
 from .functional import cross_entropy, linear_cross_entropy
 
 __all__ = ["CrossEntropyLoss", "LinearCrossEntropyLoss"]
@@ -20,6 +21,12 @@ class CrossEntropyLoss(torch.nn.CrossEntropyLoss):
         Class weights, stored as a buffer (moves with ``.to()``).
     ignore_index, reduction, label_smoothing, impl
         As in :func:`crossentropy.torch.cross_entropy` (``impl`` is keyword-only).
+    z_loss, softcap
+        As in :func:`crossentropy.torch.cross_entropy` (keyword-only, checked here).
+
+    ``forward(input, target, sample_weight=None)``: the per-position weights of
+    :func:`crossentropy.torch.cross_entropy` are a forward argument, since they change with
+    every batch.
 
     Examples
     --------
@@ -38,14 +45,18 @@ class CrossEntropyLoss(torch.nn.CrossEntropyLoss):
         reduction: str = "mean",
         label_smoothing: float = 0.0,
         *,
+        z_loss: float = 0.0,
+        softcap: float | None = None,
         impl: str = "auto",
     ) -> None:
         # nn.CrossEntropyLoss's own constructor: the same buffer, attributes and legacy
         # size_average/reduce handling, and isinstance(loss, nn.CrossEntropyLoss) holds.
         super().__init__(weight, size_average, ignore_index, reduce, reduction, label_smoothing)
+        self.z_loss = check_z_loss("CrossEntropyLoss", z_loss)
+        self.softcap = check_softcap("CrossEntropyLoss", softcap)
         self.impl = impl
 
-    def forward(self, input: Tensor, target: Tensor) -> Tensor:
+    def forward(self, input: Tensor, target: Tensor, sample_weight: Tensor | None = None) -> Tensor:
         return cross_entropy(
             input,
             target,
@@ -53,13 +64,18 @@ class CrossEntropyLoss(torch.nn.CrossEntropyLoss):
             ignore_index=self.ignore_index,
             reduction=self.reduction,
             label_smoothing=self.label_smoothing,
+            z_loss=self.z_loss,
+            softcap=self.softcap,
+            sample_weight=sample_weight,
             impl=self.impl,
         )
 
     def extra_repr(self) -> str:
+        extra = f", z_loss={self.z_loss}" if self.z_loss else ""
+        extra += f", softcap={self.softcap}" if self.softcap is not None else ""
         return (
             f"ignore_index={self.ignore_index}, reduction={self.reduction!r}, "
-            f"label_smoothing={self.label_smoothing}, impl={self.impl!r}"
+            f"label_smoothing={self.label_smoothing}{extra}, impl={self.impl!r}"
         )
 
 
@@ -73,8 +89,9 @@ class LinearCrossEntropyLoss(torch.nn.Module):
     ----------
     class_weight : Tensor, shape ``(C,)``, optional
         Class weights, stored as a buffer.
-    ignore_index, reduction, label_smoothing, chunk_size, impl
-        As in :func:`crossentropy.torch.linear_cross_entropy`.
+    ignore_index, reduction, label_smoothing, z_loss, softcap, chunk_size, impl
+        As in :func:`crossentropy.torch.linear_cross_entropy`; ``forward`` takes the
+        per-position ``sample_weight``.
 
     Examples
     --------
@@ -98,6 +115,8 @@ class LinearCrossEntropyLoss(torch.nn.Module):
         label_smoothing: float = 0.0,
         *,
         class_weight: Tensor | None = None,
+        z_loss: float = 0.0,
+        softcap: float | None = None,
         chunk_size: int | None = None,
         impl: str = "auto",
     ) -> None:
@@ -106,11 +125,18 @@ class LinearCrossEntropyLoss(torch.nn.Module):
         self.ignore_index = ignore_index
         self.reduction = reduction
         self.label_smoothing = label_smoothing
+        self.z_loss = check_z_loss("LinearCrossEntropyLoss", z_loss)
+        self.softcap = check_softcap("LinearCrossEntropyLoss", softcap)
         self.chunk_size = chunk_size
         self.impl = impl
 
     def forward(
-        self, hidden: Tensor, weight: Tensor, target: Tensor, bias: Tensor | None = None
+        self,
+        hidden: Tensor,
+        weight: Tensor,
+        target: Tensor,
+        bias: Tensor | None = None,
+        sample_weight: Tensor | None = None,
     ) -> Tensor:
         return linear_cross_entropy(
             hidden,
@@ -121,13 +147,18 @@ class LinearCrossEntropyLoss(torch.nn.Module):
             reduction=self.reduction,
             label_smoothing=self.label_smoothing,
             class_weight=self.class_weight,
+            z_loss=self.z_loss,
+            softcap=self.softcap,
+            sample_weight=sample_weight,
             chunk_size=self.chunk_size,
             impl=self.impl,
         )
 
     def extra_repr(self) -> str:
+        extra = f", z_loss={self.z_loss}" if self.z_loss else ""
+        extra += f", softcap={self.softcap}" if self.softcap is not None else ""
         return (
             f"ignore_index={self.ignore_index}, reduction={self.reduction!r}, "
-            f"label_smoothing={self.label_smoothing}, chunk_size={self.chunk_size}, "
+            f"label_smoothing={self.label_smoothing}{extra}, chunk_size={self.chunk_size}, "
             f"impl={self.impl!r}"
         )
