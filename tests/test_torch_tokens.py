@@ -862,6 +862,6 @@ def test_softcap_errors(cap: object, kind: type[Exception], got: str) -> None:
         ("token_stats", lambda: token_stats(torch.zeros(3, 5), _T, softcap=cap)),
         ("linear_token_stats", lambda: linear_token_stats(_H, _W, _T, softcap=cap)),
     ):
-        message = f"{fn}: softcap must be a finite float > 0 or None, got {got}"
+        message = f"{fn}: softcap must be None or a finite float > 0, got {got}"
         with pytest.raises(kind, match=re.escape(message) + "$"):
             call()

@@ -53,7 +53,6 @@ differentiable torch ops and differentiates the closed form; under ``torch.func`
 a fake implementation, so ``torch.compile(fullgraph=True)`` sees no graph break.
 """
 
-import math
 import numbers
 from typing import Any, NamedTuple
 
@@ -63,10 +62,9 @@ from torch import Tensor
 
 from .._validation import fail
 from . import _kernels as K
-from ._checks import check_chunk_size, check_projection, check_tensor, describe
+from ._checks import check_chunk_size, check_projection, check_softcap, check_tensor, describe
 from ._ops import check_targets
 from .functional import (
-    _as_float,
     _autocast_on,
     _autocast_projection,
     _differentiable_backward,
@@ -494,19 +492,6 @@ def _check_ignore_index(fn: str, ignore_index: object) -> int:
     return int(value)
 
 
-def _check_softcap(fn: str, softcap: object) -> float | None:
-    """``None`` or a finite real ``> 0`` (NumPy scalars and 0-d tensors too), as a float."""
-    if softcap is None:
-        return None
-    value = _as_float(softcap)
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        fail(fn, "softcap", "be a finite float > 0 or None", describe(softcap), TypeError)
-    cap = float(value)
-    if not (math.isfinite(cap) and cap > 0):
-        fail(fn, "softcap", "be a finite float > 0 or None", cap)
-    return cap
-
-
 def _check_target(fn: str, target: object, x: Tensor, x_arg: str, what: str) -> Tensor:
     t = check_tensor(fn, "target", target, floating=False)
     if tuple(t.shape) != tuple(x.shape[:-1]):
@@ -631,7 +616,7 @@ def token_stats(
         fail(fn, "logits", "have at least one class (C >= 1)", f"shape {tuple(x.shape)}")
     t = _check_target(fn, target, x, "logits", "logits' shape without the classes")
     ignore = _check_ignore_index(fn, ignore_index)
-    cap = _check_softcap(fn, softcap)
+    cap = check_softcap(fn, softcap)
     lead = tuple(t.shape)
     x2 = x.reshape(-1, x.shape[-1])
     t1 = t.reshape(-1).to(torch.int64)
@@ -738,7 +723,7 @@ def linear_token_stats(
     t = _check_target(fn, target, h, "hidden", "hidden's shape without the features")
     ignore = _check_ignore_index(fn, ignore_index)
     chunk = check_chunk_size(fn, chunk_size) or 0
-    cap = _check_softcap(fn, softcap)
+    cap = check_softcap(fn, softcap)
     lead = tuple(t.shape)
     h2 = h.reshape(-1, h.shape[-1])
     t1 = t.reshape(-1).to(torch.int64)
