@@ -45,3 +45,21 @@ def test_readme_token_stats_example_output_is_current() -> None:
     with contextlib.redirect_stdout(out):
         exec(compile(code, "README.md", "exec"), {})
     assert out.getvalue() == expected
+
+
+def test_readme_options_example_output_is_current() -> None:
+    import pytest
+
+    pytest.importorskip("torch")
+    text = README.read_text()
+    match = re.search(
+        r"### Z-loss, softcap and sample weights\n.*?```python\n(.*?)```\n```text\n(.*?)```",
+        text,
+        re.S,
+    )
+    assert match is not None, "README.md lost its options example"
+    code, expected = match.groups()
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        exec(compile(code, "README.md", "exec"), {})
+    assert out.getvalue() == expected
