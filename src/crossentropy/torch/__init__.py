@@ -8,7 +8,8 @@
 - :func:`token_stats`, :func:`linear_token_stats`: per-token log-probability of the target,
   entropy, log-sum-exp and argmax with exact gradients (RL fine-tuning), the linear form
   without materialising the logits.
-- ``vocab_parallel_cross_entropy``, ``vocab_parallel_linear_cross_entropy`` (from
+- ``vocab_parallel_cross_entropy``, ``vocab_parallel_linear_cross_entropy``,
+  ``vocab_parallel_token_stats``, ``vocab_parallel_linear_token_stats`` (from
   :mod:`crossentropy.torch.distributed`, loaded on first use): the vocabulary sharded across
   the ranks of a process group.
 
@@ -42,9 +43,16 @@ __all__ = [
     "token_stats",
     "vocab_parallel_cross_entropy",
     "vocab_parallel_linear_cross_entropy",
+    "vocab_parallel_linear_token_stats",
+    "vocab_parallel_token_stats",
 ]
 
-_DISTRIBUTED = ("vocab_parallel_cross_entropy", "vocab_parallel_linear_cross_entropy")
+_DISTRIBUTED = (
+    "vocab_parallel_cross_entropy",
+    "vocab_parallel_linear_cross_entropy",
+    "vocab_parallel_linear_token_stats",
+    "vocab_parallel_token_stats",
+)
 
 
 def __getattr__(name: str) -> Any:

@@ -1,20 +1,26 @@
-"""Vocabulary-parallel cross-entropy over ``torch.distributed``.
+"""Vocabulary-parallel cross-entropy and per-token statistics over ``torch.distributed``.
 
 When the output layer is split over the vocabulary across the ranks of a process group
 (tensor parallelism), rank ``r`` holds the contiguous columns ``[start_r, stop_r)`` of the
-``(N, V)`` logits. The loss is computed without gathering the logits anywhere: each rank
-reduces its shard to a few numbers per row, and only those cross the network.
+``(N, V)`` logits. The loss (:func:`vocab_parallel_cross_entropy`,
+:func:`vocab_parallel_linear_cross_entropy`) and the per-token statistics
+(:func:`vocab_parallel_token_stats`, :func:`vocab_parallel_linear_token_stats`) are computed
+without gathering the logits anywhere: each rank reduces its shard to a few numbers per row,
+and only those cross the network.
 
-Per call, each rank sends
+Per call of the cross-entropy, each rank sends
 
-- one all-gather of a 14-integer handshake (shard width, rows, dtype, a 64-bit BLAKE2b
-  digest of the target's bytes and the target's range on this rank, the options), which
-  fixes the shard offsets and validates the input on every rank before any collective that
-  could hang on bad input;
+- one all-gather of a 14-integer handshake (shard width, rows, the function, dtype and
+  reduction, a 64-bit BLAKE2b digest of the target's bytes and the target's range on this
+  rank, the options), which fixes the shard offsets and validates the input on every rank
+  before any collective that could hang on bad input;
 - one all-reduce (MAX) of the ``N`` row maxima;
 - one all-reduce (SUM) of at most ``4 N + 1`` scalars: the sum of exponentials, the target
   logit (its owner contributes it), the label-smoothing term and the target's class weight;
 - for the linear form only, in backward, one all-reduce (SUM) of ``d hidden`` (``N x D``).
+
+The per-token statistics send the same handshake and ``N`` maxima, then ``3 N`` sums (the
+sum of exponentials, the target logit, the entropy's sum) and ``N`` argmax candidates (MIN).
 
 Nothing of size ``N x V`` ever crosses the network.
 
@@ -27,8 +33,8 @@ same type and message (``"... on rank r"``). Otherwise every rank runs the same 
 same gathered table, so all of them raise the same error or none does: the options, dtypes,
 rows and widths agree, **every rank's** target lies in ``[0, V)`` or is ``ignore_index``
 (``V`` the sum of the widths), and every rank's digest equals rank 0's (any difference in
-the targets is detected, up to a 2**-64 chance of collision). Only then does any other
-collective run.
+the targets is detected, up to a 2**-64 chance of collision). Sample weights are compared
+the same way (a digest of their values as float64). Only then does any other collective run.
 
 Double backward is not supported: a backward with ``create_graph=True`` (for example
 ``torch.autograd.grad(loss, x, create_graph=True)``, or a Hessian) raises a ``RuntimeError``
@@ -46,6 +52,7 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
+import torch.nn.functional as F
 from torch import Tensor
 
 from .._validation import fail
@@ -56,30 +63,54 @@ from ._checks import (
     check_impl,
     check_options,
     check_projection,
+    check_softcap,
     check_tensor,
+    check_z_loss,
 )
+from .tokens import TokenStats
 
-__all__ = ["vocab_parallel_cross_entropy", "vocab_parallel_linear_cross_entropy"]
+__all__ = [
+    "vocab_parallel_cross_entropy",
+    "vocab_parallel_linear_cross_entropy",
+    "vocab_parallel_linear_token_stats",
+    "vocab_parallel_token_stats",
+]
 
 _REDUCTIONS = ("none", "mean", "sum")
 _SLICE = "this rank's slice of the class weights"
 _DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+#: The public functions, by their index in the handshake's ``flags``.
+_FUNCTIONS = (
+    "vocab_parallel_cross_entropy",
+    "vocab_parallel_linear_cross_entropy",
+    "vocab_parallel_token_stats",
+    "vocab_parallel_linear_token_stats",
+)
 # Handshake columns, one int64 each, all-gathered once per call.
 _COLUMNS = (
     "ok",
     "width",
     "rows",
-    "dtype",
+    "flags",  # function, dtype, reduction and three booleans, packed (see _FLAGS)
     "digest",
     "tmin",
     "tmax",
-    "reduction",
     "ignore_index",
     "label_smoothing",
-    "weight",
     "vocab_size",
     "hidden_dim",
-    "hidden_grad",
+    "z_loss",
+    "softcap",  # 0 for None (a softcap is > 0)
+    "sample_digest",  # 0 without sample weights
+)
+#: The fields packed into the ``flags`` column: (name, bit offset, bit width).
+_FLAGS = (
+    ("function", 0, 4),
+    ("dtype", 4, 4),
+    ("reduction", 8, 4),
+    ("weight", 12, 1),
+    ("hidden_grad", 13, 1),
+    ("sample_weight", 14, 1),
 )
 _INT64_MAX = 2**63 - 1
 _INT64_MIN = -(2**63)
@@ -136,13 +167,19 @@ def _check_options(
     ignore_index: object,
     label_smoothing: object,
     vocab_size: object,
-) -> None:
+    z_loss: object,
+    softcap: object,
+) -> tuple[float, float | None]:
+    """Validated ``(z_loss, softcap)``: Python floats (``-0.0`` as ``0.0``), or None."""
     check_options(fn, reduction, label_smoothing, ignore_index)
+    z = check_z_loss(fn, z_loss) + 0.0
+    cap = check_softcap(fn, softcap)
     if vocab_size is not None:
         if isinstance(vocab_size, bool) or not isinstance(vocab_size, int):
             fail(fn, "vocab_size", "be an int or None", type(vocab_size).__name__, TypeError)
         if not 1 <= vocab_size <= _INT64_MAX:
             fail(fn, "vocab_size", "be positive (and fit in int64)", vocab_size)
+    return z, cap
 
 
 def _check_target(fn: str, target: object, rows: int, device: torch.device) -> Tensor:
@@ -163,6 +200,30 @@ def _target_digest(target: Tensor) -> int:
     values = target.detach().to(device="cpu", dtype=torch.int64).contiguous().numpy()
     digest = hashlib.blake2b(values.astype("<i8", copy=False).tobytes(), digest_size=8)
     return int.from_bytes(digest.digest(), "little", signed=True)
+
+
+def _sample_digest(sample_weight: Tensor | None) -> int:
+    """A 64-bit BLAKE2b digest of the sample weights as little-endian float64 (0 if None)."""
+    if sample_weight is None:
+        return 0
+    values = sample_weight.detach().to(device="cpu", dtype=torch.float64).contiguous().numpy()
+    digest = hashlib.blake2b(values.astype("<f8", copy=False).tobytes(), digest_size=8)
+    return int.from_bytes(digest.digest(), "little", signed=True)
+
+
+def _pack_flags(**fields: int) -> int:
+    """The ``flags`` column: each field of :data:`_FLAGS` in its bits."""
+    flags = 0
+    for name, offset, bits in _FLAGS:
+        value = fields[name]
+        if not 0 <= value < 1 << bits:  # pragma: no cover - our own indices
+            raise AssertionError(f"{name}={value} does not fit in {bits} bits")
+        flags |= value << offset
+    return flags
+
+
+def _unpack_flags(flags: int) -> dict[str, int]:
+    return {name: (flags >> offset) & ((1 << bits) - 1) for name, offset, bits in _FLAGS}
 
 
 def _target_summary(target: Tensor, ignore_index: int) -> tuple[int, int, int]:
@@ -214,21 +275,31 @@ def _check_table(
     rank 0's.
     """
     col = {name: [r[i] for r in table] for i, name in enumerate(_COLUMNS)}
+    for row in table:
+        for name, value in _unpack_flags(row[_COLUMNS.index("flags")]).items():
+            col.setdefault(name, []).append(value)
 
     def same(name: str, arg: str, shown: Sequence[object], what: str = "be the same") -> None:
         if len(set(col[name])) > 1:
             fail(fn, arg, f"{what} on every rank", f"{list(shown)} (by rank)")
 
+    def given(name: str) -> list[str | None]:
+        return ["given" if g else None for g in col[name]]
+
+    functions = [_FUNCTIONS[f] for f in col["function"]]
+    same("function", "the function called", functions)
     same("dtype", logits_arg, [_DTYPES[d] for d in col["dtype"]], "have the same dtype")
     same("reduction", "reduction", [_REDUCTIONS[r] for r in col["reduction"]])
     same("ignore_index", "ignore_index", list(col["ignore_index"]))
     same("label_smoothing", "label_smoothing", [_bits_float(b) for b in col["label_smoothing"]])
-    given = [bool(w) for w in col["weight"]]
-    same("weight", weight_arg, ["given" if g else None for g in given], "be given (or None)")
+    same("weight", weight_arg, given("weight"), "be given (or None)")
     same("vocab_size", "vocab_size", [None if v < 0 else v for v in col["vocab_size"]])
     same("hidden_dim", "hidden", list(col["hidden_dim"]), "have the same number of columns")
     grads = [bool(g) for g in col["hidden_grad"]]
     same("hidden_grad", "hidden", grads, "have the same requires_grad")
+    same("z_loss", "z_loss", [_bits_float(b) for b in col["z_loss"]])
+    same("softcap", "softcap", [_bits_float(b) if b else None for b in col["softcap"]])
+    same("sample_weight", "sample_weight", given("sample_weight"), "be given (or None)")
     same("rows", logits_arg, list(col["rows"]), "have the same number of rows")
     widths = tuple(col["width"])
     vocab = sum(widths)
@@ -263,6 +334,11 @@ def _check_table(
     if len(set(digests)) > 1:
         differ = [r for r, c in enumerate(digests) if c != digests[0]]
         fail(fn, "target", "be identical on every rank", f"a different target on ranks {differ}")
+    digests = col["sample_digest"]
+    if len(set(digests)) > 1:
+        differ = [r for r, c in enumerate(digests) if c != digests[0]]
+        shown = f"different sample weights on ranks {differ}"
+        fail(fn, "sample_weight", "be identical on every rank", shown)
     start = sum(widths[:rank])
     return _Layout(rank, widths, start, start + widths[rank], vocab)
 
@@ -277,6 +353,7 @@ class _Local:
     target: Tensor
     hidden_dim: int = 0
     hidden_grad: bool = False
+    sample_weight: Tensor | None = None
 
 
 def _validate(
@@ -284,37 +361,49 @@ def _validate(
     group: Any,
     local_checks: Callable[[], _Local],
     *,
-    reduction: Any,
+    reduction: Any = "none",
     ignore_index: Any,
-    label_smoothing: Any,
+    label_smoothing: Any = 0.0,
     vocab_size: Any,
-    has_weight: bool,
+    has_weight: bool = False,
+    z_loss: Any = 0.0,
+    softcap: Any = None,
     logits_arg: str,
-    weight_arg: str,
+    weight_arg: str = "weight",
 ) -> _Layout:
     """Local checks, one all-gather of the handshake rows, then the same global checks."""
     rank, _ = _check_group(fn, group)
     row = [0] * len(_COLUMNS)
     error: Exception | None = None
     try:
-        _check_options(fn, reduction, ignore_index, label_smoothing, vocab_size)
+        z, cap = _check_options(
+            fn, reduction, ignore_index, label_smoothing, vocab_size, z_loss, softcap
+        )
         local = local_checks()
         digest, tmin, tmax = _target_summary(local.target, ignore_index)
+        flags = _pack_flags(
+            function=_FUNCTIONS.index(fn),
+            dtype=_DTYPES.index(local.dtype),
+            reduction=_REDUCTIONS.index(reduction),
+            weight=int(has_weight),
+            hidden_grad=int(local.hidden_grad),
+            sample_weight=int(local.sample_weight is not None),
+        )
         row = [
             1,
             local.width,
             local.rows,
-            _DTYPES.index(local.dtype),
+            flags,
             digest,
             tmin,
             tmax,
-            _REDUCTIONS.index(reduction),
             ignore_index,
             _float_bits(label_smoothing),
-            int(has_weight),
             -1 if vocab_size is None else vocab_size,
             local.hidden_dim,
-            int(local.hidden_grad),
+            _float_bits(z),
+            0 if cap is None else _float_bits(cap),
+            _sample_digest(local.sample_weight),
         ]
     except Exception as exc:  # carried to every rank: none may be left waiting
         error = exc
@@ -643,6 +732,355 @@ class _VocabParallelLinearCrossEntropy(torch.autograd.Function):
 
 
 # ---------------------------------------------------------------------------------------------
+# Per-token statistics: log-probability of the target, entropy, log-sum-exp, argmax
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _TokenShard:
+    """One shard's per-row statistics for the token statistics, in compute dtype.
+
+    The reference point of the sums is ``m̃ = m`` (``0`` where ``m = −inf``: a row with no
+    finite logit on this shard, which then adds nothing).
+    """
+
+    max: Tensor  # m_r: the shard's row max (−inf for an empty or fully masked shard row)
+    sumexp: Tensor  # Σ_{c ≠ y} e^{x_c − m̃}: the target column excluded, as in RowStats
+    target_logit: Tensor  # x_y if y lies in the shard, else 0
+    has_target: Tensor  # y lies in the shard
+    spread: Tensor  # Σ_c e^{x_c − m̃} (m̃ − x_c) ≥ 0, every column (the entropy's sum)
+    argmax: Tensor  # global index of the shard's first largest logit (int64)
+
+
+@dataclass(frozen=True)
+class _TokenSaved:
+    """What the token statistics' backward needs besides the inputs: O(N) numbers."""
+
+    ref: Tensor  # M: the global row max (0 for a row of only −inf)
+    lse_rel: Tensor  # lse − M = log S
+    entropy: Tensor  # H
+    other: Tensor  # q = Σ_{c ≠ y} p_c (the target's 1 − p_y without cancellation)
+    valid: Tensor  # target != ignore_index
+
+
+def _softcap(z: Tensor, softcap: float | None) -> tuple[Tensor, Tensor | None]:
+    """``(x', t)`` with ``x' = c tanh(x / c)`` and ``t = tanh(x / c)`` (for the chain factor
+    ``1 − t²``), or ``(z, None)`` without softcap."""
+    if softcap is None:
+        return z, None
+    t = torch.tanh(z / softcap)
+    return t * softcap, t
+
+
+def _token_block(
+    z: Tensor, target: Tensor, start: int
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """:class:`_TokenShard`'s fields for a block of rows ``z`` (R, V_r) of (softcapped,
+    compute-dtype) logits whose first column is the global class ``start``. ``z`` is not
+    written to."""
+    idx, inside = _local_target(target, start, z.shape[1])
+    arg = z.argmax(dim=-1)  # the first largest column, as torch.argmax
+    m = z.gather(-1, arg.unsqueeze(-1))
+    d = z - _finite(m)  # ≤ 0: the shift by the max keeps exp from overflowing
+    e = d.exp()
+    xt = torch.where(inside, z.gather(-1, idx).squeeze(-1), 0.0)
+    # Σ e^{x − m̃} (m̃ − x): a −inf logit adds 0 · (the largest float) = 0, not 0 · inf = NaN
+    spread = (d.neg_().clamp_(max=torch.finfo(d.dtype).max) * e).sum(dim=-1)
+    # the target column left out of Σ e^{x − m̃}: Σ_{c≠y} p_c keeps its relative precision
+    e.scatter_(-1, idx, torch.where(inside.unsqueeze(-1), 0.0, e.gather(-1, idx)))
+    return m.squeeze(-1), e.sum(dim=-1), xt, inside, spread, arg + start
+
+
+def _local_target(target: Tensor, start: int, width: int) -> tuple[Tensor, Tensor]:
+    """(the target's column in the shard, clamped to a valid one; whether it is in the shard)."""
+    local = target - start
+    inside = (local >= 0) & (local < width)
+    return torch.where(inside, local, 0).unsqueeze(-1), inside
+
+
+def _token_shard(
+    logits_of: Callable[[int, int], Tensor],
+    target: Tensor,
+    rows: int,
+    width: int,
+    step: int,
+    start: int,
+    softcap: float | None,
+    cdtype: torch.dtype,
+    device: torch.device,
+) -> _TokenShard:
+    """The shard's :class:`_TokenShard`, ``step`` rows at a time; ``logits_of(a, b)`` gives rows
+    ``a:b`` of the shard's logits in compute dtype."""
+    fields = [torch.zeros(rows, dtype=cdtype, device=device) for _ in range(6)]
+    fields[0].fill_(float("-inf"))
+    fields[3] = fields[3].to(torch.bool)
+    fields[5] = torch.full((rows,), start, dtype=torch.int64, device=device)
+    if width:
+        for a in range(0, rows, step):
+            b = min(rows, a + step)
+            z, _ = _softcap(logits_of(a, b), softcap)
+            for out, value in zip(fields, _token_block(z, target[a:b], start), strict=True):
+                out[a:b] = value
+            del z
+    return _TokenShard(*fields)
+
+
+def _reduce_token_stats(
+    local: _TokenShard, target: Tensor, layout: _Layout, ignore_index: int, group: Any
+) -> tuple[tuple[Tensor, Tensor, Tensor, Tensor], _TokenSaved]:
+    """All-reduce the shards' statistics: ``(logprob, entropy, lse, argmax)`` of every row.
+
+    Three collectives of O(N) numbers: MAX of the row maxima ``m_r``, then one SUM of
+    ``e^{m̃_r − M} Σ_{c≠y} e^{x_c − m̃_r}``, the target logit and the entropy's sum
+    ``e^{m̃_r − M} [u_r + (M − m̃_r) s_r]`` (packed together), and one MIN of the argmax
+    candidates.
+    """
+    big = local.max.clone()
+    dist.all_reduce(big, op=dist.ReduceOp.MAX, group=group)
+    shift = _finite(big)
+    ref = _finite(local.max)
+    present = local.max != float("-inf")  # a shard row without a finite logit adds nothing
+    scale = torch.exp(ref - shift)
+    # s_r = Σ_c e^{x_c − m̃_r}, every column; shifting the entropy's sum from m̃_r to M:
+    # Σ e^{x − M} (M − x) = e^{m̃_r − M} [Σ e^{x − m̃_r} (m̃_r − x) + (M − m̃_r) s_r], all ≥ 0
+    everything = local.sumexp + torch.where(
+        local.has_target, torch.exp(local.target_logit - ref), 0.0
+    )
+    spread = scale * (local.spread + (shift - ref) * everything)
+    columns = [
+        torch.where(present, scale * local.sumexp, 0.0),
+        local.target_logit,
+        torch.where(present, spread, 0.0),
+    ]
+    packed = torch.stack(columns, dim=1).reshape(-1)
+    dist.all_reduce(packed, op=dist.ReduceOp.SUM, group=group)
+    # The global argmax: the smallest index among the shards whose max is the global one
+    # (shards lie in rank order; each shard gives its first largest column), a NaN first,
+    # as torch.argmax. Candidates in [-V, V]: a NaN's index - V, a max's index, else V.
+    vocab = layout.vocab
+    candidate = torch.where(
+        torch.isnan(local.max),
+        local.argmax - vocab,
+        torch.where(local.max == big, local.argmax, torch.full_like(local.argmax, vocab)),
+    )
+    dist.all_reduce(candidate, op=dist.ReduceOp.MIN, group=group)
+    argmax = torch.where(candidate < 0, candidate + vocab, candidate.remainder(vocab))
+
+    rows = big.shape[0]
+    per_row = packed.reshape(rows, len(columns))
+    # Every target is in [0, V) or ignore_index (checked): known without communicating.
+    has_target = (target >= 0) & (target < vocab)
+    stats = _kernels.RowStats(shift, per_row[:, 0], per_row[:, 1], has_target)
+    lse_rel = _kernels.row_lse_rel(stats)  # log S, S = Σ_c e^{x_c − M}
+    total = stats.sumexp + _kernels.target_exp(stats)
+    entropy = lse_rel + per_row[:, 2] / total  # H = lse − Σ p x = log S + Σ e^{x−M}(M−x) / S
+    valid = target != ignore_index
+    logprob = torch.where(valid, -_kernels.row_nll(stats), 0.0)
+    saved = _TokenSaved(shift, lse_rel, entropy, _kernels.other_prob(stats), valid)
+    return (logprob, entropy, shift + lse_rel, argmax), saved
+
+
+def _token_grad_block(
+    z: Tensor,
+    target: Tensor,
+    start: int,
+    saved: _TokenSaved,
+    rows: slice,
+    upstream: tuple[Tensor | None, Tensor | None, Tensor | None],
+    softcap: float | None,
+) -> Tensor:
+    """``G = a (e_y − p) − b p ⊙ (log p + H) + c p`` for a block of rows ``z`` (compute dtype,
+    not written to), times ``1 − t²`` with softcap; ``a, b, c`` the upstream gradients of
+    logprob, entropy and lse (None: not used by the loss)."""
+    zc, t = _softcap(z, softcap)
+    d_logprob, d_entropy, d_lse = (None if u is None else u[rows] for u in upstream)
+    entropy = saved.entropy[rows].unsqueeze(-1)
+    # log p = (x − M) − log S: relative to the exact max, accurate for large logits
+    log_p = (zc - saved.ref[rows].unsqueeze(-1)).sub_(saved.lse_rel[rows].unsqueeze(-1))
+    p = log_p.exp()
+    # 0 · log 0 = 0 for a −inf logit: log p = 0 where p = 0 (a clamp to the most negative float
+    # would overflow to −inf once multiplied by an upstream gradient > 1, and 0 · inf = NaN)
+    log_p.masked_fill_(p == 0, 0.0)
+    idx, inside = _local_target(target, start, z.shape[1])
+    a = None if d_logprob is None else torch.where(saved.valid[rows], d_logprob, 0.0)
+    base = torch.zeros_like(saved.ref[rows]) if d_lse is None else d_lse.clone()  # c
+    # the target column, written separately: a (1 − p_y) = a q without cancellation
+    p_y, log_p_y = p.gather(-1, idx).squeeze(-1), log_p.gather(-1, idx).squeeze(-1)
+    g_y = base.clone()
+    if d_entropy is not None:
+        g_y -= d_entropy * (log_p_y + entropy.squeeze(-1))
+    g_y *= p_y
+    if a is not None:
+        g_y += a * saved.other[rows]
+        base -= a
+    if d_entropy is None:
+        g = p.mul_(base.unsqueeze(-1))
+    else:
+        coef = log_p.add_(entropy).mul_(-d_entropy.unsqueeze(-1)).add_(base.unsqueeze(-1))
+        g = p.mul_(coef)
+    g.scatter_(-1, idx, torch.where(inside, g_y, g.gather(-1, idx).squeeze(-1)).unsqueeze(-1))
+    if t is not None:
+        g.mul_(t.mul_(t).neg_().add_(1.0))  # ∂x'/∂x = 1 − t²
+    return g
+
+
+def _upstream_in(
+    upstream: tuple[Tensor | None, Tensor | None, Tensor | None], cdtype: torch.dtype
+) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
+    a, b, c = (None if u is None else u.to(cdtype) for u in upstream)
+    return a, b, c
+
+
+class _VocabParallelTokenStats(torch.autograd.Function):
+    """Token statistics of the gathered logits; backward gives each rank its shard's gradient
+    (no communication)."""
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx: Any,
+        logits_shard: Tensor,
+        target: Tensor,
+        layout: _Layout,
+        ignore_index: int,
+        softcap: float | None,
+        group: Any,
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        cdtype = _kernels.compute_dtype(logits_shard.dtype)
+        rows, width = logits_shard.shape
+        local = _token_shard(
+            lambda a, b: logits_shard[a:b].to(cdtype),
+            target,
+            rows,
+            width,
+            _kernels.default_block_rows(width),
+            layout.start,
+            softcap,
+            cdtype,
+            logits_shard.device,
+        )
+        out, saved = _reduce_token_stats(local, target, layout, ignore_index, group)
+        ctx.save_for_backward(logits_shard, target)
+        ctx.state = (saved, layout, softcap)
+        ctx.mark_non_differentiable(out[3])
+        ctx.set_materialize_grads(False)  # an unused output's gradient stays None
+        return out
+
+    @staticmethod
+    def backward(  # type: ignore[override]
+        ctx: Any,
+        d_logprob: Tensor | None,
+        d_entropy: Tensor | None,
+        d_lse: Tensor | None,
+        _d_argmax: Tensor | None,
+    ) -> tuple[Tensor | None, ...]:
+        _refuse_double_backward("vocab_parallel_token_stats")
+        logits_shard, target = ctx.saved_tensors
+        saved, layout, softcap = ctx.state
+        rows, width = logits_shard.shape
+        d_logits = torch.zeros_like(logits_shard)
+        upstream = (d_logprob, d_entropy, d_lse)
+        if width and any(u is not None for u in upstream):
+            cdtype = saved.ref.dtype
+            ups = _upstream_in(upstream, cdtype)
+            step = _kernels.default_block_rows(width)
+            for a in range(0, rows, step):
+                sl = slice(a, min(rows, a + step))
+                z = logits_shard[sl].to(cdtype)
+                d_logits[sl] = _token_grad_block(
+                    z, target[sl], layout.start, saved, sl, ups, softcap
+                )
+        return d_logits, None, None, None, None, None
+
+
+class _VocabParallelLinearTokenStats(torch.autograd.Function):
+    """The fused linear form: each chunk of logits computed in forward and again in backward,
+    never all at once; backward all-reduces ``d hidden``."""
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx: Any,
+        hidden: Tensor,
+        weight_shard: Tensor,
+        bias_shard: Tensor | None,
+        target: Tensor,
+        layout: _Layout,
+        ignore_index: int,
+        softcap: float | None,
+        group: Any,
+        chunk_size: int | None,
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        cdtype = _kernels.compute_dtype(hidden.dtype)
+        rows, width = hidden.shape[0], weight_shard.shape[0]
+        step = chunk_size or _kernels.default_chunk_rows(width, hidden.element_size())
+        local = _token_shard(
+            lambda a, b: F.linear(hidden[a:b], weight_shard, bias_shard).to(cdtype),
+            target,
+            rows,
+            width,
+            step,
+            layout.start,
+            softcap,
+            cdtype,
+            hidden.device,
+        )
+        out, saved = _reduce_token_stats(local, target, layout, ignore_index, group)
+        ctx.save_for_backward(hidden, weight_shard, bias_shard, target)
+        ctx.state = (saved, layout, softcap, group, step)
+        ctx.mark_non_differentiable(out[3])
+        ctx.set_materialize_grads(False)
+        return out
+
+    @staticmethod
+    def backward(  # type: ignore[override]
+        ctx: Any,
+        d_logprob: Tensor | None,
+        d_entropy: Tensor | None,
+        d_lse: Tensor | None,
+        _d_argmax: Tensor | None,
+    ) -> tuple[Tensor | None, ...]:
+        _refuse_double_backward("vocab_parallel_linear_token_stats")
+        hidden, weight_shard, bias_shard, target = ctx.saved_tensors
+        saved, layout, softcap, group, step = ctx.state
+        need_h, need_w, need_b = ctx.needs_input_grad[:3]
+        cdtype = saved.ref.dtype
+        rows, width = hidden.shape[0], weight_shard.shape[0]
+        dev = hidden.device
+        d_hidden = torch.zeros(hidden.shape, dtype=cdtype, device=dev) if need_h else None
+        d_weight = torch.zeros(weight_shard.shape, dtype=cdtype, device=dev) if need_w else None
+        d_bias = torch.zeros(width, dtype=cdtype, device=dev) if need_b else None
+        upstream = (d_logprob, d_entropy, d_lse)
+        if width and any(u is not None for u in upstream):
+            ups = _upstream_in(upstream, cdtype)
+            for a in range(0, rows, step):
+                sl = slice(a, min(rows, a + step))
+                z = F.linear(hidden[sl], weight_shard, bias_shard).to(cdtype)
+                g = _token_grad_block(z, target[sl], layout.start, saved, sl, ups, softcap)
+                del z
+                gl = g.to(weight_shard.dtype)  # the matmuls in the inputs' dtype, as F.linear
+                if d_hidden is not None:
+                    d_hidden[sl] = gl @ weight_shard
+                if d_weight is not None:  # a sum over every row: accumulated in compute dtype
+                    d_weight.addmm_(g.t(), hidden[sl].to(cdtype))
+                if d_bias is not None:
+                    d_bias += g.sum(dim=0)
+        if d_hidden is not None:
+            # hidden is replicated on every rank: its gradient is the sum of every shard's part
+            # (every rank runs this all-reduce, even with no class or no upstream gradient)
+            dist.all_reduce(d_hidden, op=dist.ReduceOp.SUM, group=group)
+        return (
+            None if d_hidden is None else d_hidden.to(hidden.dtype),
+            None if d_weight is None else d_weight.to(weight_shard.dtype),
+            None if d_bias is None or bias_shard is None else d_bias.to(bias_shard.dtype),
+            None,
+            None,
+            None,
+            None,
+            None,
+            None,
+        )
+
+
+# ---------------------------------------------------------------------------------------------
 # Public functions
 # ---------------------------------------------------------------------------------------------
 
@@ -949,3 +1387,280 @@ def vocab_parallel_linear_cross_entropy(
         hidden, weight_shard, bias_shard, target, class_weight, layout, opts, group, chunk_size
     )
     return out
+
+
+def _check_positions(fn: str, target: object, x: Tensor, x_arg: str, what: str) -> Tensor:
+    """An integer target of ``x``'s shape without its last dimension, on ``x``'s device."""
+    t = check_tensor(fn, "target", target, floating=False)
+    if tuple(t.shape) != tuple(x.shape[:-1]):
+        fail(fn, "target", f"have shape {tuple(x.shape[:-1])} ({what})", f"shape {tuple(t.shape)}")
+    if t.device != x.device:
+        fail(fn, "target", f"be on {x_arg}'s device {x.device}", f"device {t.device}")
+    return t
+
+
+def _token_stats_out(out: tuple[Tensor, ...], shape: tuple[int, ...]) -> TokenStats:
+    logprob, entropy, lse, argmax = (o.reshape(shape) for o in out)
+    return TokenStats(logprob, entropy, lse, argmax)
+
+
+def vocab_parallel_token_stats(
+    logits_shard: Tensor,
+    target: Tensor,
+    *,
+    group: Any = None,
+    ignore_index: int = -100,
+    vocab_size: int | None = None,
+    softcap: float | None = None,
+) -> TokenStats:
+    r"""Per-token statistics of logits split over the vocabulary across the ranks of ``group``.
+
+    Equal to :func:`crossentropy.torch.token_stats` of the gathered ``(*, V)`` logits (the
+    log-probability of the target, the entropy, the log-sum-exp and the argmax of each
+    position), which are never gathered: rank ``r`` holds the columns ``[start_r, stop_r)``,
+    and only per-row scalars cross the network.
+
+    Parameters
+    ----------
+    logits_shard : Tensor, shape (*, V_r)
+        This rank's contiguous columns of the logits, float16/bfloat16/float32/float64.
+        Shards may have different widths (even 0), laid out in rank order.
+    target : Tensor, shape (*)
+        Global class indices in ``[0, V)`` (or ``ignore_index``), any integer dtype,
+        **identical on every rank** (checked as in :func:`vocab_parallel_cross_entropy`).
+    group : ProcessGroup, optional
+        The ranks that share the vocabulary; the default process group if None.
+    ignore_index : int, default -100
+        A target with no log-probability: its ``logprob`` is 0 and gets no gradient.
+        ``entropy``, ``lse`` and ``argmax`` do not depend on the target and are computed at
+        every position.
+    vocab_size : int, optional
+        If given, the shard widths must add up to it.
+    softcap : float, optional
+        ``c > 0``: the statistics are those of ``x' = c tanh(x / c)`` (Gemma 2's final logit
+        softcapping), applied to each shard elementwise; see :doc:`/guide/options`.
+
+    Returns
+    -------
+    TokenStats
+        ``(logprob, entropy, lse, argmax)``, each of ``target``'s shape and identical on
+        every rank: float32 for float16, bfloat16 and float32 logits, float64 for float64;
+        ``argmax`` is the **global** class index (int64, the smallest one on ties, as
+        ``torch.argmax``) and not differentiable. The gradient of ``logprob``, ``entropy`` and
+        ``lse`` with respect to ``logits_shard`` is this rank's columns of the full gradient;
+        backward does not communicate.
+
+    Raises
+    ------
+    TypeError, ValueError
+        On every rank, with the same message, if any rank's input is bad (one handshake, as
+        in :func:`vocab_parallel_cross_entropy`): types, dtypes, shapes, devices, options
+        that differ between ranks, a target out of range or different on some rank.
+    ValueError
+        Locally, without any collective, if there is no process group.
+    RuntimeError
+        From ``torch.distributed`` if a rank dies or the group's timeout expires; ours, in
+        backward, if the backward builds a graph (``create_graph=True``).
+
+    Notes
+    -----
+    With the global row max :math:`M`, :math:`S = \sum_{j<V} e^{x_j - M}`,
+    :math:`\mathrm{lse} = M + \log S`, :math:`p = \mathrm{softmax}(x)`:
+
+    .. math::
+
+        \log p_y = x_y - \mathrm{lse}, \qquad
+        H = \mathrm{lse} - \sum_j p_j x_j = \log S + \frac{1}{S} \sum_j e^{x_j - M} (M - x_j).
+
+    Rank :math:`r` computes, relative to its own row max :math:`m_r`, :math:`s_r = \sum_{j \in
+    r} e^{x_j - m_r}` (the target column left out, as the cross-entropy does) and
+    :math:`u_r = \sum_{j \in r} e^{x_j - m_r} (m_r - x_j)`; after one all-reduce (MAX) of
+    the :math:`m_r`, one all-reduce (SUM) of :math:`e^{m_r - M} s_r`, the target logit and
+
+    .. math::
+
+        \sum_{j \in r} e^{x_j - M} (M - x_j) = e^{m_r - M} \big[u_r + (M - m_r)\, s_r\big]
+
+    (every term :math:`\ge 0`: no cancellation) gives :math:`S`, :math:`\log p_y` (as
+    :math:`-\log1p(\cdot)` for a confident row) and :math:`H` on every rank, and one
+    all-reduce (MIN) of each shard's candidate index gives the argmax. Per call each rank
+    sends the 14-integer handshake, ``N`` maxima, ``3 N`` sums and ``N`` indices. Backward,
+    for upstream gradients :math:`a, b, c` of ``logprob``, ``entropy``, ``lse``:
+
+    .. math::
+
+        \frac{\partial L}{\partial x_j} = a\,([j = y] - p_j) - b\, p_j (\log p_j + H)
+            + c\, p_j,
+
+    which each rank evaluates on its own columns from the global :math:`M`, :math:`\log S`
+    and :math:`H` (the target's :math:`a (1 - p_y)` as :math:`a \sum_{j \ne y} p_j`), times
+    :math:`1 - (x'_j / c)^2` with ``softcap``. Without softcap, ``-inf`` logits (a masked
+    vocabulary, even a whole shard's row) add nothing and get zero gradient; with it, a
+    ``-inf`` logit becomes :math:`-c`, as in the single-process functions. The per-shard
+    passes run in torch ops (row blocks of about 2M elements), also on CUDA.
+
+    Every rank of ``group`` must make the call, in the same order as its other collectives.
+
+    Examples
+    --------
+    >>> import torch
+    >>> import torch.distributed as dist
+    >>> from crossentropy.torch import token_stats, vocab_parallel_token_stats
+    >>> dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+    >>> logits = torch.tensor([[2.0, 1.0, 0.1], [0.5, 2.5, 0.3]])
+    >>> out = vocab_parallel_token_stats(logits, torch.tensor([0, -100]))
+    >>> out.logprob, out.entropy, out.argmax
+    (tensor([-0.4170,  0.0000]), tensor([0.8467, 0.6329]), tensor([0, 1]))
+    >>> torch.allclose(out.entropy, token_stats(logits, torch.tensor([0, -100])).entropy)
+    True
+    >>> dist.destroy_process_group()
+    """
+    fn = "vocab_parallel_token_stats"
+
+    def local() -> _Local:
+        x = check_tensor(fn, "logits_shard", logits_shard, floating=True)
+        _check_float_dtype(fn, "logits_shard", x)
+        if x.ndim == 0:
+            fail(fn, "logits_shard", "have shape (*, V_shard), at least 1-D", "shape ()")
+        what = "logits_shard's shape without the classes"
+        t = _check_positions(fn, target, x, "logits_shard", what)
+        return _Local(x.shape[-1], t.numel(), x.dtype, t.reshape(-1))
+
+    layout = _validate(
+        fn,
+        group,
+        local,
+        ignore_index=ignore_index,
+        vocab_size=vocab_size,
+        softcap=softcap,
+        logits_arg="logits_shard",
+    )
+    shape = tuple(target.shape)
+    rows = target.numel()
+    out = _VocabParallelTokenStats.apply(  # type: ignore[no-untyped-call]
+        logits_shard.reshape(rows, logits_shard.shape[-1]),
+        target.reshape(rows).to(torch.int64),
+        layout,
+        ignore_index,
+        check_softcap(fn, softcap),
+        group,
+    )
+    return _token_stats_out(out, shape)
+
+
+def vocab_parallel_linear_token_stats(
+    hidden: Tensor,
+    weight_shard: Tensor,
+    target: Tensor,
+    bias_shard: Tensor | None = None,
+    *,
+    group: Any = None,
+    ignore_index: int = -100,
+    vocab_size: int | None = None,
+    chunk_size: int | None = None,
+    softcap: float | None = None,
+) -> TokenStats:
+    r""":func:`vocab_parallel_token_stats` of ``hidden @ W.T + b`` with ``W`` split over the
+    vocabulary across ranks, without materialising the logits.
+
+    Equal to :func:`crossentropy.torch.linear_token_stats` ``(hidden, W, target, b)`` where
+    ``W`` (V, D) and ``b`` (V,) are the row-wise concatenation of every rank's
+    ``weight_shard`` and ``bias_shard`` in rank order. Each rank projects ``hidden`` onto its
+    shard ``chunk_size`` rows at a time, in forward and again in backward.
+
+    Parameters
+    ----------
+    hidden : Tensor, shape (*, D)
+        The inputs of the output layer, **identical on every rank** (its shape and
+        ``requires_grad`` are checked, its values are not). Its gradient comes back already
+        summed over the ranks: do not all-reduce it again.
+    weight_shard : Tensor, shape (V_r, D)
+        This rank's rows of the output layer's weight, ``hidden``'s dtype and device.
+    target : Tensor, shape (*)
+        Global class indices, identical on every rank.
+    bias_shard : Tensor, shape (V_r,), optional
+        This rank's part of the output layer's bias.
+    group, ignore_index, vocab_size, softcap
+        As in :func:`vocab_parallel_token_stats`.
+    chunk_size : int, optional
+        Rows of ``hidden`` projected at a time. Default: about 48 MiB of logits
+        (``crossentropy.torch._kernels.default_chunk_rows``).
+
+    Returns
+    -------
+    TokenStats
+        As :func:`vocab_parallel_token_stats`. Backward gives ``d hidden`` summed over the
+        ranks (one all-reduce of N x D numbers in compute dtype), and this rank's
+        ``d weight_shard`` and ``d bias_shard``.
+
+    Raises
+    ------
+    TypeError, ValueError
+        As :func:`vocab_parallel_token_stats`, on every rank with the same message; also if
+        ``hidden`` has another width on some rank, or requires grad on some ranks only.
+    RuntimeError
+        As :func:`vocab_parallel_token_stats`, raised before backward's all-reduce.
+
+    Notes
+    -----
+    With :math:`x = h W_r^\top + b_r` and :math:`G = \partial L / \partial x` the closed form
+    of :func:`vocab_parallel_token_stats` on each chunk:
+    :math:`\partial L / \partial h = \sum_r G_r W_r` (all-reduced),
+    :math:`\partial L / \partial W_r = G_r^\top h`, :math:`\partial L / \partial b_r =
+    \sum_i G_{r,i}`. float16/bfloat16 matmuls run in their dtype, the statistics and the
+    ``d weight``/``d bias`` sums in float32. Backward must run on every rank when ``hidden``
+    requires grad (it all-reduces ``d hidden``): use the outputs in the loss on every rank.
+
+    Examples
+    --------
+    >>> import torch
+    >>> import torch.distributed as dist
+    >>> from crossentropy.torch import linear_token_stats, vocab_parallel_linear_token_stats
+    >>> dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+    >>> h = torch.tensor([[1.0, 0.0], [0.0, 2.0], [1.0, 1.0]])
+    >>> w = torch.tensor([[1.0, 0.0], [0.0, 1.0], [-1.0, 1.0]])
+    >>> out = vocab_parallel_linear_token_stats(h, w, torch.tensor([0, 1, 2]), chunk_size=2)
+    >>> out.logprob, out.argmax
+    (tensor([-0.4076, -0.7586, -1.8620]), tensor([0, 1, 0]))
+    >>> dist.destroy_process_group()
+    """
+    fn = "vocab_parallel_linear_token_stats"
+
+    def local() -> _Local:
+        h = check_tensor(fn, "hidden", hidden, floating=True)
+        _check_float_dtype(fn, "hidden", h)
+        if h.ndim == 0:
+            fail(fn, "hidden", "have shape (*, D), at least 1-D", "shape ()")
+        w, b = check_projection(
+            fn, h, weight_shard, bias_shard, weight_arg="weight_shard", bias_arg="bias_shard"
+        )
+        if b is not None and b.device != h.device:
+            fail(fn, "bias_shard", f"be on hidden's device {h.device}", f"device {b.device}")
+        check_chunk_size(fn, chunk_size)
+        t = _check_positions(fn, target, h, "hidden", "hidden's shape without the features")
+        grad = torch.is_grad_enabled() and h.requires_grad
+        return _Local(w.shape[0], t.numel(), h.dtype, t.reshape(-1), h.shape[-1], grad)
+
+    layout = _validate(
+        fn,
+        group,
+        local,
+        ignore_index=ignore_index,
+        vocab_size=vocab_size,
+        softcap=softcap,
+        logits_arg="hidden",
+    )
+    shape = tuple(target.shape)
+    rows = target.numel()
+    out = _VocabParallelLinearTokenStats.apply(  # type: ignore[no-untyped-call]
+        hidden.reshape(rows, hidden.shape[-1]),
+        weight_shard,
+        bias_shard,
+        target.reshape(rows).to(torch.int64),
+        layout,
+        ignore_index,
+        check_softcap(fn, softcap),
+        group,
+        check_chunk_size(fn, chunk_size),
+    )
+    return _token_stats_out(out, shape)
