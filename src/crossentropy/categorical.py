@@ -112,6 +112,54 @@ def _check_smoothing(label_smoothing: object, fn: str) -> float:
     return eps
 
 
+def _real_number(value: object, fn: str, arg: str, requirement: str) -> float:
+    """``value`` as a float if it is a real number (``bool`` is not), else a ``TypeError``."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+        fail(fn, arg, requirement, describe(value), TypeError)
+    try:
+        return float(value)
+    except OverflowError:  # an int beyond float's range
+        return math.inf
+
+
+# The same requirements, in the same words, as crossentropy.torch's checks.
+_Z_LOSS = "be a finite float >= 0"
+_SOFTCAP = "be None or a finite float > 0"
+
+
+def _check_z_loss(z_loss: object, fn: str) -> float:
+    z = _real_number(z_loss, fn, "z_loss", _Z_LOSS)
+    if not (math.isfinite(z) and z >= 0.0):  # also rejects NaN
+        fail(fn, "z_loss", _Z_LOSS, z)
+    return z + 0.0  # -0.0 -> 0.0
+
+
+def _check_softcap(softcap: object, fn: str) -> float | None:
+    if softcap is None:
+        return None
+    c = _real_number(softcap, fn, "softcap", _SOFTCAP)
+    if not (math.isfinite(c) and c > 0.0):  # also rejects NaN
+        fail(fn, "softcap", _SOFTCAP, c)
+    return c
+
+
+def _check_sample_weight(
+    sample_weight: ArrayLike | None, shape: tuple[int, ...], fn: str
+) -> FloatArray | None:
+    """One floating weight per target position, of exactly ``shape`` (no broadcasting)."""
+    if sample_weight is None:
+        return None
+    s = float_array(sample_weight, fn, "sample_weight")  # NaN refused, as in input
+    if s.shape != shape:
+        fail(
+            fn,
+            "sample_weight",
+            f"have shape {shape} (one weight per target position)",
+            f"shape {s.shape}",
+        )
+    return s
+
+
 def _check_labels(
     target: NDArray[Any], x: FloatArray, ignore_index: int, fn: str
 ) -> tuple[IntArray, NDArray[np.bool_]]:
@@ -174,6 +222,35 @@ def _raise_nan(x: FloatArray, fn: str) -> None:
 # --------------------------------------------------------------------------------------------
 
 
+def _softcap_into(x: NDArray[Any], cap: float, out: FloatArray) -> FloatArray:
+    r"""``out = cap * tanh(x / cap)``, the softcapped logits :math:`x'` in ``out``'s dtype.
+
+    :math:`\pm\infty` maps to :math:`\pm` ``cap``: every softcapped logit is finite. NaN
+    stays NaN (the kernels' row max then refuses it).
+    """
+    with np.errstate(over="ignore"):  # x / cap overflows to ±inf only where tanh is ±1 anyway
+        np.divide(x, cap, out=out, dtype=out.dtype)
+    np.tanh(out, out=out)
+    out *= cap
+    return out
+
+
+def _softcap_slope_into(x: NDArray[Any], cap: float, out: FloatArray) -> FloatArray:
+    r"""``out =`` :math:`\partial x'/\partial x = 1 - (x'/c)^2`, computed as
+    :math:`1/\cosh^2(x/c)`.
+
+    The two are equal; the second keeps full relative accuracy where :math:`|x'| \to c`, where
+    :math:`1 - \tanh^2` cancels (and rounds to 0 once :math:`\tanh` rounds to 1). It is 0 at
+    :math:`x = \pm\infty`.
+    """
+    with np.errstate(over="ignore"):  # cosh^2 = inf far out: the slope is 1/inf = 0 there
+        np.divide(x, cap, out=out, dtype=out.dtype)
+        np.cosh(out, out=out)
+        np.square(out, out=out)
+    np.reciprocal(out, out=out)
+    return out
+
+
 def _blocks(n_rows: int, n_cols: int, itemsize: int) -> Iterator[tuple[int, int]]:
     """Row ranges [r0, r1) of about ``_BLOCK_BYTES`` each (at least one row)."""
     step = max(1, _BLOCK_BYTES // max(1, n_cols * itemsize))
@@ -181,8 +258,14 @@ def _blocks(n_rows: int, n_cols: int, itemsize: int) -> Iterator[tuple[int, int]
         yield r0, min(n_rows, r0 + step)
 
 
-def _shift_block(xb: NDArray[Any], gb: FloatArray, m: FloatArray, x: FloatArray, fn: str) -> None:
-    """``gb = xb - max(xb, axis=1)`` (in gb's dtype); a NaN row max means NaN input."""
+def _shift_block(
+    xb: NDArray[Any], gb: FloatArray, m: FloatArray, x: NDArray[Any], fn: str
+) -> NDArray[np.bool_]:
+    """``gb = xb - max(xb, axis=1)`` (in gb's dtype); a NaN row max means NaN input.
+
+    ``m`` receives the shift (the row max, 0 where it is not finite); returns the rows whose
+    max is ``+inf``.
+    """
     np.max(xb, axis=1, out=m)
     if np.isnan(m).any():  # max propagates NaN: the NaN check costs nothing extra
         _raise_nan(x, fn)
@@ -195,6 +278,7 @@ def _shift_block(xb: NDArray[Any], gb: FloatArray, m: FloatArray, x: FloatArray,
         # share the probability equally (shifted value 0), every other entry gets -inf.
         rows = np.flatnonzero(pos_inf)
         gb[rows] = np.where(np.isposinf(xb[rows]), 0.0, -np.inf)
+    return pos_inf
 
 
 def _safe_divide(num: FloatArray, den: FloatArray) -> FloatArray:
@@ -221,6 +305,10 @@ def _index_kernel(
     grad: FloatArray | None,
     dtype: np.dtype[Any],
     fn: str,
+    *,
+    softcap: float | None = None,
+    zq: FloatArray | None = None,
+    lse: FloatArray | None = None,
 ) -> _IndexTerms:
     r"""Row-blocked softmax cross-entropy with integer labels, value and (optionally) gradient.
 
@@ -228,10 +316,17 @@ def _index_kernel(
     (M,) are the coefficients of the two gradient terms; ``w`` (C,) the class weights of the
     smoothing term (None: ones). When ``grad`` (M, C) is given it receives
 
-    .. math:: g_i = a_i (p_i - e_{y_i}) + b_i (p_i W - w), \quad W = \textstyle\sum_j w_j.
+    .. math:: g_i = a_i (p_i - e_{y_i}) + b_i (p_i W - w) + q_i \operatorname{lse}_i\, p_i,
+              \quad W = \textstyle\sum_j w_j,
 
-    The true-class entry :math:`p_y - 1` is written as :math:`-\sum_{j \ne y} p_j`, so a
-    confident row keeps an accurate small gradient. Everything is computed in ``dtype``.
+    with :math:`q` = ``zq`` (the z-loss's :math:`2 z w_{y_i}` times the row's scale; no such
+    term when None). The true-class entry :math:`p_y - 1` is written as
+    :math:`-\sum_{j \ne y} p_j`, so a confident row keeps an accurate small gradient.
+
+    With ``softcap`` every statistic is of :math:`x' = c \tanh(x / c)`, computed block by
+    block in a scratch block (never for the whole input), and the gradient is multiplied by
+    :math:`\partial x' / \partial x`. ``lse`` (M,), when given, receives
+    :math:`\operatorname{lse}(x')` (required with ``zq``). Everything is computed in ``dtype``.
     """
     n_rows, n_cols = x.shape
     nll = np.empty(n_rows, dtype=dtype)
@@ -244,6 +339,8 @@ def _index_kernel(
         buf = grad
     else:
         buf = np.empty((min(step, n_rows), n_cols), dtype=dtype)
+    # The softcapped block x', then (once shifted into gb) the softcap's slope.
+    capped = None if softcap is None else np.empty((min(step, n_rows), n_cols), dtype=dtype)
     m = np.empty(step, dtype=dtype)
     others = np.empty(step, dtype=dtype)
     rows = np.arange(step)
@@ -251,7 +348,10 @@ def _index_kernel(
         n = r1 - r0
         r, y = rows[:n], labels[r0:r1]
         gb = buf[r0:r1] if direct else buf[:n]
-        _shift_block(x[r0:r1], gb, m[:n], x, fn)
+        xb = x[r0:r1]
+        if softcap is not None and capped is not None:
+            xb = _softcap_into(xb, softcap, capped[:n])  # x', one block at a time
+        pos_inf = _shift_block(xb, gb, m[:n], x, fn)
         sy = gb[r, y]  # z_y - max (a copy)
         if smooth is not None:
             # sum_j w_j (z_j - max), before exp overwrites the shifted logits
@@ -269,33 +369,62 @@ def _index_kernel(
             nll[r0:r1] = np.where(sy > -20.0, np.log1p(oth / ey), log_s - sy)
             if smooth is not None:
                 smooth[r0:r1] = big_w * log_s - wz
+            if lse is not None:
+                lse[r0:r1] = np.where(pos_inf, np.inf, m[:n] + log_s)
         if grad is None:
             continue
         ab = a[r0:r1]
         bb = None if b is None else b[r0:r1]
         alpha = ab if bb is None else ab + bb * big_w
-        np.multiply(gb, _safe_divide(alpha, s)[:, None], out=gb)
+        qb = None
+        if zq is not None and lse is not None:
+            with np.errstate(invalid="ignore"):
+                # q lse, exactly 0 where q is 0 (an ignored row, even one whose lse is ±inf)
+                qb = np.where(zq[r0:r1] == 0, 0.0, zq[r0:r1] * lse[r0:r1])
+            alpha = alpha + qb
+            # A +inf logit makes lse = +inf: the z-loss gradient q lse p is then ±inf on the
+            # +inf logits and 0 elsewhere (the limit of t e^-t), not inf * 0 = NaN.
+            limit = np.flatnonzero(np.isinf(qb))
+            zero_p = gb[limit] == 0
+        with np.errstate(invalid="ignore"):  # inf * 0 on the limit rows, replaced below
+            np.multiply(gb, _safe_divide(alpha, s)[:, None], out=gb)
+        if qb is not None and limit.size:
+            gb[limit] = np.where(zero_p, 0.0, gb[limit])
         # true class: a (p_y - 1) + b (p_y W - w_y), with p_y - 1 = -others / s
         gy = 0.0 - _safe_divide(ab * oth, s)  # 0.0 - x: an ignored row gets +0, not -0
         if bb is not None:
             wy = 1.0 if w is None else w[y]
             gy = gy + bb * (_safe_divide(big_w * ey, s) - wy)
             gb -= bb[:, None] * (1.0 if w is None else w[None, :])
+        if qb is not None:
+            with np.errstate(invalid="ignore"):
+                gy = gy + _safe_divide(np.where(ey == 0, 0.0, qb * ey), s)  # + q lse p_y
         gb[r, y] = gy
+        if softcap is not None and capped is not None:
+            gb *= _softcap_slope_into(x[r0:r1], softcap, capped[:n])
         if not direct:
             grad[r0:r1] = gb
     return _IndexTerms(nll=nll, smooth=smooth)
 
 
 def _soft_kernel(
-    x: FloatArray, c: FloatArray, scale: float, grad: FloatArray | None, fn: str
+    x: FloatArray,
+    c: FloatArray,
+    scale: float | FloatArray,
+    grad: FloatArray | None,
+    fn: str,
+    *,
+    softcap: float | None = None,
+    zq: FloatArray | None = None,
+    lse: FloatArray | None = None,
 ) -> FloatArray:
     r"""Row-blocked softmax cross-entropy with dense target coefficients ``c`` (M, C).
 
     Returns :math:`\ell_i = -\sum_j c_{ij} \log p_{ij}` (M,), with :math:`0 \cdot \log 0 = 0`
     for masked (``-inf``) logits whose coefficient is 0; writes
-    ``grad = scale * (p * sum_j c_ij - c)`` when ``grad`` is given. ``x`` and ``c`` are in the
-    compute dtype.
+    ``grad = scale * (p * sum_j c_ij - c) + zq * lse * p`` when ``grad`` is given (``scale`` a
+    number or one per row; the ``zq`` term, the z-loss's, only when ``zq`` is given). ``x``
+    and ``c`` are in the compute dtype. ``softcap`` and ``lse`` as in :func:`_index_kernel`.
     """
     n_rows, n_cols = x.shape
     loss = np.empty(n_rows, dtype=x.dtype)
@@ -303,12 +432,16 @@ def _soft_kernel(
     block = (min(step, n_rows), n_cols)
     work = np.empty(block if grad is None else (0, n_cols), dtype=x.dtype)  # value-only scratch
     prod = np.empty(block, dtype=x.dtype)  # c * (z - max), block by block
+    capped = None if softcap is None else np.empty(block, dtype=x.dtype)  # x', then its slope
     m = np.empty(step, dtype=x.dtype)
     for r0, r1 in _blocks(n_rows, n_cols, x.dtype.itemsize):
         n = r1 - r0
         gb = grad[r0:r1] if grad is not None else work[:n]
         cb, pb = c[r0:r1], prod[:n]
-        _shift_block(x[r0:r1], gb, m[:n], x, fn)
+        xb = x[r0:r1]
+        if softcap is not None and capped is not None:
+            xb = _softcap_into(xb, softcap, capped[:n])  # x', one block at a time
+        pos_inf = _shift_block(xb, gb, m[:n], x, fn)
         pb.fill(0.0)
         np.multiply(cb, gb, out=pb, where=cb != 0)  # 0 * (-inf) counts as 0
         c_sum = cb.sum(axis=1)
@@ -316,10 +449,32 @@ def _soft_kernel(
         s = gb.sum(axis=1)
         with np.errstate(divide="ignore"):
             loss[r0:r1] = c_sum * np.log(s) - pb.sum(axis=1)
-        if grad is not None:
+            if lse is not None:
+                lse[r0:r1] = np.where(pos_inf, np.inf, m[:n] + np.log(s))
+        if grad is None:
+            continue
+        if isinstance(scale, float) and zq is None:
             np.multiply(gb, _safe_divide(scale * c_sum, s)[:, None], out=gb)
             np.multiply(cb, scale, out=pb)
-            gb -= pb
+        else:
+            sb = np.full(n, scale, dtype=x.dtype) if isinstance(scale, float) else scale[r0:r1]
+            coef = sb * c_sum
+            limit: IntArray = np.empty(0, dtype=np.intp)
+            if zq is not None and lse is not None:
+                with np.errstate(invalid="ignore"):
+                    # q lse, exactly 0 where q is 0 (even where lse is ±inf)
+                    qb = np.where(zq[r0:r1] == 0, 0.0, zq[r0:r1] * lse[r0:r1])
+                coef = coef + qb
+                limit = np.flatnonzero(np.isinf(qb))  # lse = +inf: see _index_kernel
+            zero_p = gb[limit] == 0
+            with np.errstate(invalid="ignore"):  # inf * 0 on the limit rows, replaced below
+                np.multiply(gb, _safe_divide(coef, s)[:, None], out=gb)
+            if limit.size:
+                gb[limit] = np.where(zero_p, 0.0, gb[limit])
+            np.multiply(cb, sb[:, None], out=pb)
+        gb -= pb
+        if softcap is not None and capped is not None:
+            gb *= _softcap_slope_into(x[r0:r1], softcap, capped[:n])
     return loss
 
 
@@ -350,6 +505,10 @@ def _cross_entropy(
     reduction: object,
     label_smoothing: object,
     want_grad: bool,
+    *,
+    z_loss: object = 0.0,
+    softcap: object = None,
+    sample_weight: ArrayLike | None = None,
 ) -> tuple[FloatArray, FloatArray | None]:
     fn = "cross_entropy"
     x = _check_input(input, fn, allow_nan=True)  # NaN is detected by the kernels' row max
@@ -359,12 +518,23 @@ def _cross_entropy(
     ii = _check_ignore_index(ignore_index, fn)
     red = check_reduction(reduction, fn)
     eps = _check_smoothing(label_smoothing, fn)
+    z = _check_z_loss(z_loss, fn)
+    cap = _check_softcap(softcap, fn)
+    sample_shape = _sample_shape(x.shape)
+    sw_in = _check_sample_weight(sample_weight, sample_shape, fn)
     dtype = compute_dtype(x.dtype)
     w = None if w_in is None else w_in.astype(dtype, copy=False)
+    sw = None if sw_in is None else sw_in.reshape(-1).astype(dtype, copy=False)
     out_dtype = x.dtype
     rows = _to_rows(x)
     n_rows = rows.shape[0]
-    sample_shape = _sample_shape(x.shape)
+    # Each option left at its default adds no operation: the default results are bit for bit
+    # those without the options.
+    lse = np.empty(n_rows, dtype=dtype) if z > 0 else None
+
+    def weighted(v: FloatArray) -> FloatArray:
+        """``v`` times the sample weights (``v`` itself without them)."""
+        return v if sw is None else v * sw
 
     if t.dtype.kind == "f":
         if ii >= 0:
@@ -381,8 +551,17 @@ def _cross_entropy(
         if w is not None:
             c *= w
         scale = 1.0 / n_rows if (red == "mean" and n_rows) else 1.0
+        row_scale: float | FloatArray = scale if sw is None else scale * sw
+        # z lse^2 has gradient 2 z lse p, weighted like the row (1 for probability targets)
+        zq = None if lse is None else weighted(np.full(n_rows, 2.0 * z * scale, dtype=dtype))
         g_rows = np.empty((n_rows, n_classes), dtype=dtype) if want_grad else None
-        loss = _soft_kernel(rows.astype(dtype, copy=False), c, scale, g_rows, fn)
+        loss = _soft_kernel(
+            rows.astype(dtype, copy=False), c, row_scale, g_rows, fn, softcap=cap, zq=zq, lse=lse
+        )
+        if lse is not None:
+            with np.errstate(over="ignore"):
+                loss = loss + z * np.square(lse)
+        loss = weighted(loss)
         if red == "none":
             value = loss.reshape(sample_shape)
         elif red == "sum":
@@ -396,31 +575,46 @@ def _cross_entropy(
     labels, keep = _check_labels(t, x, ii, fn)
     w_y = keep.astype(dtype) if w is None else np.where(keep, w[labels], 0.0).astype(dtype)
     # PyTorch's "mean" divides both the nll and the smoothing term by the sum of the kept
-    # targets' weights (their count without weights; measured on torch 2.13).
+    # targets' weights (their count without weights; measured on torch 2.13). The z-loss
+    # (weighted by w_y) and the sample weights leave this denominator as it is.
     denom = float(w_y.sum(dtype=np.float64))
     r = _mean_factor(red, denom, keep)
-    # Ignored rows get a zero gradient whatever r is (also when r is NaN).
-    a = np.where(keep, (1.0 - eps) * r * w_y, 0.0).astype(dtype)
-    b = np.where(keep, eps / n_classes * r, 0.0).astype(dtype) if eps > 0 else None
+    # Ignored rows get a zero gradient whatever r is (also when r is NaN), and whatever their
+    # sample weight (also when it is infinite).
+    with np.errstate(invalid="ignore"):
+        a = np.where(keep, weighted((1.0 - eps) * r * w_y), 0.0).astype(dtype)
+        b = None
+        if eps > 0:
+            b = np.where(keep, weighted(np.full(n_rows, eps / n_classes * r)), 0.0).astype(dtype)
+        zq = None
+        if lse is not None:
+            zq = np.where(keep, weighted(2.0 * z * r * w_y), 0.0).astype(dtype)
     grad_rows = None
     if want_grad:
         grad_rows = np.empty(rows.shape, dtype=dtype if x.ndim > 2 else out_dtype)
-    terms = _index_kernel(rows, labels, a, b, w, grad_rows, dtype, fn)
-    with np.errstate(invalid="ignore"):
-        per = np.where(keep, (1.0 - eps) * w_y * terms.nll, 0.0)
+    terms = _index_kernel(rows, labels, a, b, w, grad_rows, dtype, fn, softcap=cap, zq=zq, lse=lse)
+    with np.errstate(invalid="ignore", over="ignore"):
+        per = np.where(keep, weighted((1.0 - eps) * w_y * terms.nll), 0.0)
         if terms.smooth is not None:
-            per_smooth = np.where(keep, eps / n_classes * terms.smooth, 0.0)
+            per_smooth = np.where(keep, weighted(eps / n_classes * terms.smooth), 0.0)
+        if lse is not None:
+            per_z = np.where(keep, weighted(z * w_y * np.square(lse)), 0.0)
     if red == "none":
         total = per if terms.smooth is None else per + per_smooth
+        if lse is not None:
+            total = total + per_z
         value = total.reshape(sample_shape)
     else:
         s_nll = per.sum(dtype=np.float64)
         s_smooth = 0.0 if terms.smooth is None else per_smooth.sum(dtype=np.float64)
+        s_total = s_nll + s_smooth
+        if lse is not None:
+            s_total = s_total + per_z.sum(dtype=np.float64)
         with np.errstate(invalid="ignore", divide="ignore"):
             if red == "mean":
-                value = np.asarray((s_nll + s_smooth) / denom)
+                value = np.asarray(s_total / denom)
             else:
-                value = np.asarray(s_nll + s_smooth)
+                value = np.asarray(s_total)
     grad = None
     if grad_rows is not None:
         grad = _from_rows(grad_rows, x.shape).astype(out_dtype, copy=False)
@@ -434,6 +628,10 @@ def cross_entropy(
     ignore_index: int = -100,
     reduction: Reduction = "mean",
     label_smoothing: float = 0.0,
+    *,
+    z_loss: float = 0.0,
+    softcap: float | None = None,
+    sample_weight: ArrayLike | None = None,
 ) -> FloatArray:
     r"""Softmax cross-entropy between logits and class indices or class probabilities.
 
@@ -463,6 +661,27 @@ def cross_entropy(
         count without ``weight``), or by the number of samples (probability targets).
     label_smoothing : float in [0, 1], default 0.0
         Mixes the target with the uniform distribution over the C classes.
+    z_loss : float, default 0.0
+        Keyword only; finite and ``>= 0``. Adds :math:`\lambda \operatorname{LSE}(z_i)^2`
+        (:math:`\lambda` = ``z_loss``) per kept position: the PaLM z-loss, Liger-Kernel's and
+        flash-attn's ``lse_square_scale``. Weighted by :math:`w_{y_i}` for index targets (1 for
+        probability targets), like the position's share of the mean's denominator; never
+        smoothed.
+    softcap : float, optional
+        Keyword only; ``None`` or finite and ``> 0``. Replaces the logits by
+        :math:`z' = c \tanh(z / c)` (:math:`c` = ``softcap``) before everything else (the
+        softmax, the loss and the z-loss see :math:`z'`): Gemma 2's ``final_logit_softcapping``.
+        Every :math:`z'` is finite: a ``+inf`` logit becomes :math:`c` (a finite loss, and a
+        zero gradient, :math:`\partial z'/\partial z = 0` there), a ``-inf`` logit becomes
+        :math:`-c`, so it no longer masks its class (mask after the softcap, if at all).
+    sample_weight : array_like of float, optional
+        Keyword only; one weight per target position, of exactly the target positions' shape
+        (``input``'s shape without the class axis; no broadcasting). It multiplies each
+        position's whole loss (cross-entropy and z-loss). Any real value (negative too, e.g.
+        RL advantages); NaN is refused. It does **not** change ``"mean"``'s denominator (a
+        position of weight 0 still counts; drop positions with ``ignore_index``); ignored
+        positions contribute exactly 0 whatever their weight. For a mean weighted by the
+        sample weights, divide ``reduction="sum"`` by ``sample_weight.sum()``.
 
     Returns
     -------
@@ -499,6 +718,30 @@ def cross_entropy(
     in float32 give finite results. With probability targets, a zero target on a ``-inf``
     logit contributes 0 (PyTorch gives NaN there).
 
+    **Options** (:doc:`/guide/options`). With :math:`z' = c \tanh(z / c)` (``softcap``;
+    :math:`z' = z` without), :math:`p_i = \operatorname{softmax}(z'_i)`,
+    :math:`\operatorname{lse}_i = \operatorname{LSE}(z'_i)`, :math:`\lambda` = ``z_loss`` and
+    :math:`s_i` = ``sample_weight`` (1 without), position :math:`i`'s loss and gradient are
+
+    .. math::
+
+        \ell_i = s_i \big[\ell^{\mathrm{CE}}_i(z'_i) + \lambda\, w_{y_i}
+                  \operatorname{lse}_i^2\big], \qquad
+        \frac{\partial \ell_i}{\partial z_i} = s_i \big[g^{\mathrm{CE}}_i
+            + 2 \lambda\, w_{y_i} \operatorname{lse}_i\, p_i\big]
+            \odot \big(1 - (z'_i / c)^2\big),
+
+    :math:`\ell^{\mathrm{CE}}_i` and its gradient :math:`g^{\mathrm{CE}}_i` as above (label
+    smoothing included) but of :math:`z'`, and :math:`w_{y_i} = 1` for probability targets. The
+    z-loss's gradient is :math:`\partial \operatorname{lse}^2 / \partial z' = 2
+    \operatorname{lse}\, p`; the softcap's slope :math:`\partial z'/\partial z = 1 -
+    \tanh^2(z/c) = 1 - (z'/c)^2` is computed as :math:`1/\cosh^2(z/c)`, which does not cancel
+    where :math:`|z'| \to c`. ``"mean"`` divides by the same denominator as without the options.
+    Without a softcap, a ``+inf`` logit makes the z-loss ``inf``; its gradient is then ``inf``
+    (times the sign of :math:`s_i`) on the ``+inf`` logits and 0 elsewhere (the limit). Each
+    option at its default adds no operation: ``z_loss=0.0``, ``softcap=None`` and
+    ``sample_weight=None`` give the results of a call without them, bit for bit.
+
     Examples
     --------
     >>> import numpy as np
@@ -509,9 +752,43 @@ def cross_entropy(
     array([0.41703002, 0.22004952])
     >>> cross_entropy(np.array([1000.0, 0.0]), np.array(1))  # no overflow
     array(1000.)
+
+    The z-loss adds :math:`\lambda \operatorname{lse}^2` per position:
+
+    >>> y = np.array([0, 1])
+    >>> lse = np.log(np.exp(z).sum(axis=1))
+    >>> lse
+    array([2.41703002, 2.72004952])
+    >>> cross_entropy(z, y, z_loss=1e-4)  # 0.31853977 + 1e-4 * mean(lse**2)
+    array(0.3192018)
+
+    The softcap maps the logits to :math:`c \tanh(z / c)` first; a ``+inf`` logit becomes
+    :math:`c`:
+
+    >>> cross_entropy(z, y, softcap=1.0, reduction="none")
+    array([0.80561038, 0.73753568])
+    >>> np.allclose(cross_entropy(z, y, softcap=1.0), cross_entropy(np.tanh(z), y))
+    True
+    >>> cross_entropy(np.array([np.inf, 0.0]), np.array(1), softcap=30.0)  # log(e^30 + 1)
+    array(30.)
+
+    Sample weights multiply each position's loss; the mean still divides by the number of
+    positions:
+
+    >>> cross_entropy(z, y, sample_weight=np.array([2.0, 0.0]))  # (2 * 0.41703002 + 0) / 2
+    array(0.41703002)
     """
     value, _ = _cross_entropy(
-        input, target, weight, ignore_index, reduction, label_smoothing, want_grad=False
+        input,
+        target,
+        weight,
+        ignore_index,
+        reduction,
+        label_smoothing,
+        want_grad=False,
+        z_loss=z_loss,
+        softcap=softcap,
+        sample_weight=sample_weight,
     )
     return value
 
@@ -524,6 +801,10 @@ def cross_entropy_value_and_grad(
     ignore_index: int = -100,
     reduction: Reduction = "mean",
     label_smoothing: float = 0.0,
+    *,
+    z_loss: float = 0.0,
+    softcap: float | None = None,
+    sample_weight: ArrayLike | None = None,
 ) -> tuple[FloatArray, FloatArray]:
     r""":func:`cross_entropy` and its gradient with respect to ``input``, in closed form.
 
@@ -531,6 +812,8 @@ def cross_entropy_value_and_grad(
     ----------
     input, target, weight, ignore_index, reduction, label_smoothing
         As for :func:`cross_entropy`.
+    z_loss, softcap, sample_weight
+        As for :func:`cross_entropy` (keyword only).
 
     Returns
     -------
@@ -548,9 +831,21 @@ def cross_entropy_value_and_grad(
     :math:`W = \sum_j w_j`. The true-class entry :math:`p_y - 1` is computed as
     :math:`-\sum_{j \ne y} p_j`, which stays accurate when :math:`p_y \to 1`.
 
+    With the options (:math:`z' = c \tanh(z/c)`, :math:`p = \operatorname{softmax}(z')`,
+    :math:`\lambda` = ``z_loss``, :math:`s_i` = ``sample_weight``) the gradient is
+
+    .. math::
+
+        g_i = s_i\, c_i \big[(a_i + 2 \lambda\, w_{y_i} \operatorname{lse}_i)\, p_i
+              - t'_i\big] \odot \big(1 - (z'_i / c)^2\big),
+
+    :math:`a_i = \sum_j t'_{ij}` and :math:`t'_i` the (smoothed, class-weighted) target
+    coefficients: the z-loss puts one more multiple of :math:`p_i` in the article's
+    :math:`a - y`, and the softcap multiplies by its slope, :math:`1/\cosh^2(z/c)`.
+
     The integer-label path allocates the gradient once and fills it block of rows by block
     of rows (max, subtract, exp, sum, scale, in place): memory above the input is the
-    gradient alone.
+    gradient alone (and one block for the softcapped logits, with ``softcap``).
 
     Examples
     --------
@@ -559,9 +854,30 @@ def cross_entropy_value_and_grad(
     >>> value, grad = cross_entropy_value_and_grad(z, np.array([0]))
     >>> grad  # softmax(z) - one_hot(0)
     array([[-0.34099886,  0.24243297,  0.09856589]])
+
+    The z-loss and the softcap in the gradient, written out:
+
+    >>> c, lam = 3.0, 0.5
+    >>> zc = c * np.tanh(z / c)
+    >>> lse = np.log(np.exp(zc).sum())
+    >>> p = np.exp(zc - lse)
+    >>> value, grad = cross_entropy_value_and_grad(z, np.array([0]), z_loss=lam, softcap=c)
+    >>> grad
+    array([[0.64053588, 0.80661983, 0.37852375]])
+    >>> np.allclose(grad, ((1 + 2 * lam * lse) * p - [1, 0, 0]) * (1 - (zc / c) ** 2))
+    True
     """
     value, grad = _cross_entropy(
-        input, target, weight, ignore_index, reduction, label_smoothing, want_grad=True
+        input,
+        target,
+        weight,
+        ignore_index,
+        reduction,
+        label_smoothing,
+        want_grad=True,
+        z_loss=z_loss,
+        softcap=softcap,
+        sample_weight=sample_weight,
     )
     return value, cast(FloatArray, grad)  # want_grad=True always returns a gradient
 
