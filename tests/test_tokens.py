@@ -410,3 +410,180 @@ def test_vjp_with_an_infinite_upstream_is_the_limit_not_nan():
         g = token_stats_vjp(np.zeros((3, 4)), np.zeros(3, dtype=int), d_logprob=np.inf)
     np.testing.assert_array_equal(g[:, 0], np.inf)
     np.testing.assert_array_equal(g[:, 1:], -np.inf)
+
+
+# ---------------------------------------------------------------------------------------------
+# softcap: the statistics of c·tanh(z / c), the VJP through 1 − (z'/c)²
+# ---------------------------------------------------------------------------------------------
+
+CAP = 3.0
+
+
+def test_softcap_statistics_are_those_of_the_capped_logits(rng: np.random.Generator) -> None:
+    z, y = _case(rng, (4, 3), scale=6.0)  # beyond the cap: it bends them
+    y[0, 1] = -100
+    out = token_stats(z, y, softcap=CAP)
+    zc = CAP * np.tanh(z / CAP)
+    log_p = ce.log_softmax(zc, axis=-1)
+    t = tol(np.float64)
+    np.testing.assert_allclose(out.lse, ce.logsumexp(zc, axis=-1), **t)
+    picked = np.take_along_axis(log_p, np.where(y == -100, 0, y)[..., None], -1)[..., 0]
+    np.testing.assert_allclose(out.logprob, np.where(y == -100, 0.0, picked), **t)
+    np.testing.assert_allclose(out.entropy, ce.entropy(ce.softmax(zc, axis=-1), axis=-1), **t)
+    np.testing.assert_array_equal(out.argmax, zc.argmax(-1))
+    assert np.max(np.abs(out.lse - token_stats(z, y).lse)) > 0.1  # the cap is not ignored
+
+
+def test_softcap_argmax_is_of_the_capped_logits() -> None:
+    """Logits the softcap rounds to the same value tie, and the first wins."""
+    z = np.array([[100.0, 200.0, 0.0]])
+    assert token_stats(z, np.array([0])).argmax[0] == 1
+    assert token_stats(z, np.array([0]), softcap=1.0).argmax[0] == 0  # tanh(100) == tanh(200)
+
+
+def test_softcap_logprob_is_minus_cross_entropy_with_softcap(rng: np.random.Generator) -> None:
+    z, y = _case(rng, (9,), scale=5.0)
+    y[::4] = -100
+    out = token_stats(z, y, softcap=CAP)
+    ref = ce.cross_entropy(z, y, reduction="none", softcap=CAP)
+    np.testing.assert_allclose(out.logprob, -ref, **tol(np.float64))
+    # a position's z-loss is z_loss * lse**2
+    zl = ce.cross_entropy(z, y, reduction="none", softcap=CAP, z_loss=0.1)
+    kept = y != -100
+    np.testing.assert_allclose((zl - ref)[kept], 0.1 * out.lse[kept] ** 2, **tol(np.float64))
+
+
+@pytest.mark.parametrize(
+    "used",
+    [("d_logprob",), ("d_entropy",), ("d_lse",), ("d_logprob", "d_entropy", "d_lse")],
+)
+def test_softcap_vjp_matches_central_differences(
+    rng: np.random.Generator, used: tuple[str, ...]
+) -> None:
+    z, y = _case(rng, (2, 3), scale=4.0)
+    y[1, 0] = -100
+    ups = {k: v for k, v in _upstreams(rng, y.shape).items() if k in used}
+    grad = token_stats_vjp(z, y, **ups, softcap=CAP)
+    fd = central_difference(lambda x: _weighted_sum(x, y, ups, softcap=CAP), z)
+    np.testing.assert_allclose(grad, fd, rtol=1e-6, atol=1e-8)
+
+
+def test_softcap_matches_torch_composition_float64(rng: np.random.Generator) -> None:
+    torch = pytest.importorskip("torch")
+    z, y = _case(rng, (3, 5), scale=6.0)
+    y[0, ::2] = -100
+    ups = _upstreams(rng, y.shape)
+    out = token_stats(z, y, softcap=CAP)
+    grad = token_stats_vjp(z, y, **ups, softcap=CAP)
+    zt = torch.tensor(z, requires_grad=True)
+    yt = torch.tensor(y)
+    zc = CAP * torch.tanh(zt / CAP)
+    keep = yt != -100
+    log_p = torch.log_softmax(zc, -1)
+    logprob = torch.where(keep, log_p.gather(-1, yt.clamp(min=0)[..., None])[..., 0], 0.0)
+    entropy = -(log_p.exp() * log_p).sum(-1)
+    lse = torch.logsumexp(zc, -1)
+    total = sum(
+        (torch.tensor(ups[k]) * v).sum()
+        for k, v in (("d_logprob", logprob), ("d_entropy", entropy), ("d_lse", lse))
+    )
+    total.backward()
+    for mine, ref in ((out.logprob, logprob), (out.entropy, entropy), (out.lse, lse)):
+        assert np.max(np.abs(mine - ref.detach().numpy())) < 1e-13
+    assert zt.grad is not None
+    assert np.max(np.abs(grad - zt.grad.numpy())) < 1e-13
+
+
+def test_softcap_makes_infinite_logits_finite() -> None:
+    z = np.array([[np.inf, 0.0, -np.inf]])
+    out = token_stats(z, np.array([1]), softcap=CAP)
+    ref = token_stats(np.array([[CAP, 0.0, -CAP]]), np.array([1]))
+    for a, b in zip(out, ref, strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-15)
+    g = token_stats_vjp(z, np.array([1]), d_logprob=1.0, d_entropy=1.0, d_lse=1.0, softcap=CAP)
+    assert np.all(np.isfinite(g))
+    np.testing.assert_array_equal(g[:, [0, 2]], 0.0)  # the slope is 0 at ±inf
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float16])
+def test_softcap_dtypes(rng: np.random.Generator, dtype: Any) -> None:
+    z, y = _case(rng, (6,), scale=5.0)
+    z = z.astype(dtype).astype(np.float64)  # exactly representable in dtype
+    ref, ref_g = token_stats(z, y, softcap=CAP), token_stats_vjp(z, y, d_lse=1.0, softcap=CAP)
+    out = token_stats(z.astype(dtype), y, softcap=CAP)
+    g = token_stats_vjp(z.astype(dtype), y, d_lse=1.0, softcap=CAP)
+    assert out.lse.dtype == dtype and g.dtype == dtype
+    np.testing.assert_allclose(out.lse, ref.lse, **tol(dtype))
+    np.testing.assert_allclose(out.entropy, ref.entropy, **tol(dtype))
+    np.testing.assert_allclose(g, ref_g, **tol(dtype))
+
+
+def test_softcap_many_blocks_match_one(
+    rng: np.random.Generator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import crossentropy.tokens as tokens
+
+    z, y = _case(rng, (37,), scale=5.0)
+    ups = _upstreams(rng, y.shape)
+    one, one_g = token_stats(z, y, softcap=CAP), token_stats_vjp(z, y, **ups, softcap=CAP)
+    monkeypatch.setattr(tokens, "_BLOCK_BYTES", 5 * C * 8)  # 5 rows per block
+    many, many_g = token_stats(z, y, softcap=CAP), token_stats_vjp(z, y, **ups, softcap=CAP)
+    for a, b in zip(one, many, strict=True):
+        np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(one_g, many_g)
+
+
+def test_softcap_inputs_not_written(rng: np.random.Generator) -> None:
+    z, y = _case(rng, (3,))
+    z32 = z.astype(np.float32)  # the compute dtype: rows are a view of the caller's array
+    before = (z.copy(), z32.copy(), y.copy())
+    for logits in (z, z32):
+        token_stats(logits, y, softcap=CAP)
+        token_stats_vjp(logits, y, d_logprob=1.0, d_entropy=1.0, softcap=CAP)
+    for a, b in zip((z, z32, y), before, strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+@settings(max_examples=200, deadline=None)
+@given(_LOGITS, st.floats(1e-2, 1e3))
+def test_softcap_entropy_between_zero_and_log_c(z: np.ndarray, cap: float) -> None:
+    y = np.zeros(z.shape[0], dtype=np.int64)
+    out = token_stats(z, y, softcap=cap)
+    slack = 1e-12 * max(1.0, np.log(z.shape[1]))
+    assert np.all(out.entropy >= -slack)
+    assert np.all(out.entropy <= np.log(z.shape[1]) + slack)
+    assert np.all(out.logprob <= 0)
+    assert np.all(np.abs(out.lse) <= cap + np.log(z.shape[1]) + 1e-9 * cap)  # |z'| <= c
+
+
+@settings(max_examples=100, deadline=None)
+@given(hnp.arrays(np.float64, (3, 6), elements=st.floats(-50, 50)))
+def test_softcap_tends_to_the_identity(z: np.ndarray) -> None:
+    y = np.array([0, 5, -100])
+    ups = {"d_logprob": np.ones(3), "d_entropy": np.full(3, 0.5), "d_lse": np.full(3, -1.0)}
+    for a, b in zip(token_stats(z, y), token_stats(z, y, softcap=1e8), strict=True):
+        np.testing.assert_allclose(b, a, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(
+        token_stats_vjp(z, y, **ups, softcap=1e8),
+        token_stats_vjp(z, y, **ups),
+        rtol=1e-10,
+        atol=1e-12,
+    )
+
+
+@pytest.mark.parametrize("fn", [token_stats, token_stats_vjp])
+@pytest.mark.parametrize(
+    ("softcap", "kind", "actual"),
+    [
+        (True, TypeError, "bool True"),
+        ("30", TypeError, "str '30'"),
+        (0.0, ValueError, "0.0"),
+        (-1, ValueError, "-1.0"),
+        (float("inf"), ValueError, "inf"),
+        (float("nan"), ValueError, "nan"),
+    ],
+)
+def test_softcap_errors(fn: Any, softcap: Any, kind: type[Exception], actual: str) -> None:
+    message = f"{fn.__name__}: softcap must be None or a finite float > 0, got {actual}"
+    with pytest.raises(kind, match="^" + re.escape(message) + "$"):
+        fn(np.zeros((2, 3)), np.array([0, 1]), softcap=softcap)

@@ -36,7 +36,10 @@ field         verl                                            TRL
 ============  ==============================================  =====================================
 
 ``logprob`` is TRL's ``selective_log_softmax(logits, index)`` and verl's
-``logprobs_from_logits(logits, labels)``; ``lse`` is what the PaLM z-loss squares. The class
+``logprobs_from_logits(logits, labels)``; ``lse`` is what the PaLM z-loss squares (a position's
+z-loss is ``z_loss * lse**2``). With ``softcap=c`` every statistic is of the softcapped logits
+:math:`z' = c \tanh(z / c)` (Gemma 2's ``final_logit_softcapping``), and the gradients are
+multiplied by :math:`\partial z' / \partial z = 1 - (z'/c)^2`. The class
 axis is the last (``axis=-1``, as ``logits`` of shape (batch, sequence, vocabulary) come out of
 a language model), unlike :func:`crossentropy.cross_entropy`, which follows
 ``torch.nn.functional`` and puts the classes on axis 1.
@@ -59,6 +62,7 @@ from ._validation import (
     fail,
     float_array,
 )
+from .categorical import _check_softcap, _softcap_into, _softcap_slope_into
 
 __all__ = ["TokenStats", "token_stats", "token_stats_vjp"]
 
@@ -69,6 +73,8 @@ _BLOCK_BYTES = 1 << 20
 
 class TokenStats(NamedTuple):
     """Per-token statistics of ``softmax(logits)``, each of the target's shape.
+
+    With a ``softcap`` :math:`c`, :math:`z` below is the softcapped :math:`c \\tanh(z / c)`.
 
     Attributes
     ----------
@@ -172,8 +178,22 @@ def _blocks(n_rows: int, n_cols: int, itemsize: int) -> list[tuple[int, int]]:
     return [(r0, min(n_rows, r0 + step)) for r0 in range(0, n_rows, step)]
 
 
+def _scratch(
+    blocks: list[tuple[int, int]], n_cols: int, dtype: np.dtype[Any], cap: float | None
+) -> FloatArray:
+    """One block of scratch for the softcapped logits (and then their slope); empty without
+    a softcap."""
+    n = 0 if cap is None or not blocks else blocks[0][1] - blocks[0][0]
+    return np.empty((n, n_cols), dtype=dtype)
+
+
 def token_stats(
-    logits: ArrayLike, target: ArrayLike, *, ignore_index: int = -100, axis: int = -1
+    logits: ArrayLike,
+    target: ArrayLike,
+    *,
+    ignore_index: int = -100,
+    axis: int = -1,
+    softcap: float | None = None,
 ) -> TokenStats:
     r"""Per-token log-probability of the target, entropy, log-sum-exp and argmax of the logits.
 
@@ -190,6 +210,10 @@ def token_stats(
         are computed at every position; mask them as your loss requires.
     axis : int, default -1
         The class axis.
+    softcap : float, optional
+        ``None`` or finite and ``> 0``: every statistic is then of :math:`z' = c \tanh(z / c)`
+        (:math:`c` = ``softcap``), ``argmax`` included (logits that the softcap rounds to the
+        same value tie, and the first wins). ``±inf`` logits become ``±c``.
 
     Returns
     -------
@@ -200,10 +224,11 @@ def token_stats(
     Raises
     ------
     TypeError
-        Non-floating ``logits``, non-integer ``target`` or ``ignore_index``.
+        Non-floating ``logits``, non-integer ``target`` or ``ignore_index``, a ``softcap``
+        that is not a real number.
     ValueError
         NaN in ``logits``; 0-d ``logits`` or no classes; ``target`` of the wrong shape or out
-        of range; ``axis`` out of range.
+        of range; ``axis`` out of range; ``softcap`` not finite and ``> 0``.
 
     See Also
     --------
@@ -235,6 +260,11 @@ def token_stats(
     Logits of ``+inf`` give the limit (the ``+inf`` classes share the probability). Computed
     in at least float32, block by block of about 1 MiB of rows; the inputs are not written to.
 
+    With ``softcap`` the formulas hold for :math:`z' = c \tanh(z/c)`, and each gradient is
+    multiplied by :math:`\partial z'/\partial z = 1 - (z'/c)^2` (computed as
+    :math:`1/\cosh^2(z/c)`, which does not cancel where :math:`|z'| \to c`). The softcapped
+    logits exist one block at a time, never for the whole input.
+
     Examples
     --------
     >>> import numpy as np
@@ -255,16 +285,31 @@ def token_stats(
     np.float64(-inf)
     >>> token_stats(big, np.array([1])).logprob
     array([-999.])
+
+    With a softcap, the statistics of :math:`c \tanh(z / c)`:
+
+    >>> capped = token_stats(logits, np.array([0, -100]), softcap=1.0)
+    >>> capped.lse  # log(e^tanh(2) + e^tanh(1) + e^tanh(0.1)); log 3 for the uniform row
+    array([1.76963796, 1.09861229])
+    >>> np.allclose(capped.lse, np.log(np.exp(np.tanh(logits)).sum(axis=-1)))
+    True
+    >>> token_stats(np.array([[np.inf, 0.0]]), np.array([0]), softcap=30.0).lse  # +inf -> 30
+    array([30.])
     """
     prep = _prepare(logits, target, ignore_index, axis, "token_stats")
+    cap = _check_softcap(softcap, "token_stats")
     x = prep.rows
     n_rows, n_cols = x.shape
     logprob = np.zeros(n_rows, dtype=x.dtype)
     entropy = np.empty(n_rows, dtype=x.dtype)
     lse = np.empty(n_rows, dtype=x.dtype)
     argmax = np.empty(n_rows, dtype=np.int64)
-    for r0, r1 in _blocks(n_rows, n_cols, x.dtype.itemsize):
+    blocks = _blocks(n_rows, n_cols, x.dtype.itemsize)
+    capped = _scratch(blocks, n_cols, x.dtype, cap)
+    for r0, r1 in blocks:
         xb = x[r0:r1]
+        if cap is not None:
+            xb = _softcap_into(xb, cap, capped[: r1 - r0])  # z', one block at a time
         log_p, lse[r0:r1] = _log_softmax_block(xb)
         p = np.exp(log_p)
         with np.errstate(invalid="ignore"):
@@ -297,6 +342,7 @@ def token_stats_vjp(
     *,
     ignore_index: int = -100,
     axis: int = -1,
+    softcap: float | None = None,
 ) -> FloatArray:
     r"""Vector-Jacobian product of :func:`token_stats`: d logits from upstream gradients.
 
@@ -306,7 +352,7 @@ def token_stats_vjp(
 
     Parameters
     ----------
-    logits, target, ignore_index, axis
+    logits, target, ignore_index, axis, softcap
         As in :func:`token_stats`.
     d_logprob, d_entropy, d_lse : array_like of float, broadcastable to ``target``'s shape, optional
         Upstream gradients of the three differentiable outputs; ``None`` (an output the loss
@@ -341,6 +387,10 @@ def token_stats_vjp(
     :math:`c` (shifting every logit by :math:`t` moves :math:`\operatorname{lse}` by
     :math:`t` and leaves :math:`\log p` and :math:`H` unchanged).
 
+    With ``softcap`` the row above is of :math:`z' = c \tanh(z/c)` and is then multiplied by
+    :math:`\partial z'/\partial z = 1 - (z'/c)^2`, entry by entry (the chain rule through the
+    elementwise softcap).
+
     Examples
     --------
     >>> import numpy as np
@@ -356,9 +406,20 @@ def token_stats_vjp(
     True
     >>> np.allclose(token_stats_vjp(z, y, d_lse=1.0), p)
     True
+
+    With a softcap: the same closed form on :math:`z'`, times the softcap's slope:
+
+    >>> zc = 2.0 * np.tanh(z / 2.0)
+    >>> pc = np.exp(zc - token_stats(z, y, softcap=2.0).lse[:, None])
+    >>> token_stats_vjp(z, y, d_logprob=1.0, softcap=2.0)
+    array([[ 0.1853925 , -0.24133432, -0.13423549]])
+    >>> np.allclose(token_stats_vjp(z, y, d_logprob=1.0, softcap=2.0),
+    ...             (np.eye(3)[y] - pc) * (1 - (zc / 2.0) ** 2))
+    True
     """
     fn = "token_stats_vjp"
     prep = _prepare(logits, target, ignore_index, axis, fn)
+    cap = _check_softcap(softcap, fn)
     a = _upstream(d_logprob, prep.sample_shape, "d_logprob", fn)
     b = _upstream(d_entropy, prep.sample_shape, "d_entropy", fn)
     c = _upstream(d_lse, prep.sample_shape, "d_lse", fn)
@@ -369,8 +430,13 @@ def token_stats_vjp(
         a = np.where(prep.keep, a, 0.0).astype(x.dtype, copy=False)
     if a is b is c is None:
         return _back(grad, prep)
-    for r0, r1 in _blocks(n_rows, n_cols, x.dtype.itemsize):
-        log_p, _ = _log_softmax_block(x[r0:r1])
+    blocks = _blocks(n_rows, n_cols, x.dtype.itemsize)
+    capped = _scratch(blocks, n_cols, x.dtype, cap)
+    for r0, r1 in blocks:
+        xb = x[r0:r1]
+        if cap is not None:
+            xb = _softcap_into(xb, cap, capped[: r1 - r0])
+        log_p, _ = _log_softmax_block(xb)
         p = np.exp(log_p)
         rest = np.zeros_like(log_p)  # c - b (log p + H), per entry
         if c is not None:
@@ -387,6 +453,8 @@ def token_stats_vjp(
             rows, cols = np.arange(r1 - r0), prep.labels[r0:r1]
             p_y = p[rows, cols]
             gb[rows, cols] = a[r0:r1] * (1 - p_y) + p_y * rest[rows, cols]
+        if cap is not None:
+            gb *= _softcap_slope_into(x[r0:r1], cap, capped[: r1 - r0])  # d z' / d z
     return _back(grad, prep)
 
 
