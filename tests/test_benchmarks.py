@@ -17,7 +17,14 @@ import pytest
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
 
-@pytest.mark.parametrize("name", ["core", "torch", "distributed", "gpu"])
+# Sections each quick run must write (its newer cases: the dry run must reach their code).
+SECTIONS = {
+    "gpu": ["per-token statistics, RL loss", "z_loss"],
+    "lm": ["`linear_token_stats`", "`cross_entropy(z_loss=1e-4, softcap=30.0)`"],
+}
+
+
+@pytest.mark.parametrize("name", ["core", "torch", "distributed", "gpu", "lm"])
 def test_benchmark_quick_run_writes_a_table(name: str, tmp_path: Path) -> None:
     env = {**os.environ, "CROSSENTROPY_BENCH_RESULTS": str(tmp_path)}
     proc = subprocess.run(
@@ -32,3 +39,5 @@ def test_benchmark_quick_run_writes_a_table(name: str, tmp_path: Path) -> None:
     table = (tmp_path / f"{name}.md").read_text()
     assert table.startswith("## ")
     assert "|---" in table
+    for section in SECTIONS.get(name, []):
+        assert section in table
