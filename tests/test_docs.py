@@ -67,6 +67,7 @@ PAGES = [
     "guide/choosing.html",
     "guide/numpy.html",
     "guide/torch.html",
+    "guide/options.html",
     "guide/distributed.html",
     "guide/numerics.html",
     "api/index.html",
