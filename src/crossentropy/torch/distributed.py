@@ -63,6 +63,7 @@ from ._checks import (
     check_impl,
     check_options,
     check_projection,
+    check_sample_weight,
     check_softcap,
     check_tensor,
     check_z_loss,
@@ -423,6 +424,8 @@ class _Options:
     reduction: str
     label_smoothing: float
     impl: str = "auto"
+    z_loss: float = 0.0
+    softcap: float | None = None
 
 
 @dataclass(frozen=True)
@@ -435,6 +438,8 @@ class _Saved:
     target_weight: Tensor  # class weight of the row's target (1 without class weights)
     weight_total: float | Tensor  # sum of the class weights over the global vocabulary
     denominator: Tensor  # of the mean: kept rows, or their total target weight
+    sample_weight: Tensor | None  # s_i (compute dtype), if given
+    unweighted: Tensor | None  # ℓ_i before s_i (0 if ignored): d loss / d s_i, if s is given
 
 
 def _finite(m: Tensor) -> Tensor:
@@ -473,11 +478,14 @@ def _reduce_stats(
     class_weight: Tensor | None,
     opts: _Options,
     group: Any,
+    sample_weight: Tensor | None,
 ) -> tuple[Tensor, _Saved]:
     """All-reduce the shards' statistics; return the per-row losses and backward's state.
 
     Two collectives of O(N) numbers: MAX of the row maxima, then one SUM of the rescaled sums
     of exponentials, target logits, smoothing terms and target weights (packed together).
+    The z-loss and the sample weights need nothing more: ``lse`` is global, and ``s`` is
+    replicated.
     """
     big = local.max.clone()
     dist.all_reduce(big, op=dist.ReduceOp.MAX, group=group)
@@ -522,9 +530,19 @@ def _reduce_stats(
     if stats.sum_logits is not None:
         # Σ_j w_j (lse - x_j) over the *global* vocabulary
         loss = loss + (eps / layout.vocab) * (weight_total * lse - stats.sum_logits)
-    loss = torch.where(valid, loss, 0.0)
-    denominator = torch.where(valid, target_weight, 0.0).sum()
-    return loss, _Saved(stats, lse, valid, target_weight, weight_total, denominator)
+    if opts.z_loss:
+        # z w_y lse², weighted like the row's share of the mean's denominator (options.rst)
+        loss = loss + opts.z_loss * target_weight * lse * lse
+    unweighted = None
+    if sample_weight is not None:
+        unweighted = torch.where(valid, loss, 0.0)
+        loss = loss * sample_weight
+    loss = torch.where(valid, loss, 0.0)  # ignored rows: 0 whatever their sample weight
+    denominator = torch.where(valid, target_weight, 0.0).sum()  # s does not change it
+    saved = _Saved(
+        stats, lse, valid, target_weight, weight_total, denominator, sample_weight, unweighted
+    )
+    return loss, saved
 
 
 def _reduce(loss: Tensor, reduction: str, denominator: Tensor) -> Tensor:
@@ -535,10 +553,8 @@ def _reduce(loss: Tensor, reduction: str, denominator: Tensor) -> Tensor:
     return loss.sum() / denominator  # every row ignored: 0/0 = NaN, as in PyTorch
 
 
-def _coefficients(
-    grad: Tensor, saved: _Saved, layout: _Layout, opts: _Options
-) -> _kernels.GradCoefficients:
-    """The gradient pass's per-row coefficients for the upstream gradient ``grad``."""
+def _row_scale(grad: Tensor, saved: _Saved, opts: _Options) -> Tensor:
+    """``∂(reduced loss)/∂ℓ_i`` times the upstream gradient ``grad``; 0 for ignored rows."""
     if opts.reduction == "none":
         scale = grad.to(saved.lse.dtype)
     else:
@@ -548,7 +564,15 @@ def _coefficients(
         scale = (grad.to(saved.lse.dtype) / (d if opts.reduction == "mean" else 1.0)).expand(
             saved.lse.shape
         )
-    row_scale = torch.where(saved.valid, scale, 0.0)
+    return torch.where(saved.valid, scale, 0.0)
+
+
+def _coefficients(
+    row_scale: Tensor, saved: _Saved, layout: _Layout, opts: _Options
+) -> _kernels.GradCoefficients:
+    """The gradient pass's per-row coefficients for the row scales of :func:`_row_scale`."""
+    if saved.sample_weight is not None:  # s_i scales row i's loss, hence its gradient
+        row_scale = torch.where(saved.valid, row_scale * saved.sample_weight, 0.0)
     return _kernels.index_target_coefficients(
         saved.stats,
         row_scale,
@@ -556,7 +580,18 @@ def _coefficients(
         label_smoothing=opts.label_smoothing,
         num_classes=layout.vocab,
         weight_total=saved.weight_total,
+        z_loss=opts.z_loss,
     )
+
+
+def _sample_weight_grad(
+    row_scale: Tensor, saved: _Saved, sample_weight: Tensor | None, needed: bool
+) -> Tensor | None:
+    """``d loss / d s_i = scale_i ℓ_i`` (the unweighted row loss; 0 for ignored rows): the
+    same on every rank, as ``s`` is replicated (no all-reduce)."""
+    if not needed or sample_weight is None or saved.unweighted is None:
+        return None
+    return (row_scale * saved.unweighted).to(sample_weight.dtype)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -591,6 +626,7 @@ class _VocabParallelCrossEntropy(torch.autograd.Function):
         logits_shard: Tensor,
         target: Tensor,
         class_weight: Tensor | None,
+        sample_weight: Tensor | None,
         layout: _Layout,
         opts: _Options,
         group: Any,
@@ -598,6 +634,7 @@ class _VocabParallelCrossEntropy(torch.autograd.Function):
         cdtype = _kernels.compute_dtype(logits_shard.dtype)
         rows, width = logits_shard.shape
         w = None if class_weight is None else class_weight.to(cdtype)
+        sw = None if sample_weight is None else sample_weight.detach().to(cdtype)
         with_sum = opts.label_smoothing > 0
         with _kernels.use_impl(opts.impl):
             local = _shard_stats(
@@ -607,6 +644,7 @@ class _VocabParallelCrossEntropy(torch.autograd.Function):
                     class_offset=layout.start,
                     class_weight=w,
                     with_sum=with_sum,
+                    softcap=opts.softcap,
                 ),
                 rows,
                 width,
@@ -614,20 +652,21 @@ class _VocabParallelCrossEntropy(torch.autograd.Function):
                 cdtype,
                 logits_shard.device,
             )
-        loss, saved = _reduce_stats(local, target, layout, w, opts, group)
-        ctx.save_for_backward(logits_shard, target)
+        loss, saved = _reduce_stats(local, target, layout, w, opts, group, sw)
+        ctx.save_for_backward(logits_shard, target, sample_weight)
         ctx.state = (saved, w, layout, opts)
         return _reduce(loss, opts.reduction, saved.denominator).to(logits_shard.dtype)
 
     @staticmethod
     def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
         _refuse_double_backward("vocab_parallel_cross_entropy")
-        logits_shard, target = ctx.saved_tensors
+        logits_shard, target, sample_weight = ctx.saved_tensors
         saved, w, layout, opts = ctx.state
+        row_scale = _row_scale(grad, saved, opts)
         if logits_shard.shape[1] == 0:
             d_logits = torch.zeros_like(logits_shard)
         else:
-            coef = _coefficients(grad, saved, layout, opts)
+            coef = _coefficients(row_scale, saved, layout, opts)
             with _kernels.use_impl(opts.impl):
                 # p = exp(x − M) e^{−(lse − M)}: accurate for large logits (see logits_grad)
                 d_logits = _kernels.logits_grad(
@@ -638,8 +677,10 @@ class _VocabParallelCrossEntropy(torch.autograd.Function):
                     class_offset=layout.start,
                     class_weight=w,
                     ref=saved.stats.max,
+                    softcap=opts.softcap,
                 )
-        return d_logits, None, None, None, None, None
+        d_sample = _sample_weight_grad(row_scale, saved, sample_weight, ctx.needs_input_grad[3])
+        return d_logits, None, None, d_sample, None, None, None
 
 
 class _VocabParallelLinearCrossEntropy(torch.autograd.Function):
@@ -653,6 +694,7 @@ class _VocabParallelLinearCrossEntropy(torch.autograd.Function):
         bias_shard: Tensor | None,
         target: Tensor,
         class_weight: Tensor | None,
+        sample_weight: Tensor | None,
         layout: _Layout,
         opts: _Options,
         group: Any,
@@ -660,6 +702,7 @@ class _VocabParallelLinearCrossEntropy(torch.autograd.Function):
     ) -> Tensor:
         cdtype = _kernels.compute_dtype(hidden.dtype)
         w = None if class_weight is None else class_weight.to(cdtype)
+        sw = None if sample_weight is None else sample_weight.detach().to(cdtype)
         with_sum = opts.label_smoothing > 0
         with _kernels.use_impl(opts.impl):
             local = _shard_stats(
@@ -672,6 +715,7 @@ class _VocabParallelLinearCrossEntropy(torch.autograd.Function):
                     class_weight=w,
                     with_sum=with_sum,
                     chunk_rows=chunk_size,
+                    softcap=opts.softcap,
                 ),
                 hidden.shape[0],
                 weight_shard.shape[0],
@@ -679,18 +723,19 @@ class _VocabParallelLinearCrossEntropy(torch.autograd.Function):
                 cdtype,
                 hidden.device,
             )
-        loss, saved = _reduce_stats(local, target, layout, w, opts, group)
-        ctx.save_for_backward(hidden, weight_shard, bias_shard, target)
+        loss, saved = _reduce_stats(local, target, layout, w, opts, group, sw)
+        ctx.save_for_backward(hidden, weight_shard, bias_shard, target, sample_weight)
         ctx.state = (saved, w, layout, opts, group, chunk_size)
         return _reduce(loss, opts.reduction, saved.denominator).to(hidden.dtype)
 
     @staticmethod
     def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
         _refuse_double_backward("vocab_parallel_linear_cross_entropy")
-        hidden, weight_shard, bias_shard, target = ctx.saved_tensors
+        hidden, weight_shard, bias_shard, target, sample_weight = ctx.saved_tensors
         saved, w, layout, opts, group, chunk_size = ctx.state
         need_h, need_w, need_b = ctx.needs_input_grad[:3]
         cdtype = saved.lse.dtype
+        row_scale = _row_scale(grad, saved, opts)
         if weight_shard.shape[0] == 0:
             grads = _kernels.LinearGrads(
                 torch.zeros(hidden.shape, dtype=cdtype, device=hidden.device) if need_h else None,
@@ -704,7 +749,7 @@ class _VocabParallelLinearCrossEntropy(torch.autograd.Function):
                     weight_shard,
                     target,
                     _kernels.row_lse_rel(saved.stats),
-                    _coefficients(grad, saved, layout, opts),
+                    _coefficients(row_scale, saved, layout, opts),
                     bias=bias_shard,
                     class_offset=layout.start,
                     class_weight=w,
@@ -713,6 +758,7 @@ class _VocabParallelLinearCrossEntropy(torch.autograd.Function):
                     need_weight=need_w,
                     need_bias=need_b,
                     ref=saved.stats.max,
+                    softcap=opts.softcap,
                 )
         d_hidden = grads.hidden
         if d_hidden is not None:
@@ -724,6 +770,7 @@ class _VocabParallelLinearCrossEntropy(torch.autograd.Function):
             None if grads.bias is None else grads.bias.to(bias_shard.dtype),
             None,
             None,
+            _sample_weight_grad(row_scale, saved, sample_weight, ctx.needs_input_grad[5]),
             None,
             None,
             None,
@@ -1085,6 +1132,21 @@ class _VocabParallelLinearTokenStats(torch.autograd.Function):
 # ---------------------------------------------------------------------------------------------
 
 
+def _options(
+    fn: str,
+    ignore_index: int,
+    reduction: str,
+    label_smoothing: float,
+    impl: str,
+    z_loss: object,
+    softcap: object,
+) -> _Options:
+    """The validated options (checked on every rank in the handshake already)."""
+    z = check_z_loss(fn, z_loss) + 0.0
+    cap = check_softcap(fn, softcap)
+    return _Options(ignore_index, reduction, float(label_smoothing), impl, z, cap)
+
+
 def vocab_parallel_cross_entropy(
     logits_shard: Tensor,
     target: Tensor,
@@ -1094,6 +1156,9 @@ def vocab_parallel_cross_entropy(
     ignore_index: int = -100,
     reduction: str = "mean",
     label_smoothing: float = 0.0,
+    z_loss: float = 0.0,
+    softcap: float | None = None,
+    sample_weight: Tensor | None = None,
     vocab_size: int | None = None,
     impl: str = "auto",
 ) -> Tensor:
@@ -1102,7 +1167,9 @@ def vocab_parallel_cross_entropy(
     Equal to ``F.cross_entropy(logits, target, weight, ignore_index=ignore_index,
     reduction=reduction, label_smoothing=label_smoothing)`` on the gathered ``(N, V)``
     logits, which are never gathered: rank ``r`` holds the columns ``[start_r, stop_r)``,
-    and only per-row scalars cross the network.
+    and only per-row scalars cross the network. With ``z_loss``, ``softcap`` and
+    ``sample_weight``, equal to :func:`crossentropy.torch.cross_entropy` with the same options
+    (:doc:`/guide/options`).
 
     Parameters
     ----------
@@ -1127,6 +1194,20 @@ def vocab_parallel_cross_entropy(
         ``"mean"`` divides by the number of kept rows, or by their total class weight.
     label_smoothing : float in [0, 1], default 0.0
         Mixes the target with the uniform distribution over the **global** vocabulary ``V``.
+    z_loss : float >= 0, default 0.0
+        Adds ``z_loss * lse**2`` per kept row (the PaLM z-loss), weighted by the target's
+        class weight ``w_y`` like the row's share of the mean's denominator; ``lse`` is the
+        global log-sum-exp (no extra communication).
+    softcap : float > 0, optional
+        The logits become ``x' = softcap * tanh(x / softcap)`` before everything else (each
+        shard elementwise); the gradient carries ``1 - (x'/softcap)**2``.
+    sample_weight : Tensor, shape (N,), optional
+        One weight per row (an RL advantage, say), any floating dtype, **identical on every
+        rank** (compared by a 64-bit BLAKE2b digest of its values in the handshake, like the
+        target). It multiplies each row's loss (cross-entropy and z-loss) and its gradient;
+        ``"mean"``'s denominator does not change; ignored rows give 0 whatever their weight.
+        If it requires grad, its gradient ``∂L/∂s_i`` (the row's unweighted loss times the
+        reduction's scale) is returned on every rank.
     vocab_size : int, optional
         If given, the shard widths must add up to it.
     impl : {"auto", "torch", "triton"}
@@ -1140,7 +1221,8 @@ def vocab_parallel_cross_entropy(
         The loss, identical on every rank, in the logits' dtype: a scalar, or shape (N,) for
         ``reduction="none"`` (0 on ignored rows). Its gradient with respect to
         ``logits_shard`` is this rank's columns of the full gradient; backward does not
-        communicate.
+        communicate. The defaults ``z_loss=0.0``, ``softcap=None``, ``sample_weight=None``
+        give the result of a call without them, bit for bit.
 
     Raises
     ------
@@ -1178,6 +1260,13 @@ def vocab_parallel_cross_entropy(
         = \Big((1 - \varepsilon) w_{t_i} + \frac{\varepsilon W}{V}\Big)
           \operatorname{softmax}(x_i)_j
           - (1 - \varepsilon) w_{t_i} [j = t_i] - \frac{\varepsilon}{V} w_j
+
+    With the options, :math:`x` is the softcapped :math:`x' = c \tanh(x / c)`, :math:`L_i`
+    becomes :math:`s_i (L_i + z\, w_{t_i} \ell_i^2)` (the mean's denominator unchanged), the
+    coefficient of the softmax gains :math:`2 z\, w_{t_i} \ell_i`, the gradient is multiplied
+    by :math:`s_i` and by :math:`1 - (x'_{ij}/c)^2`. Every factor is per row (known on every
+    rank from the global :math:`\ell_i`) or per column (elementwise on the shard): the
+    communication is the same.
 
     Each rank computes its shard's row max :math:`m_r`, :math:`\sum_{j \in r} e^{x_{ij} -
     m_r}`, its part of :math:`\sum_j w_j x_{ij}` and, on the rank owning the target column,
@@ -1227,8 +1316,9 @@ def vocab_parallel_cross_entropy(
             fail(fn, "logits_shard", "be 2-D, shape (N, V_shard)", f"shape {tuple(x.shape)}")
         t = _check_target(fn, target, x.shape[0], x.device)
         check_class_weight(fn, "weight", weight, x.shape[1], what=_SLICE, device=x.device)
+        s = check_sample_weight(fn, sample_weight, (x.shape[0],), x.device)
         check_impl(fn, impl, x)
-        return _Local(x.shape[1], x.shape[0], x.dtype, t)
+        return _Local(x.shape[1], x.shape[0], x.dtype, t, sample_weight=s)
 
     layout = _validate(
         fn,
@@ -1239,12 +1329,14 @@ def vocab_parallel_cross_entropy(
         label_smoothing=label_smoothing,
         vocab_size=vocab_size,
         has_weight=weight is not None,
+        z_loss=z_loss,
+        softcap=softcap,
         logits_arg="logits_shard",
         weight_arg="weight",
     )
-    opts = _Options(ignore_index, reduction, float(label_smoothing), impl)
+    opts = _options(fn, ignore_index, reduction, label_smoothing, impl, z_loss, softcap)
     out: Tensor = _VocabParallelCrossEntropy.apply(  # type: ignore[no-untyped-call]
-        logits_shard, target, weight, layout, opts, group
+        logits_shard, target, weight, sample_weight, layout, opts, group
     )
     return out
 
@@ -1260,15 +1352,20 @@ def vocab_parallel_linear_cross_entropy(
     ignore_index: int = -100,
     reduction: str = "mean",
     label_smoothing: float = 0.0,
+    z_loss: float = 0.0,
+    softcap: float | None = None,
+    sample_weight: Tensor | None = None,
     vocab_size: int | None = None,
     chunk_size: int | None = None,
     impl: str = "auto",
 ) -> Tensor:
     r"""Cross-entropy of ``hidden @ W.T + b`` with ``W`` split over the vocabulary across ranks.
 
-    Equal to ``F.cross_entropy(hidden @ W.T + b, target, class_weight, ...)`` where ``W``
-    (V, D) and ``b`` (V,) are the row-wise concatenation of every rank's ``weight_shard``
-    and ``bias_shard`` in rank order. Each rank projects ``hidden`` onto its shard ``chunk_size``
+    Equal to ``F.cross_entropy(hidden @ W.T + b, target, class_weight, ...)`` (with
+    ``z_loss``, ``softcap``, ``sample_weight``: to
+    :func:`crossentropy.torch.linear_cross_entropy`) where ``W`` (V, D) and ``b`` (V,) are
+    the row-wise concatenation of every rank's ``weight_shard`` and ``bias_shard`` in rank
+    order. Each rank projects ``hidden`` onto its shard ``chunk_size``
     rows at a time, so neither the (N, V) logits nor this rank's (N, V_r) part of them ever
     exists at once; only per-row statistics cross the network in forward.
 
@@ -1291,7 +1388,7 @@ def vocab_parallel_linear_cross_entropy(
     class_weight : Tensor, shape (V_r,), optional
         This rank's slice of the class weights (``weight`` of ``F.cross_entropy``), sharded
         like ``weight_shard``; named as in :func:`crossentropy.torch.linear_cross_entropy`.
-    ignore_index, reduction, label_smoothing, vocab_size
+    ignore_index, reduction, label_smoothing, z_loss, softcap, sample_weight, vocab_size
         As in :func:`vocab_parallel_cross_entropy`.
     chunk_size : int, optional
         Rows of ``hidden`` projected at a time. Default: the single-process kernel's
@@ -1366,9 +1463,10 @@ def vocab_parallel_linear_cross_entropy(
         check_class_weight(
             fn, "class_weight", class_weight, w.shape[0], what=_SLICE, device=h.device
         )
+        s = check_sample_weight(fn, sample_weight, (h.shape[0],), h.device)
         check_impl(fn, impl, h)
         grad = torch.is_grad_enabled() and h.requires_grad
-        return _Local(w.shape[0], h.shape[0], h.dtype, t, h.shape[1], grad)
+        return _Local(w.shape[0], h.shape[0], h.dtype, t, h.shape[1], grad, s)
 
     layout = _validate(
         fn,
@@ -1379,12 +1477,23 @@ def vocab_parallel_linear_cross_entropy(
         label_smoothing=label_smoothing,
         vocab_size=vocab_size,
         has_weight=class_weight is not None,
+        z_loss=z_loss,
+        softcap=softcap,
         logits_arg="hidden",
         weight_arg="class_weight",
     )
-    opts = _Options(ignore_index, reduction, float(label_smoothing), impl)
+    opts = _options(fn, ignore_index, reduction, label_smoothing, impl, z_loss, softcap)
     out: Tensor = _VocabParallelLinearCrossEntropy.apply(  # type: ignore[no-untyped-call]
-        hidden, weight_shard, bias_shard, target, class_weight, layout, opts, group, chunk_size
+        hidden,
+        weight_shard,
+        bias_shard,
+        target,
+        class_weight,
+        sample_weight,
+        layout,
+        opts,
+        group,
+        chunk_size,
     )
     return out
 
