@@ -865,3 +865,17 @@ def test_softcap_errors(cap: object, kind: type[Exception], got: str) -> None:
         message = f"{fn}: softcap must be None or a finite float > 0, got {got}"
         with pytest.raises(kind, match=re.escape(message) + "$"):
             call()
+
+
+def test_entropy_gradient_at_a_masked_logit_is_zero_for_any_upstream() -> None:
+    """A -inf logit (p = 0) gets a zero gradient, also when the entropy's upstream exceeds 1
+    (0 · log 0 once overflowed: a clamped log p times the upstream became inf, then 0·inf)."""
+    x = torch.tensor([[0.5, float("-inf"), 1.0]], dtype=torch.float64, requires_grad=True)
+    out = token_stats(x, torch.tensor([0]))
+    (3.0 * out.entropy).sum().backward()
+    assert x.grad is not None
+    assert torch.isfinite(x.grad).all() and x.grad[0, 1] == 0.0
+    ref = x.detach()[:, [0, 2]].requires_grad_()
+    logp = torch.log_softmax(ref, dim=-1)
+    (3.0 * -(logp.exp() * logp).sum()).backward()
+    torch.testing.assert_close(x.grad[:, [0, 2]], ref.grad)

@@ -237,7 +237,9 @@ def _vjp_chunk(
     if d_entropy is None:
         g = p.mul_(row.unsqueeze(-1))
     else:
-        coef = log_p.clamp_(min=torch.finfo(log_p.dtype).min)  # 0 · log 0 = 0
+        # 0 · log 0 = 0: where p is 0 (a -inf logit) its log p is unused; 0 keeps b·(log p + H)
+        # finite for any upstream b (a clamped -max times |b| > 1 would overflow to inf).
+        coef = log_p.masked_fill_(p == 0, 0.0)
         coef.add_(entropy.unsqueeze(-1)).mul_(-d_entropy.unsqueeze(-1)).add_(row.unsqueeze(-1))
         g = p.mul_(coef)
     if a is not None:
