@@ -1531,10 +1531,10 @@ def vocab_parallel_token_stats(
 
     Parameters
     ----------
-    logits_shard : Tensor, shape (*, V_r)
+    logits_shard : Tensor, shape ``(*, V_r)``
         This rank's contiguous columns of the logits, float16/bfloat16/float32/float64.
         Shards may have different widths (even 0), laid out in rank order.
-    target : Tensor, shape (*)
+    target : Tensor, shape ``(*)``
         Global class indices in ``[0, V)`` (or ``ignore_index``), any integer dtype,
         **identical on every rank** (checked as in :func:`vocab_parallel_cross_entropy`).
     group : ProcessGroup, optional
@@ -1679,13 +1679,13 @@ def vocab_parallel_linear_token_stats(
 
     Parameters
     ----------
-    hidden : Tensor, shape (*, D)
+    hidden : Tensor, shape ``(*, D)``
         The inputs of the output layer, **identical on every rank** (its shape and
         ``requires_grad`` are checked, its values are not). Its gradient comes back already
         summed over the ranks: do not all-reduce it again.
     weight_shard : Tensor, shape (V_r, D)
         This rank's rows of the output layer's weight, ``hidden``'s dtype and device.
-    target : Tensor, shape (*)
+    target : Tensor, shape ``(*)``
         Global class indices, identical on every rank.
     bias_shard : Tensor, shape (V_r,), optional
         This rank's part of the output layer's bias.
