@@ -150,22 +150,38 @@ def check_impl(fn: str, impl: object, x: Tensor) -> str:
     return impl
 
 
-def _real(value: object) -> object:
+def _real(fn: str, arg: str, value: object) -> object:
     """NumPy scalars and 0-d real tensors become Python numbers (as ``F`` accepts them)."""
     if isinstance(value, Tensor) and value.dim() == 0 and value.dtype != torch.bool:
         if not value.is_complex():
+            if value.device.type == "meta":  # no value to read
+                fail(
+                    fn,
+                    arg,
+                    "be a number (a 0-d tensor must hold a value: not on the meta device)",
+                    "a 0-d tensor on the meta device",
+                    TypeError,
+                )
             return float(value)
     if isinstance(value, numbers.Real) and not isinstance(value, (bool, int, float)):
         return float(value)
     return value
 
 
+def _to_float(value: int | float) -> float:
+    """``float(value)``, with an integer beyond float's range as ``inf`` (then refused)."""
+    try:
+        return float(value)
+    except OverflowError:
+        return float("inf")
+
+
 def check_z_loss(fn: str, z_loss: object) -> float:
     """A finite real ``≥ 0`` (the weight of ``lse²``)."""
-    value = _real(z_loss)
+    value = _real(fn, "z_loss", z_loss)
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         fail(fn, "z_loss", "be a finite float >= 0", describe(z_loss), TypeError)
-    z = float(value)
+    z = _to_float(value)
     if not (z >= 0.0 and z != float("inf")):
         fail(fn, "z_loss", "be a finite float >= 0", z)
     return z
@@ -175,10 +191,10 @@ def check_softcap(fn: str, softcap: object) -> float | None:
     """``None`` or a finite real ``> 0`` (the cap ``c`` of ``c tanh(x / c)``)."""
     if softcap is None:
         return None
-    value = _real(softcap)
+    value = _real(fn, "softcap", softcap)
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         fail(fn, "softcap", "be None or a finite float > 0", describe(softcap), TypeError)
-    c = float(value)
+    c = _to_float(value)
     if not (c > 0.0 and c != float("inf")):
         fail(fn, "softcap", "be None or a finite float > 0", c)
     return c

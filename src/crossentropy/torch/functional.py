@@ -160,6 +160,20 @@ def _softcap(x: Tensor, softcap: float | None) -> Tensor:
     return x if softcap is None else torch.tanh(x / softcap) * softcap
 
 
+def _lse(x: Tensor, dim: int, keepdim: bool = False) -> Tensor:
+    """``logsumexp(x, dim)`` as ``m + logsumexp(x − m)`` with ``m`` the detached row max (0
+    where it is not finite). The same function at every order (it does not depend on ``m``),
+    but its gradient ``exp((x − m) − (lse − m))`` subtracts a small, accurately rounded
+    number: ``torch.logsumexp``'s ``exp(x − lse)`` with ``lse`` rounded to ``ulp(lse)`` is off
+    by ~1e-4 relative for logits of 1e4 in float32 (the fused kernels' own reference point)."""
+    if x.shape[dim] == 0:
+        return torch.logsumexp(x, dim=dim, keepdim=keepdim)
+    m = x.detach().amax(dim=dim, keepdim=True)
+    m = torch.where(torch.isfinite(m), m, 0.0)
+    out = m + torch.logsumexp(x - m, dim=dim, keepdim=True)
+    return out if keepdim else out.squeeze(dim)
+
+
 def _softcapped_rows(
     x: Tensor, softcap: float | None, cdt: torch.dtype
 ) -> tuple[Tensor, Tensor | None]:
@@ -193,7 +207,7 @@ def _index_grad_reference(
     p = torch.softmax(xl, dim=-1)
     a = (1.0 - eps) * tw + (eps / num_classes) * total
     if extras.z_loss:
-        a = a + (2.0 * extras.z_loss) * tw * torch.logsumexp(xl, dim=-1)
+        a = a + (2.0 * extras.z_loss) * tw * _lse(xl, -1)
     safe = torch.where(valid, target, 0).to(torch.int64)
     onehot = F.one_hot(safe, num_classes).to(cdt)
     g = a.unsqueeze(-1) * p - ((1.0 - eps) * tw).unsqueeze(-1) * onehot
@@ -229,7 +243,7 @@ def _prob_grad_reference(
         y = y * weight.to(cdt)
     a = y.sum(dim=-1, keepdim=True)
     if extras.z_loss:
-        a = a + (2.0 * extras.z_loss) * torch.logsumexp(xl, dim=-1, keepdim=True)
+        a = a + (2.0 * extras.z_loss) * _lse(xl, -1, keepdim=True)
     g = a * torch.softmax(xl, dim=-1) - y
     if chain is not None:
         g = g * chain
@@ -280,12 +294,14 @@ def _composite(
             tw = torch.where(valid, weight.to(per.dtype)[torch.where(valid, target, 0)], 0.0)
         denom = tw.sum()
     if extras.z_loss:
-        lse = torch.logsumexp(xs, dim=cls).to(per.dtype)
+        lse = _lse(xs, cls).to(per.dtype)
         per = per + extras.z_loss * tw * lse * lse
     if extras.sample_weight is not None:
         per = per * extras.sample_weight.to(per.dtype)
-        if valid is not None:
-            per = torch.where(valid, per, 0.0)
+    if valid is not None:
+        # 0 at ignored positions whatever their sample weight, and a zero gradient there even
+        # when "mean"'s denominator is 0 (all ignored: the 1/0 would meet the z-loss's w_y = 0)
+        per = torch.where(valid, per, 0.0)
     if reduction != "none":
         per = per.sum()
         if reduction == "mean":
@@ -838,6 +854,8 @@ def cross_entropy(
         out_dtype = torch.promote_types(xd, td)
     else:
         out_dtype = _autocast_dtype(x.dtype) if autocast else x.dtype
+        if t.dtype != torch.int64:  # F.cross_entropy (the composite path) takes int64 or uint8
+            t = t.to(torch.int64)
     wants_inplace = inplace_backward and grad_on and x.requires_grad and not _compiling()
     if (
         (impl == "auto" and not wants_inplace and x.numel() <= DIRECT_MAX_ELEMENTS)
@@ -856,8 +874,6 @@ def cross_entropy(
     if prob:
         out: Tensor = _CrossEntropyProb.apply(x, t, w, red, eps, out_dtype, impl, sw, z, cap)  # type: ignore[no-untyped-call]
         return out
-    if not t.dtype == torch.int64:
-        t = t.to(torch.int64)
     if wants_inplace:
         if (x if x._base is None else x._base).is_leaf:
             fail(
@@ -1116,6 +1132,8 @@ def linear_cross_entropy(
     wt, b = check_projection(fn, h, weight, bias)
     num_classes = wt.shape[0]
     t = check_tensor(fn, "target", target, floating=False)
+    if t.dtype != torch.int64:  # any integer dtype; F.cross_entropy takes int64 or uint8
+        t = t.to(torch.int64)
     if tuple(t.shape) != tuple(h.shape[:-1]):
         fail(
             fn,
@@ -1174,8 +1192,6 @@ def linear_cross_entropy(
     lead = tuple(h.shape[:-1])
     h2 = h.reshape(-1, h.shape[-1])
     t1 = t.reshape(-1)
-    if t1.dtype != torch.int64:
-        t1 = t1.to(torch.int64)
     needs = (
         grad_on and h.requires_grad,
         grad_on and wt.requires_grad,
