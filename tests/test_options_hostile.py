@@ -217,3 +217,28 @@ def test_small_and_fused_paths_agree_with_the_definition(impl):
         (gr,) = torch.autograd.grad(ref, xr, up)
         torch.testing.assert_close(loss, ref, rtol=1e-10, atol=1e-12)
         torch.testing.assert_close(gx, gr, rtol=1e-10, atol=1e-12)
+
+
+# --------------------------------------------------------------------------- inplace_backward
+
+
+@pytest.mark.parametrize("impl", ["auto", "torch"])
+def test_inplace_backward_with_sample_weight_read_from_the_logits_buffer(impl):
+    # inplace_backward=True overwrites the logits with their gradient during the forward; the
+    # loss was summed afterwards with the sample weights, so weights that were a view of the
+    # same buffer gave a silently wrong loss (-0.0125 instead of 0.0638 here).
+    g = torch.Generator().manual_seed(0)
+    leaf = torch.randn(6, 5, generator=g, requires_grad=True)
+    y = torch.randint(0, 5, (6,), generator=g)
+    logits = leaf * 1.0
+    sw = logits.detach()[:, 0]
+    sw_copy = sw.clone()
+    plain = logits.detach().clone().requires_grad_()
+    want = cet.cross_entropy(plain, y, sample_weight=sw_copy, z_loss=0.1, impl="torch")
+    (want_g,) = torch.autograd.grad(want, plain)
+    loss = cet.cross_entropy(
+        logits, y, sample_weight=sw, z_loss=0.1, impl=impl, inplace_backward=True
+    )
+    loss.backward()
+    torch.testing.assert_close(loss, want)
+    torch.testing.assert_close(leaf.grad, want_g)

@@ -386,7 +386,11 @@ def _index_forward(
     w, total, valid, tw, scale = row_weights(
         target, weight, ignore_index, reduction, num_classes, cdt
     )
-    sw = None if extras.sample_weight is None else extras.sample_weight.to(cdt)
+    # A copy when the sweep writes into ``logits``: sample weights read from the logits' own
+    # buffer (a view of it) must not become the gradient before the loss is summed.
+    sw = None
+    if extras.sample_weight is not None:
+        sw = extras.sample_weight.to(cdt, copy=out is not None)
     z, cap = extras.z_loss, extras.softcap
     fused = with_grad and reduction != "none"
     pre = torch.ones((), dtype=cdt, device=logits.device)
