@@ -242,3 +242,14 @@ def test_inplace_backward_with_sample_weight_read_from_the_logits_buffer(impl):
     loss.backward()
     torch.testing.assert_close(loss, want)
     torch.testing.assert_close(leaf.grad, want_g)
+
+
+def test_linear_sample_weight_device_error_names_hidden():
+    # linear_cross_entropy has no "input": the message pointed at an argument that is not there
+    with pytest.raises(ValueError, match=r"sample_weight must be on hidden's device cpu"):
+        cet.linear_cross_entropy(
+            torch.randn(4, 3),
+            torch.randn(5, 3),
+            torch.tensor([0, 1, 2, 3]),
+            sample_weight=torch.ones(4, device="meta"),
+        )

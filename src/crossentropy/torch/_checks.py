@@ -207,9 +207,10 @@ def check_sample_weight(
     device: torch.device,
     *,
     what: str = "one weight per target position",
+    device_of: str = "the input's",
 ) -> Tensor | None:
     """``None``, or a floating tensor of the target positions' shape on ``device`` (no
-    broadcasting: a weight per position)."""
+    broadcasting: a weight per position); ``device_of`` names whose device that is."""
     if sample_weight is None:
         return None
     s = check_tensor(fn, "sample_weight", sample_weight, floating=True)
@@ -221,5 +222,5 @@ def check_sample_weight(
             f"shape {tuple(s.shape)}",
         )
     if s.device != device:
-        fail(fn, "sample_weight", f"be on the input's device {device}", f"device {s.device}")
+        fail(fn, "sample_weight", f"be on {device_of} device {device}", f"device {s.device}")
     return s

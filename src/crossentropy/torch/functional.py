@@ -1149,7 +1149,7 @@ def linear_cross_entropy(
     cw = check_class_weight(fn, "class_weight", class_weight, num_classes, device=h.device)
     chunk_size = check_chunk_size(fn, chunk_size)
     extras = _Extras(
-        check_sample_weight(fn, sample_weight, tuple(t.shape), h.device),
+        check_sample_weight(fn, sample_weight, tuple(t.shape), h.device, device_of="hidden's"),
         check_z_loss(fn, z_loss),
         check_softcap(fn, softcap),
     )
