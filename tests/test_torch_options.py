@@ -576,3 +576,19 @@ def test_triton_linear_and_inplace_with_the_options():
     ref_leaf = logits.double().requires_grad_()
     reference(ref_leaf, y, None, "mean", 0.1, 0.01, 3.0, sw.double()).backward()
     torch.testing.assert_close(leaf.grad.double(), ref_leaf.grad, rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("value", [1e39, 1e-39, 2.0**128])
+def test_softcap_outside_float32_range_is_refused_not_nan(value):
+    """A cap whose ``x / c`` or ``1 / c`` overflows float32 made float32 logits NaN silently."""
+    x, y, _, _ = _case((4, 5), False)
+    with pytest.raises(ValueError, match=r"softcap must be in \[2\*\*-126, 2\*\*127\]"):
+        cet.cross_entropy(x.float(), y, softcap=value)
+    with pytest.raises(ValueError, match=r"softcap must be in \[2\*\*-126, 2\*\*127\]"):
+        cet.token_stats(x.float(), y.clamp(min=0), softcap=value)
+    import crossentropy as ce
+
+    with pytest.raises(ValueError, match=r"softcap must be in \[2\*\*-126, 2\*\*127\]"):
+        ce.cross_entropy(x.numpy().astype(np.float32), y.numpy(), softcap=value)
+    edge = cet.cross_entropy(x.float(), y, softcap=2.0**127)
+    assert torch.isfinite(edge)

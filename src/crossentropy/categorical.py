@@ -140,7 +140,15 @@ def _check_softcap(softcap: object, fn: str) -> float | None:
     c = _real_number(softcap, fn, "softcap", _SOFTCAP)
     if not (math.isfinite(c) and c > 0.0):  # also rejects NaN
         fail(fn, "softcap", _SOFTCAP, c)
+    if not SOFTCAP_RANGE[0] <= c <= SOFTCAP_RANGE[1]:
+        fail(fn, "softcap", _SOFTCAP_IN_RANGE, c)
     return c
+
+
+#: Caps every backend can apply to float32 logits: ``x / c`` and the Triton kernels' ``1 / c``
+#: stay finite and normal (a cap of 1e39 would make float32 logits NaN).
+SOFTCAP_RANGE = (2.0**-126, 2.0**127)
+_SOFTCAP_IN_RANGE = "be in [2**-126, 2**127] (float32's normal range, where the kernels compute)"
 
 
 def _check_sample_weight(

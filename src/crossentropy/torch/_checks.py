@@ -13,6 +13,7 @@ import torch
 from torch import Tensor
 
 from .._validation import check_reduction, fail
+from ..categorical import _SOFTCAP_IN_RANGE, SOFTCAP_RANGE
 
 _INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
 #: Characters of a value's repr shown in an error message.
@@ -197,6 +198,8 @@ def check_softcap(fn: str, softcap: object) -> float | None:
     c = _to_float(value)
     if not (c > 0.0 and c != float("inf")):
         fail(fn, "softcap", "be None or a finite float > 0", c)
+    if not SOFTCAP_RANGE[0] <= c <= SOFTCAP_RANGE[1]:
+        fail(fn, "softcap", _SOFTCAP_IN_RANGE, c)
     return c
 
 

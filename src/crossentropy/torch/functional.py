@@ -654,10 +654,11 @@ def cross_entropy(
         Not in ``F``: adds ``z_loss · lse(x')²`` per kept position (the PaLM z-loss;
         Liger-Kernel's and flash-attn's ``lse_square_scale``), weighted by ``w_y`` like the
         position's share of ``"mean"``'s denominator (1 for probability targets).
-    softcap : float > 0, optional
+    softcap : float in ``[2**-126, 2**127]``, optional
         Not in ``F``: the logits become ``x' = softcap · tanh(x / softcap)`` before anything
         else (Gemma 2's final-logit softcapping), computed block by block: the capped logits
-        never exist in memory as a whole. The gradient carries ``1 − (x'/softcap)²``.
+        never exist in memory as a whole. The gradient carries ``1 − (x'/softcap)²``. Caps
+        outside float32's normal range are refused (``x / softcap`` would overflow there).
     sample_weight : Tensor, optional
         Not in ``F``: one weight per target position (the target's shape for class indices,
         the input's without the class dimension for probabilities; any floating dtype, on
