@@ -1,0 +1,78 @@
+"""Spawn a gloo process group for the vocabulary-parallel tests.
+
+Each distributed test module is also its own worker: ``python <module> --worker RANK WORLD
+PORT OUT`` runs the cases on one rank and writes ``OUT/rank{RANK}.json``. The parent starts
+``world`` such processes on a free port (retrying once if another process took the port), kills
+them after a timeout, and returns what every rank wrote.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+
+class PortTaken(Exception):
+    """The free port was taken by another process before the group bound it."""
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def logs(tmp: Path, world: int) -> str:
+    """The last lines every rank printed (for a failure message)."""
+    return "\n".join(
+        f"--- rank {r}\n{(tmp / f'rank{r}.log').read_text()[-3000:]}" for r in range(world)
+    )
+
+
+def spawn_group(
+    script: str, world: int, tmp: Path, timeout: float, attempts: int = 2
+) -> list[dict[str, Any]]:
+    """Run ``script`` as ``world`` workers; every rank's JSON results."""
+    for attempt in range(attempts):
+        try:
+            return _spawn_once(script, world, tmp, timeout)
+        except PortTaken:
+            if attempt + 1 == attempts:
+                raise
+    raise AssertionError("unreachable")
+
+
+def _spawn_once(script: str, world: int, tmp: Path, timeout: float) -> list[dict[str, Any]]:
+    port = free_port()
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    procs = []
+    for rank in range(world):
+        log = open(tmp / f"rank{rank}.log", "w")
+        cmd = [sys.executable, script, "--worker", str(rank), str(world), str(port), str(tmp)]
+        procs.append((subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env), log))
+    deadline = time.monotonic() + timeout
+    try:
+        for proc, _ in procs:
+            proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"{world} ranks did not finish within {timeout} s: {logs(tmp, world)}")
+    finally:
+        for proc, log in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+            log.close()
+    codes = [proc.returncode for proc, _ in procs]
+    if any(codes) and "Address already in use" in logs(tmp, world):
+        raise PortTaken
+    if any(codes):
+        pytest.fail(f"worker exit codes {codes}: {logs(tmp, world)}")
+    return [json.loads((tmp / f"rank{r}.json").read_text()) for r in range(world)]
