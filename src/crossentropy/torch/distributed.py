@@ -45,6 +45,8 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import numbers
+import operator
 import struct
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -183,6 +185,23 @@ def _check_options(
     return z, cap
 
 
+def _python_scalar(value: Any, integral: bool) -> Any:
+    """NumPy scalars and 0-d real tensors as Python numbers, as the single-process functions
+    accept them for ``label_smoothing`` (``integral=False``) and ``ignore_index``; anything
+    else unchanged, for the checks to report. Never raises (it runs before the handshake)."""
+    if isinstance(value, Tensor) and value.dim() == 0 and value.dtype != torch.bool:
+        if integral and not value.is_floating_point() and not value.is_complex():
+            return int(value)
+        if not integral and not value.is_complex():
+            return float(value)
+    elif integral and isinstance(value, numbers.Integral) and not isinstance(value, (bool, int)):
+        return operator.index(value)
+    elif not integral and isinstance(value, numbers.Real):
+        if not isinstance(value, (bool, int, float)):
+            return float(value)
+    return value
+
+
 def _check_target(fn: str, target: object, rows: int, device: torch.device) -> Tensor:
     target = check_tensor(fn, "target", target, floating=False)
     if target.shape != (rows,):
@@ -196,10 +215,14 @@ def _target_digest(target: Tensor) -> int:
     """A 64-bit BLAKE2b digest of the target's values as little-endian int64, as an int64.
 
     Any difference in the values (not only in a linear combination of them) changes it, up
-    to a 2**-64 chance of collision; the integer dtype the target came in does not.
+    to a 2**-64 chance of collision; the integer dtype the target came in does not. A target
+    of other than one dimension (the token statistics') adds its shape: ``(2, 3)`` and
+    ``(3, 2)`` targets with the same values in memory differ (their outputs' shapes would).
     """
     values = target.detach().to(device="cpu", dtype=torch.int64).contiguous().numpy()
     digest = hashlib.blake2b(values.astype("<i8", copy=False).tobytes(), digest_size=8)
+    if target.dim() != 1:
+        digest.update(struct.pack(f"<{target.dim() + 1}q", target.dim(), *target.shape))
     return int.from_bytes(digest.digest(), "little", signed=True)
 
 
@@ -208,6 +231,7 @@ def _sample_digest(sample_weight: Tensor | None) -> int:
     if sample_weight is None:
         return 0
     values = sample_weight.detach().to(device="cpu", dtype=torch.float64).contiguous().numpy()
+    values = values + 0.0  # -0.0 and 0.0 are the same weight: one digest
     digest = hashlib.blake2b(values.astype("<f8", copy=False).tobytes(), digest_size=8)
     return int.from_bytes(digest.digest(), "little", signed=True)
 
@@ -399,7 +423,7 @@ def _validate(
             tmin,
             tmax,
             ignore_index,
-            _float_bits(label_smoothing),
+            _float_bits(float(label_smoothing) + 0.0),  # -0.0 as 0.0
             -1 if vocab_size is None else vocab_size,
             local.hidden_dim,
             _float_bits(z),
@@ -558,12 +582,11 @@ def _row_scale(grad: Tensor, saved: _Saved, opts: _Options) -> Tensor:
     if opts.reduction == "none":
         scale = grad.to(saved.lse.dtype)
     else:
-        d = saved.denominator
-        if opts.reduction == "mean":  # no kept row: every scale below is 0, never 0/0
-            d = torch.where(d > 0, d, torch.ones_like(d))
-        scale = (grad.to(saved.lse.dtype) / (d if opts.reduction == "mean" else 1.0)).expand(
-            saved.lse.shape
-        )
+        # "mean" divides by D = Σ_kept w_y whatever its sign (negative class weights are
+        # allowed): D = 0 with kept rows gives inf/NaN as in PyTorch; with no kept row the
+        # where below selects 0 for every row, so its 0/0 never reaches a gradient.
+        d = saved.denominator if opts.reduction == "mean" else 1.0
+        scale = (grad.to(saved.lse.dtype) / d).expand(saved.lse.shape)
     return torch.where(saved.valid, scale, 0.0)
 
 
@@ -1308,6 +1331,8 @@ def vocab_parallel_cross_entropy(
     >>> dist.destroy_process_group()
     """
     fn = "vocab_parallel_cross_entropy"
+    label_smoothing = _python_scalar(label_smoothing, integral=False)
+    ignore_index = _python_scalar(ignore_index, integral=True)
 
     def local() -> _Local:
         x = check_tensor(fn, "logits_shard", logits_shard, floating=True)
@@ -1449,15 +1474,19 @@ def vocab_parallel_linear_cross_entropy(
     >>> dist.destroy_process_group()
     """
     fn = "vocab_parallel_linear_cross_entropy"
+    label_smoothing = _python_scalar(label_smoothing, integral=False)
+    ignore_index = _python_scalar(ignore_index, integral=True)
 
     def local() -> _Local:
         h = check_tensor(fn, "hidden", hidden, floating=True)
         _check_float_dtype(fn, "hidden", h)
         if h.ndim != 2:
             fail(fn, "hidden", "be 2-D, shape (N, D)", f"shape {tuple(h.shape)}")
-        w, _ = check_projection(
+        w, b = check_projection(
             fn, h, weight_shard, bias_shard, weight_arg="weight_shard", bias_arg="bias_shard"
         )
+        if b is not None and b.device != h.device:  # else F.linear fails after the handshake
+            fail(fn, "bias_shard", f"be on hidden's device {h.device}", f"device {b.device}")
         check_chunk_size(fn, chunk_size)
         t = _check_target(fn, target, h.shape[0], h.device)
         check_class_weight(
@@ -1625,6 +1654,7 @@ def vocab_parallel_token_stats(
     >>> dist.destroy_process_group()
     """
     fn = "vocab_parallel_token_stats"
+    ignore_index = _python_scalar(ignore_index, integral=True)
 
     def local() -> _Local:
         x = check_tensor(fn, "logits_shard", logits_shard, floating=True)
@@ -1633,7 +1663,7 @@ def vocab_parallel_token_stats(
             fail(fn, "logits_shard", "have shape (*, V_shard), at least 1-D", "shape ()")
         what = "logits_shard's shape without the classes"
         t = _check_positions(fn, target, x, "logits_shard", what)
-        return _Local(x.shape[-1], t.numel(), x.dtype, t.reshape(-1))
+        return _Local(x.shape[-1], t.numel(), x.dtype, t)  # t's shape is in its digest
 
     layout = _validate(
         fn,
@@ -1734,6 +1764,7 @@ def vocab_parallel_linear_token_stats(
     >>> dist.destroy_process_group()
     """
     fn = "vocab_parallel_linear_token_stats"
+    ignore_index = _python_scalar(ignore_index, integral=True)
 
     def local() -> _Local:
         h = check_tensor(fn, "hidden", hidden, floating=True)
@@ -1748,7 +1779,7 @@ def vocab_parallel_linear_token_stats(
         check_chunk_size(fn, chunk_size)
         t = _check_positions(fn, target, h, "hidden", "hidden's shape without the features")
         grad = torch.is_grad_enabled() and h.requires_grad
-        return _Local(w.shape[0], t.numel(), h.dtype, t.reshape(-1), h.shape[-1], grad)
+        return _Local(w.shape[0], t.numel(), h.dtype, t, h.shape[-1], grad)
 
     layout = _validate(
         fn,
