@@ -12,9 +12,13 @@ import pytest
 torch = pytest.importorskip("torch")
 F = torch.nn.functional
 
+from torch.utils._python_dispatch import TorchDispatchMode  # noqa: E402
+from torch.utils._pytree import tree_flatten  # noqa: E402
+
 from conftest import tol  # noqa: E402
 from crossentropy.tokens import token_stats as np_token_stats  # noqa: E402
 from crossentropy.tokens import token_stats_vjp  # noqa: E402
+from crossentropy.torch import tokens as tokens_mod  # noqa: E402
 from crossentropy.torch.tokens import TokenStats, linear_token_stats, token_stats  # noqa: E402
 
 N, D, V = 11, 6, 9
@@ -879,3 +883,118 @@ def test_entropy_gradient_at_a_masked_logit_is_zero_for_any_upstream() -> None:
     logp = torch.log_softmax(ref, dim=-1)
     (3.0 * -(logp.exp() * logp).sum()).backward()
     torch.testing.assert_close(x.grad[:, [0, 2]], ref.grad)
+
+
+# ---------------------------------------------------------------------------------------------
+# memory: one chunk of logits per pass, tile-sized temporaries; tiles smaller than a chunk
+# ---------------------------------------------------------------------------------------------
+
+
+class _Allocations(TorchDispatchMode):
+    """Records the size (elements) of every fresh tensor an op returns: one whose storage is not
+    an input's (views, in-place and ``out=`` results are not allocations). The token-stats
+    custom ops are opaque to a dispatch mode, so they run their implementation inside it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.sizes: list[int] = []
+        self._impls = {
+            torch.ops.crossentropy.token_stats_forward_v2.default: tokens_mod._forward_impl,
+            torch.ops.crossentropy.token_stats_backward_v2.default: tokens_mod._backward_impl,
+        }
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
+        kwargs = kwargs or {}
+        if func in self._impls:
+            with self:
+                return self._impls[func](*args, **kwargs)
+        out = func(*args, **kwargs)
+        seen = {
+            t.untyped_storage().data_ptr()
+            for t in tree_flatten((args, kwargs))[0]
+            if isinstance(t, torch.Tensor)
+        }
+        for t in tree_flatten(out)[0]:
+            if isinstance(t, torch.Tensor) and t.untyped_storage().data_ptr() not in seen:
+                self.sizes.append(t.untyped_storage().nbytes() // t.element_size())
+        return out
+
+
+@pytest.mark.parametrize("softcap", [None, CAP], ids=["plain", "softcap"])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("bias", [False, True], ids=["nobias", "bias"])
+def test_one_chunk_of_logits_per_pass(
+    rng: np.random.Generator,
+    monkeypatch: pytest.MonkeyPatch,
+    softcap: float | None,
+    dtype: torch.dtype,
+    bias: bool,
+) -> None:
+    """Counting every allocation of a forward and of a backward: each pass allocates one
+    chunk-sized buffer (the logits, then ``G`` in the same buffer), the backward also exactly
+    ``d hidden`` and ``d weight``, and everything else is at most one tile (at most two
+    tile-sized scratch buffers per pass) or a vector; nothing is (N, C)."""
+    n, d, v, chunk, tile = 64, 3, 50, 16, 100
+    monkeypatch.setattr(tokens_mod, "BLOCK_ELEMENTS", tile)
+    g = _gen(rng)
+    h = torch.randn(n, d, generator=g, dtype=dtype, requires_grad=True)
+    w = torch.randn(v, d, generator=g, dtype=dtype, requires_grad=True)
+    b = torch.randn(v, generator=g, dtype=dtype, requires_grad=True) if bias else None
+    t = torch.randint(0, v, (n,), generator=g)
+    t[::5] = -100
+    small = max(n, v)  # per-row and per-class vectors
+    with _Allocations() as fwd:
+        out = linear_token_stats(h, w, t, b, chunk_size=chunk, softcap=softcap)
+    loss = (out.logprob * torch.randn(n, generator=g, dtype=dtype)).sum() - 0.5 * out.entropy.sum()
+    with _Allocations() as bwd:
+        loss.backward()
+    for sizes, big in ((fwd.sizes, [chunk * v]), (bwd.sizes, sorted([chunk * v, n * d, v * d]))):
+        assert sorted(s for s in sizes if s > tile) == big, sizes
+        assert len([s for s in sizes if small < s <= tile]) <= 2, sizes
+    # and the values are those of the composition
+    hr, wr = h.detach().requires_grad_(), w.detach().requires_grad_()
+    z = F.linear(hr, wr, None if b is None else b.detach())
+    ref = _reference(z if softcap is None else _capped(z, softcap), t)
+    for k in FIELDS:
+        torch.testing.assert_close(getattr(out, k), ref[k], **tol(dtype))
+
+
+@pytest.mark.parametrize("tile", [1, 5, 64], ids=lambda e: f"tile{e}")
+@pytest.mark.parametrize("softcap", [None, CAP], ids=["plain", "softcap"])
+def test_tiles_smaller_than_a_chunk(
+    rng: np.random.Generator, monkeypatch: pytest.MonkeyPatch, tile: int, softcap: float | None
+) -> None:
+    """Tiles of a few classes (the two sweeps of the statistics, the argmax combined across
+    tiles, the target found in its tile), in both forms, with ties, -inf and ignored rows."""
+    monkeypatch.setattr(tokens_mod, "BLOCK_ELEMENTS", tile)
+    g = _gen(rng)
+    h, w, b, t = _inputs(g)
+    ups = {k: torch.randn(N, generator=g, dtype=torch.float64) for k in FIELDS}
+    for chunk in (1, 3, None):
+        if softcap is None:
+            ours, ref = _linear_both(3 * h, w, b, t, ups, chunk_size=chunk)
+        else:
+            ours, ref = _capped_both(3 * h, w, b, t, ups, softcap, chunk_size=chunk)
+        assert _max_error(ours, ref) < 1e-13
+        torch.testing.assert_close(ours[0]["argmax"], ref[0]["argmax"])
+    # logits form: integer logits (ties: the first max wins), a masked tail, a row of -inf
+    z = torch.randint(-2, 3, (N, V), generator=g).double()
+    z[2, 5:] = -torch.inf
+    z[3] = -torch.inf
+    t = t.clone()
+    t[2] = 1
+    kept = [i for i in range(N) if i != 3]
+    out = token_stats(z, t, softcap=softcap)
+    ref_z = z if softcap is None else _capped(z, softcap)
+    ref = _reference(ref_z, t)
+    torch.testing.assert_close(out.argmax, ref["argmax"])
+    for k in FIELDS:
+        torch.testing.assert_close(getattr(out, k)[kept], ref[k][kept], rtol=0, atol=1e-13)
+    if softcap is None:
+        assert out.lse[3] == -torch.inf and torch.isnan(out.entropy[3])
+    zz = z.requires_grad_()
+    (gz,) = torch.autograd.grad(_loss(token_stats(zz, t, softcap=softcap), ups), zz)
+    zr = z.detach()[kept].requires_grad_()
+    rr = _reference(zr if softcap is None else _capped(zr, softcap), t[kept])
+    (gr,) = torch.autograd.grad(_loss(rr, {k: u[kept] for k, u in ups.items()}), zr)
+    torch.testing.assert_close(gz[kept], gr, rtol=0, atol=1e-13)

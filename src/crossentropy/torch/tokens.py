@@ -161,115 +161,274 @@ def _vjp_rows(
     return g
 
 
-def _stats_chunk(
-    z: Tensor,
+#: Elements per tile of the elementwise work (float32: 4 MiB). Each chunk of logits is
+#: processed tile by tile, so the temporaries (``exp``, and with ``softcap`` the capped
+#: logits' gradient) are tile-sized and stay in cache between the steps; the chunk itself is
+#: the only chunk-sized buffer. Measured at (4096, 1024, 32768) fp32 on the idle 2-core
+#: machine, 2**19 to 2**21 are within noise (the matmuls take ~95 % of the time). Not smaller:
+#: each tile-sized op is an OpenMP parallel region, and while another process holds a core
+#: every region can wait for its descheduled thread. Seen once on the loaded machine: 2**19
+#: ran at 4-6× its idle time where the matmuls alone ran at 2× (and the earlier chunk-at-a-time
+#: code, with ~15× fewer regions, at ~2.2×); 2**20 halves the regions of 2**19.
+BLOCK_ELEMENTS = 1 << 20
+
+
+def _exp_floor(dtype: torch.dtype) -> float:
+    """A finite ``u`` whose ``exp`` is exactly 0 in ``dtype`` (below the smallest subnormal's
+    log, -103.3 in float32 and -744.4 in float64): clamping ``u = z − lse`` to it changes no
+    probability, and keeps ``0 · u`` = 0 where a logit is ``-inf``."""
+    return -2048.0 if dtype == torch.float64 else -256.0
+
+
+def _like(buf: Tensor, t: Tensor) -> Tensor:
+    """The first ``t.numel()`` elements of the flat buffer ``buf`` as a tensor of ``t``'s shape
+    and memory order (a column view ``(C, R)`` of row-major rows, or a contiguous tile), so
+    elementwise ops between the two walk memory in step."""
+    n, r = t.shape
+    if t.stride(0) == 1 and r > 1:
+        return buf[: n * r].view(r, n).t()
+    return buf[: n * r].view(n, r)
+
+
+def _tiles(classes: int, rows: int) -> int:
+    """Classes per tile of a column view ``(C, R)``: about :data:`BLOCK_ELEMENTS` elements."""
+    return max(1, BLOCK_ELEMENTS // max(1, rows))
+
+
+def _tile_elements(classes: int, rows: int) -> int:
+    """Elements of the largest tile of a column view ``(C, R')``, ``R' ≤ rows``: the size of
+    the scratch buffers."""
+    return min(classes * rows, max(BLOCK_ELEMENTS, rows))
+
+
+def _row_blocks(classes: int) -> int:
+    """Rows per block of caller-owned row-major logits ``(R, C)``."""
+    return max(1, BLOCK_ELEMENTS // max(1, classes))
+
+
+def _scratch(numel: int, dtype: torch.dtype, device: torch.device, need: bool = True) -> Tensor:
+    """A flat scratch buffer (empty when ``need`` is false)."""
+    return torch.empty(numel if need else 0, dtype=dtype, device=device)
+
+
+def _reversed_classes(classes: int, dtype: torch.dtype, device: torch.device) -> Tensor | None:
+    """``[L, L − 1, …, 1]`` as an ``(L, 1)`` column in ``dtype`` for :func:`_first_max`, or
+    ``None`` where that path is not taken (not CPU, or more classes than ``dtype`` counts
+    exactly)."""
+    exact = 2**53 if dtype == torch.float64 else 2**24
+    if device.type != "cpu" or classes > exact:
+        return None
+    return torch.arange(classes, 0, -1, dtype=dtype, device=device).unsqueeze(-1)
+
+
+def _first_max(t: Tensor, m: Tensor, tmp: Tensor, rev: Tensor | None) -> Tensor:
+    """``t.argmax(0)`` of a tile ``t`` (L, R) with column maxima ``m`` (R,): the first index of
+    the max, or of the first NaN in a column with one; ``tmp`` is a scratch tile like ``t``.
+
+    On CPU ``argmax`` (and ``max`` with indices) take a slow unvectorised path: measured ~10×
+    ``amax`` on a float32 block of 2**19 elements, as slow as ``exp``. There ``rev`` is given
+    and the index comes from three vectorised passes: ``(t ≥ m)`` as 0/1 in ``tmp``, times
+    ``L − j``, whose column max is ``L − (first j with t_j = m)``. Columns whose max is NaN
+    (nothing is ``≥ NaN``) fall back to ``argmax``.
+    """
+    size = t.shape[0]
+    if rev is None:
+        return t.argmax(dim=0)
+    score = torch.ge(t, m, out=tmp).mul_(rev[rev.shape[0] - size :]).amax(dim=0)
+    first = torch.sub(size, score).to(torch.int64)
+    nan = torch.isnan(m)
+    if bool(nan.any()):
+        first = torch.where(nan, t.argmax(dim=0), first)
+    return first
+
+
+def _target_index(target: Tensor, ignore_index: int) -> tuple[Tensor, Tensor]:
+    """(the class to gather per row, 0 for ignored rows; which rows are kept)."""
+    keep = target != ignore_index
+    return torch.where(keep, target, 0), keep
+
+
+def _in_tile(idx: Tensor, c0: int, c1: int) -> tuple[Tensor, Tensor]:
+    """(``idx − c0`` clamped into the tile ``[c0, c1)`` as a (1, R) index; whether it lies
+    there)."""
+    local = idx - c0
+    inside = (local >= 0) & (local < c1 - c0)
+    return local.clamp(0, c1 - c0 - 1).unsqueeze(0), inside
+
+
+def _stats_columns(
+    zt: Tensor,
     target: Tensor,
     ignore_index: int,
-    out: tuple[Tensor, Tensor, Tensor, Tensor],
-    writable: bool,
+    out: tuple[Tensor, ...],
     softcap: float | None,
+    work: Tensor | None,
+    tmp: Tensor,
 ) -> None:
-    """Write the statistics of a chunk of rows ``z`` (R, C), compute dtype, into ``out``: of
-    ``z' = s·tanh(z / s)`` with ``softcap=s``.
+    """The statistics of the rows of the logits, given as a column view ``zt`` (C, R) with
+    ``C ≥ 1``, into ``out``; of ``z' = s·tanh(z / s)`` with ``softcap=s``.
 
-    ``log p`` is computed in ``z``'s own buffer when ``writable`` (a chunk of logits this
-    function owns), so the temporaries are one chunk (``p``) besides ``z``; else two.
+    Two sweeps over tiles of classes, as a two-pass log-sum-exp: the first finds each row's
+    max ``m`` (and argmax, and the target's logit), the second sums ``e = exp(u)``,
+    ``u = z − m``: ``s = Σ e`` and ``E = Σ e u``. Then ``lse = m + log s``,
+    ``logprob = (z_y − m) − log s`` and the entropy ``H = log s − E / s`` (two non-negative
+    terms: no cancellation). A tile is processed in place when ``work`` is ``None`` (``zt`` is a
+    compute-dtype buffer of ours; it is overwritten), else copied into ``work`` (flat, compute
+    dtype) in each sweep (once if there is one tile).
     """
     logprob, entropy, lse, argmax = out
-    if softcap is not None:  # z' in z's buffer when it is ours, else in a new one (then ours)
-        z = z.div_(softcap) if writable else z / softcap
-        z = z.tanh_().mul_(softcap)
-        writable = True
-    torch.argmax(z, dim=-1, out=argmax)
-    m = z.amax(dim=-1, keepdim=True)
-    m = torch.where(torch.isfinite(m), m, 0.0)  # a row of only -inf: no -inf - -inf here
-    log_p = z.sub_(m) if writable else z - m  # max shift: exp never overflows
-    p = log_p.exp()
-    s = p.sum(dim=-1, keepdim=True)
+    classes, rows = zt.shape
+    step = _tiles(classes, rows)
+    cdt, dev = tmp.dtype, tmp.device
+    idx, keep = _target_index(target, ignore_index)
+    rev = _reversed_classes(min(step, classes), cdt, dev)
+
+    def load(c0: int, c1: int) -> Tensor:
+        t = zt[c0:c1]
+        if work is not None:
+            t = _like(work, t).copy_(t)
+        if softcap is not None and (work is not None or first_sweep):
+            t.div_(softcap).tanh_().mul_(softcap)
+        return t
+
+    first_sweep = True
+    zy = torch.zeros(rows, dtype=cdt, device=dev)
+    for c0 in range(0, classes, step):
+        c1 = min(classes, c0 + step)
+        t = load(c0, c1)
+        local, inside = _in_tile(idx, c0, c1)
+        zy = torch.where(inside, t.gather(0, local).squeeze(0), zy)
+        tm = t.amax(dim=0)
+        top = _first_max(t, tm, _like(tmp, t), rev) + c0
+        if c0 == 0:
+            mx, best = tm, top
+        else:
+            # the first max, NaN counting as the largest (as torch.argmax)
+            take = (tm > mx) | (torch.isnan(tm) & ~torch.isnan(mx))
+            best = torch.where(take, top, best)
+            mx = torch.maximum(mx, tm)
+    first_sweep = False
+    m = torch.where(torch.isfinite(mx), mx, 0.0)  # a row of only -inf: no -inf - -inf here
+    s = eu = None
+    for c0 in range(0, classes, step):
+        c1 = min(classes, c0 + step)
+        if c0 or c1 < classes:  # else the one tile is still in t
+            t = load(c0, c1)
+        u = t.sub_(m)
+        e = torch.exp(u, out=_like(tmp, t))
+        s_t = e.sum(dim=0)
+        # 0 · log 0 = 0: a -inf logit gives e·u = 0·(-inf) = NaN, which nansum skips. (A NaN
+        # or +inf logit makes s NaN or inf, so the row's entropy is NaN either way.)
+        eu_t = e.mul_(u).nansum(dim=0)
+        s, eu = (s_t, eu_t) if s is None or eu is None else (s + s_t, eu + eu_t)
+    assert s is not None and eu is not None
     log_s = s.log()
-    torch.add(m, log_s, out=lse.unsqueeze(-1))  # lse = m + log Σ e^{z − m}
-    log_p.sub_(log_s)
-    p.div_(s)
-    keep = target != ignore_index
-    picked = log_p.gather(-1, torch.where(keep, target, 0).unsqueeze(-1)).squeeze(-1)
-    logprob.copy_(picked.masked_fill_(~keep, 0.0))
-    # 0 · log 0 = 0: a -inf logit (log p = -inf) becomes the most negative finite number, and
-    # 0 times it is 0; NaN (a row of only -inf logits) stays NaN.
-    log_p.clamp_(min=torch.finfo(log_p.dtype).min)
-    torch.sum(p.mul_(log_p), dim=-1, out=entropy)
-    entropy.neg_()
+    argmax.copy_(best)
+    torch.add(m, log_s, out=lse)
+    logprob.copy_(torch.where(keep, (zy - m) - log_s, 0.0))
+    # NaN (a row of only -inf logits: s = 0) stays NaN.
+    torch.sub(log_s, eu / s, out=entropy)
 
 
-def _vjp_chunk(
-    z: Tensor,
+def _vjp_columns(
+    src: Tensor,
+    dst: Tensor,
     target: Tensor,
     ignore_index: int,
     lse: Tensor,
     entropy: Tensor,
-    d_logprob: Tensor | None,
-    d_entropy: Tensor | None,
-    d_lse: Tensor | None,
-    writable: bool,
+    ups: list[Tensor | None],
     softcap: float | None,
-) -> Tensor:
-    """``G = ∂L/∂z`` of a chunk (R, C) from the saved ``lse`` and ``entropy``. ``log p`` goes
-    into ``z``'s buffer when ``writable``, ``p`` and then ``G`` into one more chunk. The upstream
-    gradients are rows (R,) or ``None``.
+    work: Tensor | None,
+    tmp: Tensor,
+    tmp2: Tensor,
+) -> None:
+    """``G = ∂L/∂z`` of the logits ``src`` into ``dst``, both column views (C, R) (``dst`` may
+    be ``src``), from the saved ``lse`` and ``entropy``, tile by tile of classes:
+    ``G = p ⊙ (c − a − b (log p + H))`` plus ``a`` at the target, for the upstream ``a, b, c``
+    of ``logprob``, ``entropy``, ``lse`` (``None``: no term).
 
-    With ``softcap=s`` the statistics are of ``z' = s·tanh(z / s)``: ``t = tanh(z / s)`` takes
-    ``z``'s buffer (when ``writable``), ``z' = s·t`` a new one, and ``G`` (of ``z'``) is
-    multiplied by ``∂z'/∂z = 1 − t²`` at the end (torch's tanh backward): one chunk more.
+    A tile is computed in place in ``dst`` when ``dst`` is of compute dtype, else in ``work``
+    and then copied (rounded) into ``dst``: ``work`` is a flat tile-sized buffer, or a column
+    view like ``dst`` in compute dtype (that keeps ``G`` unrounded). ``tmp`` and ``tmp2`` are
+    flat tile-sized scratch (``p``; with ``softcap`` the capped logits' ``G`` and ``p``).
+
+    With ``softcap=s`` the statistics are of ``z' = s·t``, ``t = tanh(z / s)``: the tile keeps
+    ``∂z'/∂z = 1 − t²`` (torch's tanh backward) while ``G`` of ``z'`` is formed in ``tmp``,
+    and their product is written back.
     """
-    t = None
-    if softcap is not None:
-        t = z.div_(softcap) if writable else z / softcap
-        t.tanh_()
-        z, writable = t * softcap, True
-    log_p = z.sub_(lse.unsqueeze(-1)) if writable else z - lse.unsqueeze(-1)
-    p = log_p.exp()
-    keep = target != ignore_index
+    classes, rows = src.shape
+    step = _tiles(classes, rows)
+    idx, keep = _target_index(target, ignore_index)
+    d_logprob, d_entropy, d_lse = ups
     a = None if d_logprob is None else torch.where(keep, d_logprob, 0.0)
-    row = torch.zeros_like(lse)  # the per-row part of the coefficient: c − a'
+    row = torch.zeros_like(lse)  # the per-row part of the coefficient: c − a
     if d_lse is not None:
         row += d_lse
     if a is not None:
         row -= a
-    if d_entropy is None:
-        g = p.mul_(row.unsqueeze(-1))
-    else:
-        # 0 · log 0 = 0: where p is 0 (a -inf logit) its log p is unused; 0 keeps b·(log p + H)
-        # finite for any upstream b (a clamped -max times |b| > 1 would overflow to inf).
-        coef = log_p.masked_fill_(p == 0, 0.0)
-        coef.add_(entropy.unsqueeze(-1)).mul_(-d_entropy.unsqueeze(-1)).add_(row.unsqueeze(-1))
-        g = p.mul_(coef)
-    if a is not None:
-        g.scatter_add_(-1, torch.where(keep, target, 0).unsqueeze(-1), a.unsqueeze(-1))
-    if t is not None:
-        g.mul_(t.square_().neg_().add_(1.0))  # ∂z'/∂z = 1 − t²
-    return g
+    nb = None if d_entropy is None else -d_entropy
+    k = row if nb is None else row + nb * entropy  # the per-row part with the entropy's
+    direct = dst.dtype == lse.dtype
+    floor = _exp_floor(lse.dtype)
+    for c0 in range(0, classes, step):
+        c1 = min(classes, c0 + step)
+        if direct:
+            w = dst[c0:c1]
+        elif work is not None and work.dim() == 2:
+            w = work[c0:c1]
+        else:
+            w = _like(work, src[c0:c1])  # type: ignore[arg-type]
+        if not (direct and src is dst):
+            w.copy_(src[c0:c1])
+        if softcap is None:
+            u = w.sub_(lse)  # log p
+            p_buf = tmp
+        else:
+            t = w.div_(softcap).tanh_()
+            u = torch.mul(t, softcap, out=_like(tmp, t)).sub_(lse)
+            t.square_().neg_().add_(1.0)  # w: ∂z'/∂z = 1 − t²
+            p_buf = tmp2
+        if nb is None:
+            g = u.exp_().mul_(row)
+        else:
+            # 0 · log 0 = 0: where p is 0 (a -inf logit) log p is clamped to a finite number
+            # whose exp is still 0, so b·(log p + H) stays finite for any upstream b: G is 0.
+            u.clamp_(min=floor)
+            p = torch.exp(u, out=_like(p_buf, u))
+            g = torch.addcmul(k, u, nb, out=u).mul_(p)  # (c − a − b H) − b log p, times p
+        if a is not None:
+            local, inside = _in_tile(idx, c0, c1)
+            g.scatter_add_(0, local, torch.where(inside, a, 0.0).unsqueeze(0))
+        if softcap is not None:
+            w.mul_(g)
+        if not direct:
+            dst[c0:c1].copy_(w)
 
 
 def _chunk_rows(num_classes: int, dtype: torch.dtype, chunk: int) -> int:
     return chunk or K.default_chunk_rows(num_classes, torch.empty((), dtype=dtype).element_size())
 
 
-def _logits_chunk(
-    x: Tensor, weight: Tensor | None, bias: Tensor | None, r0: int, r1: int
-) -> tuple[Tensor, bool]:
-    """Rows ``r0:r1`` of the logits in compute dtype: ``x`` itself, or ``x @ weight.T + bias``
-    (the matmul in the inputs' dtype, as ``F.linear``); and whether the chunk is a new
-    tensor (not the caller's logits), which the kernels may overwrite."""
-    cdt = K.compute_dtype(x.dtype)
-    if weight is None:
-        return x[r0:r1].to(cdt), x.dtype != cdt
-    return F.linear(x[r0:r1], weight, bias).to(cdt), True
+def _linear_logits_t(h: Tensor, weight: Tensor, bias: Tensor | None, buf: Tensor) -> Tensor:
+    """The logits ``h @ weight.T + bias`` of a chunk, transposed: ``weight @ h.T (+ bias)``, a
+    contiguous (C, R) tensor in the front of the flat reused buffer ``buf`` (the matmul in the
+    inputs' dtype, as ``F.linear``).
+
+    Transposed because that matmul is the faster one: measured at (N, D, V) = (4096, 1024,
+    32768) fp32 in 384-row chunks on the 2-core machine, 182-194 GFLOP/s for ``W hᵀ`` against
+    153-169 for ``h Wᵀ``; ``d hidden = Gᵀᵀ W`` runs at the same speed either way and
+    ``d weight = Gᵀ h`` a little faster."""
+    zt = buf[: weight.shape[0] * h.shape[0]].view(weight.shape[0], h.shape[0])
+    if bias is None:
+        return torch.mm(weight, h.t(), out=zt)
+    return torch.addmm(bias.unsqueeze(-1), weight, h.t(), out=zt)
 
 
 # --------------------------------------------------------------------------- custom ops
 
 
-@torch.library.custom_op(f"crossentropy::token_stats_forward_v{_OP_VERSION}", mutates_args=())
-def _forward_op(
+def _forward_impl(
     x: Tensor,
     weight: Tensor | None,
     bias: Tensor | None,
@@ -280,24 +439,45 @@ def _forward_op(
     fn: str,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """``(logprob, entropy, lse, argmax)`` of the rows of the logits ``x`` (R, C), or of
-    ``x @ weight.T + bias`` for hidden states ``x`` (R, D), softcapped if ``softcap``, chunk by
-    chunk."""
+    ``x @ weight.T + bias`` for hidden states ``x`` (R, D), softcapped if ``softcap``: chunk by
+    chunk of logits (one reused buffer), each chunk tile by tile."""
     num_classes = x.shape[-1] if weight is None else weight.shape[0]
     check_targets(target, num_classes, ignore_index, fn)
-    rows, cdt = x.shape[0], K.compute_dtype(x.dtype)
+    rows, cdt, dev = x.shape[0], K.compute_dtype(x.dtype), x.device
     out = (
         x.new_empty(rows, dtype=cdt),
         x.new_empty(rows, dtype=cdt),
         x.new_empty(rows, dtype=cdt),
         x.new_empty(rows, dtype=torch.int64),
     )
-    step = _chunk_rows(num_classes, cdt, chunk_size)
+    if weight is None:  # the caller's logits: never written, each block copied into ``work``
+        step = _row_blocks(num_classes)
+        size = min(rows, step) * num_classes
+        block, tmp = _scratch(size, cdt, dev), _scratch(size, cdt, dev)
+        for r0 in range(0, rows, step):
+            r1 = min(rows, r0 + step)
+            w = block[: (r1 - r0) * num_classes].view(r1 - r0, num_classes).copy_(x[r0:r1])
+            rows_out = tuple(o[r0:r1] for o in out)
+            _stats_columns(w.t(), target[r0:r1], ignore_index, rows_out, softcap, None, tmp)
+        return out
+    step = max(1, min(rows, _chunk_rows(num_classes, cdt, chunk_size)))
+    buf = x.new_empty(num_classes * step)  # the one chunk of logits, reused
+    tile = _tile_elements(num_classes, step)
+    work = None if x.dtype == cdt else _scratch(tile, cdt, dev)
+    tmp = _scratch(tile, cdt, dev)
     for r0 in range(0, rows, step):
         r1 = min(rows, r0 + step)
-        z, fresh = _logits_chunk(x, weight, bias, r0, r1)
+        zt = _linear_logits_t(x[r0:r1], weight, bias, buf)
         rows_out = tuple(o[r0:r1] for o in out)
-        _stats_chunk(z, target[r0:r1], ignore_index, rows_out, fresh, softcap)  # type: ignore[arg-type]
+        _stats_columns(zt, target[r0:r1], ignore_index, rows_out, softcap, work, tmp)
     return out
+
+
+#: The op around :func:`_forward_impl` (kept a plain function too, for the tests' allocation
+#: counting: a custom op is opaque to a dispatch mode).
+_forward_op = torch.library.custom_op(
+    f"crossentropy::token_stats_forward_v{_OP_VERSION}", mutates_args=()
+)(_forward_impl)
 
 
 @_forward_op.register_fake
@@ -307,8 +487,7 @@ def _(x, weight, bias, target, ignore_index, chunk_size, softcap, fn):  # type: 
     return f, torch.empty_like(f), torch.empty_like(f), x.new_empty(rows, dtype=torch.int64)
 
 
-@torch.library.custom_op(f"crossentropy::token_stats_backward_v{_OP_VERSION}", mutates_args=())
-def _backward_op(
+def _backward_impl(
     x: Tensor,
     weight: Tensor | None,
     bias: Tensor | None,
@@ -326,38 +505,92 @@ def _backward_op(
     need_bias: bool,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Gradients w.r.t. ``x`` (logits or hidden states), ``weight`` and ``bias`` of
-    ``Σ a·logprob + b·entropy + c·lse``, recomputing each chunk of logits. Returned in the
-    inputs' dtypes; a gradient not needed is an empty tensor."""
-    rows, cdt = x.shape[0], K.compute_dtype(x.dtype)
+    ``Σ a·logprob + b·entropy + c·lse``, recomputing each chunk of logits into one reused
+    buffer and turning it into ``G`` in place, tile by tile. Returned in the inputs' dtypes; a
+    gradient not needed is an empty tensor."""
+    rows, cdt, dev = x.shape[0], K.compute_dtype(x.dtype), x.device
     num_classes = x.shape[-1] if weight is None else weight.shape[0]
-    need_weight = need_weight and weight is not None
+    ups = [None if d is None else d.to(cdt) for d in (d_logprob, d_entropy, d_lse)]
+    direct = x.dtype == cdt
+    if weight is None:
+        step = _row_blocks(num_classes)
+        tile = min(rows, step) * num_classes
+    else:
+        step = max(1, min(rows, _chunk_rows(num_classes, cdt, chunk_size)))
+        tile = _tile_elements(num_classes, step)
+    # Scratch tiles: p for the entropy term; with softcap, G of the capped logits too.
+    capped = softcap is not None
+    tmp = _scratch(tile, cdt, dev, capped or ups[1] is not None)
+    tmp2 = _scratch(tile, cdt, dev, capped and ups[1] is not None)
+    if weight is None:
+        if not need_x:
+            return x.new_empty(0), x.new_empty(0), x.new_empty(0)
+        dx = x.new_empty(x.shape)  # every row is written below
+        work = _scratch(tile, cdt, dev, not direct)
+        for r0 in range(0, rows, step):
+            r1 = min(rows, r0 + step)
+            _vjp_columns(
+                x[r0:r1].t(),
+                dx[r0:r1].t(),
+                target[r0:r1],
+                ignore_index,
+                lse[r0:r1],
+                entropy[r0:r1],
+                [None if d is None else d[r0:r1] for d in ups],
+                softcap,
+                work,
+                tmp,
+                tmp2,
+            )
+        return dx, x.new_empty(0), x.new_empty(0)
     need_bias = need_bias and bias is not None
     dx = x.new_empty(x.shape) if need_x else x.new_empty(0)  # every row is written below
-    dw = weight.new_zeros(weight.shape, dtype=cdt) if need_weight and weight is not None else None
-    db = bias.new_zeros(bias.shape, dtype=cdt) if need_bias and bias is not None else None
-    ups = [None if d is None else d.to(cdt) for d in (d_logprob, d_entropy, d_lse)]
-    step = _chunk_rows(num_classes, cdt, chunk_size)
+    # The first chunk writes d weight (and d bias) with out=: zeroed only if there is none.
+    alloc = torch.empty if rows else torch.zeros
+    dw = alloc(weight.shape, dtype=cdt, device=dev) if need_weight else None
+    db = alloc(num_classes, dtype=cdt, device=dev) if need_bias else None
+    buf = x.new_empty(num_classes * step)  # the one chunk: logits, then G (matmul dtype)
+    # Low precision: G kept in float32 too, for d weight and d bias (they sum over all rows).
+    g32 = buf if direct else buf.new_empty(buf.shape, dtype=cdt)
     for r0 in range(0, rows, step):
         r1 = min(rows, r0 + step)
-        z, fresh = _logits_chunk(x, weight, bias, r0, r1)
-        a, b, c = (None if d is None else d[r0:r1] for d in ups)
-        g = _vjp_chunk(
-            z, target[r0:r1], ignore_index, lse[r0:r1], entropy[r0:r1], a, b, c, fresh, softcap
+        zt = _linear_logits_t(x[r0:r1], weight, bias, buf)  # (C, R)
+        gt = g32[: zt.numel()].view(zt.shape)
+        _vjp_columns(
+            zt,
+            zt,
+            target[r0:r1],
+            ignore_index,
+            lse[r0:r1],
+            entropy[r0:r1],
+            [None if d is None else d[r0:r1] for d in ups],
+            softcap,
+            gt,
+            tmp,
+            tmp2,
         )
-        del z
-        if weight is None:
-            if need_x:
-                dx[r0:r1] = g
-            continue
         if need_x:
-            torch.matmul(g.to(weight.dtype), weight, out=dx[r0:r1])
+            torch.mm(zt.t(), weight, out=dx[r0:r1])
         if dw is not None:
-            dw.addmm_(g.t(), x[r0:r1].to(cdt))
+            h = x[r0:r1].to(cdt)
+            if r0 == 0:
+                torch.mm(gt, h, out=dw)
+            else:
+                dw.addmm_(gt, h)
         if db is not None:
-            db += g.sum(dim=0)
-    dw_out = x.new_empty(0) if dw is None or weight is None else dw.to(weight.dtype)
+            if r0 == 0:
+                torch.sum(gt, dim=1, out=db)
+            else:
+                db.add_(gt.sum(dim=1))
+        del zt, gt
+    dw_out = x.new_empty(0) if dw is None else dw.to(weight.dtype)
     db_out = x.new_empty(0) if db is None or bias is None else db.to(bias.dtype)
     return dx, dw_out, db_out
+
+
+_backward_op = torch.library.custom_op(
+    f"crossentropy::token_stats_backward_v{_OP_VERSION}", mutates_args=()
+)(_backward_impl)
 
 
 @_backward_op.register_fake
@@ -581,8 +814,9 @@ def token_stats(
     ``p = exp(z − lse)`` chunk by chunk, giving ``G = a(e_y − p) − b p ⊙ (log p + H) + c p`` for
     upstream gradients ``a``, ``b``, ``c`` of ``logprob``, ``entropy``, ``lse`` (see
     :func:`crossentropy.tokens.token_stats_vjp`). Memory above the logits: the gradient and
-    two chunks. ``-inf`` logits (masked vocabulary) add nothing to the entropy and get zero
-    gradient; ``+inf`` logits give NaN, as ``F.log_softmax`` does.
+    a few tile-sized buffers (4 MiB each in float32; :data:`BLOCK_ELEMENTS`), the logits being
+    read in row blocks of that size. ``-inf`` logits (masked vocabulary) add nothing to the
+    entropy and get zero gradient; ``+inf`` logits give NaN, as ``F.log_softmax`` does.
 
     With ``softcap=s`` the gradient w.r.t. the raw logits chains through the cap:
 
@@ -594,8 +828,8 @@ def token_stats(
     with :math:`G'` the formula above at :math:`z'` (``p = softmax(z')``). The cap is bounded:
     a ``-inf`` logit becomes ``-s``, so it is no longer masked (its probability is
     :math:`\propto e^{-s}`; to mask classes, cap the logits yourself, set the masked ones to
-    ``-inf`` and pass ``softcap=None``), and ``+inf`` becomes ``s``. Memory: one more chunk in
-    backward (``tanh(z / s)``, for the chain factor).
+    ``-inf`` and pass ``softcap=None``), and ``+inf`` becomes ``s``. Memory: one more tile in
+    backward (the capped logits' gradient beside the chain factor).
 
     Examples
     --------
@@ -686,12 +920,17 @@ def linear_token_stats(
         \frac{\partial L}{\partial b} = \textstyle\sum_i G_i .
 
     The forward is one matmul per chunk and keeps four numbers per row; backward is three
-    (recompute the chunk, ``d hidden``, ``d weight``). Memory held between forward and
-    backward: the inputs and four (N,) statistics. During each pass: one chunk of logits
-    (``log p`` is written over it) and one more chunk-sized buffer (``p``, then ``G``), plus a
-    low-precision copy of ``G`` for bfloat16/float16; backward adds the gradients (``d weight``
-    and ``d bias`` accumulated in float32 for low-precision inputs); ``softcap`` adds one
-    chunk-sized buffer to backward (``tanh(z / s)``, for the chain factor). Under autocast,
+    (recompute the chunk, ``d hidden``, ``d weight``): four matmuls against the materialised
+    composition's three, the price of not keeping the logits (the ``d weight`` matmul needs
+    ``G``, hence the chunk's logits, with the upstream gradients known only in backward). Each
+    chunk is computed transposed, ``W hᵀ`` (C, R), the faster matmul on CPU. Memory held
+    between forward and backward: the inputs and four (N,) statistics. During each pass: one
+    chunk of logits, reused from chunk to chunk and turned into ``G`` in place, plus one or
+    two tile-sized scratch buffers (4 MiB each in float32: the elementwise work goes tile by
+    tile of about :data:`BLOCK_ELEMENTS` elements, which stays in cache); backward adds the
+    gradients, ``d weight`` and ``d bias`` written by the first chunk's matmul (no zeroing).
+    bfloat16/float16 inputs: the chunk is in their dtype and backward adds a float32 copy of
+    ``G`` (for ``d weight`` and ``d bias``, accumulated in float32). Under autocast,
     ``hidden``, ``weight`` and ``bias`` are first cast to the autocast dtype, as ``F.linear``
     would. Double backward materialises the logits once and
     differentiates the closed form; ``torch.func`` transforms use the plain composition.
