@@ -27,9 +27,7 @@ import datetime
 import json
 import math
 import os
-import subprocess
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -39,7 +37,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from test_torch_distributed import _bounds, _free_port, _PortTaken
+from _spawn import spawn_group
+from test_torch_distributed import _bounds
 
 PG_TIMEOUT = 10.0  # seconds: a rank left waiting gives up after this (the case then fails)
 WORKER_TIMEOUT = 120.0  # seconds: the parent kills the workers after this
@@ -242,54 +241,11 @@ def _worker(rank: int, world: int, port: int, out: Path) -> None:
 # =============================================================================================
 
 
-def _spawn(world: int, tmp: Path, attempts: int = 2) -> list[dict[str, Any]]:
-    for attempt in range(attempts):
-        try:
-            return _spawn_once(world, tmp)
-        except _PortTaken:
-            if attempt + 1 == attempts:
-                raise
-    raise AssertionError("unreachable")
-
-
-def _spawn_once(world: int, tmp: Path) -> list[dict[str, Any]]:
-    port = _free_port()
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-    procs = []
-    for rank in range(world):
-        log = open(tmp / f"rank{rank}.log", "w")
-        cmd = [sys.executable, __file__, "--worker", str(rank), str(world), str(port), str(tmp)]
-        procs.append((subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env), log))
-    deadline = time.monotonic() + WORKER_TIMEOUT
-    try:
-        for proc, _ in procs:
-            proc.wait(timeout=max(0.1, deadline - time.monotonic()))
-    except subprocess.TimeoutExpired:
-        pytest.fail(f"{world} ranks did not finish within {WORKER_TIMEOUT} s: {_logs(tmp, world)}")
-    finally:
-        for proc, log in procs:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
-            log.close()
-    codes = [proc.returncode for proc, _ in procs]
-    if any(codes) and "Address already in use" in _logs(tmp, world):
-        raise _PortTaken
-    if any(codes):
-        pytest.fail(f"worker exit codes {codes}: {_logs(tmp, world)}")
-    return [json.loads((tmp / f"rank{r}.json").read_text()) for r in range(world)]
-
-
-def _logs(tmp: Path, world: int) -> str:
-    return "\n".join(
-        f"--- rank {r}\n{(tmp / f'rank{r}.log').read_text()[-3000:]}" for r in range(world)
-    )
-
-
 @pytest.fixture(scope="module", params=[2, 3], ids=["2ranks", "3ranks"])
 def ranks(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Any:
     world = int(request.param)
-    return world, _spawn(world, tmp_path_factory.mktemp(f"hostile{world}"))
+    tmp = tmp_path_factory.mktemp(f"hostile{world}")
+    return world, spawn_group(__file__, world, tmp, WORKER_TIMEOUT)
 
 
 def _section(r: dict[str, Any], name: str) -> dict[str, Any]:

@@ -32,8 +32,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from _spawn import PortTaken as _PortTaken  # noqa: F401 (imported by other test modules)
-from _spawn import free_port as _free_port  # noqa: F401
 from _spawn import spawn_group
 from conftest import tol
 
