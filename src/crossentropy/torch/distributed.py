@@ -59,6 +59,7 @@ from torch import Tensor
 
 from .._validation import fail
 from . import _kernels
+from . import tokens as _tokens
 from ._checks import (
     check_chunk_size,
     check_class_weight,
@@ -1527,21 +1528,6 @@ def vocab_parallel_linear_cross_entropy(
     return out
 
 
-def _check_positions(fn: str, target: object, x: Tensor, x_arg: str, what: str) -> Tensor:
-    """An integer target of ``x``'s shape without its last dimension, on ``x``'s device."""
-    t = check_tensor(fn, "target", target, floating=False)
-    if tuple(t.shape) != tuple(x.shape[:-1]):
-        fail(fn, "target", f"have shape {tuple(x.shape[:-1])} ({what})", f"shape {tuple(t.shape)}")
-    if t.device != x.device:
-        fail(fn, "target", f"be on {x_arg}'s device {x.device}", f"device {t.device}")
-    return t
-
-
-def _token_stats_out(out: tuple[Tensor, ...], shape: tuple[int, ...]) -> TokenStats:
-    logprob, entropy, lse, argmax = (o.reshape(shape) for o in out)
-    return TokenStats(logprob, entropy, lse, argmax)
-
-
 def vocab_parallel_token_stats(
     logits_shard: Tensor,
     target: Tensor,
@@ -1662,7 +1648,7 @@ def vocab_parallel_token_stats(
         if x.ndim == 0:
             fail(fn, "logits_shard", "have shape (*, V_shard), at least 1-D", "shape ()")
         what = "logits_shard's shape without the classes"
-        t = _check_positions(fn, target, x, "logits_shard", what)
+        t = _tokens._check_target(fn, target, x, "logits_shard", what)
         return _Local(x.shape[-1], t.numel(), x.dtype, t)  # t's shape is in its digest
 
     layout = _validate(
@@ -1684,7 +1670,7 @@ def vocab_parallel_token_stats(
         check_softcap(fn, softcap),
         group,
     )
-    return _token_stats_out(out, shape)
+    return _tokens._finish(out, shape)
 
 
 def vocab_parallel_linear_token_stats(
@@ -1777,7 +1763,7 @@ def vocab_parallel_linear_token_stats(
         if b is not None and b.device != h.device:
             fail(fn, "bias_shard", f"be on hidden's device {h.device}", f"device {b.device}")
         check_chunk_size(fn, chunk_size)
-        t = _check_positions(fn, target, h, "hidden", "hidden's shape without the features")
+        t = _tokens._check_target(fn, target, h, "hidden", "hidden's shape without the features")
         grad = torch.is_grad_enabled() and h.requires_grad
         return _Local(w.shape[0], t.numel(), h.dtype, t, h.shape[-1], grad)
 
@@ -1803,4 +1789,4 @@ def vocab_parallel_linear_token_stats(
         group,
         check_chunk_size(fn, chunk_size),
     )
-    return _token_stats_out(out, shape)
+    return _tokens._finish(out, shape)

@@ -728,11 +728,14 @@ def _check_ignore_index(fn: str, ignore_index: object) -> int:
 
 
 def _check_target(fn: str, target: object, x: Tensor, x_arg: str, what: str) -> Tensor:
+    """An integer target of ``x``'s shape without its last dimension, on ``x``'s device (also
+    used by the vocabulary-parallel token statistics)."""
     t = check_tensor(fn, "target", target, floating=False)
     if tuple(t.shape) != tuple(x.shape[:-1]):
         fail(fn, "target", f"have shape {tuple(x.shape[:-1])} ({what})", f"shape {tuple(t.shape)}")
     if t.device != x.device:
-        fail(fn, "target", f"be on {x_arg}' device {x.device}", f"device {t.device}")
+        owner = f"{x_arg}'" if x_arg.endswith("s") else f"{x_arg}'s"
+        fail(fn, "target", f"be on {owner} device {x.device}", f"device {t.device}")
     return t
 
 
