@@ -14,6 +14,9 @@ from pathlib import Path
 
 import pytest
 
+# Every benchmark measures against torch ([torch] extra): skipped without it.
+pytest.importorskip("torch")
+
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
 

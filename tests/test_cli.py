@@ -16,6 +16,9 @@ from pathlib import Path
 
 import pytest
 
+# The demo needs the [demo] extra (matplotlib, scikit-learn, rich): skipped without it.
+pytest.importorskip("matplotlib")
+
 from conftest import DEMO_SVGS
 from crossentropy import __version__
 from crossentropy.cli import build_parser, main

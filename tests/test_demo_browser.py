@@ -21,6 +21,9 @@ from typing import Any
 
 import pytest
 
+# The demo's report draws with matplotlib ([demo] extra): skipped without it.
+pytest.importorskip("matplotlib")
+
 from conftest import CHROMIUM_FLAGS
 from crossentropy.experiments import DemoResults, DemoSettings, run_demo
 from crossentropy.report import ReportFiles, write_report

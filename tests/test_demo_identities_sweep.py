@@ -12,6 +12,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+# The demo's report draws with matplotlib ([demo] extra): skipped without it.
+pytest.importorskip("matplotlib")
+
 from crossentropy.experiments import DemoSettings, fair_race, identities_of
 from crossentropy.experiments.demo import DATASETS, one_blas_thread
 from crossentropy.report.sections import IDENTITY_TOLERANCE

@@ -6,6 +6,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+# The races load scikit-learn's bundled datasets ([demo] extra): skipped without it.
+pytest.importorskip("sklearn")
+
 import crossentropy as ce
 from crossentropy.experiments import (
     DemoSettings,

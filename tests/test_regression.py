@@ -7,15 +7,16 @@ from typing import Any
 
 import numpy as np
 import pytest
-import torch
-import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 import crossentropy as ce
-from conftest import tol
+from conftest import optional_import, tol
 from crossentropy.regression import mse_loss_value_and_grad
+
+torch = optional_import("torch", "torch")  # the parity tests skip without torch
+F = optional_import("torch.nn.functional", "torch")
 
 SHAPES = [(), (7,), (4, 3), (2, 3, 5)]
 REDUCTIONS = ["mean", "sum", "none"]

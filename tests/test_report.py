@@ -14,6 +14,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+# The demo's report draws with matplotlib ([demo] extra): skipped without it.
+pytest.importorskip("matplotlib")
+
 from conftest import DEMO_SVGS
 from crossentropy.experiments import DemoResults, DemoSettings, run_demo
 from crossentropy.report import MARKER, ReportFiles, replaceable, write_report

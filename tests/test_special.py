@@ -8,14 +8,15 @@ from typing import Any
 
 import numpy as np
 import pytest
-import torch
-import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 import crossentropy as ce
-from conftest import tol
+from conftest import optional_import, tol
+
+torch = optional_import("torch", "torch")  # the parity tests skip without torch
+F = optional_import("torch.nn.functional", "torch")
 
 ELEMENTWISE: dict[str, tuple[Callable[..., Any], Callable[..., Any]]] = {
     "sigmoid": (ce.sigmoid, torch.sigmoid),

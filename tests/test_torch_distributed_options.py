@@ -33,11 +33,12 @@ from typing import Any
 
 import numpy as np
 import pytest
-import torch
-import torch.nn.functional as F
 
 from _spawn import spawn_group
 from conftest import tol
+
+torch = pytest.importorskip("torch")
+F = pytest.importorskip("torch.nn.functional")
 
 PG_TIMEOUT = 20.0  # seconds: every collective of the test groups gives up after this
 WORKER_TIMEOUT = 240.0  # seconds: the parent kills the workers after this

@@ -27,10 +27,11 @@ from typing import Any
 
 import numpy as np
 import pytest
-import torch
 
 from _spawn import spawn_group
 from conftest import tol
+
+torch = pytest.importorskip("torch")
 
 PG_TIMEOUT = 20.0  # seconds: every collective of the test groups gives up after this
 WORKER_TIMEOUT = 150.0  # seconds: the parent kills the workers after this

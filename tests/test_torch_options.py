@@ -13,10 +13,11 @@ import math
 
 import numpy as np
 import pytest
-import torch
-import torch.nn.functional as F
 
-import crossentropy.torch as cet
+torch = pytest.importorskip("torch")
+F = pytest.importorskip("torch.nn.functional")
+
+import crossentropy.torch as cet  # noqa: E402
 
 F64 = torch.float64
 
