@@ -1,5 +1,6 @@
 """Packaging as distributors see it: the sdist carries its tests and passes a fast subset of
-them when unpacked; the wheel and the sdist carry the LICENSE; the metadata is complete and its
+them when unpacked with the ``[test]`` extra alone (no torch, no plotting: their tests skip, the
+NumPy core's run); the wheel and the sdist carry the LICENSE; the metadata is complete and its
 version is ``crossentropy.__version__``.
 
 Both archives are built with the installed setuptools through the PEP 517 hooks (no build
@@ -9,7 +10,9 @@ isolation, so no network), from the working tree.
 from __future__ import annotations
 
 import email.parser
+import importlib
 import importlib.metadata
+import importlib.util
 import os
 import re
 import subprocess
@@ -29,9 +32,11 @@ if not (ROOT / "pyproject.toml").is_file():  # running from an installed copy of
 pytest.importorskip("setuptools")
 
 # Fast tests that need nothing but numpy, pytest and hypothesis (no torch, no plotting) and the
-# files the sdist must carry (tests/conftest.py, README.md), plus the doctests of four modules.
+# files the sdist must carry (tests/conftest.py, README.md), plus the doctests of four modules;
+# test_special.py's torch parity tests skip there, its other tests run.
 FAST_SUBSET = [
     "tests/test_validation.py",
+    "tests/test_special.py",
     "tests/test_grad.py",
     "tests/test_readme.py",
     "tests/test_where.py",  # written into the unpacked copy by the test below
@@ -49,6 +54,86 @@ import crossentropy
 def test_the_package_under_test_is_the_sdists() -> None:
     assert Path(crossentropy.__file__).is_relative_to(Path(__file__).parents[1] / "src")
 """
+
+
+# Where the extras other than [test] are hidden: a finder in front of every other one, so that
+# their modules are not found (``import`` raises, ``importlib.util.find_spec`` returns None), as
+# after ``pip install .[test]`` alone. sitecustomize runs in every Python process started here.
+HIDE = """
+import sys
+
+HIDDEN = frozenset({hidden!r})
+
+
+class Hidden:
+    def __init__(self, finder):
+        self.finder = finder
+
+    def find_spec(self, name, path=None, target=None):
+        if name.partition(".")[0] in HIDDEN:
+            return None
+        return self.finder.find_spec(name, path, target)
+
+    def __getattr__(self, name):
+        return getattr(self.finder, name)
+
+
+sys.meta_path[:] = [Hidden(f) if hasattr(f, "find_spec") else f for f in sys.meta_path]
+"""
+
+
+def _normal(dist: str) -> str:
+    return re.sub(r"[-_.]+", "-", dist).lower()
+
+
+def _name(requirement: str) -> str:
+    """The distribution a requirement string names (``torch>=2.4; extra == "torch"``: torch)."""
+    return re.split(r"[\s;<>=!~\[(]", requirement, maxsplit=1)[0]
+
+
+def _closure(dists: set[str]) -> set[str]:
+    """``dists`` and everything they require (extras' requirements left out)."""
+    seen: set[str] = set()
+    todo = list(dists)
+    while todo:
+        name = _normal(todo.pop())
+        if name in seen:
+            continue
+        seen.add(name)
+        try:
+            requires = importlib.metadata.requires(name) or []
+        except importlib.metadata.PackageNotFoundError:
+            continue
+        todo += [_name(r) for r in requires if "extra ==" not in r]
+    return seen
+
+
+def _modules_of_other_extras() -> set[str]:
+    """The top-level modules that only the extras other than [test] install (torch, matplotlib,
+    sklearn, sphinx, ...) and what they alone bring along."""
+    by_extra: dict[str, set[str]] = {}
+    for req in importlib.metadata.requires("crossentropy") or []:
+        name = _name(req)
+        extra = re.search(r"extra == \"(\w+)\"", req)
+        if _normal(name) != "crossentropy":
+            by_extra.setdefault(extra.group(1) if extra else "", set()).add(name)
+    kept = _closure(by_extra.pop("", set()) | by_extra.pop("test", set()))
+    hidden = _closure(set().union(*by_extra.values())) - kept
+    modules = {
+        module
+        for module, dists in importlib.metadata.packages_distributions().items()
+        if {_normal(d) for d in dists} <= hidden
+    }
+    return modules | {_normal(d).replace("-", "_") for d in hidden}
+
+
+@pytest.fixture(scope="module")
+def test_extra_only(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    """An environment for a subprocess in which only the core and [test] are installed."""
+    site = tmp_path_factory.mktemp("test-extra-only")
+    (site / "sitecustomize.py").write_text(HIDE.format(hidden=sorted(_modules_of_other_extras())))
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTEST_ADDOPTS")}
+    return {**env, "PYTHONPATH": str(site)}
 
 
 def _build(kind: str, out: Path) -> Path:
@@ -138,6 +223,8 @@ def test_sdist_metadata_is_complete(unpacked: Path) -> None:
     assert [r for r in requires if r.startswith("ruff") and 'extra == "dev"' in r]
     torch = [r.split(";")[0] for r in requires if r.startswith("torch")]
     assert torch and not [r for r in torch if "==" in r]  # a range, not a pin
+    urls = meta.get_all("Project-URL") or []
+    assert urls and all(re.fullmatch(r"[^,]+, https://\S+", u) for u in urls), urls
 
 
 def test_index_readme_has_no_relative_links_or_images(unpacked: Path) -> None:
@@ -154,22 +241,78 @@ def test_index_readme_has_no_relative_links_or_images(unpacked: Path) -> None:
     assert ours and theirs and ours.groups() == theirs.groups()
 
 
-def test_pytest_passes_in_the_unpacked_sdist(unpacked: Path) -> None:
-    # As a distributor runs it: no PYTHONPATH; pyproject's pythonpath = ["src"] makes the tests
-    # and the doctests import the sdist's own copy (tests/test_where.py checks which).
+def test_hidden_extras_are_not_importable(test_extra_only: dict[str, str]) -> None:
+    code = (
+        "import importlib.util as u\n"
+        "for m in ('torch', 'matplotlib', 'sklearn', 'rich', 'sphinx'):\n"
+        "    assert u.find_spec(m) is None, m\n"
+        "import numpy, pytest, hypothesis, crossentropy\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=test_extra_only
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+
+
+def test_collecting_the_whole_suite_without_the_other_extras_skips_instead_of_failing(
+    unpacked: Path, test_extra_only: dict[str, str]
+) -> None:
+    # `pip install .[test]` alone: the torch and demo test modules, and the doctests of the
+    # modules that need them, are skipped at collection; nothing fails to import.
+    proc = subprocess.run(
+        [sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider"],
+        capture_output=True,
+        text=True,
+        check=False,
+        cwd=unpacked,
+        env=test_extra_only,
+        timeout=300,
+    )
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-4000:]
+    assert not re.search(r"^ERROR|errors? during collection", out, re.M), out[-4000:]
+    skipped = "\n".join(line for line in out.splitlines() if line.startswith("SKIPPED"))
+    for module in ("test_torch_functional.py", "test_torch_distributed.py", "test_report.py"):
+        assert f"tests/{module}" in skipped, skipped
+    assert "src/crossentropy/torch/functional.py" in skipped, skipped
+    # the NumPy core's tests are collected (their torch parity tests skip when they run)
+    for module in ("test_binary", "test_categorical", "test_special", "test_validation"):
+        assert f"tests/{module}.py::test_" in out, module
+
+
+def test_pytest_passes_in_the_unpacked_sdist(
+    unpacked: Path, test_extra_only: dict[str, str]
+) -> None:
+    # As a distributor runs it: no PYTHONPATH of its own, only [test] installed; pyproject's
+    # pythonpath = ["src"] makes the tests and the doctests import the sdist's own copy
+    # (tests/test_where.py checks which).
     (unpacked / "tests" / "test_where.py").write_text(WHERE)
-    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTEST_ADDOPTS")}
     proc = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *FAST_SUBSET],
         capture_output=True,
         text=True,
         check=False,
         cwd=unpacked,
-        env=env,
+        env=test_extra_only,
         timeout=600,
     )
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
     assert re.search(r"\d+ passed", proc.stdout) and " failed" not in proc.stdout
+    assert re.search(r"SKIPPED .*torch is not installed", proc.stdout), proc.stdout[-2000:]
+
+
+def test_every_module_imports_where_its_extras_are_installed() -> None:
+    # pytest's --doctest-ignore-import-errors (pyproject.toml) skips the doctests of a module
+    # that does not import; with every extra installed (make test, CI) each one must.
+    optional = ("torch", "triton", "matplotlib", "sklearn", "rich")
+    absent = [name for name in optional if importlib.util.find_spec(name) is None]
+    if absent:
+        pytest.skip(f"needs every extra installed; missing: {', '.join(absent)}")
+    package = ROOT / "src" / "crossentropy"
+    for path in sorted(package.rglob("*.py")):
+        parts = path.relative_to(package.parent).with_suffix("").parts
+        if parts[-1] != "__main__":  # running it would run the command
+            importlib.import_module(".".join(parts[:-1] if parts[-1] == "__init__" else parts))
 
 
 def test_wheel_carries_the_license_and_py_typed(tmp_path: Path) -> None:
