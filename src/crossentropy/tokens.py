@@ -362,7 +362,8 @@ def token_stats_vjp(
     -------
     ndarray, ``logits``' shape and dtype
         The gradient with respect to ``logits``. Ignored positions receive the entropy and
-        log-sum-exp terms only.
+        log-sum-exp terms only (none at an ignored row of only ``-inf`` logits, which has no
+        distribution: its gradient is 0).
 
     Raises
     ------
@@ -436,7 +437,10 @@ def token_stats_vjp(
         xb = x[r0:r1]
         if cap is not None:
             xb = _softcap_into(xb, cap, capped[: r1 - r0])
-        log_p, _ = _log_softmax_block(xb)
+        log_p, lse_b = _log_softmax_block(xb)
+        # an ignored row of only -inf logits has no distribution (log p NaN): taking its log p
+        # as -inf (every p = 0) gives it a zero gradient, for any upstream, instead of NaN
+        log_p[~prep.keep[r0:r1] & (lse_b == -np.inf)] = -np.inf
         p = np.exp(log_p)
         rest = np.zeros_like(log_p)  # c - b (log p + H), per entry
         if c is not None:

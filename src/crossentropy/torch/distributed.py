@@ -608,6 +608,15 @@ def _coefficients(
     )
 
 
+def _grad_lse_rel(saved: _Saved) -> Tensor:
+    """``lse − M`` for the gradient pass (``p = e^{x − M} e^{−(lse − M)}``), 0 on ignored rows.
+
+    An ignored row has a zero probability scale, but a row of only ``-inf`` logits has
+    ``lse − M = log 0 = -inf``: ``0 · e^{+inf}`` would be NaN. With 0 there its gradient is
+    ``0 · e^{x − M} = 0`` (any ignored row's already was)."""
+    return torch.where(saved.valid, _kernels.row_lse_rel(saved.stats), 0.0)
+
+
 def _sample_weight_grad(
     row_scale: Tensor, saved: _Saved, sample_weight: Tensor | None, needed: bool
 ) -> Tensor | None:
@@ -696,7 +705,7 @@ class _VocabParallelCrossEntropy(torch.autograd.Function):
                 d_logits = _kernels.logits_grad(
                     logits_shard,
                     target,
-                    _kernels.row_lse_rel(saved.stats),
+                    _grad_lse_rel(saved),
                     coef,
                     class_offset=layout.start,
                     class_weight=w,
@@ -772,7 +781,7 @@ class _VocabParallelLinearCrossEntropy(torch.autograd.Function):
                     hidden,
                     weight_shard,
                     target,
-                    _kernels.row_lse_rel(saved.stats),
+                    _grad_lse_rel(saved),
                     _coefficients(row_scale, saved, layout, opts),
                     bias=bias_shard,
                     class_offset=layout.start,
@@ -947,7 +956,16 @@ def _reduce_token_stats(
     entropy = lse_rel + per_row[:, 2] / total  # H = lse − Σ p x = log S + Σ e^{x−M}(M−x) / S
     valid = target != ignore_index
     logprob = torch.where(valid, -_kernels.row_nll(stats), 0.0)
-    saved = _TokenSaved(shift, lse_rel, entropy, _kernels.other_prob(stats), valid)
+    # An ignored row of only -inf logits (S = 0: log S = -inf, H and q NaN) has no distribution:
+    # saved as log S = H = q = 0, its every p = exp(-inf) is 0 and its gradient 0, not NaN.
+    dead = ~valid & (lse_rel == float("-inf"))
+    saved = _TokenSaved(
+        shift,
+        torch.where(dead, 0.0, lse_rel),
+        torch.where(dead, 0.0, entropy),
+        torch.where(dead, 0.0, _kernels.other_prob(stats)),
+        valid,
+    )
     return (logprob, entropy, shift + lse_rel, argmax), saved
 
 

@@ -118,16 +118,33 @@ def _softcap_rows(z: Tensor, softcap: float | None) -> tuple[Tensor, Tensor | No
     return t * softcap, t
 
 
+def _dead_rows(z: Tensor, keep: Tensor) -> Tensor:
+    """The ignored rows of ``z`` (R, C) whose logits are all ``-inf``, as an (R, 1) mask.
+
+    Such a row has no distribution (``lse = -inf``, ``H`` NaN, every ``z − lse`` NaN), and
+    being ignored it has no log-probability either: its gradient is 0 whatever the upstream
+    (a NaN would reach the inputs through ``0 · NaN``, and a projection's ``d weight`` sums
+    over every row)."""
+    return (~keep & (z.detach().amax(dim=-1) == float("-inf"))).unsqueeze(-1)
+
+
 def _reference_rows(z: Tensor, target: Tensor, ignore_index: int) -> TokenStats:
     """The statistics of rows ``z`` (R, C) in plain differentiable torch ops."""
-    lse = torch.logsumexp(z, dim=-1)
-    log_p = z - lse.unsqueeze(-1)
+    keep = target != ignore_index
+    dead = _dead_rows(z, keep)
+    # An ignored row of only -inf logits is computed on zeros (its gradient: 0, not NaN) and
+    # its values put back below: lse = -inf, entropy NaN.
+    zs = torch.where(dead, 0.0, z)
+    lse = torch.logsumexp(zs, dim=-1)
+    log_p = zs - lse.unsqueeze(-1)
     p = log_p.exp()
     # 0 · log 0 = 0: a -inf logit adds nothing (and its gradient is 0, not NaN).
     entropy = -(p * torch.where(p == 0, 0.0, log_p)).sum(-1)
-    keep = target != ignore_index
     idx = torch.where(keep, target, 0).unsqueeze(-1)
     logprob = torch.where(keep, log_p.gather(-1, idx).squeeze(-1), 0.0)
+    dead = dead.squeeze(-1)
+    lse = torch.where(dead, float("-inf"), lse)
+    entropy = torch.where(dead, float("nan"), entropy)
     return TokenStats(logprob, entropy, lse, z.argmax(dim=-1))
 
 
@@ -140,13 +157,16 @@ def _vjp_rows(
     d_lse: Tensor | None,
 ) -> Tensor:
     """``G = a'(e_y − p) − b p ⊙ (log p + H) + c p`` in differentiable torch ops (for double
-    backward and vmapped backward): ``lse`` and ``H`` are recomputed from ``z``."""
+    backward and vmapped backward): ``lse`` and ``H`` are recomputed from ``z``. An ignored
+    row of only ``-inf`` logits gets ``G = 0``."""
+    keep = target != ignore_index
+    dead = _dead_rows(z, keep)
+    z = torch.where(dead, 0.0, z)
     log_p = z - torch.logsumexp(z, dim=-1, keepdim=True)
     p = log_p.exp()
     coef = torch.zeros_like(log_p[..., :1])
     if d_lse is not None:
         coef = coef + d_lse.unsqueeze(-1)
-    keep = target != ignore_index
     a = None
     if d_logprob is not None:
         a = torch.where(keep, d_logprob, 0.0).unsqueeze(-1)
@@ -158,7 +178,7 @@ def _vjp_rows(
     g = p * coef
     if a is not None:
         g = g.scatter_add(-1, torch.where(keep, target, 0).unsqueeze(-1), a)
-    return g
+    return torch.where(dead, 0.0, g)
 
 
 #: Elements per tile of the elementwise work (float32: 4 MiB). Each chunk of logits is
@@ -360,6 +380,12 @@ def _vjp_columns(
     classes, rows = src.shape
     step = _tiles(classes, rows)
     idx, keep = _target_index(target, ignore_index)
+    # An ignored row of only -inf logits (lse = -inf, entropy NaN: no distribution) gets G = 0
+    # for any upstream: with lse and H taken as 0 its every p = exp(-inf) is 0 (z − lse would
+    # be NaN, and 0 · NaN reaches d hidden and d weight).
+    dead = ~keep & (lse == float("-inf"))
+    lse = torch.where(dead, 0.0, lse)
+    entropy = torch.where(dead, 0.0, entropy)
     d_logprob, d_entropy, d_lse = ups
     a = None if d_logprob is None else torch.where(keep, d_logprob, 0.0)
     row = torch.zeros_like(lse)  # the per-row part of the coefficient: c − a
