@@ -7,6 +7,10 @@ hostile review found.
   kernel, the composition under ``torch.func``, double backward), the NumPy
   ``token_stats_vjp``, and the four vocabulary-parallel functions (whose ``0 · e^{+inf}``
   reached even ``d weight``). Its gradient is now exactly 0; its values are unchanged.
+- ``hidden`` with no features (``(N, 0)``, ``weight`` ``(C, 0)``): ``linear_token_stats``
+  stopped at an internal ``reshape(-1, 0)``. Like ``F.linear`` followed by ``log_softmax`` it
+  now gives the statistics of the logits ``bias`` (or 0: ``logprob = -log C``, entropy and
+  ``lse`` ``log C``), with gradients (zero-sized ``d hidden`` and ``d weight``, and ``d bias``).
 
 The vocabulary-parallel cases run in a gloo group spawned by ``tests/_spawn.py``: this file is
 also the worker (``python tests/test_defects_tokens.py --worker RANK WORLD PORT OUT``).
@@ -252,6 +256,61 @@ def test_ignored_minus_inf_row_has_zero_gradient_numpy_core() -> None:
 
 
 # =============================================================================================
+# 3. No features: hidden (N, 0), weight (C, 0)
+# =============================================================================================
+
+
+@pytest.mark.parametrize("bias", [False, True], ids=["nobias", "bias"])
+@pytest.mark.parametrize("dtype", [D64, torch.float32, torch.bfloat16], ids=["f64", "f32", "bf16"])
+@pytest.mark.parametrize("path", PATHS)
+def test_no_features_linear_token_stats(
+    request: pytest.FixtureRequest, path: str, dtype: torch.dtype, bias: bool
+) -> None:
+    """The statistics of ``F.linear(hidden, weight, bias)`` (= the bias, or 0), and their
+    gradients, with leading dimensions (2, 3) and an ignored target; in chunks of one row and
+    tiles of 3 classes on the tiled path."""
+    from crossentropy.torch import linear_token_stats
+
+    if path == "tiles":
+        request.getfixturevalue("small_tiles")
+    g = torch.Generator().manual_seed(13)
+    inputs = [torch.zeros(2, 3, 0, dtype=dtype), torch.zeros(5, 0, dtype=dtype)]
+    if bias:
+        inputs.append((2 * torch.randn(5, generator=g, dtype=D64)).to(dtype))
+    t = torch.tensor([[0, 4, -100], [2, 2, 1]])
+    ups = {k: torch.randn(2, 3, generator=g, dtype=D64) for k in OUTPUTS}
+    chunk = 1 if path == "tiles" else None
+
+    def fn(hh: Tensor, ww: Tensor, *bb: Tensor) -> Any:
+        return linear_token_stats(hh, ww, t, bb[0] if bb else None, chunk_size=chunk)
+
+    stats, grads, second = _stats_vjp(fn, inputs, ups, OUTPUTS, path)
+    leaves = [x.double().requires_grad_() for x in inputs]
+    ref = _plain(F.linear(*leaves), t)
+    if not bias:  # logits all 0: the uniform distribution over C = 5 classes
+        log_c = torch.tensor(5.0, dtype=D64).log()
+        torch.testing.assert_close(stats["lse"].double(), log_c.expand(2, 3), **tol(torch.float32))
+        torch.testing.assert_close(
+            stats["entropy"].double(), log_c.expand(2, 3), **tol(torch.float32)
+        )
+        kept = t != -100
+        torch.testing.assert_close(
+            stats["logprob"][kept].double(), -log_c.expand(5), **tol(torch.float32)
+        )
+    for k in OUTPUTS:
+        assert stats[k].shape == (2, 3)
+        torch.testing.assert_close(stats[k].double(), ref[k], **tol(torch.float32))
+    torch.testing.assert_close(stats["argmax"], ref["argmax"])
+    refs = torch.autograd.grad([ref[k] for k in OUTPUTS], leaves, [ups[k] for k in OUTPUTS])
+    assert grads[0].shape == (2, 3, 0) and grads[1].shape == (5, 0)
+    assert all(gr.dtype == dtype for gr in grads)
+    if bias:
+        torch.testing.assert_close(grads[2].double(), refs[2], **tol(dtype))
+    if second is not None:
+        assert all(x.isfinite().all() for x in second)
+
+
+# =============================================================================================
 # The vocabulary-parallel cases (run by every rank of the spawned group)
 # =============================================================================================
 
@@ -357,6 +416,52 @@ def _dead_vocab_cases(rank: int, world: int) -> dict[str, Any]:
     return out
 
 
+def _no_feature_cases(rank: int, world: int) -> dict[str, Any]:
+    """The linear vocabulary-parallel functions with hidden (6, 0): values and d bias against
+    the plain composition on the gathered bias, and the gradients' shapes."""
+    import crossentropy.torch as cet
+
+    start = sum(WIDTHS[:rank])
+    stop = start + WIDTHS[rank]
+    v = sum(WIDTHS)
+    g = torch.Generator().manual_seed(17)
+    bias = 2 * torch.randn(v, generator=g, dtype=D64)
+    t = torch.tensor([0, 12, -100, 5, 5, 7])
+    ups = {k: torch.randn(6, generator=g, dtype=D64) for k in OUTPUTS}
+    out: dict[str, Any] = {}
+    for with_bias in (False, True):
+        # the reference: the plain composition on the gathered weight (C, 0) and bias
+        ref_in = [torch.zeros(6, 0, dtype=D64), torch.zeros(v, 0, dtype=D64)]
+        ref_b = bias.clone().requires_grad_() if with_bias else None
+        ref = _plain(F.linear(*ref_in, ref_b), t)
+        ref_ce = F.cross_entropy(F.linear(*ref_in, ref_b), t)
+        if ref_b is not None:
+            (ref_db,) = torch.autograd.grad([ref[k] for k in OUTPUTS], ref_b, list(ups.values()))
+            (ref_ce_db,) = torch.autograd.grad(ref_ce, ref_b)
+        h = torch.zeros(6, 0, dtype=D64, requires_grad=True)
+        w = torch.zeros(stop - start, 0, dtype=D64, requires_grad=True)
+        bs = bias[start:stop].clone().requires_grad_() if with_bias else None
+        inputs = [h, w] + ([] if bs is None else [bs])
+        stats = cet.vocab_parallel_linear_token_stats(h, w, t, bs, chunk_size=4)
+        gs = torch.autograd.grad([getattr(stats, k) for k in OUTPUTS], inputs, list(ups.values()))
+        case: dict[str, Any] = {
+            "values": [[_as_list(getattr(stats, k)), _as_list(ref[k])] for k in OUTPUTS],
+            "argmax": [stats.argmax.tolist(), ref["argmax"].tolist()],
+            "shapes": [list(gs[0].shape), list(gs[1].shape)],
+        }
+        if bs is not None:
+            case["values"].append([_as_list(gs[2]), _as_list(ref_db[start:stop])])
+        for impl in ("auto", "torch"):
+            loss = cet.vocab_parallel_linear_cross_entropy(h, w, t, bs, impl=impl, chunk_size=4)
+            gce = torch.autograd.grad(loss, inputs)
+            case["values"].append([[loss.item()], [ref_ce.item()]])
+            case["shapes"] += [list(gce[0].shape), list(gce[1].shape)]
+            if bs is not None:
+                case["values"].append([_as_list(gce[2]), _as_list(ref_ce_db[start:stop])])
+        out["bias" if with_bias else "nobias"] = case
+    return out
+
+
 def _worker(rank: int, world: int, port: int, out: Path) -> None:
     import torch.distributed as dist
 
@@ -369,7 +474,7 @@ def _worker(rank: int, world: int, port: int, out: Path) -> None:
         timeout=datetime.timedelta(seconds=PG_TIMEOUT),
     )
     results: dict[str, Any] = {"rank": rank}
-    for name, section in (("dead", _dead_vocab_cases),):
+    for name, section in (("dead", _dead_vocab_cases), ("features0", _no_feature_cases)):
         try:
             results[name] = section(rank, world)
         except Exception as exc:  # reported by the tests of this section only
@@ -410,6 +515,24 @@ def test_ignored_minus_inf_row_has_zero_gradient_vocab_parallel(
                     **tol(np.float64),
                     err_msg=f"rank {r['rank']} {name}",
                 )
+
+
+def test_no_features_vocab_parallel_linear(ranks: list[dict[str, Any]]) -> None:
+    """``vocab_parallel_linear_token_stats`` and ``vocab_parallel_linear_cross_entropy`` (impl
+    "auto" and "torch") with hidden (6, 0): the composition's values and d bias, zero-sized
+    d hidden and d weight."""
+    for r in ranks:
+        width = WIDTHS[r["rank"]]
+        for name, case in _section(r, "features0").items():
+            for ours, ref in case["values"]:
+                np.testing.assert_allclose(
+                    np.asarray(ours, dtype=np.float64),
+                    np.asarray(ref, dtype=np.float64),
+                    **tol(np.float64),
+                    err_msg=f"rank {r['rank']} {name}",
+                )
+            assert case["argmax"][0] == case["argmax"][1]
+            assert case["shapes"] == [[6, 0], [width, 0]] * 3, case["shapes"]
 
 
 if __name__ == "__main__" and len(sys.argv) == 6 and sys.argv[1] == "--worker":

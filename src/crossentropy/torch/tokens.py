@@ -995,7 +995,8 @@ def linear_token_stats(
     chunk = check_chunk_size(fn, chunk_size) or 0
     cap = check_softcap(fn, softcap)
     lead = tuple(t.shape)
-    h2 = h.reshape(-1, h.shape[-1])
+    # rows given, not -1: with no features (D = 0) the row count cannot be inferred
+    h2 = h.reshape(t.numel(), h.shape[-1])
     t1 = t.reshape(-1).to(torch.int64)
     if _transforms_active():
         return _finish(_reference(fn, h2, w, b, t1, ignore, cap), lead)
