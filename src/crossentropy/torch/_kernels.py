@@ -370,7 +370,7 @@ def logits_row_stats(
         xb = x[a:b]
         w = work[: xb.numel()].view(xb.shape)
         xb, _ = _softcapped(xb, cdt, softcap)
-        m, se, xt, s = _block_stats(xb, idx_[a:b], inside_[a:b], w, class_weight, with_sum)
+        m, se, xt, s = _softmax_block(xb, idx_[a:b], inside_[a:b], w, class_weight, with_sum)
         outs[0][a:b] = m
         outs[1][a:b] = se
         outs[2][a:b] = xt
@@ -561,8 +561,16 @@ def logits_grad(
         ``out``.
     """
     if ref is not None:  # fold e^{-(lse - ref)} into the per-row probability scale
-        coef = GradCoefficients(coef.p_scale * torch.exp(-lse), coef.smooth_scale, coef.target_grad)
-        lse = ref
+        zero = coef.p_scale == 0
+        # A row that contributes nothing (ignored) gets exact zeros even when its logits are
+        # all −inf: reference point 0 (so e^{x − 0} = 0, not e^{−inf + inf} = NaN) and no
+        # e^{−(lse − ref)} factor (NaN there).
+        coef = GradCoefficients(
+            torch.where(zero, 0.0, coef.p_scale * torch.exp(-lse)),
+            coef.smooth_scale,
+            coef.target_grad,
+        )
+        lse = torch.where(zero & ~torch.isfinite(ref), 0.0, ref)
     if (tr := _triton_for(logits)) is not None:
         return tr.logits_grad(
             logits,
@@ -609,6 +617,16 @@ def logits_grad(
         if not direct:
             gb.copy_(work)
     return out
+
+
+def _zero_dead_rows(work: Tensor, m: Tensor, row_scale: Tensor) -> None:
+    """Zero the softmax of rows that contribute nothing (row scale 0: ignored) and whose max is
+    not finite (all logits −inf): their softmax is NaN, and ``0 · NaN`` would reach the
+    gradient. On CPU a host check skips the pass over the block when no row is dead."""
+    dead = (row_scale == 0) & ~torch.isfinite(m)
+    if work.device.type == "cpu" and not bool(dead.any()):
+        return
+    work.masked_fill_(dead.unsqueeze(-1), 0.0)
 
 
 def logits_fused(
@@ -673,6 +691,7 @@ def logits_fused(
         work = gb if direct else work_buf[: xb.numel()].view(xb.shape)  # type: ignore[index]
         xb, t = _softcapped(xb, cdt, softcap)  # read before ``work`` (may alias xb) is written
         m, se, xt, s = _softmax_block(xb, idx[a:b], inside[a:b], work, class_weight, bool(eps))
+        _zero_dead_rows(work, m, row_scale[a:b])
         st = RowStats(m, se, xt, inside[a:b], s)
         coef = index_target_coefficients(
             st,

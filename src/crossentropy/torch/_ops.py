@@ -269,7 +269,14 @@ def _zlse_bound(
     ``|lse| ≤ max |x'| + log C`` (``max |x'| ≤ softcap``)."""
     if not z_loss or x.dtype != torch.float16 or x.numel() == 0:
         return 0.0
-    top = float(softcap) if softcap is not None else x.abs().amax().float()
+    if softcap is not None:
+        top: Tensor | float = float(softcap)
+    else:
+        # |lse| ≤ |row max| + log C: the row maxima, not max |x| (a −inf logit, a masked
+        # vocabulary entry, would make that bound inf and the prescale flush every gradient
+        # entry to 0). Rows whose max is not finite have a non-finite loss or are ignored.
+        m = x.amax(dim=1 if x.dim() >= 2 else 0).float()
+        top = torch.where(torch.isfinite(m), m.abs(), 0.0).amax()
     return 2.0 * z_loss * (top + math.log(max(num_classes, 1)))
 
 

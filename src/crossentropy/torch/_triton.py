@@ -402,7 +402,7 @@ def _fused_kernel(
         inside,
         W,
         m_ref,
-        p_scale / total,
+        tl.where(zero_row, 0.0, p_scale / total),  # 0/0 for an ignored row of all -inf
         smooth,
         tgrad,
         V,

@@ -32,6 +32,8 @@ How each mode is served, and why:
 
 from __future__ import annotations
 
+import contextlib
+import math
 import numbers
 import operator
 from typing import Any
@@ -133,19 +135,16 @@ def _autocast_projection(h: Tensor, weight: object, bias: object) -> tuple[Tenso
     return h.to(low), weight, bias
 
 
-class _NoAutocast:
-    """``torch.autocast(enabled=False)`` only when autocast is on (the common case costs 0)."""
+def _no_autocast(x: Tensor) -> contextlib.AbstractContextManager[Any]:
+    """``torch.autocast(enabled=False)`` only when autocast is on (the common case costs 0).
+    A plain ``with`` on what this returns is what ``torch.compile`` traces (a stored
+    context whose ``__enter__`` is called by hand is a graph break)."""
+    if _autocast_on(x):
+        return torch.autocast(x.device.type, enabled=False)
+    return contextlib.nullcontext()
 
-    def __init__(self, x: Tensor) -> None:
-        self.ctx = torch.autocast(x.device.type, enabled=False) if _autocast_on(x) else None
 
-    def __enter__(self) -> None:
-        if self.ctx is not None:
-            self.ctx.__enter__()  # type: ignore[no-untyped-call]
-
-    def __exit__(self, *exc: object) -> None:
-        if self.ctx is not None:
-            self.ctx.__exit__(None, None, None)
+_NoAutocast = _no_autocast
 
 
 # --------------------------------------------------------------------------- reference grads
@@ -204,10 +203,12 @@ def _index_grad_reference(
     w, total, valid, tw, scale = _ops.row_weights(
         target, weight, ignore_index, reduction, num_classes, cdt
     )
+    # an ignored row of all −inf logits has a NaN softmax: zero logits there instead
+    xl = torch.where(valid.unsqueeze(-1), xl, 0.0)
     p = torch.softmax(xl, dim=-1)
     a = (1.0 - eps) * tw + (eps / num_classes) * total
     if extras.z_loss:
-        a = a + (2.0 * extras.z_loss) * tw * _lse(xl, -1)
+        a = a + (2.0 * extras.z_loss) * tw * torch.where(valid, _lse(xl, -1), 0.0)
     safe = torch.where(valid, target, 0).to(torch.int64)
     onehot = F.one_hot(safe, num_classes).to(cdt)
     g = a.unsqueeze(-1) * p - ((1.0 - eps) * tw).unsqueeze(-1) * onehot
@@ -217,7 +218,7 @@ def _index_grad_reference(
         g = g * chain
     row = upstream.to(cdt) * scale
     if extras.sample_weight is not None:
-        row = row * extras.sample_weight.to(cdt)
+        row = row * torch.where(valid, extras.sample_weight.to(cdt), 0.0)
     g = g * row.unsqueeze(-1)
     g = torch.where(valid.unsqueeze(-1), g, 0.0)
     return _classes_back(g, x).to(x.dtype)
@@ -295,9 +296,14 @@ def _composite(
         denom = tw.sum()
     if extras.z_loss:
         lse = _lse(xs, cls).to(per.dtype)
+        if valid is not None:  # an ignored row of all −inf: 0 · inf would be NaN
+            lse = torch.where(valid, lse, 0.0)
         per = per + extras.z_loss * tw * lse * lse
     if extras.sample_weight is not None:
-        per = per * extras.sample_weight.to(per.dtype)
+        sw = extras.sample_weight.to(per.dtype)
+        if valid is not None:  # a NaN/inf weight at an ignored position: 0, not 0 · NaN
+            sw = torch.where(valid, sw, 0.0)
+        per = per * sw
     if valid is not None:
         # 0 at ignored positions whatever their sample weight, and a zero gradient there even
         # when "mean"'s denominator is 0 (all ignored: the 1/0 would meet the z-loss's w_y = 0)
@@ -331,7 +337,7 @@ class _CrossEntropyIndex(torch.autograd.Function):
         z_loss: float,
         softcap: float | None,
     ) -> Tensor:
-        with _NoAutocast(logits):
+        with _no_autocast(logits):
             loss, lse, q, grad, pre = _ops.index_forward(
                 logits,
                 target,
@@ -373,7 +379,7 @@ class _CrossEntropyIndex(torch.autograd.Function):
         if ctx.fused:
             grad, ctx.grad = ctx.grad, None
             if grad is None:  # a second backward (retained graph): the same sweep again
-                with _NoAutocast(logits):
+                with _no_autocast(logits):
                     grad = _ops.index_forward(
                         logits,
                         target,
@@ -420,7 +426,7 @@ class _CrossEntropyInplace(torch.autograd.Function):
     ) -> tuple[Tensor, Tensor]:
         # ``logits`` is the storage's base tensor; ``geometry`` the caller's view of all of it.
         view = logits if geometry is None else logits.as_strided(*geometry)
-        with _NoAutocast(logits), K.use_impl(impl):
+        with _no_autocast(logits), K.use_impl(impl):
             loss, _, _, pre = _ops.index_forward_inplace(
                 view, target, weight, ignore_index, reduction, eps, extras
             )
@@ -473,7 +479,7 @@ class _CrossEntropyProb(torch.autograd.Function):
         z_loss: float,
         softcap: float | None,
     ) -> Tensor:
-        with _NoAutocast(logits):
+        with _no_autocast(logits):
             loss, lse, amass = _ops.prob_forward(logits, target, weight, eps, impl, z_loss, softcap)
         rows = loss.numel()
         if sample_weight is not None:
@@ -930,7 +936,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
         z_loss: float,
         softcap: float | None,
     ) -> Tensor:
-        with _NoAutocast(hidden):
+        with _no_autocast(hidden):
             loss, lse, q, dh, dw, db = _ops.linear_forward(
                 hidden,
                 weight,
@@ -985,7 +991,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
             else:
                 raw, inplace, ctx.grads = ctx.grads, True, None
                 if raw is None:  # a second backward (retained graph): the same sweep again
-                    with _NoAutocast(hidden):
+                    with _no_autocast(hidden):
                         raw = _ops.linear_forward(
                             hidden,
                             weight,
@@ -1167,7 +1173,7 @@ def linear_cross_entropy(
             "class-index targets either; pass class_weight.detach())",
             "a class_weight that requires grad",
         )
-    rows = h.numel() // max(1, h.shape[-1])
+    rows = math.prod(h.shape[:-1])
     small = impl == "auto" and rows * num_classes <= LINEAR_DIRECT_MAX_ELEMENTS
     out_dtype = _autocast_dtype(h.dtype) if autocast else h.dtype
     if small or _transforms_active() or (grad_on and sw is not None and sw.requires_grad):
@@ -1191,7 +1197,7 @@ def linear_cross_entropy(
         )
         return ref.reshape(t.shape) if red == "none" else ref
     lead = tuple(h.shape[:-1])
-    h2 = h.reshape(-1, h.shape[-1])
+    h2 = h.reshape(rows, h.shape[-1])  # (not -1: with 0 features the row count is ambiguous)
     t1 = t.reshape(-1)
     needs = (
         grad_on and h.requires_grad,
