@@ -79,7 +79,11 @@ _INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
 
 #: Part of the custom ops' names (this module's own; :data:`._ops.OP_VERSION` names the loss
 #: ops). Compiled-graph caches key on op names: bump it whenever an op's arguments, outputs or
-#: meaning change. 2: ``softcap``.
+#: meaning change, except for an output appended to the forward's and an argument appended,
+#: with a default that keeps the old meaning, to the backward's: a graph compiled before reads
+#: the outputs it knows by position and leaves the new argument at its default, and still
+#: computes what it did. 2: ``softcap``; in 2 since, the forward's fifth output ``lse_lo`` and
+#: the backward's last argument, which takes it.
 _OP_VERSION = 2
 
 
@@ -148,6 +152,18 @@ def _reference_rows(z: Tensor, target: Tensor, ignore_index: int) -> TokenStats:
     return TokenStats(logprob, entropy, lse, z.argmax(dim=-1))
 
 
+def _log_softmax_rel(z: Tensor) -> Tensor:
+    """``log softmax(z)`` of rows (R, C) as ``(z − m) − log Σ e^{z − m}``, ``m`` the row max
+    (0 where it is infinite) taken as a constant: the same function of ``z`` (and the same
+    derivatives), but ``z − lse`` would subtract a rounded ``lse`` from ``z``, and for large
+    logits or a confident row (``log Σ e^{z − m} ≪ |m|``) that rounding is most of ``log p``
+    at the max (float32 at ``m = 20``: ~``1e-6`` against ``log p ≈ −2e-6``), where the
+    entropy's gradient ``−p (log p + H)`` is that small difference."""
+    m = z.detach().amax(dim=-1, keepdim=True)
+    u = z - torch.where(torch.isinf(m), 0.0, m)
+    return u - u.exp().sum(dim=-1, keepdim=True).log()
+
+
 def _vjp_rows(
     z: Tensor,
     target: Tensor,
@@ -162,7 +178,7 @@ def _vjp_rows(
     keep = target != ignore_index
     dead = _dead_rows(z, keep)
     z = torch.where(dead, 0.0, z)
-    log_p = z - torch.logsumexp(z, dim=-1, keepdim=True)
+    log_p = _log_softmax_rel(z)
     p = log_p.exp()
     coef = torch.zeros_like(log_p[..., :1])
     if d_lse is not None:
@@ -276,6 +292,20 @@ def _in_tile(idx: Tensor, c0: int, c1: int) -> tuple[Tensor, Tensor]:
     return local.clamp(0, c1 - c0 - 1).unsqueeze(0), inside
 
 
+def _rounding_error(m: Tensor, log_s: Tensor, lse: Tensor) -> Tensor:
+    """``(m + log s) − lse`` exactly, for ``lse = m + log s`` rounded (Knuth's TwoSum); 0
+    where ``lse`` is not finite.
+
+    Backward's ``log p = (z − lse) − lse_lo`` is then ``(z − m) − log s`` as accurately as if
+    ``m`` and ``log s`` had been kept (``z − lse`` is exact near the max). With ``lse`` alone the
+    rounding (half an ulp of ``lse``: ~1e-6 at 20, 3e-5 at 1000 in float32) is a relative error
+    of every ``p``, and near the max of a confident row most of ``log p``: the entropy's
+    gradient there, ``−p (log p + H)``, is a difference of that size."""
+    b = lse - m
+    err = (m - (lse - b)) + (log_s - b)
+    return torch.where(torch.isfinite(err), err, 0.0)
+
+
 def _stats_columns(
     zt: Tensor,
     target: Tensor,
@@ -292,11 +322,12 @@ def _stats_columns(
     max ``m`` (and argmax, and the target's logit), the second sums ``e = exp(u)``,
     ``u = z − m``: ``s = Σ e`` and ``E = Σ e u``. Then ``lse = m + log s``,
     ``logprob = (z_y − m) − log s`` and the entropy ``H = log s − E / s`` (two non-negative
-    terms: no cancellation). A tile is processed in place when ``work`` is ``None`` (``zt`` is a
-    compute-dtype buffer of ours; it is overwritten), else copied into ``work`` (flat, compute
-    dtype) in each sweep (once if there is one tile).
+    terms: no cancellation); the fifth output is ``lse``'s rounding error
+    (:func:`_rounding_error`), for backward. A tile is processed in place when ``work`` is
+    ``None`` (``zt`` is a compute-dtype buffer of ours; it is overwritten), else copied into
+    ``work`` (flat, compute dtype) in each sweep (once if there is one tile).
     """
-    logprob, entropy, lse, argmax = out
+    logprob, entropy, lse, argmax, lse_lo = out
     classes, rows = zt.shape
     step = _tiles(classes, rows)
     cdt, dev = tmp.dtype, tmp.device
@@ -345,6 +376,7 @@ def _stats_columns(
     log_s = s.log()
     argmax.copy_(best)
     torch.add(m, log_s, out=lse)
+    lse_lo.copy_(_rounding_error(m, log_s, lse))
     logprob.copy_(torch.where(keep, (zy - m) - log_s, 0.0))
     # NaN (a row of only -inf logits: s = 0) stays NaN.
     torch.sub(log_s, eu / s, out=entropy)
@@ -362,9 +394,11 @@ def _vjp_columns(
     work: Tensor | None,
     tmp: Tensor,
     tmp2: Tensor,
+    lse_lo: Tensor | None = None,
 ) -> None:
     """``G = ∂L/∂z`` of the logits ``src`` into ``dst``, both column views (C, R) (``dst`` may
-    be ``src``), from the saved ``lse`` and ``entropy``, tile by tile of classes:
+    be ``src``), from the saved ``lse`` (with its rounding error ``lse_lo``: ``log p = (z − lse)
+    − lse_lo``) and ``entropy``, tile by tile of classes:
     ``G = p ⊙ (c − a − b (log p + H))`` plus ``a`` at the target, for the upstream ``a, b, c``
     of ``logprob``, ``entropy``, ``lse`` (``None``: no term).
 
@@ -408,13 +442,15 @@ def _vjp_columns(
         if not (direct and src is dst):
             w.copy_(src[c0:c1])
         if softcap is None:
-            u = w.sub_(lse)  # log p
+            u = w.sub_(lse)
             p_buf = tmp
         else:
             t = w.div_(softcap).tanh_()
             u = torch.mul(t, softcap, out=_like(tmp, t)).sub_(lse)
             t.square_().neg_().add_(1.0)  # w: ∂z'/∂z = 1 − t²
             p_buf = tmp2
+        if lse_lo is not None:
+            u.sub_(lse_lo)  # log p
         if nb is None:
             g = u.exp_().mul_(row)
         else:
@@ -463,10 +499,11 @@ def _forward_impl(
     chunk_size: int,
     softcap: float | None,
     fn: str,
-) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """``(logprob, entropy, lse, argmax)`` of the rows of the logits ``x`` (R, C), or of
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """``(logprob, entropy, lse, argmax, lse_lo)`` of the rows of the logits ``x`` (R, C), or of
     ``x @ weight.T + bias`` for hidden states ``x`` (R, D), softcapped if ``softcap``: chunk by
-    chunk of logits (one reused buffer), each chunk tile by tile."""
+    chunk of logits (one reused buffer), each chunk tile by tile. ``lse_lo`` is the rounding
+    error of ``lse``, for backward (:func:`_rounding_error`)."""
     num_classes = x.shape[-1] if weight is None else weight.shape[0]
     check_targets(target, num_classes, ignore_index, fn)
     rows, cdt, dev = x.shape[0], K.compute_dtype(x.dtype), x.device
@@ -475,6 +512,7 @@ def _forward_impl(
         x.new_empty(rows, dtype=cdt),
         x.new_empty(rows, dtype=cdt),
         x.new_empty(rows, dtype=torch.int64),
+        x.new_empty(rows, dtype=cdt),
     )
     if weight is None:  # the caller's logits: never written, each block copied into ``work``
         step = _row_blocks(num_classes)
@@ -510,7 +548,8 @@ _forward_op = torch.library.custom_op(
 def _(x, weight, bias, target, ignore_index, chunk_size, softcap, fn):  # type: ignore[no-untyped-def]
     rows, cdt = x.shape[0], K.compute_dtype(x.dtype)
     f = x.new_empty(rows, dtype=cdt)
-    return f, torch.empty_like(f), torch.empty_like(f), x.new_empty(rows, dtype=torch.int64)
+    i = x.new_empty(rows, dtype=torch.int64)
+    return f, torch.empty_like(f), torch.empty_like(f), i, torch.empty_like(f)
 
 
 def _backward_impl(
@@ -529,11 +568,13 @@ def _backward_impl(
     need_x: bool,
     need_weight: bool,
     need_bias: bool,
+    lse_lo: Tensor | None = None,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Gradients w.r.t. ``x`` (logits or hidden states), ``weight`` and ``bias`` of
     ``Σ a·logprob + b·entropy + c·lse``, recomputing each chunk of logits into one reused
     buffer and turning it into ``G`` in place, tile by tile. Returned in the inputs' dtypes; a
-    gradient not needed is an empty tensor."""
+    gradient not needed is an empty tensor. ``lse_lo``: the forward's rounding error of
+    ``lse`` (``None``, as from a graph compiled before it existed: ``lse`` alone)."""
     rows, cdt, dev = x.shape[0], K.compute_dtype(x.dtype), x.device
     num_classes = x.shape[-1] if weight is None else weight.shape[0]
     ups = [None if d is None else d.to(cdt) for d in (d_logprob, d_entropy, d_lse)]
@@ -567,6 +608,7 @@ def _backward_impl(
                 work,
                 tmp,
                 tmp2,
+                None if lse_lo is None else lse_lo[r0:r1],
             )
         return dx, x.new_empty(0), x.new_empty(0)
     need_bias = need_bias and bias is not None
@@ -594,6 +636,7 @@ def _backward_impl(
             gt,
             tmp,
             tmp2,
+            None if lse_lo is None else lse_lo[r0:r1],
         )
         if need_x:
             torch.mm(zt.t(), weight, out=dx[r0:r1])
@@ -636,6 +679,7 @@ def _(  # type: ignore[no-untyped-def]
     need_x,
     need_weight,
     need_bias,
+    lse_lo=None,
 ):
     dx = torch.empty_like(x) if need_x else x.new_empty(0)
     dw = torch.empty_like(weight) if need_weight and weight is not None else x.new_empty(0)
@@ -648,8 +692,9 @@ def _(  # type: ignore[no-untyped-def]
 
 class _TokenStats(torch.autograd.Function):
     """``token_stats`` of the logits ``x`` (R, C) (``weight is None``), or of
-    ``x @ weight.T + bias`` for hidden states ``x`` (R, D). Saves the inputs and two numbers
-    per row (``lse``, ``entropy``); backward recomputes the logits chunk by chunk."""
+    ``x @ weight.T + bias`` for hidden states ``x`` (R, D). Saves the inputs and three numbers
+    per row (``lse``, its rounding error, ``entropy``); backward recomputes the logits chunk by
+    chunk."""
 
     @staticmethod
     def forward(  # type: ignore[override]
@@ -664,10 +709,10 @@ class _TokenStats(torch.autograd.Function):
         fn: str,
     ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         with _NoAutocast(x):
-            logprob, entropy, lse, argmax = _forward_op(
+            logprob, entropy, lse, argmax, lse_lo = _forward_op(
                 x, weight, bias, target, ignore_index, chunk_size, softcap, fn
             )
-        ctx.save_for_backward(x, weight, bias, target, lse, entropy)
+        ctx.save_for_backward(x, weight, bias, target, lse, entropy, lse_lo)
         ctx.options = (ignore_index, chunk_size, softcap)
         ctx.mark_non_differentiable(argmax)
         ctx.set_materialize_grads(False)  # an unused output's gradient stays None
@@ -681,7 +726,7 @@ class _TokenStats(torch.autograd.Function):
         d_lse: Tensor | None,
         _d_argmax: Tensor | None,
     ) -> tuple[Tensor | None, ...]:
-        x, weight, bias, target, lse, entropy = ctx.saved_tensors
+        x, weight, bias, target, lse, entropy, lse_lo = ctx.saved_tensors
         ignore_index, chunk_size, softcap = ctx.options
         need = ctx.needs_input_grad[:3]
         none = (None,) * 5
@@ -706,6 +751,7 @@ class _TokenStats(torch.autograd.Function):
                 need[0],
                 need[1],
                 need[2],
+                lse_lo,
             )
         return (
             dx if need[0] else None,
@@ -720,7 +766,7 @@ def _differentiable_grads(
 ) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
     """The closed-form VJP in differentiable torch ops on the materialised logits (double
     backward: every higher derivative is autograd's)."""
-    x, weight, bias, target, _, _ = ctx.saved_tensors
+    x, weight, bias, target, *_ = ctx.saved_tensors
     ignore_index, _, softcap = ctx.options
     need = ctx.needs_input_grad[:3]
     cdt = K.compute_dtype(x.dtype)
