@@ -24,10 +24,11 @@ BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 SECTIONS = {
     "gpu": ["per-token statistics, RL loss", "z_loss"],
     "lm": ["`linear_token_stats`", "`cross_entropy(z_loss=1e-4, softcap=30.0)`"],
+    "forward": ["`cross_entropy` forward only", "`linear_token_stats` forward only"],
 }
 
 
-@pytest.mark.parametrize("name", ["core", "torch", "distributed", "gpu", "lm"])
+@pytest.mark.parametrize("name", ["core", "torch", "distributed", "gpu", "lm", "forward"])
 def test_benchmark_quick_run_writes_a_table(name: str, tmp_path: Path) -> None:
     env = {**os.environ, "CROSSENTROPY_BENCH_RESULTS": str(tmp_path)}
     proc = subprocess.run(

@@ -134,9 +134,9 @@ STATS_OPTIONS: dict[str, dict[str, Any]] = {
 
 
 def _triton_ok() -> bool:
-    from crossentropy.torch import _kernels
+    from crossentropy.torch import _backend
 
-    return _kernels.triton_available() and _kernels.triton_interpreted()
+    return _backend.triton_available() and _backend.triton_interpreted()
 
 
 def _loss_impls() -> tuple[str, ...]:

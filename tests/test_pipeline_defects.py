@@ -13,11 +13,11 @@ torch = pytest.importorskip("torch")
 F = torch.nn.functional
 
 import crossentropy.torch as cet  # noqa: E402
-from crossentropy.torch import _kernels as K  # noqa: E402
+from crossentropy.torch import _backend as B  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("force_fused")
 
-IMPLS = ["torch"] + (["triton"] if K.triton_available() and K.triton_interpreted() else [])
+IMPLS = ["torch"] + (["triton"] if B.triton_available() and B.triton_interpreted() else [])
 
 
 def _masked_case(dtype=torch.float32, n=12, c=37, seed=0):

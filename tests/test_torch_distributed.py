@@ -238,9 +238,9 @@ def _special_logits_cases() -> Iterator[tuple[str, dict[str, Any]]]:
     yield "masked_shard_rows", {"mask_first_shard": True, "reduction": "sum"}
     yield "bfloat16", {"dtype": torch.bfloat16, "eps": 0.1, "weighted": True, "ignore": "some"}
     yield "contiguous_shard", {"view": False, "eps": 0.2, "weighted": True}
-    from crossentropy.torch import _kernels
+    from crossentropy.torch import _backend
 
-    if _kernels.triton_available() and _kernels.triton_interpreted():
+    if _backend.triton_available() and _backend.triton_interpreted():
         yield (
             "triton_shards",
             {
@@ -268,9 +268,9 @@ def _run_cases(rank: int, world: int) -> dict[str, list[dict[str, Any]]]:
         linear.append(_linear_case(rank, zero, f"zero_width_shard-{reduction}", 4100 + i, **kw))
     bf16 = {"dtype": torch.bfloat16, "eps": 0.1, "weighted": True, "ignore": "some"}
     linear.append(_linear_case(rank, widths, "linear_bfloat16", 4400, **bf16))
-    from crossentropy.torch import _kernels
+    from crossentropy.torch import _backend
 
-    if _kernels.triton_available() and _kernels.triton_interpreted():
+    if _backend.triton_available() and _backend.triton_interpreted():
         tri = {"impl": "triton", "dtype": torch.float32, "eps": 0.1, "weighted": True}
         linear.append(_linear_case(rank, widths, "linear_triton", 4500, ignore="some", **tri))
         logits.append(_logits_case(rank, zero, "zero_width_shard-triton", 4600, **tri))
@@ -641,9 +641,9 @@ def ranks(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFacto
 
 
 def _triton_cases() -> int:
-    from crossentropy.torch import _kernels
+    from crossentropy.torch import _backend
 
-    return int(_kernels.triton_available() and _kernels.triton_interpreted())
+    return int(_backend.triton_available() and _backend.triton_interpreted())
 
 
 #: 1 when the workers also run the Triton kernels (interpreter), adding their cases.

@@ -353,9 +353,9 @@ def _special_cases() -> Iterator[tuple[str, dict[str, Any]]]:
         yield f"empty_batch-{reduction}", {**_ALL, "n": 0, "reduction": reduction}
     yield "float32", {**_ALL, "dtype": torch.float32, "ignore": "some", "reduction": "sum"}
     yield "bfloat16", {**_ALL, "dtype": torch.bfloat16, "ignore": "some"}
-    from crossentropy.torch import _kernels
+    from crossentropy.torch import _backend
 
-    if _kernels.triton_available() and _kernels.triton_interpreted():
+    if _backend.triton_available() and _backend.triton_interpreted():
         tri = {**_ALL, "dtype": torch.float32, "impl": "triton", "ignore": "some"}
         yield "triton", tri
 

@@ -517,9 +517,9 @@ def test_triton_path_end_to_end_matches_the_definition():
     """``impl="triton"`` (interpreted on CPU here) through the public function: fused and
     recomputing sweeps, index and probability targets, every option."""
     pytest.importorskip("triton")
-    from crossentropy.torch import _kernels as K
+    from crossentropy.torch import _backend as B
 
-    if not K.triton_interpreted():
+    if not B.triton_interpreted():
         pytest.skip("needs TRITON_INTERPRET=1 (set by conftest) or a GPU")
     for prob, red, eps, z, cap, weighted in TRITON_GRID:
         x, y, w, sw = _case((6, 40), prob, seed=41)
@@ -554,9 +554,9 @@ def test_triton_path_end_to_end_matches_the_definition():
 
 def test_triton_linear_and_inplace_with_the_options():
     pytest.importorskip("triton")
-    from crossentropy.torch import _kernels as K
+    from crossentropy.torch import _backend as B
 
-    if not K.triton_interpreted():
+    if not B.triton_interpreted():
         pytest.skip("needs TRITON_INTERPRET=1 (set by conftest) or a GPU")
     g = torch.Generator().manual_seed(43)
     h = torch.randn(10, 8, generator=g)

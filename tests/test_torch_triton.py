@@ -16,11 +16,12 @@ pytest.importorskip("triton")
 F = torch.nn.functional
 
 import crossentropy.torch as cet  # noqa: E402
+from crossentropy.torch import _backend as B  # noqa: E402
 from crossentropy.torch import _kernels as K  # noqa: E402
 from crossentropy.torch import _triton as TR  # noqa: E402
 
 pytestmark = pytest.mark.skipif(
-    not K.triton_interpreted(), reason="Triton on CPU tensors needs TRITON_INTERPRET=1"
+    not B.triton_interpreted(), reason="Triton on CPU tensors needs TRITON_INTERPRET=1"
 )
 
 BLOCK = 16
@@ -165,11 +166,10 @@ def test_vocabulary_shards_match_whole_rows():
     t = torch.randint(0, v, (7,), generator=g)
     t[2] = -100
     cut = [0, BLOCK + 1, 2 * BLOCK - 3, v]
-    with K.use_impl("triton"):
-        parts = [
-            K.logits_row_stats(x[:, a:b], t, class_offset=a, with_sum=True)
-            for a, b in itertools.pairwise(cut)
-        ]
+    parts = [
+        K.logits_row_stats(x[:, a:b], t, class_offset=a, with_sum=True, impl="triton")
+        for a, b in itertools.pairwise(cut)
+    ]
     whole = K.logits_row_stats(x, t, with_sum=True)
     merged = K.merge_row_stats(parts)
     torch.testing.assert_close(K.row_lse(merged), K.row_lse(whole))
@@ -180,14 +180,13 @@ def test_vocabulary_shards_match_whole_rows():
         whole, scale, scale, label_smoothing=0.0, num_classes=v, weight_total=float(v)
     )
     ref = K.logits_grad(x, t, lse, coef)
-    with K.use_impl("triton"):
-        got = torch.cat(
-            [
-                K.logits_grad(x[:, a:b], t, lse, coef, class_offset=a)
-                for a, b in itertools.pairwise(cut)
-            ],
-            dim=1,
-        )
+    got = torch.cat(
+        [
+            K.logits_grad(x[:, a:b], t, lse, coef, class_offset=a, impl="triton")
+            for a, b in itertools.pairwise(cut)
+        ],
+        dim=1,
+    )
     torch.testing.assert_close(got, ref, rtol=2e-6, atol=2e-7)
 
 
@@ -217,19 +216,49 @@ def test_impl_argument_errors(monkeypatch):
     monkeypatch.setenv("TRITON_INTERPRET", "1")
     with pytest.raises(ValueError, match="impl must be 'auto' or 'torch' for tensors on cpu"):
         cet.cross_entropy(x, t, impl="triton")
-    monkeypatch.setattr(K, "triton_available", lambda: False)
+    monkeypatch.setattr(B, "triton_available", lambda: False)
     with pytest.raises(ValueError, match="when Triton is not installed"):
         cet.linear_cross_entropy(x, torch.randn(5, 4), t, impl="triton")
 
 
 def test_auto_keeps_cpu_tensors_on_torch_ops():
     x = torch.randn(3, 4)
-    with K.use_impl("auto"):
-        assert K._triton_for(x) is None
-    with K.use_impl("torch"):
-        assert K._triton_for(x) is None
-    with K.use_impl("triton"):
-        assert K._triton_for(x) is TR
+    assert B.select(x, "auto") is None
+    assert B.select(x, "torch") is None
+    assert B.select(x, "triton") is TR
+    assert B.select(torch.empty(3, 4, device="meta"), "auto") is None
+
+
+def test_backend_and_kernels_import_no_cycle():
+    """The Triton kernels and the torch-op kernels depend on ``_backend`` and ``_types``,
+    never on each other (checked in a fresh interpreter, on the import graph)."""
+    import ast
+    import pathlib
+
+    root = pathlib.Path(cet.__file__).parent
+    imports = {}
+    for path in root.glob("*.py"):
+        mods = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.level == 1:
+                if node.module:
+                    mods.add(node.module)
+                else:
+                    mods.update(a.name for a in node.names)
+        imports[path.stem] = mods
+    assert "_kernels" not in imports["_triton"]
+    assert "_triton" not in imports["_kernels"]
+    assert imports["_backend"] == set()
+
+    def reach(start, seen):
+        for m in imports.get(start, ()):
+            if m not in seen:
+                seen.add(m)
+                reach(m, seen)
+        return seen
+
+    for mod in imports:
+        assert mod not in reach(mod, set()), f"import cycle through {mod}"
 
 
 # --------------------------------------------------------------------------- hostile-pass cases

@@ -25,11 +25,12 @@ torch = pytest.importorskip("torch")
 triton = pytest.importorskip("triton")
 tl = pytest.importorskip("triton.language")
 
+from crossentropy.torch import _backend as B  # noqa: E402
 from crossentropy.torch import _kernels as K  # noqa: E402
 from crossentropy.torch import _triton as TR  # noqa: E402
 
 pytestmark = pytest.mark.skipif(
-    not K.triton_interpreted(), reason="Triton on CPU tensors needs TRITON_INTERPRET=1"
+    not B.triton_interpreted(), reason="Triton on CPU tensors needs TRITON_INTERPRET=1"
 )
 
 F64 = torch.float64
@@ -510,15 +511,14 @@ def test_kernels_dispatch_matches_torch_ops(gen, eps, z, cap):
     kw = dict(label_smoothing=eps, weight_total=wtot, class_weight=w, z_loss=z, softcap=cap)
     res = {}
     for impl in ("triton", "torch"):
-        with K.use_impl(impl):
-            st, g = K.logits_fused(x, t, scale, tw, **kw)
-            st2 = K.logits_row_stats(x, t, class_weight=w, with_sum=True, softcap=cap)
-            coef = K.index_target_coefficients(
-                st2, scale, tw, label_smoothing=eps, num_classes=v, weight_total=wtot, z_loss=z
-            )
-            rel = K.row_lse_rel(st2)
-            g2 = K.logits_grad(x, t, rel, coef, class_weight=w, ref=st2.max, softcap=cap)
-            res[impl] = (K.row_lse(st), K.row_nll(st), g, K.row_lse(st2), g2)
+        st, g = K.logits_fused(x, t, scale, tw, **kw, impl=impl)
+        st2 = K.logits_row_stats(x, t, class_weight=w, with_sum=True, softcap=cap, impl=impl)
+        coef = K.index_target_coefficients(
+            st2, scale, tw, label_smoothing=eps, num_classes=v, weight_total=wtot, z_loss=z
+        )
+        rel = K.row_lse_rel(st2)
+        g2 = K.logits_grad(x, t, rel, coef, class_weight=w, ref=st2.max, softcap=cap, impl=impl)
+        res[impl] = (K.row_lse(st), K.row_nll(st), g, K.row_lse(st2), g2)
     for a, b in zip(res["triton"], res["torch"], strict=True):
         torch.testing.assert_close(a, b, rtol=RTOL32 * 4, atol=RTOL32 * 4 * b.abs().max().item())
 

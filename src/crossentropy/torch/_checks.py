@@ -14,6 +14,7 @@ from torch import Tensor
 
 from .._validation import check_reduction, fail
 from ..categorical import _SOFTCAP_IN_RANGE, SOFTCAP_RANGE
+from . import _backend as B
 
 _INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
 #: Characters of a value's repr shown in an error message.
@@ -124,13 +125,11 @@ def check_impl(fn: str, impl: object, x: Tensor) -> str:
     """``impl`` is ``"auto"``, ``"torch"`` or ``"triton"``, and Triton can run on ``x``."""
     if impl == "auto":
         return impl
-    from . import _kernels as K
-
-    if not isinstance(impl, str) or impl not in K.IMPLS:
+    if not isinstance(impl, str) or impl not in B.IMPLS:
         fail(fn, "impl", "be one of 'auto', 'torch', 'triton'", describe(impl))
     if impl != "triton":
         return impl
-    if not K.triton_available():
+    if not B.triton_available():
         fail(fn, "impl", "be 'auto' or 'torch' when Triton is not installed", "'triton'")
     if x.dtype == torch.float64:
         fail(
@@ -140,7 +139,7 @@ def check_impl(fn: str, impl: object, x: Tensor) -> str:
             "bfloat16 and float32)",
             "'triton'",
         )
-    if x.device.type not in ("cuda", "meta") and not K.triton_interpreted():
+    if x.device.type not in ("cuda", "meta") and not B.triton_interpreted():
         fail(
             fn,
             "impl",

@@ -46,36 +46,19 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
-import importlib.util
 import math
-import os
-import sys
 from collections.abc import Iterator
-from dataclasses import dataclass
 from types import ModuleType
 
 import torch
 from torch import Tensor
 
+from ._backend import select
+from ._types import GradCoefficients, LinearGrads, RowStats, compute_dtype
+
 #: Which implementation of the row kernels the current call uses: "auto", "torch" or
 #: "triton" (set by :func:`use_impl`; the custom ops pass it along, so it survives compilation).
 _IMPL: contextvars.ContextVar[str] = contextvars.ContextVar("crossentropy_impl", default="auto")
-
-IMPLS = ("auto", "torch", "triton")
-
-
-def triton_available() -> bool:
-    """Triton is installed (it is imported only when a kernel is first launched)."""
-    return importlib.util.find_spec("triton") is not None
-
-
-def triton_interpreted() -> bool:
-    """Triton kernels run on CPU tensors in its interpreter: ``TRITON_INTERPRET=1`` when the
-    kernels were defined (Triton reads it then), or now if they have not been defined yet."""
-    tr = sys.modules.get("crossentropy.torch._triton")
-    if tr is not None:
-        return bool(tr.INTERPRETED)
-    return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
 @contextlib.contextmanager
@@ -88,22 +71,9 @@ def use_impl(impl: str) -> Iterator[None]:
         _IMPL.reset(token)
 
 
-def _triton_for(x: Tensor) -> ModuleType | None:
-    """The Triton module if the current implementation sends ``x`` there, else ``None``.
-
-    ``"auto"``: CUDA tensors of float16/bfloat16/float32 when Triton is installed.
-    ``"triton"``: always (the public functions have checked that it can run).
-    """
-    impl = _IMPL.get()
-    if impl == "torch":
-        return None
-    if impl == "auto" and not (
-        x.device.type == "cuda" and x.dtype != torch.float64 and triton_available()
-    ):
-        return None
-    from . import _triton
-
-    return _triton
+def _triton_for(x: Tensor, impl: str | None) -> ModuleType | None:
+    """:func:`._backend.select` for ``impl`` (``None``: the one :func:`use_impl` set)."""
+    return select(x, _IMPL.get() if impl is None else impl)
 
 
 #: Elements per row block (float32: 8 MiB): a block stays in the shared L3 between its steps.
@@ -119,52 +89,6 @@ HUGE_PAGES = False
 #: for (N, D, V) = (4096, 1024, 32768) fp32: 256-row chunks (32 MiB) lose ~10 % to the
 #: small inner dimension of the ``d weight`` matmul; 384 rows (48 MiB) match one big matmul.
 LINEAR_CHUNK_BYTES = 48 << 20
-
-
-@dataclass(frozen=True)
-class RowStats:
-    """Per-row statistics of a (shard of the) logits, all of shape ``rows`` in compute dtype.
-
-    Attributes
-    ----------
-    max : Tensor
-        ``m_i = max_c x_ic`` over the shard's columns: the reference point of ``sumexp``
-        (:func:`row_lse`, :func:`row_nll` and :func:`merge_row_stats` accept any finite
-        reference point; the exact max keeps ``x − m`` exact, hence large logits accurate).
-    sumexp : Tensor
-        ``Σ_{c ≠ y_i} exp(x_ic − m_i)`` over the shard: the target column is excluded.
-    target_logit : Tensor
-        ``x_{i y_i}`` if ``y_i`` lies in the shard, else 0.
-    has_target : Tensor
-        Boolean: ``y_i`` lies in the shard (false for ignored rows).
-    sum_logits : Tensor or None
-        ``Σ_c w_c x_ic`` over the shard (``w ≡ 1`` without class weights), if requested.
-    """
-
-    max: Tensor
-    sumexp: Tensor
-    target_logit: Tensor
-    has_target: Tensor
-    sum_logits: Tensor | None = None
-
-
-@dataclass(frozen=True)
-class GradCoefficients:
-    """Per-row coefficients of the gradient pass (see the module docstring), shape ``rows``.
-
-    ``g_ic = p_scale_i · exp(x_ic − lse_i) − smooth_scale_i · w_c`` for ``c ≠ y_i`` and
-    ``g_{i y_i} = target_grad_i`` (when ``y_i`` is in the shard). ``smooth_scale`` is ``None``
-    without label smoothing.
-    """
-
-    p_scale: Tensor
-    smooth_scale: Tensor | None
-    target_grad: Tensor
-
-
-def compute_dtype(dtype: torch.dtype) -> torch.dtype:
-    """float64 stays float64; every other floating dtype computes in float32."""
-    return torch.float64 if dtype == torch.float64 else torch.float32
 
 
 def default_block_rows(row_elements: int, block_elements: int = BLOCK_ELEMENTS) -> int:
@@ -317,6 +241,7 @@ def logits_row_stats(
     with_sum: bool = False,
     block_rows: int | None = None,
     softcap: float | None = None,
+    impl: str | None = None,
 ) -> RowStats:
     """Per-row statistics of a shard of logits (pass 1).
 
@@ -343,7 +268,7 @@ def logits_row_stats(
     RowStats
         Shape ``rows``, dtype :func:`compute_dtype` of the logits.
     """
-    if (tr := _triton_for(logits)) is not None:
+    if (tr := _triton_for(logits, impl)) is not None:
         return tr.logits_row_stats(
             logits,
             target,
@@ -527,6 +452,7 @@ def logits_grad(
     block_rows: int | None = None,
     ref: Tensor | None = None,
     softcap: float | None = None,
+    impl: str | None = None,
 ) -> Tensor:
     """The gradient pass: ``d loss / d logits`` for a shard, given the *global* ``lse``.
 
@@ -571,7 +497,7 @@ def logits_grad(
             coef.target_grad,
         )
         lse = torch.where(zero & ~torch.isfinite(ref), 0.0, ref)
-    if (tr := _triton_for(logits)) is not None:
+    if (tr := _triton_for(logits, impl)) is not None:
         return tr.logits_grad(
             logits,
             target,
@@ -642,6 +568,7 @@ def logits_fused(
     block_rows: int | None = None,
     z_loss: float = 0.0,
     softcap: float | None = None,
+    impl: str | None = None,
 ) -> tuple[RowStats, Tensor]:
     """Both passes in one sweep over the whole (unsharded) vocabulary.
 
@@ -652,7 +579,7 @@ def logits_fused(
     ``z_loss`` and ``softcap`` as in :func:`index_target_coefficients` and :func:`logits_grad`
     (the statistics are then those of the softcapped logits).
     """
-    if (tr := _triton_for(logits)) is not None:
+    if (tr := _triton_for(logits, impl)) is not None:
         return tr.logits_fused(
             logits,
             target,
@@ -744,6 +671,7 @@ def prob_row_stats(
     label_smoothing: float = 0.0,
     block_rows: int | None = None,
     softcap: float | None = None,
+    impl: str | None = None,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Pass 1 for probability targets ``y`` (same shape as ``logits``, classes last).
 
@@ -753,7 +681,7 @@ def prob_row_stats(
     between two large terms when the logits are large. With ``softcap`` everything is of
     ``x' = c tanh(x / c)``.
     """
-    if (tr := _triton_for(logits)) is not None:
+    if (tr := _triton_for(logits, impl)) is not None:
         return tr.prob_row_stats(
             logits,
             target,
@@ -801,6 +729,7 @@ def prob_grad(
     block_rows: int | None = None,
     ref: Tensor | None = None,
     softcap: float | None = None,
+    impl: str | None = None,
 ) -> Tensor:
     """Pass 2 for probability targets: ``g_ic = s_i (A_i p_ic − w_c y'_ic)`` into ``out``.
 
@@ -810,7 +739,7 @@ def prob_grad(
     if ref is not None:  # fold e^{-(lse - ref)} into A
         amass = amass * torch.exp(-lse)
         lse = ref
-    if (tr := _triton_for(logits)) is not None:
+    if (tr := _triton_for(logits, impl)) is not None:
         return tr.prob_grad(
             logits,
             target,
@@ -849,19 +778,6 @@ def prob_grad(
 # --------------------------------------------------------------------------- linear
 
 
-@dataclass(frozen=True)
-class LinearGrads:
-    """Gradients of the linear kernels in compute dtype (``None`` when not requested).
-
-    ``hidden``: ``(R, D)``; ``weight``: ``(C, D)`` (the shard's rows); ``bias``: ``(C,)``.
-    For a vocabulary shard, ``hidden`` is this shard's *partial* gradient: sum it over ranks.
-    """
-
-    hidden: Tensor | None
-    weight: Tensor | None
-    bias: Tensor | None
-
-
 def _linear_logits(h: Tensor, weight: Tensor, bias: Tensor | None, buf: Tensor) -> Tensor:
     """``h @ weight.T + bias`` written into the first rows of the reused chunk buffer ``buf``
     (a fresh buffer per chunk would pay its page faults again every time)."""
@@ -887,6 +803,7 @@ def linear_row_stats(
     with_sum: bool = False,
     chunk_rows: int | None = None,
     softcap: float | None = None,
+    impl: str | None = None,
 ) -> RowStats:
     """Pass 1 for ``logits = hidden @ weight.T + bias`` without materialising them.
 
@@ -920,6 +837,7 @@ def linear_row_stats(
                 class_weight=class_weight,
                 with_sum=with_sum,
                 softcap=softcap,
+                impl=impl,
             )
         )
         del z
@@ -997,6 +915,7 @@ def linear_grad(
     need_bias: bool = False,
     ref: Tensor | None = None,
     softcap: float | None = None,
+    impl: str | None = None,
 ) -> LinearGrads:
     """Pass 2 for ``logits = hidden @ weight.T + bias``: recompute each chunk of logits, turn it
     into ``d logits`` in place (:func:`logits_grad`), and accumulate
@@ -1029,6 +948,7 @@ def linear_grad(
             out=z,
             ref=None if ref is None else ref[sl],
             softcap=softcap,
+            impl=impl,
         )
         _accumulate(grads, z, hidden[sl], weight, sl)
         del z
@@ -1052,6 +972,7 @@ def linear_fused(
     need_bias: bool = False,
     z_loss: float = 0.0,
     softcap: float | None = None,
+    impl: str | None = None,
 ) -> tuple[RowStats, LinearGrads]:
     """Statistics and gradients in one sweep (whole vocabulary local, row scales known): three
     matmuls in all — each chunk of logits is computed once and turned into its gradient."""
@@ -1075,6 +996,7 @@ def linear_fused(
             out=z,
             z_loss=z_loss,
             softcap=softcap,
+            impl=impl,
         )
         parts.append(st)
         _accumulate(grads, z, hidden[sl], weight, sl)

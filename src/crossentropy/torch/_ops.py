@@ -332,18 +332,18 @@ def index_forward(
     :func:`crossentropy.torch.cross_entropy`; ``norm`` and ``q`` are then those of the
     softcapped logits.
     """
-    with K.use_impl(impl):
-        return _index_forward(
-            logits,
-            target,
-            weight,
-            ignore_index,
-            reduction,
-            label_smoothing,
-            with_grad,
-            None,
-            _Extras(sample_weight, z_loss, softcap),
-        )
+    return _index_forward(
+        logits,
+        target,
+        weight,
+        ignore_index,
+        reduction,
+        label_smoothing,
+        with_grad,
+        None,
+        _Extras(sample_weight, z_loss, softcap),
+        impl,
+    )
 
 
 class _Extras(NamedTuple):
@@ -366,11 +366,12 @@ def index_forward_inplace(
     reduction: str,
     label_smoothing: float,
     extras: "_Extras",
+    impl: str,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """:func:`index_forward` writing the gradient into ``logits`` itself (eager only):
     returns ``(loss, lse, q, pre)``."""
     loss, lse, q, _, pre = _index_forward(
-        logits, target, weight, ignore_index, reduction, label_smoothing, True, logits, extras
+        logits, target, weight, ignore_index, reduction, label_smoothing, True, logits, extras, impl
     )
     return loss, lse, q, pre
 
@@ -385,6 +386,7 @@ def _index_forward(
     with_grad: bool,
     out: Tensor | None,
     extras: _Extras,
+    impl: str,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     num_classes = logits.shape[1] if logits.dim() >= 2 else logits.shape[0]
     check_targets(target, num_classes, ignore_index, "cross_entropy")
@@ -417,10 +419,13 @@ def _index_forward(
             out=classes_last(grad),
             z_loss=z,
             softcap=cap,
+            impl=impl,
         )
     else:
         grad = logits.new_empty((0,))
-        stats = K.logits_row_stats(x, target, class_weight=w, with_sum=bool(eps), softcap=cap)
+        stats = K.logits_row_stats(
+            x, target, class_weight=w, with_sum=bool(eps), softcap=cap, impl=impl
+        )
     lse = K.row_lse(stats)
     loss = _index_losses(stats, lse, valid, tw, eps, num_classes, total, z, sw)
     norm = torch.stack([stats.max, K.row_lse_rel(stats)])
@@ -471,35 +476,35 @@ def index_backward(
 ) -> Tensor:
     """``∂/∂ logits`` of ``Σ_i row_grad_i ℓ_i`` (one pass, from the saved ``norm`` and ``q``;
     ``row_grad`` includes any sample weights)."""
-    with K.use_impl(impl):
-        num_classes = logits.shape[1] if logits.dim() >= 2 else logits.shape[0]
-        cdt = K.compute_dtype(logits.dtype)
-        rw = row_weights(target, weight, ignore_index, "sum", num_classes, cdt)
-        coef, pre = _backward_coefficients(
-            logits.dtype,
-            rw,
-            q,
-            row_grad,
-            label_smoothing,
-            num_classes,
-            _FP16_TARGET,
-            z_loss,
-            norm[0] + norm[1],
-        )
-        grad = torch.empty_like(logits)
-        K.logits_grad(
-            classes_last(logits),
-            target,
-            norm[1],
-            coef,
-            class_weight=rw.w,
-            out=classes_last(grad),
-            ref=norm[0],
-            softcap=softcap,
-        )
-        if logits.dtype == torch.float16:
-            grad = (grad.to(cdt) / pre).to(logits.dtype)
-        return grad
+    num_classes = logits.shape[1] if logits.dim() >= 2 else logits.shape[0]
+    cdt = K.compute_dtype(logits.dtype)
+    rw = row_weights(target, weight, ignore_index, "sum", num_classes, cdt)
+    coef, pre = _backward_coefficients(
+        logits.dtype,
+        rw,
+        q,
+        row_grad,
+        label_smoothing,
+        num_classes,
+        _FP16_TARGET,
+        z_loss,
+        norm[0] + norm[1],
+    )
+    grad = torch.empty_like(logits)
+    K.logits_grad(
+        classes_last(logits),
+        target,
+        norm[1],
+        coef,
+        class_weight=rw.w,
+        out=classes_last(grad),
+        ref=norm[0],
+        softcap=softcap,
+        impl=impl,
+    )
+    if logits.dtype == torch.float16:
+        grad = (grad.to(cdt) / pre).to(logits.dtype)
+    return grad
 
 
 @index_backward.register_fake
@@ -525,20 +530,20 @@ def prob_forward(
     """Per-row ``(loss, norm, A = Σ_c w_c y'_c)`` for probability targets, compute dtype
     (``norm`` as in :func:`index_forward`; the loss includes ``z lse²``, unweighted by any
     sample weight)."""
-    with K.use_impl(impl):
-        cdt = K.compute_dtype(logits.dtype)
-        w = None if weight is None else weight.to(cdt)
-        ref, rel, loss, amass = K.prob_row_stats(
-            classes_last(logits),
-            classes_last(target),
-            class_weight=w,
-            label_smoothing=label_smoothing,
-            softcap=softcap,
-        )
-        if z_loss:
-            lse = ref + rel
-            loss = loss + z_loss * lse * lse
-        return loss, torch.stack([ref, rel]), amass
+    cdt = K.compute_dtype(logits.dtype)
+    w = None if weight is None else weight.to(cdt)
+    ref, rel, loss, amass = K.prob_row_stats(
+        classes_last(logits),
+        classes_last(target),
+        class_weight=w,
+        label_smoothing=label_smoothing,
+        softcap=softcap,
+        impl=impl,
+    )
+    if z_loss:
+        lse = ref + rel
+        loss = loss + z_loss * lse * lse
+    return loss, torch.stack([ref, rel]), amass
 
 
 @prob_forward.register_fake
@@ -567,25 +572,25 @@ def prob_backward(
 ) -> Tensor:
     """``∂/∂ logits`` of ``Σ_i row_grad_i ℓ_i`` for probability targets (the z-loss adds
     ``2 z lse`` to the coefficient ``A`` of ``p``)."""
-    with K.use_impl(impl):
-        cdt = K.compute_dtype(logits.dtype)
-        w = None if weight is None else weight.to(cdt)
-        grad = torch.empty_like(logits)
-        if z_loss:
-            amass = amass + 2.0 * z_loss * (norm[0] + norm[1])
-        K.prob_grad(
-            classes_last(logits),
-            classes_last(target),
-            norm[1],
-            row_grad.to(cdt),
-            amass,
-            class_weight=w,
-            label_smoothing=label_smoothing,
-            out=classes_last(grad),
-            ref=norm[0],
-            softcap=softcap,
-        )
-        return grad
+    cdt = K.compute_dtype(logits.dtype)
+    w = None if weight is None else weight.to(cdt)
+    grad = torch.empty_like(logits)
+    if z_loss:
+        amass = amass + 2.0 * z_loss * (norm[0] + norm[1])
+    K.prob_grad(
+        classes_last(logits),
+        classes_last(target),
+        norm[1],
+        row_grad.to(cdt),
+        amass,
+        class_weight=w,
+        label_smoothing=label_smoothing,
+        out=classes_last(grad),
+        ref=norm[0],
+        softcap=softcap,
+        impl=impl,
+    )
+    return grad
 
 
 @prob_backward.register_fake
@@ -650,55 +655,56 @@ def linear_forward(
     ``q``, and for ``"mean"``/``"sum"`` with any ``need_*`` the three gradients in compute
     dtype (empty where not needed). ``chunk_size`` 0 means the default. ``sample_weight``,
     ``z_loss`` and ``softcap`` as in :func:`index_forward`."""
-    with K.use_impl(impl):
-        eps = label_smoothing
-        num_classes = weight.shape[0]
-        check_targets(target, num_classes, ignore_index, "linear_cross_entropy")
-        cdt = K.compute_dtype(hidden.dtype)
-        w, total, valid, tw, scale = row_weights(
-            target, class_weight, ignore_index, reduction, num_classes, cdt
+    eps = label_smoothing
+    num_classes = weight.shape[0]
+    check_targets(target, num_classes, ignore_index, "linear_cross_entropy")
+    cdt = K.compute_dtype(hidden.dtype)
+    w, total, valid, tw, scale = row_weights(
+        target, class_weight, ignore_index, reduction, num_classes, cdt
+    )
+    sw = None if sample_weight is None else sample_weight.to(cdt)
+    need = (need_hidden, need_weight, need_bias and bias is not None)
+    chunk = chunk_size or None
+    if reduction != "none" and any(need):
+        rs = _sample_scale(scale, valid, sw)
+        zb = _linear_zlse_bound(hidden, weight, bias, z_loss, softcap)
+        pre = _prescale(hidden.dtype, rs, tw, w, eps, num_classes, total, 1.0, zb)
+        stats, g = K.linear_fused(
+            hidden,
+            weight,
+            target,
+            rs * pre,
+            tw,
+            bias=bias,
+            label_smoothing=eps,
+            weight_total=total,
+            class_weight=w,
+            chunk_rows=chunk,
+            need_hidden=need[0],
+            need_weight=need[1],
+            need_bias=need[2],
+            z_loss=z_loss,
+            softcap=softcap,
+            impl=impl,
         )
-        sw = None if sample_weight is None else sample_weight.to(cdt)
-        need = (need_hidden, need_weight, need_bias and bias is not None)
-        chunk = chunk_size or None
-        if reduction != "none" and any(need):
-            rs = _sample_scale(scale, valid, sw)
-            zb = _linear_zlse_bound(hidden, weight, bias, z_loss, softcap)
-            pre = _prescale(hidden.dtype, rs, tw, w, eps, num_classes, total, 1.0, zb)
-            stats, g = K.linear_fused(
-                hidden,
-                weight,
-                target,
-                rs * pre,
-                tw,
-                bias=bias,
-                label_smoothing=eps,
-                weight_total=total,
-                class_weight=w,
-                chunk_rows=chunk,
-                need_hidden=need[0],
-                need_weight=need[1],
-                need_bias=need[2],
-                z_loss=z_loss,
-                softcap=softcap,
-            )
-            grads = _grads_out(g, hidden, weight, bias, need, pre)
-        else:
-            stats = K.linear_row_stats(
-                hidden,
-                weight,
-                target,
-                bias=bias,
-                class_weight=w,
-                with_sum=bool(eps),
-                chunk_rows=chunk,
-                softcap=softcap,
-            )
-            grads = _empty_like_grads(hidden, weight, bias, (False, False, False))
-        lse = K.row_lse(stats)
-        loss = _index_losses(stats, lse, valid, tw, eps, num_classes, total, z_loss, sw)
-        norm = torch.stack([stats.max, K.row_lse_rel(stats)])
-        return (_reduce(loss, reduction, tw.sum()), norm, K.other_prob(stats), *grads)
+        grads = _grads_out(g, hidden, weight, bias, need, pre)
+    else:
+        stats = K.linear_row_stats(
+            hidden,
+            weight,
+            target,
+            bias=bias,
+            class_weight=w,
+            with_sum=bool(eps),
+            chunk_rows=chunk,
+            softcap=softcap,
+            impl=impl,
+        )
+        grads = _empty_like_grads(hidden, weight, bias, (False, False, False))
+    lse = K.row_lse(stats)
+    loss = _index_losses(stats, lse, valid, tw, eps, num_classes, total, z_loss, sw)
+    norm = torch.stack([stats.max, K.row_lse_rel(stats)])
+    return (_reduce(loss, reduction, tw.sum()), norm, K.other_prob(stats), *grads)
 
 
 @linear_forward.register_fake
@@ -755,31 +761,31 @@ def linear_backward(
     """Gradients of ``Σ_i row_grad_i ℓ_i`` w.r.t. hidden, weight and bias (compute dtype),
     recomputing each chunk of logits (four matmuls); ``row_grad`` includes any sample
     weights."""
-    with K.use_impl(impl):
-        eps = label_smoothing
-        num_classes = weight.shape[0]
-        cdt = K.compute_dtype(hidden.dtype)
-        rw = row_weights(target, class_weight, ignore_index, "sum", num_classes, cdt)
-        coef, pre = _backward_coefficients(
-            hidden.dtype, rw, q, row_grad, eps, num_classes, 1.0, z_loss, norm[0] + norm[1]
-        )
-        need = (need_hidden, need_weight, need_bias and bias is not None)
-        g = K.linear_grad(
-            hidden,
-            weight,
-            target,
-            norm[1],
-            coef,
-            bias=bias,
-            class_weight=rw.w,
-            chunk_rows=chunk_size or None,
-            need_hidden=need[0],
-            need_weight=need[1],
-            need_bias=need[2],
-            ref=norm[0],
-            softcap=softcap,
-        )
-        return _grads_out(g, hidden, weight, bias, need, pre)
+    eps = label_smoothing
+    num_classes = weight.shape[0]
+    cdt = K.compute_dtype(hidden.dtype)
+    rw = row_weights(target, class_weight, ignore_index, "sum", num_classes, cdt)
+    coef, pre = _backward_coefficients(
+        hidden.dtype, rw, q, row_grad, eps, num_classes, 1.0, z_loss, norm[0] + norm[1]
+    )
+    need = (need_hidden, need_weight, need_bias and bias is not None)
+    g = K.linear_grad(
+        hidden,
+        weight,
+        target,
+        norm[1],
+        coef,
+        bias=bias,
+        class_weight=rw.w,
+        chunk_rows=chunk_size or None,
+        need_hidden=need[0],
+        need_weight=need[1],
+        need_bias=need[2],
+        ref=norm[0],
+        softcap=softcap,
+        impl=impl,
+    )
+    return _grads_out(g, hidden, weight, bias, need, pre)
 
 
 @linear_backward.register_fake

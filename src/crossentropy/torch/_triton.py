@@ -43,7 +43,7 @@ import triton  # type: ignore[import-not-found,import-untyped]
 import triton.language as tl  # type: ignore[import-not-found,import-untyped]
 from torch import Tensor
 
-from . import _kernels as K
+from . import _types as K
 
 __all__ = [
     "logits_fused",

@@ -426,9 +426,9 @@ class _CrossEntropyInplace(torch.autograd.Function):
     ) -> tuple[Tensor, Tensor]:
         # ``logits`` is the storage's base tensor; ``geometry`` the caller's view of all of it.
         view = logits if geometry is None else logits.as_strided(*geometry)
-        with _no_autocast(logits), K.use_impl(impl):
+        with _no_autocast(logits):
             loss, _, _, pre = _ops.index_forward_inplace(
-                view, target, weight, ignore_index, reduction, eps, extras
+                view, target, weight, ignore_index, reduction, eps, extras, impl
             )
         ctx.mark_dirty(logits)
         ctx.grad, ctx.pre = logits, pre

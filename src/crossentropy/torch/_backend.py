@@ -1,0 +1,55 @@
+"""Which kernels run a call: one visible function of the tensor and ``impl``.
+
+``impl`` is an argument of every public function (``"auto"``, ``"torch"`` or ``"triton"``) and
+travels, as an argument, through the custom ops to each kernel, which asks :func:`select`
+where to run. Nothing here imports a kernel module at import time, so the torch-op kernels
+(:mod:`._kernels`) and the Triton kernels (:mod:`._triton`) both depend on this module and on
+:mod:`._types`, never on each other.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import os
+import sys
+from types import ModuleType
+
+import torch
+from torch import Tensor
+
+__all__ = ["IMPLS", "select", "triton_available", "triton_interpreted"]
+
+IMPLS = ("auto", "torch", "triton")
+
+_TRITON = "crossentropy.torch._triton"
+
+
+def triton_available() -> bool:
+    """Triton is installed (it is imported only when a kernel is first launched)."""
+    return importlib.util.find_spec("triton") is not None
+
+
+def triton_interpreted() -> bool:
+    """Triton kernels run on CPU tensors in its interpreter: ``TRITON_INTERPRET=1`` when the
+    kernels were defined (Triton reads it then), or now if they have not been defined yet."""
+    tr = sys.modules.get(_TRITON)
+    if tr is not None:
+        return bool(tr.INTERPRETED)
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+def select(x: Tensor, impl: str) -> ModuleType | None:
+    """The Triton kernel module if ``impl`` sends ``x`` there, else ``None`` (torch ops).
+
+    ``"torch"``: never. ``"triton"``: always (the public functions have checked that it can
+    run, :func:`._checks.check_impl`). ``"auto"``: CUDA tensors of float16, bfloat16 or
+    float32 when Triton is installed.
+    """
+    if impl == "torch":
+        return None
+    if impl == "auto" and not (
+        x.device.type == "cuda" and x.dtype != torch.float64 and triton_available()
+    ):
+        return None
+    return importlib.import_module(_TRITON)
