@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
 STAMP  := $(VENV)/.installed
 
-.PHONY: install test lint typecheck demo bench bench-gpu docs clean
+.PHONY: install test test-fast lint typecheck demo bench bench-gpu docs clean
 
 # Extras: test (pytest, hypothesis), dev (ruff, mypy and the docs tools: tests/test_docs.py
 # builds the site). -c constraints.txt keeps torch at the pinned CPU build.
@@ -26,6 +26,12 @@ typecheck: $(STAMP)
 
 test: lint typecheck
 	$(PY) -m pytest
+
+# While iterating (a few minutes on two cores): lint, typecheck and every test not marked slow,
+# i.e. without the multi-process groups, the browser, the docs build and the benchmarks' dry
+# runs (pyproject.toml's markers, tests/conftest.py). `make test`, which CI runs, runs them all.
+test-fast: lint typecheck
+	$(PY) -m pytest -m "not slow"
 
 # `make demo` needs only the [demo] extra (numpy, matplotlib, scikit-learn, rich): on a fresh
 # clone it installs that alone, no torch and no test tools. A .venv that `make install` or

@@ -90,6 +90,18 @@ def optional_import(name: str, extra: str) -> Any:
         return MissingModule(name, extra)
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark ``slow`` (``make test-fast`` leaves it out) every test of a module that starts
+    process groups (it imports ``_spawn.spawn_group``) and the benchmarks' dry runs, besides the
+    tests marked so where they are written (the browser tests, the docs build)."""
+    for item in items:
+        module = getattr(item, "module", None)
+        if module is not None and (
+            "spawn_group" in vars(module) or module.__name__ == "test_benchmarks"
+        ):
+            item.add_marker(pytest.mark.slow)
+
+
 @pytest.fixture
 def rng() -> np.random.Generator:
     """A seeded generator: every random test is reproducible."""

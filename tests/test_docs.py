@@ -36,6 +36,9 @@ if missing or not (DOCS / "conf.py").is_file():
         pytest.fail(f"CI must build the docs: {reason}", pytrace=False)
     pytest.skip(reason, allow_module_level=True)
 
+# The site is built once for the module (a minute): make test-fast leaves the module out.
+pytestmark = pytest.mark.slow
+
 CORE_API = [name for name in ce.__all__ if name != "__version__"]
 TORCH_API = [
     "cross_entropy",
