@@ -1,6 +1,7 @@
 """The documentation site: builds offline with no warnings, every internal link resolves, the
-API reference covers every public name with its math and examples, and one page works in a
-real headless browser (renders, math visible, search box finds a function).
+API reference covers every public name with its math and examples, and in a real headless
+browser one page works (renders, math visible, search box finds a function) and no display
+equation on any page overflows its column to the left at 390 and 1280 px.
 
 CI installs the docs tools (the ``dev`` extra); elsewhere the tests skip without them.
 """
@@ -18,6 +19,7 @@ import sys
 from dataclasses import dataclass
 from html.parser import HTMLParser
 from pathlib import Path
+from typing import Any
 from urllib.parse import unquote, urlsplit
 
 import pytest
@@ -35,6 +37,9 @@ if missing or not (DOCS / "conf.py").is_file():
     if os.environ.get("CI") and missing:
         pytest.fail(f"CI must build the docs: {reason}", pytrace=False)
     pytest.skip(reason, allow_module_level=True)
+
+# The site is built once for the module (a minute): make test-fast leaves the module out.
+pytestmark = pytest.mark.slow
 
 # The site is built once for the module (a minute): make test-fast leaves the module out.
 pytestmark = pytest.mark.slow
@@ -368,3 +373,115 @@ def test_api_page_in_a_headless_browser_math_visible_and_search_works(
     assert "Search finished, found" in found, found[-2000:]
     assert re.search(r'href="[^"]*api/generated/crossentropy\.logsumexp\.html', found)
     assert shot.is_file() and shot.stat().st_size > 20_000  # a screenshot with content
+
+
+#: Loads every page into an iframe 390 px and then 1280 px wide and measures each display
+#: equation against its column, scrolled to its start: where its MathML's boxes begin and end.
+OVERFLOW_PROBE = """<!DOCTYPE html><html><body><script>
+const PAGES = %s;
+function measure(doc) {
+  const out = [];
+  doc.querySelectorAll('div.math').forEach((div) => {
+    div.scrollLeft = 0;
+    const box = div.getBoundingClientRect();
+    const math = div.querySelector('math');
+    if (!math || box.width === 0) return;  // not displayed (a closed section)
+    let left = Infinity, right = -Infinity;
+    for (const e of [math, ...math.querySelectorAll('*')]) {
+      const r = e.getBoundingClientRect();
+      if (r.width > 0 || r.height > 0) {
+        left = Math.min(left, r.left);
+        right = Math.max(right, r.right);
+      }
+    }
+    out.push({left: left - box.left, right: right - box.left, width: box.width,
+              scrolls: div.scrollWidth > div.clientWidth,
+              overflowX: getComputedStyle(div).overflowX});
+  });
+  return out;
+}
+async function run() {
+  const results = {};
+  for (const width of [390, 1280]) {
+    const frame = document.createElement('iframe');
+    frame.style.width = width + 'px';
+    frame.style.height = '900px';
+    document.body.appendChild(frame);
+    for (const page of PAGES) {
+      await new Promise((resolve) => { frame.onload = resolve; frame.src = page; });
+      results[width + ' ' + page] = measure(frame.contentDocument);
+    }
+    frame.remove();
+  }
+  const pre = document.createElement('pre');
+  pre.id = 'probe';
+  pre.textContent = JSON.stringify(results);
+  document.body.appendChild(pre);
+}
+window.addEventListener('load', run);
+</script></body></html>"""
+
+
+@pytest.mark.slow
+def test_no_display_equation_overflows_to_the_left_at_390_and_1280_px(
+    site: Site, tmp_path: Path
+) -> None:
+    # The theme lays out div.math as a reversed flex row, and a block <math> centres its
+    # content in the column: a wide formula hid its start off the left edge, where no
+    # scrollbar reaches, and a narrow one sat at the right. Centred when it fits; else it
+    # starts at the column's left edge and scrolls.
+    browser = _browser()
+    root = _built(site)
+    pages = sorted(
+        page.relative_to(root).as_posix()
+        for page in root.rglob("*.html")
+        if page.relative_to(root).parts[0] not in ("_static", "demo-report")
+    )
+    probe = root / "probe-overflow.html"
+    probe.write_text(OVERFLOW_PROBE % json.dumps(pages), encoding="utf-8")
+    try:
+        proc = subprocess.run(
+            [
+                browser,
+                *CHROMIUM_FLAGS,
+                "--window-size=1400,1000",
+                "--virtual-time-budget=120000",
+                "--allow-file-access-from-files",  # the probe reads its iframes' pages
+                f"--user-data-dir={tmp_path / 'profile'}",
+                "--dump-dom",
+                probe.as_uri(),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=False,
+        )
+    finally:
+        probe.unlink()
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    match = re.search(r'<pre id="probe"[^>]*>(.*?)</pre>', proc.stdout, re.S)
+    assert match, proc.stdout[-2000:]
+    results: dict[str, list[dict[str, Any]]] = json.loads(html_lib.unescape(match.group(1)))
+    assert len(results) == 2 * len(pages)
+    measured = {width: 0 for width in ("390", "1280")}
+    wide = dict(measured)
+    bad: list[str] = []
+    for key, equations in results.items():
+        width = key.split()[0]
+        for k, eq in enumerate(equations):
+            left, right, column = (float(eq[name]) for name in ("left", "right", "width"))
+            measured[width] += 1
+            where = f"{key} equation {k}: {eq}"
+            if left < -0.5:
+                bad.append(f"starts {-left:.0f} px left of its column: {where}")
+            elif right - left <= column + 0.5:
+                if abs((left + right) / 2 - column / 2) > 2:
+                    bad.append(f"fits but is not centred: {where}")
+            else:
+                wide[width] += 1
+                if left > 0.5 or not eq["scrolls"] or eq["overflowX"] not in ("auto", "scroll"):
+                    bad.append(f"wider than its column but does not scroll from its start: {where}")
+    assert bad == [], "\n".join(bad[:20])
+    # the probe saw the site's equations, wide ones among them (at 390 px many are wider)
+    assert measured["390"] >= 30 and measured["1280"] == measured["390"], measured
+    assert wide["390"] >= 10 and wide["1280"] >= 1, wide
