@@ -1,7 +1,8 @@
 """The documentation site: builds offline with no warnings, every internal link resolves, the
-API reference covers every public name with its math and examples, and in a real headless
-browser one page works (renders, math visible, search box finds a function) and no display
-equation on any page overflows its column to the left at 390 and 1280 px.
+API reference covers every public name with its math and examples, no page shows raw markup,
+and in a real headless browser one page works (renders, math visible, search box finds a
+function) and no display equation on any page overflows its column to the left at 390 and
+1280 px.
 
 CI installs the docs tools (the ``dev`` extra); elsewhere the tests skip without them.
 """
@@ -267,6 +268,67 @@ def test_benchmark_tables_changelog_and_demo_report_are_in_the_site(site: Site) 
     demo = (root / "demo.html").read_text(encoding="utf-8")
     assert 'href="demo-report/index.html"' in demo
     assert (root / "demo-report/index.html").stat().st_size > 10_000
+
+
+# --- markup ----------------------------------------------------------------------------------
+
+#: reST or LaTeX that reached the reader as text: backticks (``literal``, :role:`target`,
+#: `link`_), a directive, a LaTeX command. Code, math, scripts and styles are not prose.
+RAW_MARKUP = re.compile(r"`|^\s*\.\. [a-z-]+::|\\(?:frac|sum|mathrm|operatorname)\b", re.M)
+#: Raw markup that comes from a docstring in src/, to be fixed there: page -> where.
+KNOWN_IN_SRC = {
+    "api/generated/crossentropy.torch.CrossEntropyLoss.html": (
+        "src/crossentropy/torch/modules.py, CrossEntropyLoss's docstring: the paragraph "
+        "``forward(input, target, sample_weight=None)``: ... sits inside the Parameters "
+        "section, so numpydoc shows each of its lines as a parameter name"
+    ),
+}
+
+
+def _prose(raw: str) -> str:
+    """The text a reader sees outside code, math, scripts and styles."""
+    raw = re.sub(r"<!--.*?-->", " ", raw, flags=re.S)
+    raw = re.sub(r"<(script|style|pre|code|math|textarea)\b.*?</\1>", " ", raw, flags=re.S)
+    return html_lib.unescape(re.sub(r"<[^>]+>", " ", raw))
+
+
+def _raw_markup(raw: str) -> list[str]:
+    text = _prose(raw)
+    return [
+        " ".join(text[max(0, m.start() - 40) : m.end() + 40].split())
+        for m in RAW_MARKUP.finditer(text)
+    ]
+
+
+@pytest.mark.parametrize(
+    ("html", "shows"),
+    [
+        ("<p><strong>It does not change ``&quot;mean&quot;``'s denominator</strong></p>", True),
+        ("<dt><strong>:func:`crossentropy.torch.cross_entropy` are</strong></dt>", True),
+        ("<p>.. math::</p>", True),
+        ("<p>the loss <span>\\frac{1}{n}</span></p>", True),
+        ("<p>a <code>``literal``</code> in code</p><pre>x = `y`</pre>", False),
+        ("<p><math><mi>a</mi></math> and <em>emphasis</em>, 2**-64</p>", False),
+    ],
+)
+def test_raw_markup_detector(html: str, shows: bool) -> None:
+    assert bool(_raw_markup(html)) == shows
+
+
+def test_no_raw_markup_shows_on_any_page(site: Site) -> None:
+    root = _built(site)
+    found: dict[str, list[str]] = {}
+    for page in sorted(root.rglob("*.html")):
+        name = page.relative_to(root).as_posix()
+        if not name.startswith("_static/"):
+            hits = _raw_markup(page.read_text(encoding="utf-8"))
+            if hits:
+                found[name] = hits
+    unexpected = {name: hits for name, hits in found.items() if name not in KNOWN_IN_SRC}
+    assert unexpected == {}, "\n".join(f"{n}: {h[:3]}" for n, h in unexpected.items())
+    pending = [KNOWN_IN_SRC[name] for name in found if name in KNOWN_IN_SRC]
+    if pending:
+        pytest.xfail("raw markup from docstrings in src/: " + "; ".join(pending))
 
 
 # --- in a real browser ------------------------------------------------------------------------
