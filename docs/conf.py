@@ -68,6 +68,8 @@ html_theme_options: dict[str, Any] = {
     "footer_end": [],
 }
 html_context = {"default_mode": "light"}
+# Pages with no subpages have no section to navigate: no left sidebar there.
+html_sidebars = {page: [] for page in ("install", "benchmarks", "demo", "changelog")}
 
 
 def _demo_report(app: Any, exception: Exception | None) -> None:

@@ -1,7 +1,8 @@
 """The documentation site: builds offline with no warnings, every internal link resolves, the
 API reference covers every public name with its math and examples, no page shows raw markup,
-and in a real headless browser one page works (renders, math visible, search box finds a
-function) and no display equation on any page overflows its column to the left at 390 and
+the guide pages navigate their section, the installation page covers sources, extras and torch
+builds, and in a real headless browser one page works (renders, math visible, search box finds
+a function) and no display equation on any page overflows its column to the left at 390 and
 1280 px.
 
 CI installs the docs tools (the ``dev`` extra); elsewhere the tests skip without them.
@@ -70,8 +71,11 @@ MODULES = [
     "crossentropy.torch.distributed",
     "crossentropy.torch.tokens",
 ]
+GUIDE = ["why", "choosing", "numpy", "torch", "options", "distributed", "numerics"]
 PAGES = [
     "index.html",
+    "install.html",
+    "guide/index.html",
     "guide/why.html",
     "guide/choosing.html",
     "guide/numpy.html",
@@ -270,7 +274,7 @@ def test_benchmark_tables_changelog_and_demo_report_are_in_the_site(site: Site) 
     assert (root / "demo-report/index.html").stat().st_size > 10_000
 
 
-# --- markup ----------------------------------------------------------------------------------
+# --- markup, navigation, installation ----------------------------------------------------------
 
 #: reST or LaTeX that reached the reader as text: backticks (``literal``, :role:`target`,
 #: `link`_), a directive, a LaTeX command. Code, math, scripts and styles are not prose.
@@ -329,6 +333,48 @@ def test_no_raw_markup_shows_on_any_page(site: Site) -> None:
     pending = [KNOWN_IN_SRC[name] for name in found if name in KNOWN_IN_SRC]
     if pending:
         pytest.xfail("raw markup from docstrings in src/: " + "; ".join(pending))
+
+
+def test_guide_pages_navigate_their_section_and_list_their_own_sections(site: Site) -> None:
+    # The guide is one section (guide/index.rst): each page's left sidebar lists the others
+    # (it was empty when every guide page was a section of its own), the right one its headings.
+    root = _built(site)
+    for name in GUIDE:
+        raw = (root / f"guide/{name}.html").read_text(encoding="utf-8")
+        nav = re.search(r'<nav class="bd-docs-nav.*?</nav>', raw, re.S)
+        assert nav, name
+        linked = set(re.findall(r'href="(\w+)\.html"', nav.group(0)))
+        assert linked == set(GUIDE) - {name}, (name, linked)
+        toc = re.search(r'<nav id="pst-page-toc-nav".*?</nav>', raw, re.S)
+        assert toc and toc.group(0).count('href="#') >= 2, name
+    index = (root / "index.html").read_text(encoding="utf-8")
+    for target in ("install.html", "guide/index.html", "api/index.html"):
+        assert f'href="{target}"' in index, target
+
+
+def test_installation_page_covers_sources_extras_and_torch_builds(site: Site) -> None:
+    text = _text(_built(site) / "install.html")
+    for piece in (
+        "pip install .",
+        "git+",
+        "[torch]",
+        "[demo]",
+        "[test]",
+        "[dev]",
+        "https://download.pytorch.org/whl/cpu",
+        "CUDA",
+        "constraints.txt",
+        "make test-fast",
+    ):
+        assert piece in text, piece
+    # the versions it quotes are the ones the project declares and pins
+    pyproject = (ROOT / "pyproject.toml").read_text(encoding="utf-8")
+    declared = re.search(r'torch = \["(torch>=[\d.]+)"\]', pyproject)
+    pinned = re.search(r"^torch==\S+", (ROOT / "constraints.txt").read_text(), re.M)
+    python = re.search(r'requires-python = ">=([\d.]+)"', pyproject)
+    assert declared and pinned and python
+    assert declared.group(1) in text and pinned.group(0) in text
+    assert f"Python {python.group(1)} or newer" in text
 
 
 # --- in a real browser ------------------------------------------------------------------------
