@@ -1,9 +1,9 @@
 """The documentation site: builds offline with no warnings, every internal link resolves, the
 API reference covers every public name with its math and examples, no page shows raw markup,
 the guide pages navigate their section, the installation page covers sources, extras and torch
-builds, and in a real headless browser one page works (renders, math visible, search box finds
-a function) and no display equation on any page overflows its column to the left at 390 and
-1280 px.
+builds, other projects' docs are linked from shipped inventories, and in a real headless
+browser one page works (renders, math visible, search box finds a function) and no display
+equation on any page overflows its column to the left at 390 and 1280 px.
 
 CI installs the docs tools (the ``dev`` extra); elsewhere the tests skip without them.
 """
@@ -15,6 +15,7 @@ import importlib.util
 import json
 import os
 import re
+import runpy
 import shutil
 import subprocess
 import sys
@@ -274,7 +275,7 @@ def test_benchmark_tables_changelog_and_demo_report_are_in_the_site(site: Site) 
     assert (root / "demo-report/index.html").stat().st_size > 10_000
 
 
-# --- markup, navigation, installation ----------------------------------------------------------
+# --- markup, navigation, installation, other projects' docs ---------------------------------
 
 #: reST or LaTeX that reached the reader as text: backticks (``literal``, :role:`target`,
 #: `link`_), a directive, a LaTeX command. Code, math, scripts and styles are not prose.
@@ -375,6 +376,25 @@ def test_installation_page_covers_sources_extras_and_torch_builds(site: Site) ->
     assert declared and pinned and python
     assert declared.group(1) in text and pinned.group(0) in text
     assert f"Python {python.group(1)} or newer" in text
+
+
+def test_intersphinx_reads_only_shipped_inventories_and_links_python(site: Site) -> None:
+    root = _built(site)
+    path = list(sys.path)
+    try:
+        conf = runpy.run_path(str(DOCS / "conf.py"))
+    finally:
+        sys.path[:] = path
+    assert "sphinx.ext.intersphinx" in conf["extensions"]
+    mapping = conf["intersphinx_mapping"]
+    assert "python" in mapping  # the one inventory shipped so far (see docs/conf.py)
+    for name, (url, inventory) in mapping.items():
+        assert url.startswith("https://") and url.endswith("/"), name
+        assert Path(inventory).is_file() and Path(inventory).is_relative_to(DOCS), name
+        head = Path(inventory).read_bytes()[:200]
+        assert head.startswith(b"# Sphinx inventory version 2"), name
+    page = (root / "api/generated/crossentropy.cross_entropy.html").read_text(encoding="utf-8")
+    assert 'href="https://docs.python.org/3/library/functions.html#float"' in page
 
 
 # --- in a real browser ------------------------------------------------------------------------
