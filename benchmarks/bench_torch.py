@@ -9,8 +9,8 @@ counting the returned gradients (``_harness.peak_memory_above_inputs``). Floors:
 ``torch.exp`` pass over the logits (allocating its output, as any gradient must be), and for
 the linear case the three matmuls ``H Wᵀ``, ``G W``, ``Gᵀ H`` alone. The "small and medium
 inputs" part times ``cross_entropy``'s default (``F.cross_entropy`` directly up to
-``DIRECT_MAX_ELEMENTS`` logits) against ``F.cross_entropy`` and against the fused path forced,
-each timed sample a loop of enough calls to last ≥ ~20 ms, and a small-MLP training step.
+``Tuning.direct_max_elements`` logits) against ``F.cross_entropy`` and against the fused path
+forced, each timed sample a loop of enough calls to last ≥ ~20 ms, and a small-MLP training step.
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ from _harness import (
 )
 
 import crossentropy.torch as cet
-import crossentropy.torch.functional as cetf
+from crossentropy.torch._types import override_tuning, tuning
 
 THREADS = 2
 NOTES = (
@@ -56,7 +56,7 @@ SMALL_NOTES = (
     "Notes: each timed sample is a loop of k calls (k chosen per implementation and shape so "
     "that a sample lasts ≥ ~{sample_ms:.0f} ms), divided by k; medians of {samples} interleaved "
     "samples after a warm-up. 'fused path forced' sets "
-    "`crossentropy.torch.functional.DIRECT_MAX_ELEMENTS = -1` around each call (restored after); "
+    "`override_tuning(direct_max_elements=-1)` (crossentropy.torch._types) around each call; "
     "'default path' is read from the loss's `grad_fn` (`NllLossBackward0`: direct call of "
     "`F.cross_entropy`; `_CrossEntropyIndexBackward`: fused). Above the threshold the default "
     "and the forced column run the same code, so their difference is noise.\n"
@@ -80,16 +80,15 @@ def _mark(ok: bool) -> str:
 _CE_SETUP = """
 import torch, torch.nn.functional as F
 import crossentropy.torch as cet
-import crossentropy.torch.functional as cetf
+from crossentropy.torch._types import override_tuning
 torch.set_num_threads({threads})
 g = torch.Generator().manual_seed(0)
 # warm up lazily-initialised code paths on small inputs, the fused path included (small inputs
 # would otherwise take the direct F path and leave its first-call imports to the measurement)
-_direct, cetf.DIRECT_MAX_ELEMENTS = cetf.DIRECT_MAX_ELEMENTS, -1
-for _ in range(2):
-    w = torch.randn(64, 512).to({dtype}).requires_grad_()
-    {call}(w, torch.randint(0, 512, (64,))).backward()
-cetf.DIRECT_MAX_ELEMENTS = _direct
+with override_tuning(direct_max_elements=-1):
+    for _ in range(2):
+        w = torch.randn(64, 512).to({dtype}).requires_grad_()
+        {call}(w, torch.randint(0, 512, (64,))).backward()
 x = torch.randn({n}, {v}, generator=g).to({dtype}).requires_grad_()
 t = torch.randint(0, {v}, ({n},), generator=g)
 """
@@ -215,7 +214,7 @@ def bench_cross_entropy(
 _LIN_SETUP = """
 import torch, torch.nn.functional as F
 import crossentropy.torch as cet
-import crossentropy.torch.functional as cetf
+from crossentropy.torch._types import override_tuning
 torch.set_num_threads({threads})
 g = torch.Generator().manual_seed(0)
 def naive(h, w, t):
@@ -224,11 +223,10 @@ def torch_ref(h, w, t):
     return F.linear_cross_entropy(h, w, t)
 def torch_chunked(h, w, t):
     return F.linear_cross_entropy(h, w, t, options=torch.nn.LinearCrossEntropyOptions())
-_direct, cetf.LINEAR_DIRECT_MAX_ELEMENTS = cetf.LINEAR_DIRECT_MAX_ELEMENTS, -1
-for _ in range(2):
-    hs = torch.randn(256, 64).requires_grad_(); ws = torch.randn(512, 64).requires_grad_()
-    {call}(hs, ws, torch.randint(0, 512, (256,))).backward()
-cetf.LINEAR_DIRECT_MAX_ELEMENTS = _direct
+with override_tuning(linear_direct_max_elements=-1):
+    for _ in range(2):
+        hs = torch.randn(256, 64).requires_grad_(); ws = torch.randn(512, 64).requires_grad_()
+        {call}(hs, ws, torch.randint(0, 512, (256,))).backward()
 h = torch.randn({n}, {d}, generator=g).requires_grad_()
 w = (torch.randn({v}, {d}, generator=g) / {d} ** 0.5).requires_grad_()
 t = torch.randint(0, {v}, ({n},), generator=g)
@@ -341,15 +339,11 @@ SMALL_TARGET = 1.2  # ours / F.cross_entropy on the smallest shapes and the MLP 
 
 
 def _forced_fused(fn: Callable[[], object]) -> Callable[[], None]:
-    """``fn`` run with the direct path switched off (``DIRECT_MAX_ELEMENTS = -1``), restored."""
+    """``fn`` run with the direct path switched off (``direct_max_elements=-1``), restored."""
 
     def run() -> None:
-        saved = cetf.DIRECT_MAX_ELEMENTS
-        cetf.DIRECT_MAX_ELEMENTS = -1
-        try:
+        with override_tuning(direct_max_elements=-1):
             fn()
-        finally:
-            cetf.DIRECT_MAX_ELEMENTS = saved
 
     return run
 
@@ -407,13 +401,9 @@ def _path_taken(loss: torch.Tensor) -> str:
 
 
 def _forced_path(x: torch.Tensor, t: torch.Tensor) -> str:
-    """The path ``cet.cross_entropy`` takes with ``DIRECT_MAX_ELEMENTS = -1`` (restored)."""
-    saved = cetf.DIRECT_MAX_ELEMENTS
-    cetf.DIRECT_MAX_ELEMENTS = -1
-    try:
+    """The path ``cet.cross_entropy`` takes with ``direct_max_elements=-1`` (restored)."""
+    with override_tuning(direct_max_elements=-1):
         return _path_taken(cet.cross_entropy(x.detach().requires_grad_(), t))
-    finally:
-        cetf.DIRECT_MAX_ELEMENTS = saved
 
 
 def _cpu_ticks() -> tuple[int, int] | None:
@@ -460,7 +450,7 @@ def bench_small(
         path = _path_taken(cet.cross_entropy(x.detach().requires_grad_(), t))
         forced = _forced_path(x, t)
         if forced != "fused":
-            raise RuntimeError(f"DIRECT_MAX_ELEMENTS = -1 did not force the fused path: {forced}")
+            raise RuntimeError(f"direct_max_elements=-1 did not force the fused path: {forced}")
         fns = {
             "F": _fwd_bwd(F.cross_entropy, x, t),
             "ours": _fwd_bwd(cet.cross_entropy, x, t),
@@ -504,7 +494,7 @@ def bench_small(
         )
     else:
         wins = "The fused path does not beat `F.cross_entropy` at any measured shape."
-    wins += f" `DIRECT_MAX_ELEMENTS` = {cetf.DIRECT_MAX_ELEMENTS:,}."
+    wins += f" `Tuning.direct_max_elements` = {tuning().direct_max_elements:,}."
 
     print("  small MLP training step ...", flush=True)
     mlp = bench_mlp_step(samples, sample_s)

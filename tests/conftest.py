@@ -109,12 +109,24 @@ def rng() -> np.random.Generator:
 
 
 @pytest.fixture
-def force_fused(monkeypatch: pytest.MonkeyPatch) -> None:
+def tuned(request: pytest.FixtureRequest) -> Callable[..., None]:
+    """``tuned(block_elements=33, ...)``: the torch backend's tuning values replaced for the rest
+    of the test (``crossentropy.torch._types.override_tuning``), restored after it."""
+    types = pytest.importorskip("crossentropy.torch._types")
+
+    def apply(**changes: Any) -> None:
+        ctx = types.override_tuning(**changes)
+        ctx.__enter__()
+        request.addfinalizer(lambda: ctx.__exit__(None, None, None))
+
+    return apply
+
+
+@pytest.fixture
+def force_fused(tuned: Callable[..., None]) -> None:
     """Send every ``crossentropy.torch`` call, however small, through the fused kernels (not
     the direct ``F.cross_entropy`` path that small problems take)."""
-    functional = pytest.importorskip("crossentropy.torch.functional")
-    monkeypatch.setattr(functional, "DIRECT_MAX_ELEMENTS", -1)
-    monkeypatch.setattr(functional, "LINEAR_DIRECT_MAX_ELEMENTS", -1)
+    tuned(direct_max_elements=-1, linear_direct_max_elements=-1)
 
 
 #: The figures the demo report writes (``figures/*.svg``), for the report and CLI tests.

@@ -28,7 +28,9 @@ SECTIONS = {
 }
 
 
-@pytest.mark.parametrize("name", ["core", "torch", "distributed", "gpu", "lm", "forward"])
+@pytest.mark.parametrize(
+    "name", ["core", "torch", "distributed", "gpu", "lm", "forward", "precision"]
+)
 def test_benchmark_quick_run_writes_a_table(name: str, tmp_path: Path) -> None:
     env = {**os.environ, "CROSSENTROPY_BENCH_RESULTS": str(tmp_path)}
     proc = subprocess.run(

@@ -10,8 +10,8 @@ The grid is
   classes sharded contiguously and unevenly, ``WIDTHS``);
 - **impl**: ``"torch"`` (float64) and ``"triton"`` (Triton's interpreter on CPU tensors, float32:
   Triton refuses float64; ``_triton.BLOCK`` small so every row crosses chunk boundaries). The
-  per-token statistics take no ``impl`` (a test below pins that), so they have ``"torch"``
-  cells only;
+  vocabulary-parallel per-token statistics take no ``impl`` (a test below pins that), so they
+  have ``"torch"`` cells only;
 - **form**: logits, or ``hidden @ weight.T + bias`` (``chunk_size=3``: a ragged last chunk of
   the 7 rows);
 - **quantity**: the loss, or the per-token statistics;
@@ -143,15 +143,20 @@ def _loss_impls() -> tuple[str, ...]:
     return ("torch", "triton") if _triton_ok() else ("torch",)
 
 
-def _cells() -> Iterator[tuple[str, str, str, str, dict[str, Any], int]]:
+def _stats_impls(world: int) -> tuple[str, ...]:
+    return _loss_impls() if world == 0 else ("torch",)
+
+
+def _cells(world: int) -> Iterator[tuple[str, str, str, str, dict[str, Any], int]]:
     """(impl, form, quantity, option name, options, seed) of one backend's cells."""
     for impl in _loss_impls():
         for form in FORMS:
             for i, (name, opts) in enumerate(LOSS_OPTIONS.items()):
                 yield impl, form, "loss", name, opts, 100 + i
-    for form in FORMS:
-        for i, (name, opts) in enumerate(STATS_OPTIONS.items()):
-            yield "torch", form, "stats", name, opts, 200 + i
+    for impl in _stats_impls(world):
+        for form in FORMS:
+            for i, (name, opts) in enumerate(STATS_OPTIONS.items()):
+                yield impl, form, "stats", name, opts, 200 + i
 
 
 def _cell_name(impl: str, form: str, quantity: str, name: str) -> str:
@@ -295,9 +300,10 @@ def _call(
     common: dict[str, Any] = {"ignore_index": ignore_index, "softcap": cap}
     if world:
         common["vocab_size"] = C
+    if quantity == "loss" or not world:
+        common["impl"] = impl
     if quantity == "loss":
         common.update(
-            impl=impl,
             reduction=opts.get("reduction", "mean"),
             label_smoothing=opts.get("eps", 0.0),
             z_loss=opts.get("z_loss", 0.0),
@@ -342,19 +348,18 @@ def _run_all(world: int, rank: int) -> dict[str, dict[str, Any]]:
     """Every cell of one backend, by name."""
     return {
         _cell_name(impl, form, quantity, name): _call(impl, form, quantity, opts, seed, world, rank)
-        for impl, form, quantity, name, opts, seed in _cells()
+        for impl, form, quantity, name, opts, seed in _cells(world)
     }
 
 
 def _worker(rank: int, world: int, port: int, out: Path) -> None:
     import torch.distributed as dist
 
-    from crossentropy.torch import functional
+    from crossentropy.torch import _types
 
     torch.set_num_threads(1)
     # no single-process call runs here, but the fused kernels all the same
-    functional.DIRECT_MAX_ELEMENTS = -1
-    functional.LINEAR_DIRECT_MAX_ELEMENTS = -1
+    _types.override_tuning(direct_max_elements=-1, linear_direct_max_elements=-1).__enter__()
     if _triton_ok():
         from crossentropy.torch import _triton
 
@@ -407,7 +412,7 @@ def _record(dtype: str, ours: np.ndarray, ref: np.ndarray, where: str) -> None:
 def _compare(backend: str, per_rank: dict[str, list[dict[str, Any]]]) -> list[str]:
     """Every cell of a backend against the reference; the mismatches, described."""
     failures = []
-    for impl, form, quantity, name, opts, seed in _cells():
+    for impl, form, quantity, name, opts, seed in _cells(BACKENDS[backend]):
         cell = _cell_name(impl, form, quantity, name)
         dtype = str(_dtype(impl)).removeprefix("torch.")
         ref = _reference(form, quantity, opts, seed, _dtype(impl))
@@ -454,37 +459,32 @@ def test_parity_with_the_float64_reference(
     assert not failures, "\n".join(failures)
 
 
-def test_token_stats_take_no_impl() -> None:
-    """The per-token statistics have no ``impl`` (torch kernels only): the grid has no Triton
-    cells for them. If one gains it, this fails, and the grid should cover it."""
+def test_vocab_parallel_token_stats_take_no_impl() -> None:
+    """The vocabulary-parallel per-token statistics have no ``impl`` (torch kernels only): the
+    grid has no Triton cells for them. If one gains it, this fails, and the grid should cover
+    it. The single-process ones take it, and the grid covers both."""
     import crossentropy.torch as ct
 
-    for fn in (
-        ct.token_stats,
-        ct.linear_token_stats,
-        ct.vocab_parallel_token_stats,
-        ct.vocab_parallel_linear_token_stats,
-    ):
+    for fn in (ct.vocab_parallel_token_stats, ct.vocab_parallel_linear_token_stats):
         assert "impl" not in inspect.signature(fn).parameters, fn.__name__
-    x, t = torch.zeros(2, 3), torch.zeros(2, dtype=torch.int64)
-    with pytest.raises(TypeError, match="impl"):
-        ct.token_stats(x, t, impl="triton")  # type: ignore[call-arg]
+    for fn in (ct.token_stats, ct.linear_token_stats):
+        assert "impl" in inspect.signature(fn).parameters, fn.__name__
 
 
 def test_grid_summary() -> None:
     """The grid's size and its worst errors (``pytest -s`` shows them); runs last."""
     if set(COMPARED) != set(BACKENDS):
         pytest.skip("the summary needs every backend's parity test in the same run")
-    per_backend = len(list(_cells()))
     loss = len(_loss_impls()) * len(FORMS) * len(LOSS_OPTIONS)
-    stats = len(FORMS) * len(STATS_OPTIONS)
-    assert per_backend == loss + stats
-    assert all(n == per_backend for n in COMPARED.values()), COMPARED
+    for backend, world in BACKENDS.items():
+        stats = len(_stats_impls(world)) * len(FORMS) * len(STATS_OPTIONS)
+        assert len(list(_cells(world))) == loss + stats == COMPARED[backend], backend
     total = sum(COMPARED.values())
     print(
         f"\nparity grid: {total} cells = {len(BACKENDS)} backends x "
-        f"({len(_loss_impls())} impls x {len(FORMS)} forms x {len(LOSS_OPTIONS)} loss option "
-        f"sets + 1 impl x {len(FORMS)} forms x {len(STATS_OPTIONS)} token-stats option sets)"
+        f"{len(_loss_impls())} impls x {len(FORMS)} forms x {len(LOSS_OPTIONS)} loss option "
+        f"sets + (single process: {len(_stats_impls(0))} impls; vocab-parallel: 1) x "
+        f"{len(FORMS)} forms x {len(STATS_OPTIONS)} token-stats option sets"
     )
     for dtype, worst in sorted(WORST.items()):
         (a, a_at), (r, r_at) = worst["abs"], worst["rel"]

@@ -116,15 +116,12 @@ def test_fp16_z_loss_with_a_masked_vocabulary_keeps_the_gradient(impl):
 
 
 @pytest.mark.parametrize("fused", [True, False])
-def test_nan_sample_weight_at_an_ignored_position_with_z_loss_gives_zero(fused, monkeypatch):
+def test_nan_sample_weight_at_an_ignored_position_with_z_loss_gives_zero(fused, tuned):
     """The small-problem (composite) path multiplied the ignored positions' losses, 0, by
     their NaN sample weight: the value was masked but the gradient was NaN (the whole
     ``weight.grad`` for ``linear_cross_entropy``)."""
     if not fused:
-        from crossentropy.torch import functional
-
-        monkeypatch.setattr(functional, "DIRECT_MAX_ELEMENTS", 1 << 20)
-        monkeypatch.setattr(functional, "LINEAR_DIRECT_MAX_ELEMENTS", 1 << 19)
+        tuned(direct_max_elements=1 << 20, linear_direct_max_elements=1 << 19)
     g = torch.Generator().manual_seed(0)
     t = torch.randint(0, 10, (8,), generator=g)
     t[0] = t[5] = -100
@@ -175,3 +172,14 @@ def test_linear_cross_entropy_with_zero_features(reduction, bias):
     for a, e in zip(got, want, strict=True):
         assert a.shape == e.shape
         torch.testing.assert_close(a, e)
+
+
+def test_linear_cross_entropy_checks_the_bias_device():
+    """``linear_cross_entropy`` had no bias-device check (``linear_token_stats`` and the
+    vocab-parallel functions had their own copies): a bias elsewhere failed in torch's words
+    inside the kernel. The check now lives in the one projection check they all call."""
+    h, w, t = torch.randn(4, 3), torch.randn(5, 3), torch.tensor([0, 1, 2, 3])
+    bias = torch.randn(5, device="meta")
+    for fn in (cet.linear_cross_entropy, cet.linear_token_stats):
+        with pytest.raises(ValueError, match=r"bias must be on hidden's device cpu, got device"):
+            fn(h, w, t, bias=bias)

@@ -19,7 +19,6 @@ torch = pytest.importorskip("torch")
 F = torch.nn.functional
 
 import crossentropy.torch as cet  # noqa: E402
-from crossentropy.torch import functional as CF  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("force_fused")
 
@@ -487,10 +486,9 @@ def test_result_dtype_promotion():
 @pytest.mark.parametrize("fused", [True, False])
 @pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
 @pytest.mark.parametrize("kind", ["index", "prob", "linear"])
-def test_empty_batches(monkeypatch, fused, reduction, kind):
+def test_empty_batches(tuned, fused, reduction, kind):
     if not fused:
-        monkeypatch.setattr(CF, "DIRECT_MAX_ELEMENTS", 1 << 20)
-        monkeypatch.setattr(CF, "LINEAR_DIRECT_MAX_ELEMENTS", 1 << 19)
+        tuned(direct_max_elements=1 << 20, linear_direct_max_elements=1 << 19)
     out = []
     for ours in (True, False):
         x = torch.randn(0, C, requires_grad=True)
@@ -564,8 +562,8 @@ def test_argument_errors_in_our_format():
     assert len(str(info.value)) < 300
 
 
-def test_direct_path_errors_are_ours(monkeypatch):
-    monkeypatch.setattr(CF, "DIRECT_MAX_ELEMENTS", 1 << 20)
+def test_direct_path_errors_are_ours(tuned):
+    tuned(direct_max_elements=1 << 20)
     x = torch.randn(4, C, requires_grad=True)
     with pytest.raises(ValueError, match=r"target must contain class indices in \[0, 5\)"):
         cet.cross_entropy(x, torch.tensor([0, 1, 2, 7]))

@@ -361,11 +361,10 @@ def _special_cases() -> Iterator[tuple[str, dict[str, Any]]]:
 
 
 def _run_cases(rank: int, world: int) -> dict[str, list[dict[str, Any]]]:
-    from crossentropy.torch import functional
+    from crossentropy.torch import _types
 
     # The torch reference runs the fused kernels, not F.cross_entropy (the plain reference).
-    functional.DIRECT_MAX_ELEMENTS = -1
-    functional.LINEAR_DIRECT_MAX_ELEMENTS = -1
+    _types.override_tuning(direct_max_elements=-1, linear_direct_max_elements=-1).__enter__()
     widths, zero = WIDTHS[world], ZERO_WIDTHS[world]
     logits, linear = [], []
     for i, (name, kw) in enumerate(_grid()):

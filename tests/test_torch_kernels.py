@@ -142,8 +142,8 @@ def test_row_nll_is_accurate_for_confident_rows():
 
 
 @pytest.mark.parametrize("huge", [False, True])
-def test_empty_buffer_is_writable_and_right_type(monkeypatch, huge):
-    monkeypatch.setattr(K, "HUGE_PAGES", huge)
+def test_empty_buffer_is_writable_and_right_type(tuned, huge):
+    tuned(huge_pages=huge)
     for dtype in (torch.float32, torch.bfloat16, torch.float16, torch.float64):
         b = K.empty_buffer((1024, 1024 + 7), dtype, torch.device("cpu"))
         assert b.dtype == dtype and b.shape == (1024, 1031) and b.is_contiguous()
@@ -151,14 +151,14 @@ def test_empty_buffer_is_writable_and_right_type(monkeypatch, huge):
         assert float(b.double().mean()) == 1.5
 
 
-def test_huge_page_buffers_give_the_same_gradient(monkeypatch, rng):
+def test_huge_page_buffers_give_the_same_gradient(tuned, rng):
     """The opt-in allocator changes where the gradient lives, not its values."""
     g = torch.Generator().manual_seed(int(rng.integers(2**31)))
     x = torch.randn(64, 20000, generator=g)
     t = torch.randint(0, 20000, (64,), generator=g)
     grads = []
     for huge in (False, True):
-        monkeypatch.setattr(K, "HUGE_PAGES", huge)
+        tuned(huge_pages=huge)
         xx = x.clone().requires_grad_()
         F.cross_entropy(xx, t).backward()  # reference path is unaffected
         ref = xx.grad

@@ -120,12 +120,10 @@ def test_every_combination_matches_the_definition_float64(shape):
 
 
 @pytest.mark.parametrize("block_rows", [1, 3])
-def test_blocked_recompute_and_fused_sweeps_agree(monkeypatch, block_rows):
+def test_blocked_recompute_and_fused_sweeps_agree(tuned, block_rows):
     """Blocks smaller than the batch (every block boundary), fused ("mean") and recomputing
     ("none" with a random upstream) passes."""
-    from crossentropy.torch import _kernels as K
-
-    monkeypatch.setattr(K, "BLOCK_ELEMENTS", block_rows * 11)
+    tuned(block_elements=block_rows * 11)
     x, y, w, sw = _case((9, 11), False, seed=3)
     for red in ("mean", "none"):
         kw = {"reduction": red, "weight": w, "z_loss": 0.05, "softcap": 3.0, "sample_weight": sw}

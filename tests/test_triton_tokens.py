@@ -15,6 +15,8 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("triton")
 
+import crossentropy.torch as cet  # noqa: E402
+from conftest import tol  # noqa: E402
 from crossentropy.torch import _triton as TR  # noqa: E402
 from crossentropy.torch import _triton_tokens as TT  # noqa: E402
 
@@ -410,3 +412,231 @@ def test_same_block_knob(monkeypatch):
     for a, b in zip(small[:3], whole[:3], strict=True):
         torch.testing.assert_close(a, b, rtol=2e-6, atol=2e-6, equal_nan=True)
     assert torch.equal(small[3], whole[3])
+
+
+# --------------------------------------------------------------------------- end to end
+
+F = torch.nn.functional
+
+
+def _end_to_end(fn, inputs, impl, ups, **kw):
+    """Values of ``fn(*inputs, impl=impl)`` and the gradients of every floating input for the
+    upstream ``ups`` of ``logprob, entropy, lse``."""
+    leaves = [a.clone().requires_grad_() if a.is_floating_point() else a for a in inputs]
+    out = fn(*leaves, impl=impl, **kw)
+    loss = sum((u * o).sum() for u, o in zip(ups, out[:3], strict=True))
+    loss.backward()
+    grads = [a.grad for a in leaves if a.is_floating_point()]
+    return [o.detach() for o in out], grads
+
+
+def _agree(got, ref, dtype, tol=2e-6):
+    """Triton against torch ops: within ``tol`` of the largest entry, plus one ulp of a
+    bfloat16/float16 result (the interpreter rounds to bfloat16 toward zero)."""
+    assert got.dtype == ref.dtype and got.shape == ref.shape
+    if not got.is_floating_point():
+        assert torch.equal(got, ref)
+        return
+    g, r = got.double(), ref.double()
+    assert bool((torch.isnan(g) == torch.isnan(r)).all())
+    inf = torch.isinf(r)
+    assert bool((g[inf] == r[inf]).all())
+    ok = torch.isfinite(r)
+    scale = r[ok].abs().max().clamp(min=1.0)
+    ulp = ULP[dtype] if got.dtype == dtype else 0.0
+    assert bool(((g - r).abs()[ok] <= ulp * r.abs()[ok] + tol * scale).all())
+
+
+@pytest.mark.parametrize("cap", [None, CAP])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_token_stats_impl_triton_matches_torch(dtype, cap):
+    """``token_stats(impl="triton")``: the values and the gradient of ``impl="torch"``, on a
+    3-d batch with ignored, tied, partly and entirely ``-inf`` rows, and on rows of a column
+    view (strided logits read in place)."""
+    x, t = _case((9, 3 * BLOCK + 5), dtype, seed=41)
+    g = torch.Generator().manual_seed(42)
+    ups = [torch.randn(9, generator=g) for _ in range(3)]
+    cases = [
+        (x.reshape(3, 3, -1), t.reshape(3, 3), [u.reshape(3, 3) for u in ups]),
+        (x.t().contiguous().t(), t, ups),
+    ]
+    for logits, target, up in cases:
+        tri = _end_to_end(cet.token_stats, (logits, target), "triton", up, softcap=cap)
+        ref = _end_to_end(cet.token_stats, (logits, target), "torch", up, softcap=cap)
+        for a, b in zip(tri[0] + tri[1], ref[0] + ref[1], strict=True):
+            _agree(a, b, dtype)
+    # and the gradient against float64 autograd
+    _check_g(tri[1][0], _reference_vjp(x, t, ups, cap), dtype)
+
+
+@pytest.mark.parametrize("cap", [None, CAP])
+@pytest.mark.parametrize("bias", [False, True], ids=["nobias", "bias"])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_linear_token_stats_impl_triton_matches_torch(dtype, bias, cap):
+    """``linear_token_stats(impl="triton")`` in chunks of 4 rows (the last one short): values,
+    ``d hidden``, ``d weight`` and ``d bias`` of ``impl="torch"``; the chunk's logits are the
+    same matmul, row-major instead of transposed (a bfloat16/float16 logit may round the
+    other way: those compare at the dtype's tolerance)."""
+    rows, classes, feats = 11, 2 * BLOCK + 3, 6
+    g = torch.Generator().manual_seed(43)
+    h = torch.randn(rows, feats, generator=g).to(dtype)
+    w = torch.randn(classes, feats, generator=g).to(dtype)
+    b = torch.randn(classes, generator=g).to(dtype) if bias else None
+    t = torch.randint(0, classes, (rows,), generator=g)
+    t[::4] = IGNORE
+    ups = [torch.randn(rows, generator=g) for _ in range(3)]
+
+    def fn(h, w, t, b=None, **kw):
+        return cet.linear_token_stats(h, w, t, b, chunk_size=4, softcap=cap, **kw)
+
+    args = (h, w, t) if b is None else (h, w, t, b)
+    tri = _end_to_end(fn, args, "triton", ups)
+    ref = _end_to_end(fn, args, "torch", ups)
+    assert len(tri[1]) == (3 if bias else 2)
+    for a, r in zip(tri[0] + tri[1], ref[0] + ref[1], strict=True):
+        if dtype == torch.float32:
+            _agree(a, r, dtype, tol=1e-5)
+        elif a.is_floating_point():
+            torch.testing.assert_close(a.float(), r.float(), **tol(dtype))
+        else:  # argmax: a logit rounded the other way can only move it between near-ties
+            assert (a != r).float().mean() <= 0.2
+
+
+def test_linear_token_stats_no_features():
+    """Hidden states with no features: the logits are the bias, on the Triton path too."""
+    h = torch.zeros(5, 0, requires_grad=True)
+    w = torch.zeros(BLOCK + 1, 0, requires_grad=True)
+    b = torch.linspace(-1.0, 1.0, BLOCK + 1, requires_grad=True)
+    t = torch.tensor([0, 3, IGNORE, BLOCK, 1])
+    out = cet.linear_token_stats(h, w, t, b, impl="triton")
+    (out.logprob.sum() + out.entropy.sum()).backward()
+    ref = cet.token_stats(b.detach().expand(5, -1), t)
+    for a, r in zip(out, ref, strict=True):
+        torch.testing.assert_close(a, r)
+    assert h.grad.shape == (5, 0) and w.grad.shape == (BLOCK + 1, 0)
+    assert b.grad is not None and torch.isfinite(b.grad).all()
+
+
+@pytest.mark.parametrize("linear", [False, True], ids=["logits", "linear"])
+def test_double_backward_with_impl_triton(linear):
+    """``create_graph=True`` runs the differentiable torch closed form whatever ``impl``: the
+    second derivatives of ``impl="triton"`` and ``impl="torch"`` agree."""
+    g = torch.Generator().manual_seed(44)
+    classes = 2 * BLOCK + 3
+    t = torch.randint(0, classes, (6,), generator=g)
+    t[1] = IGNORE
+    h = torch.randn(6, 5, generator=g)
+    w = torch.randn(classes, 5, generator=g)
+    x = torch.randn(6, classes, generator=g)
+    v = torch.randn(6, 5 if linear else classes, generator=g)
+    res = []
+    for impl in ("triton", "torch"):
+        leaf = (h if linear else x).clone().requires_grad_()
+        if linear:
+            out = cet.linear_token_stats(leaf, w, t, softcap=CAP, chunk_size=4, impl=impl)
+        else:
+            out = cet.token_stats(leaf, t, softcap=CAP, impl=impl)
+        (d,) = torch.autograd.grad(
+            out.logprob.sum() + 0.5 * out.entropy.sum(), leaf, create_graph=True
+        )
+        (d * v).sum().backward()
+        res.append((d.detach(), leaf.grad))
+    for a, b in zip(res[0], res[1], strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_compiled_impl_triton():
+    """``torch.compile(fullgraph=True)`` of functions calling both with ``impl="triton"``:
+    the custom ops pass ``impl`` on (no graph break), same values and gradients as eager
+    torch ops."""
+    torch._dynamo.reset()
+    x, t = _case((7, 2 * BLOCK + 3), torch.float32, seed=45)
+    g = torch.Generator().manual_seed(46)
+    h = torch.randn(7, 5, generator=g)
+    w = torch.randn(2 * BLOCK + 3, 5, generator=g)
+
+    def loss_logits(z, impl):
+        out = cet.token_stats(z, t, softcap=CAP, impl=impl)
+        return (out.logprob - 0.1 * out.entropy + 0.01 * out.lse).sum(), out.argmax
+
+    def loss_linear(hh, ww, impl):
+        out = cet.linear_token_stats(hh, ww, t, chunk_size=3, impl=impl)
+        return (out.logprob - 0.1 * out.entropy).sum(), out.argmax
+
+    for fn, inputs in ((loss_logits, (x,)), (loss_linear, (h, w))):
+        compiled = torch.compile(
+            lambda *a, fn=fn: fn(*a, "triton"), fullgraph=True, backend="aot_eager"
+        )
+        got_in = [a.clone().requires_grad_() for a in inputs]
+        ref_in = [a.clone().requires_grad_() for a in inputs]
+        got, got_arg = compiled(*got_in)
+        ref, ref_arg = fn(*ref_in, "torch")
+        got.backward()
+        ref.backward()
+        torch.testing.assert_close(got, ref)
+        assert torch.equal(got_arg, ref_arg)
+        for a, b in zip(got_in, ref_in, strict=True):
+            torch.testing.assert_close(a.grad, b.grad, rtol=1e-5, atol=1e-6)
+
+
+def test_impl_dispatch(monkeypatch):
+    """``impl="auto"`` keeps CPU tensors on torch ops; ``"triton"`` runs both kernels (the
+    forward's and backward's), for logits and for the linear form."""
+    calls = []
+    for name in ("token_row_stats", "token_vjp"):
+        real = getattr(TT, name)
+
+        def spy(*a, _real=real, _name=name, **k):
+            calls.append(_name)
+            return _real(*a, **k)
+
+        monkeypatch.setattr(TT, name, spy)
+    x, t = _case((5, BLOCK + 1), torch.float32, seed=47)
+    w = torch.randn(BLOCK + 1, 3)
+    for impl, expect in (("auto", []), ("torch", []), ("triton", ["token_row_stats", "token_vjp"])):
+        calls.clear()
+        leaf = x.clone().requires_grad_()
+        cet.token_stats(leaf, t, impl=impl).logprob.sum().backward()
+        assert calls == expect, impl
+        calls.clear()
+        hid = torch.randn(5, 3, requires_grad=True)
+        cet.linear_token_stats(hid, w, t, impl=impl, chunk_size=2).entropy.sum().backward()
+        assert calls == [c for c in expect for _ in range(3)], impl  # one launch per chunk
+
+
+def test_impl_argument_errors():
+    x = torch.randn(3, 4)
+    t = torch.tensor([0, 1, 2])
+    w = torch.randn(4, 2)
+    for call in (
+        lambda **k: cet.token_stats(x, t, **k),
+        lambda **k: cet.linear_token_stats(x[:, :2], w, t, **k),
+    ):
+        with pytest.raises(ValueError, match="impl must be one of 'auto', 'torch', 'triton'"):
+            call(impl="cuda")
+        with pytest.raises(ValueError, match="impl must be one of"):
+            call(impl=None)
+    with pytest.raises(
+        ValueError, match=r"token_stats: impl must be 'auto' or 'torch' for float64"
+    ):
+        cet.token_stats(x.double(), t, impl="triton")
+    with pytest.raises(ValueError, match=r"linear_token_stats: impl must be 'auto' or 'torch' for"):
+        cet.linear_token_stats(x[:, :2].double(), w.double(), t, impl="triton")
+    # float64 keeps working on the default and torch paths
+    assert cet.token_stats(x.double(), t).lse.dtype == torch.float64
+
+
+def test_ops_without_impl_keep_their_meaning(monkeypatch):
+    """A graph compiled before ``impl`` calls the ops without it: the torch-op kernels, as
+    then (the Triton kernels only when ``impl`` asks)."""
+    calls = []
+    real = TT.token_row_stats
+    monkeypatch.setattr(TT, "token_row_stats", lambda *a, **k: calls.append(1) or real(*a, **k))
+    x, t = _case((5, BLOCK + 1), torch.float32, seed=48)
+    op = torch.ops.crossentropy.token_stats_forward_v2
+    old = op(x, None, None, t, IGNORE, 0, None, "f")
+    assert calls == []
+    new = op(x, None, None, t, IGNORE, 0, None, "f", "triton")
+    assert calls == [1]
+    for a, b in zip(old, new, strict=True):
+        torch.testing.assert_close(a, b, equal_nan=True, rtol=2e-6, atol=2e-6)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import numbers
 import operator
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -43,21 +44,48 @@ def check_tensor(fn: str, arg: str, x: object, *, floating: bool | None = None) 
     return x
 
 
+def python_scalar(value: Any, integral: bool) -> Any:
+    """NumPy scalars and 0-d real tensors as Python numbers, as ``F`` accepts them for
+    ``label_smoothing`` (``integral=False``) and ``ignore_index`` (``integral=True``); anything
+    else unchanged, for the checks to report. Never raises on a value it cannot convert (the
+    vocab-parallel functions call it before their handshake)."""
+    if isinstance(value, Tensor) and value.dim() == 0 and value.dtype != torch.bool:
+        if value.device.type == "meta":
+            return value
+        if integral and not value.is_floating_point() and not value.is_complex():
+            return int(value)
+        if not integral and not value.is_complex():
+            return float(value)
+    elif integral and isinstance(value, numbers.Integral) and not isinstance(value, (bool, int)):
+        return operator.index(value)
+    elif not integral and isinstance(value, numbers.Real):
+        if not isinstance(value, (bool, int, float)):
+            return float(value)
+    return value
+
+
+def check_ignore_index(fn: str, ignore_index: object) -> int:
+    """An integer (NumPy integers and 0-d integer tensors included) that fits in int64."""
+    value = python_scalar(ignore_index, integral=True)
+    if isinstance(value, bool) or not isinstance(value, int):
+        fail(fn, "ignore_index", "be an integer", describe(ignore_index), TypeError)
+    if not _INT64_MIN <= value <= _INT64_MAX:
+        fail(fn, "ignore_index", "fit in int64", value)
+    return value
+
+
 def check_options(
     fn: str, reduction: object, label_smoothing: object, ignore_index: object
 ) -> tuple[str, float, int]:
     """Validated ``(reduction, label_smoothing, ignore_index)``."""
     red = check_reduction(reduction, fn)
-    if isinstance(label_smoothing, bool) or not isinstance(label_smoothing, (int, float)):
+    ls = python_scalar(label_smoothing, integral=False)
+    if isinstance(ls, bool) or not isinstance(ls, (int, float)):
         fail(fn, "label_smoothing", "be a float", describe(label_smoothing), TypeError)
-    eps = float(label_smoothing)
+    eps = float(ls)
     if not 0.0 <= eps <= 1.0:
         fail(fn, "label_smoothing", "be in [0, 1]", eps)
-    if isinstance(ignore_index, bool) or not isinstance(ignore_index, int):
-        fail(fn, "ignore_index", "be an integer", describe(ignore_index), TypeError)
-    if not _INT64_MIN <= ignore_index <= _INT64_MAX:
-        fail(fn, "ignore_index", "fit in int64", ignore_index)
-    return red, eps, ignore_index
+    return red, eps, check_ignore_index(fn, ignore_index)
 
 
 def check_class_weight(
@@ -118,6 +146,8 @@ def check_projection(
         fail(fn, bias_arg, need, f"dtype {b.dtype}", TypeError)
     if tuple(b.shape) != (w.shape[0],):
         fail(fn, bias_arg, f"have shape ({w.shape[0]},)", f"shape {tuple(b.shape)}")
+    if b.device != hidden.device:  # else F.linear fails inside the kernel, in torch's words
+        fail(fn, bias_arg, f"be on hidden's device {hidden.device}", f"device {b.device}")
     return w, b
 
 

@@ -36,7 +36,7 @@ gradient is the forward's by-product, as in the article (``∂L/∂z = a − y``
 blocks goes through one ``softmax`` kernel (max, exp, sum and scale per row while the row is in
 cache), and their statistics are recovered from it (``max_c p_c = 1 / Σ_c e^{x_c − m}``).
 
-Work is done in row blocks of about :data:`BLOCK_ELEMENTS` elements so a block stays in cache
+Work is done in row blocks of about ``Tuning.block_elements`` elements so a block stays in cache
 between the max, exp, sum and scale steps: each logit is read from memory once per pass and
 each gradient element written once. Low-precision logits (float16/bfloat16) are upcast block by
 block into a float32 work buffer: every accumulation is float32 (float64 for float64).
@@ -44,71 +44,39 @@ block into a float32 work buffer: every accumulation is float32 (float64 for flo
 
 from __future__ import annotations
 
-import contextlib
-import contextvars
 import math
-from collections.abc import Iterator
-from types import ModuleType
 
 import torch
 from torch import Tensor
 
 from ._backend import select
-from ._types import GradCoefficients, LinearGrads, RowStats, compute_dtype
-
-#: Which implementation of the row kernels the current call uses: "auto", "torch" or
-#: "triton" (set by :func:`use_impl`; the custom ops pass it along, so it survives compilation).
-_IMPL: contextvars.ContextVar[str] = contextvars.ContextVar("crossentropy_impl", default="auto")
+from ._rows import softcapped
+from ._types import GradCoefficients, LinearGrads, RowStats, compute_dtype, tuning
 
 
-@contextlib.contextmanager
-def use_impl(impl: str) -> Iterator[None]:
-    """Run the kernels of this block with ``impl`` ("auto", "torch" or "triton")."""
-    token = _IMPL.set(impl)
-    try:
-        yield
-    finally:
-        _IMPL.reset(token)
-
-
-def _triton_for(x: Tensor, impl: str | None) -> ModuleType | None:
-    """:func:`._backend.select` for ``impl`` (``None``: the one :func:`use_impl` set)."""
-    return select(x, _IMPL.get() if impl is None else impl)
-
-
-#: Elements per row block (float32: 8 MiB): a block stays in the shared L3 between its steps.
-#: Measured on the 2-core project machine: blocks of 1 MiB or less lose to per-op overhead.
-BLOCK_ELEMENTS = 1 << 21
-
-#: Opt-in: back large CPU gradient buffers by transparent huge pages (see :func:`empty_buffer`).
-#: Off by default: measured faster when the kernel has free huge pages, but with the usual
-#: ``defrag=madvise`` setting a fault can stall in direct compaction for seconds.
-HUGE_PAGES = False
-
-#: Bytes of logits per chunk of the linear kernels (see :func:`default_chunk_rows`). Measured
-#: for (N, D, V) = (4096, 1024, 32768) fp32: 256-row chunks (32 MiB) lose ~10 % to the
-#: small inner dimension of the ``d weight`` matmul; 384 rows (48 MiB) match one big matmul.
-LINEAR_CHUNK_BYTES = 48 << 20
-
-
-def default_block_rows(row_elements: int, block_elements: int = BLOCK_ELEMENTS) -> int:
-    """Rows per block so that a block holds about ``block_elements`` elements (at least 1)."""
+def default_block_rows(row_elements: int, block_elements: int | None = None) -> int:
+    """Rows per block so that a block holds about ``block_elements`` elements (at least 1;
+    default :attr:`Tuning.block_elements <._types.Tuning.block_elements>`)."""
+    if block_elements is None:
+        block_elements = tuning().block_elements
     return max(1, block_elements // max(1, row_elements))
 
 
-def default_chunk_rows(
-    num_classes: int, itemsize: int, chunk_bytes: int = LINEAR_CHUNK_BYTES
-) -> int:
-    """Rows per chunk of the linear kernels: a chunk of logits takes about ``chunk_bytes``."""
+def default_chunk_rows(num_classes: int, itemsize: int, chunk_bytes: int | None = None) -> int:
+    """Rows per chunk of the linear kernels: a chunk of logits takes about ``chunk_bytes``
+    (default :attr:`Tuning.linear_chunk_bytes <._types.Tuning.linear_chunk_bytes>`)."""
+    if chunk_bytes is None:
+        chunk_bytes = tuning().linear_chunk_bytes
     return max(16, chunk_bytes // max(1, num_classes * itemsize))
 
 
 def empty_buffer(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> Tensor:
-    """A new uninitialised tensor for a gradient (``torch.empty`` unless :data:`HUGE_PAGES`).
+    """A new uninitialised tensor for a gradient (``torch.empty`` unless
+    :attr:`Tuning.huge_pages <._types.Tuning.huge_pages>`).
 
     Much of the cost of a fresh gradient-sized buffer is the kernel handing out (and zeroing)
     its pages on first touch: ~0.22-0.27 s per GiB on the project machine with 4 KiB pages.
-    With :data:`HUGE_PAGES` set, large CPU buffers come from NumPy's allocator, which asks for
+    With ``huge_pages`` set, large CPU buffers come from NumPy's allocator, which asks for
     2 MiB pages (``madvise``); torch's allocator does not unless ``THP_MEM_ALLOC_ENABLE`` is
     set. Measured: 0.06 s/GiB when free huge pages exist, but 1.2 s/GiB on first use and, after
     other allocations fragmented memory, a (2048, 131072) fp32 cross-entropy took 4.9 s instead
@@ -117,7 +85,7 @@ def empty_buffer(shape: tuple[int, ...], dtype: torch.dtype, device: torch.devic
     """
     numel = math.prod(shape)
     size = numel * torch.empty((), dtype=dtype).element_size()
-    if not HUGE_PAGES or device.type != "cpu" or size < 1 << 22:
+    if not tuning().huge_pages or device.type != "cpu" or size < 1 << 22:
         return torch.empty(shape, dtype=dtype, device=device)
     import numpy as np
 
@@ -139,18 +107,6 @@ def _local_index(target: Tensor, class_offset: int, num_local: int) -> tuple[Ten
 def _softcap_kw(softcap: float | None) -> dict[str, float]:
     """The Triton functions' ``softcap`` keyword, passed only when set."""
     return {} if softcap is None else {"softcap": softcap}
-
-
-def _softcapped(
-    xb: Tensor, cdt: torch.dtype, softcap: float | None
-) -> tuple[Tensor, Tensor | None]:
-    """``(x', t)`` for one block: ``x' = c tanh(x / c)`` in compute dtype and ``t = tanh(x / c)``
-    (kept for the chain factor ``1 − t²``), or ``(xb, None)`` without softcap. Block-sized
-    temporaries: the softcapped logits never exist in memory as a whole."""
-    if softcap is None:
-        return xb, None
-    t = torch.tanh(xb.to(cdt) / softcap)
-    return t * softcap, t
 
 
 def _chain_softcap(work: Tensor, t: Tensor | None) -> None:
@@ -241,7 +197,7 @@ def logits_row_stats(
     with_sum: bool = False,
     block_rows: int | None = None,
     softcap: float | None = None,
-    impl: str | None = None,
+    impl: str = "auto",
 ) -> RowStats:
     """Per-row statistics of a shard of logits (pass 1).
 
@@ -259,7 +215,7 @@ def logits_row_stats(
     with_sum : bool
         Also compute ``sum_logits`` (label smoothing needs it).
     block_rows : int, optional
-        Rows (along the first dimension) per block; default from :data:`BLOCK_ELEMENTS`.
+        Rows (along the first dimension) per block; default from ``Tuning.block_elements``.
     softcap : float, optional
         ``c``: the statistics are those of ``x' = c tanh(x / c)``, computed block by block.
 
@@ -268,7 +224,7 @@ def logits_row_stats(
     RowStats
         Shape ``rows``, dtype :func:`compute_dtype` of the logits.
     """
-    if (tr := _triton_for(logits, impl)) is not None:
+    if (tr := select(logits, impl)) is not None:
         return tr.logits_row_stats(
             logits,
             target,
@@ -294,7 +250,7 @@ def logits_row_stats(
         b = min(n0, a + step)
         xb = x[a:b]
         w = work[: xb.numel()].view(xb.shape)
-        xb, _ = _softcapped(xb, cdt, softcap)
+        xb, _ = softcapped(xb if softcap is None else xb.to(cdt), softcap)
         m, se, xt, s = _softmax_block(xb, idx_[a:b], inside_[a:b], w, class_weight, with_sum)
         outs[0][a:b] = m
         outs[1][a:b] = se
@@ -452,7 +408,7 @@ def logits_grad(
     block_rows: int | None = None,
     ref: Tensor | None = None,
     softcap: float | None = None,
-    impl: str | None = None,
+    impl: str = "auto",
 ) -> Tensor:
     """The gradient pass: ``d loss / d logits`` for a shard, given the *global* ``lse``.
 
@@ -497,7 +453,7 @@ def logits_grad(
             coef.target_grad,
         )
         lse = torch.where(zero & ~torch.isfinite(ref), 0.0, ref)
-    if (tr := _triton_for(logits, impl)) is not None:
+    if (tr := select(logits, impl)) is not None:
         return tr.logits_grad(
             logits,
             target,
@@ -532,7 +488,8 @@ def logits_grad(
         xb, gb = x[a:b], g[a:b]
         work = gb if direct else work_buf[: xb.numel()].view(xb.shape)  # type: ignore[index]
         lb = lse[a:b].unsqueeze(-1)
-        xs, t = _softcapped(xb, cdt, softcap)  # read before ``work`` (may alias xb) is written
+        # read before ``work`` (may alias xb) is written
+        xs, t = softcapped(xb if softcap is None else xb.to(cdt), softcap)
         torch.sub(xs, lb, out=work)
         work.exp_()
         ss = None if coef.smooth_scale is None else coef.smooth_scale[a:b]
@@ -568,7 +525,7 @@ def logits_fused(
     block_rows: int | None = None,
     z_loss: float = 0.0,
     softcap: float | None = None,
-    impl: str | None = None,
+    impl: str = "auto",
 ) -> tuple[RowStats, Tensor]:
     """Both passes in one sweep over the whole (unsharded) vocabulary.
 
@@ -579,7 +536,7 @@ def logits_fused(
     ``z_loss`` and ``softcap`` as in :func:`index_target_coefficients` and :func:`logits_grad`
     (the statistics are then those of the softcapped logits).
     """
-    if (tr := _triton_for(logits, impl)) is not None:
+    if (tr := select(logits, impl)) is not None:
         return tr.logits_fused(
             logits,
             target,
@@ -616,7 +573,8 @@ def logits_fused(
         b = min(n0, a + step)
         xb, gb = x[a:b], g[a:b]
         work = gb if direct else work_buf[: xb.numel()].view(xb.shape)  # type: ignore[index]
-        xb, t = _softcapped(xb, cdt, softcap)  # read before ``work`` (may alias xb) is written
+        # read before ``work`` (may alias xb) is written
+        xb, t = softcapped(xb if softcap is None else xb.to(cdt), softcap)
         m, se, xt, s = _softmax_block(xb, idx[a:b], inside[a:b], work, class_weight, bool(eps))
         _zero_dead_rows(work, m, row_scale[a:b])
         st = RowStats(m, se, xt, inside[a:b], s)
@@ -671,7 +629,7 @@ def prob_row_stats(
     label_smoothing: float = 0.0,
     block_rows: int | None = None,
     softcap: float | None = None,
-    impl: str | None = None,
+    impl: str = "auto",
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Pass 1 for probability targets ``y`` (same shape as ``logits``, classes last).
 
@@ -681,7 +639,7 @@ def prob_row_stats(
     between two large terms when the logits are large. With ``softcap`` everything is of
     ``x' = c tanh(x / c)``.
     """
-    if (tr := _triton_for(logits, impl)) is not None:
+    if (tr := select(logits, impl)) is not None:
         return tr.prob_row_stats(
             logits,
             target,
@@ -700,7 +658,7 @@ def prob_row_stats(
     step = block_rows or default_block_rows(per_row)
     for a in range(0, n0, step):
         b = min(n0, a + step)
-        xf, _ = _softcapped(x[a:b].to(cdt), cdt, softcap)
+        xf, _ = softcapped(x[a:b].to(cdt), softcap)
         m = torch.amax(xf, dim=-1, keepdim=True)
         m = torch.where(m == float("-inf"), 0.0, m)  # a row of -inf: no shift (its lse is -inf)
         shifted = xf - m
@@ -729,7 +687,7 @@ def prob_grad(
     block_rows: int | None = None,
     ref: Tensor | None = None,
     softcap: float | None = None,
-    impl: str | None = None,
+    impl: str = "auto",
 ) -> Tensor:
     """Pass 2 for probability targets: ``g_ic = s_i (A_i p_ic − w_c y'_ic)`` into ``out``.
 
@@ -739,7 +697,7 @@ def prob_grad(
     if ref is not None:  # fold e^{-(lse - ref)} into A
         amass = amass * torch.exp(-lse)
         lse = ref
-    if (tr := _triton_for(logits, impl)) is not None:
+    if (tr := select(logits, impl)) is not None:
         return tr.prob_grad(
             logits,
             target,
@@ -763,7 +721,7 @@ def prob_grad(
     step = block_rows or default_block_rows(per_row)
     for a in range(0, n0, step):
         b = min(n0, a + step)
-        xs, t = _softcapped(x[a:b].to(cdt), cdt, softcap)
+        xs, t = softcapped(x[a:b].to(cdt), softcap)
         p = torch.exp(xs - lse[a:b].unsqueeze(-1))
         p.mul_((row_scale[a:b] * amass[a:b]).unsqueeze(-1))
         wy = _smoothed_block(y[a:b], cdt, label_smoothing, num_classes)
@@ -803,7 +761,7 @@ def linear_row_stats(
     with_sum: bool = False,
     chunk_rows: int | None = None,
     softcap: float | None = None,
-    impl: str | None = None,
+    impl: str = "auto",
 ) -> RowStats:
     """Pass 1 for ``logits = hidden @ weight.T + bias`` without materialising them.
 
@@ -915,7 +873,7 @@ def linear_grad(
     need_bias: bool = False,
     ref: Tensor | None = None,
     softcap: float | None = None,
-    impl: str | None = None,
+    impl: str = "auto",
 ) -> LinearGrads:
     """Pass 2 for ``logits = hidden @ weight.T + bias``: recompute each chunk of logits, turn it
     into ``d logits`` in place (:func:`logits_grad`), and accumulate
@@ -972,7 +930,7 @@ def linear_fused(
     need_bias: bool = False,
     z_loss: float = 0.0,
     softcap: float | None = None,
-    impl: str | None = None,
+    impl: str = "auto",
 ) -> tuple[RowStats, LinearGrads]:
     """Statistics and gradients in one sweep (whole vocabulary local, row scales known): three
     matmuls in all — each chunk of logits is computed once and turned into its gradient."""
@@ -1020,7 +978,6 @@ def linear_fused(
 
 
 __all__ = [
-    "BLOCK_ELEMENTS",
     "GradCoefficients",
     "LinearGrads",
     "RowStats",

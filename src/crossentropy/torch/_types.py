@@ -1,14 +1,133 @@
 """The data the kernels pass between their steps, shared by the torch-op kernels
-(:mod:`._kernels`) and the Triton kernels (:mod:`._triton`) so neither imports the other."""
+(:mod:`._kernels`) and the Triton kernels (:mod:`._triton`) so neither imports the other, and
+the one object that holds every tuning value (:class:`Tuning`)."""
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
-__all__ = ["GradCoefficients", "LinearGrads", "RowStats", "compute_dtype"]
+__all__ = [
+    "GradCoefficients",
+    "LinearGrads",
+    "Options",
+    "RowStats",
+    "Tuning",
+    "compute_dtype",
+    "override_tuning",
+    "tuning",
+]
+
+
+@dataclass(frozen=True)
+class Options:
+    """The options of one call, validated once at the public function and then passed whole
+    through the autograd glue and the reference compositions (the custom ops take them
+    unpacked: their schemas hold plain values).
+
+    Attributes
+    ----------
+    ignore_index, reduction, label_smoothing
+        As in ``F.cross_entropy``.
+    z_loss : float
+        ``z``: ``z · w_y · lse²`` per kept position.
+    softcap : float or None
+        ``c``: the logits become ``c · tanh(x / c)``.
+    impl : str
+        ``"auto"``, ``"torch"`` or ``"triton"`` (:func:`._backend.select`).
+    chunk_size : int
+        Rows of logits per chunk of the linear forms; 0 for the default.
+    out_dtype : torch.dtype or None
+        The result's dtype (the input's, or float32 under autocast).
+    """
+
+    ignore_index: int = -100
+    reduction: str = "mean"
+    label_smoothing: float = 0.0
+    z_loss: float = 0.0
+    softcap: float | None = None
+    impl: str = "auto"
+    chunk_size: int = 0
+    out_dtype: torch.dtype | None = None
+
+    def plain(self) -> bool:
+        """Neither a z-loss nor a softcap: ``F.cross_entropy``'s own options."""
+        return not self.z_loss and self.softcap is None
+
+
+@dataclass(frozen=True)
+class Tuning:
+    """Every tuning value of the torch backend in one place (none changes a result, only the
+    path or the blocking). :func:`tuning` returns the one in force; :func:`override_tuning`
+    replaces fields for a ``with`` block (tests and benchmarks), restoring them after.
+
+    Attributes
+    ----------
+    block_elements : int
+        Elements per row block of the torch-op kernels (float32: 8 MiB): a block stays in the
+        shared L3 between its steps. Measured on the 2-core project machine: blocks of 1 MiB
+        or less lose to per-op overhead.
+    huge_pages : bool
+        Back large CPU gradient buffers by transparent huge pages (see
+        :func:`._kernels.empty_buffer`). Off: measured faster when the kernel has free huge
+        pages, but with the usual ``defrag=madvise`` setting a fault can stall in direct
+        compaction for seconds.
+    linear_chunk_bytes : int
+        Bytes of logits per chunk of the linear kernels. Measured for (N, D, V) =
+        (4096, 1024, 32768) fp32: 256-row chunks (32 MiB) lose ~10 % to the small inner
+        dimension of the ``d weight`` matmul; 384 rows (48 MiB) match one big matmul.
+    direct_max_elements : int
+        Logits up to which ``cross_entropy`` calls ``F.cross_entropy`` directly: below it the
+        fused path's fixed cost (Python blocks, custom-op dispatch) exceeds what it saves
+        (``benchmarks/bench_torch.py``, the "small inputs" table). ``-1``: never.
+    linear_direct_max_elements : int
+        Rows × classes up to which ``linear_cross_entropy`` composes ``F.linear`` and
+        ``F.cross_entropy`` directly. Measured on the project machine: the chunked kernel is
+        2× slower at 131k logits, even at 524k, faster above. ``-1``: never.
+    """
+
+    block_elements: int = 1 << 21
+    huge_pages: bool = False
+    linear_chunk_bytes: int = 48 << 20
+    direct_max_elements: int = 1 << 20
+    linear_direct_max_elements: int = 1 << 19
+
+    def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if f.type in (bool, "bool"):
+                ok = isinstance(value, bool)
+            else:
+                ok = isinstance(value, int) and not isinstance(value, bool)
+                ok = ok and (value >= -1 if f.name.endswith("max_elements") else value >= 1)
+            if not ok:
+                raise ValueError(f"Tuning.{f.name}: invalid value {value!r}")
+
+
+_TUNING = [Tuning()]
+
+
+def tuning() -> Tuning:
+    """The tuning values in force."""
+    return _TUNING[0]
+
+
+@contextlib.contextmanager
+def override_tuning(**changes: object) -> Iterator[Tuning]:
+    """``with override_tuning(direct_max_elements=-1): ...`` runs the block with those fields
+    replaced (checked as :class:`Tuning` checks them) and restores the previous values, also
+    on an exception."""
+    previous = _TUNING[0]
+    _TUNING[0] = dataclasses.replace(previous, **changes)  # type: ignore[arg-type]
+    try:
+        yield _TUNING[0]
+    finally:
+        _TUNING[0] = previous
 
 
 @dataclass(frozen=True)

@@ -45,8 +45,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import numbers
-import operator
 import struct
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -70,7 +68,9 @@ from ._checks import (
     check_softcap,
     check_tensor,
     check_z_loss,
+    python_scalar,
 )
+from ._rows import softcapped
 from .tokens import TokenStats
 
 __all__ = [
@@ -184,23 +184,6 @@ def _check_options(
         if not 1 <= vocab_size <= _INT64_MAX:
             fail(fn, "vocab_size", "be positive (and fit in int64)", vocab_size)
     return z, cap
-
-
-def _python_scalar(value: Any, integral: bool) -> Any:
-    """NumPy scalars and 0-d real tensors as Python numbers, as the single-process functions
-    accept them for ``label_smoothing`` (``integral=False``) and ``ignore_index``; anything
-    else unchanged, for the checks to report. Never raises (it runs before the handshake)."""
-    if isinstance(value, Tensor) and value.dim() == 0 and value.dtype != torch.bool:
-        if integral and not value.is_floating_point() and not value.is_complex():
-            return int(value)
-        if not integral and not value.is_complex():
-            return float(value)
-    elif integral and isinstance(value, numbers.Integral) and not isinstance(value, (bool, int)):
-        return operator.index(value)
-    elif not integral and isinstance(value, numbers.Real):
-        if not isinstance(value, (bool, int, float)):
-            return float(value)
-    return value
 
 
 def _check_target(fn: str, target: object, rows: int, device: torch.device) -> Tensor:
@@ -669,22 +652,22 @@ class _VocabParallelCrossEntropy(torch.autograd.Function):
         w = None if class_weight is None else class_weight.to(cdtype)
         sw = None if sample_weight is None else sample_weight.detach().to(cdtype)
         with_sum = opts.label_smoothing > 0
-        with _kernels.use_impl(opts.impl):
-            local = _shard_stats(
-                lambda: _kernels.logits_row_stats(
-                    logits_shard,
-                    target,
-                    class_offset=layout.start,
-                    class_weight=w,
-                    with_sum=with_sum,
-                    softcap=opts.softcap,
-                ),
-                rows,
-                width,
-                with_sum,
-                cdtype,
-                logits_shard.device,
-            )
+        local = _shard_stats(
+            lambda: _kernels.logits_row_stats(
+                logits_shard,
+                target,
+                class_offset=layout.start,
+                class_weight=w,
+                with_sum=with_sum,
+                softcap=opts.softcap,
+                impl=opts.impl,
+            ),
+            rows,
+            width,
+            with_sum,
+            cdtype,
+            logits_shard.device,
+        )
         loss, saved = _reduce_stats(local, target, layout, w, opts, group, sw)
         ctx.save_for_backward(logits_shard, target, sample_weight)
         ctx.state = (saved, w, layout, opts)
@@ -700,18 +683,18 @@ class _VocabParallelCrossEntropy(torch.autograd.Function):
             d_logits = torch.zeros_like(logits_shard)
         else:
             coef = _coefficients(row_scale, saved, layout, opts)
-            with _kernels.use_impl(opts.impl):
-                # p = exp(x − M) e^{−(lse − M)}: accurate for large logits (see logits_grad)
-                d_logits = _kernels.logits_grad(
-                    logits_shard,
-                    target,
-                    _grad_lse_rel(saved),
-                    coef,
-                    class_offset=layout.start,
-                    class_weight=w,
-                    ref=saved.stats.max,
-                    softcap=opts.softcap,
-                )
+            # p = exp(x − M) e^{−(lse − M)}: accurate for large logits (see logits_grad)
+            d_logits = _kernels.logits_grad(
+                logits_shard,
+                target,
+                _grad_lse_rel(saved),
+                coef,
+                class_offset=layout.start,
+                class_weight=w,
+                ref=saved.stats.max,
+                softcap=opts.softcap,
+                impl=opts.impl,
+            )
         d_sample = _sample_weight_grad(row_scale, saved, sample_weight, ctx.needs_input_grad[3])
         return d_logits, None, None, d_sample, None, None, None
 
@@ -737,25 +720,25 @@ class _VocabParallelLinearCrossEntropy(torch.autograd.Function):
         w = None if class_weight is None else class_weight.to(cdtype)
         sw = None if sample_weight is None else sample_weight.detach().to(cdtype)
         with_sum = opts.label_smoothing > 0
-        with _kernels.use_impl(opts.impl):
-            local = _shard_stats(
-                lambda: _kernels.linear_row_stats(
-                    hidden,
-                    weight_shard,
-                    target,
-                    bias=bias_shard,
-                    class_offset=layout.start,
-                    class_weight=w,
-                    with_sum=with_sum,
-                    chunk_rows=chunk_size,
-                    softcap=opts.softcap,
-                ),
-                hidden.shape[0],
-                weight_shard.shape[0],
-                with_sum,
-                cdtype,
-                hidden.device,
-            )
+        local = _shard_stats(
+            lambda: _kernels.linear_row_stats(
+                hidden,
+                weight_shard,
+                target,
+                bias=bias_shard,
+                class_offset=layout.start,
+                class_weight=w,
+                with_sum=with_sum,
+                chunk_rows=chunk_size,
+                softcap=opts.softcap,
+                impl=opts.impl,
+            ),
+            hidden.shape[0],
+            weight_shard.shape[0],
+            with_sum,
+            cdtype,
+            hidden.device,
+        )
         loss, saved = _reduce_stats(local, target, layout, w, opts, group, sw)
         ctx.save_for_backward(hidden, weight_shard, bias_shard, target, sample_weight)
         ctx.state = (saved, w, layout, opts, group, chunk_size)
@@ -776,23 +759,23 @@ class _VocabParallelLinearCrossEntropy(torch.autograd.Function):
                 torch.zeros(0, dtype=cdtype, device=hidden.device) if need_b else None,
             )
         else:
-            with _kernels.use_impl(opts.impl):
-                grads = _kernels.linear_grad(
-                    hidden,
-                    weight_shard,
-                    target,
-                    _grad_lse_rel(saved),
-                    _coefficients(row_scale, saved, layout, opts),
-                    bias=bias_shard,
-                    class_offset=layout.start,
-                    class_weight=w,
-                    chunk_rows=chunk_size,
-                    need_hidden=need_h,
-                    need_weight=need_w,
-                    need_bias=need_b,
-                    ref=saved.stats.max,
-                    softcap=opts.softcap,
-                )
+            grads = _kernels.linear_grad(
+                hidden,
+                weight_shard,
+                target,
+                _grad_lse_rel(saved),
+                _coefficients(row_scale, saved, layout, opts),
+                bias=bias_shard,
+                class_offset=layout.start,
+                class_weight=w,
+                chunk_rows=chunk_size,
+                need_hidden=need_h,
+                need_weight=need_w,
+                need_bias=need_b,
+                ref=saved.stats.max,
+                softcap=opts.softcap,
+                impl=opts.impl,
+            )
         d_hidden = grads.hidden
         if d_hidden is not None:
             # hidden is replicated on every rank: its gradient is the sum of every shard's part
@@ -843,15 +826,6 @@ class _TokenSaved:
     valid: Tensor  # target != ignore_index
 
 
-def _softcap(z: Tensor, softcap: float | None) -> tuple[Tensor, Tensor | None]:
-    """``(x', t)`` with ``x' = c tanh(x / c)`` and ``t = tanh(x / c)`` (for the chain factor
-    ``1 − t²``), or ``(z, None)`` without softcap."""
-    if softcap is None:
-        return z, None
-    t = torch.tanh(z / softcap)
-    return t * softcap, t
-
-
 def _token_block(
     z: Tensor, target: Tensor, start: int
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
@@ -898,7 +872,7 @@ def _token_shard(
     if width:
         for a in range(0, rows, step):
             b = min(rows, a + step)
-            z, _ = _softcap(logits_of(a, b), softcap)
+            z, _ = softcapped(logits_of(a, b), softcap)
             for out, value in zip(fields, _token_block(z, target[a:b], start), strict=True):
                 out[a:b] = value
             del z
@@ -981,7 +955,7 @@ def _token_grad_block(
     """``G = a (e_y − p) − b p ⊙ (log p + H) + c p`` for a block of rows ``z`` (compute dtype,
     not written to), times ``1 − t²`` with softcap; ``a, b, c`` the upstream gradients of
     logprob, entropy and lse (None: not used by the loss)."""
-    zc, t = _softcap(z, softcap)
+    zc, t = softcapped(z, softcap)
     d_logprob, d_entropy, d_lse = (None if u is None else u[rows] for u in upstream)
     entropy = saved.entropy[rows].unsqueeze(-1)
     # log p = (x − M) − log S: relative to the exact max, accurate for large logits
@@ -1350,8 +1324,8 @@ def vocab_parallel_cross_entropy(
     >>> dist.destroy_process_group()
     """
     fn = "vocab_parallel_cross_entropy"
-    label_smoothing = _python_scalar(label_smoothing, integral=False)
-    ignore_index = _python_scalar(ignore_index, integral=True)
+    label_smoothing = python_scalar(label_smoothing, integral=False)
+    ignore_index = python_scalar(ignore_index, integral=True)
 
     def local() -> _Local:
         x = check_tensor(fn, "logits_shard", logits_shard, floating=True)
@@ -1493,19 +1467,17 @@ def vocab_parallel_linear_cross_entropy(
     >>> dist.destroy_process_group()
     """
     fn = "vocab_parallel_linear_cross_entropy"
-    label_smoothing = _python_scalar(label_smoothing, integral=False)
-    ignore_index = _python_scalar(ignore_index, integral=True)
+    label_smoothing = python_scalar(label_smoothing, integral=False)
+    ignore_index = python_scalar(ignore_index, integral=True)
 
     def local() -> _Local:
         h = check_tensor(fn, "hidden", hidden, floating=True)
         _check_float_dtype(fn, "hidden", h)
         if h.ndim != 2:
             fail(fn, "hidden", "be 2-D, shape (N, D)", f"shape {tuple(h.shape)}")
-        w, b = check_projection(
+        w, _ = check_projection(
             fn, h, weight_shard, bias_shard, weight_arg="weight_shard", bias_arg="bias_shard"
         )
-        if b is not None and b.device != h.device:  # else F.linear fails after the handshake
-            fail(fn, "bias_shard", f"be on hidden's device {h.device}", f"device {b.device}")
         check_chunk_size(fn, chunk_size)
         t = _check_target(fn, target, h.shape[0], h.device)
         check_class_weight(
@@ -1658,7 +1630,7 @@ def vocab_parallel_token_stats(
     >>> dist.destroy_process_group()
     """
     fn = "vocab_parallel_token_stats"
-    ignore_index = _python_scalar(ignore_index, integral=True)
+    ignore_index = python_scalar(ignore_index, integral=True)
 
     def local() -> _Local:
         x = check_tensor(fn, "logits_shard", logits_shard, floating=True)
@@ -1768,18 +1740,16 @@ def vocab_parallel_linear_token_stats(
     >>> dist.destroy_process_group()
     """
     fn = "vocab_parallel_linear_token_stats"
-    ignore_index = _python_scalar(ignore_index, integral=True)
+    ignore_index = python_scalar(ignore_index, integral=True)
 
     def local() -> _Local:
         h = check_tensor(fn, "hidden", hidden, floating=True)
         _check_float_dtype(fn, "hidden", h)
         if h.ndim == 0:
             fail(fn, "hidden", "have shape (*, D), at least 1-D", "shape ()")
-        w, b = check_projection(
+        w, _ = check_projection(
             fn, h, weight_shard, bias_shard, weight_arg="weight_shard", bias_arg="bias_shard"
         )
-        if b is not None and b.device != h.device:
-            fail(fn, "bias_shard", f"be on hidden's device {h.device}", f"device {b.device}")
         check_chunk_size(fn, chunk_size)
         t = _tokens._check_target(fn, target, h, "hidden", "hidden's shape without the features")
         grad = torch.is_grad_enabled() and h.requires_grad

@@ -17,8 +17,8 @@ How each mode is served, and why:
   derivative is autograd's own.
 - **torch.func** transforms (``grad``, ``vmap``, ``jacrev``, ``jvp``, ...) and forward-mode
   AD, a probability ``target`` (or, with one, a class ``weight``) that requires grad, and small
-  problems (at most :data:`DIRECT_MAX_ELEMENTS` logits, where a fused kernel's fixed cost
-  exceeds its saving) go to the composite reference ``torch.nn.functional.cross_entropy``
+  problems (at most ``2**20`` logits, ``Tuning.direct_max_elements``, where a fused kernel's
+  fixed cost exceeds its saving) go to the composite reference ``torch.nn.functional.cross_entropy``
   itself: bit-for-bit the function we stand in for. A class ``weight`` that requires grad with
   index targets is refused, as ``F`` refuses it.
 - **torch.compile / meta / FakeTensor**: the kernels are custom ops with fake impls, the
@@ -34,8 +34,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-import numbers
-import operator
 from typing import Any
 
 import torch
@@ -59,21 +57,12 @@ from ._checks import (
     describe,
 )
 from ._ops import _Extras
+from ._rows import softcapped
+from ._types import tuning
 
 _NO_EXTRAS = _Extras()
 
-__all__ = ["DIRECT_MAX_ELEMENTS", "cross_entropy", "linear_cross_entropy"]
-
-#: Logits (elements) up to which :func:`cross_entropy` calls ``F.cross_entropy`` directly:
-#: below it the fused path's fixed cost (Python blocks, custom-op dispatch) exceeds what it
-#: saves. Measured by ``benchmarks/bench_torch.py`` (the "small inputs" table).
-DIRECT_MAX_ELEMENTS = 1 << 20
-
-#: Rows × classes up to which :func:`linear_cross_entropy` composes ``F.linear`` and
-#: ``F.cross_entropy`` directly (its logits are small enough to materialise). Measured on the
-#: project machine: the chunked kernel is 2× slower at 131k logits, even at 524k, faster above.
-LINEAR_DIRECT_MAX_ELEMENTS = 1 << 19
-
+__all__ = ["cross_entropy", "linear_cross_entropy"]
 
 _REDUCTIONS = ("mean", "sum", "none")
 
@@ -154,11 +143,6 @@ def _classes_back(g: Tensor, like: Tensor) -> Tensor:
     return g.movedim(-1, 1) if like.dim() >= 3 else g
 
 
-def _softcap(x: Tensor, softcap: float | None) -> Tensor:
-    """``c tanh(x / c)`` in differentiable torch ops (the kernels' exact arithmetic)."""
-    return x if softcap is None else torch.tanh(x / softcap) * softcap
-
-
 def _lse(x: Tensor, dim: int, keepdim: bool = False) -> Tensor:
     """``logsumexp(x, dim)`` as ``m + logsumexp(x − m)`` with ``m`` the detached row max (0
     where it is not finite). The same function at every order (it does not depend on ``m``),
@@ -177,11 +161,8 @@ def _softcapped_rows(
     x: Tensor, softcap: float | None, cdt: torch.dtype
 ) -> tuple[Tensor, Tensor | None]:
     """Classes-last logits in compute dtype after the softcap, and ``∂x'/∂x = 1 − t²``."""
-    xl = _ops.classes_last(x).to(cdt)
-    if softcap is None:
-        return xl, None
-    t = torch.tanh(xl / softcap)
-    return t * softcap, 1.0 - t * t
+    xl, t = softcapped(_ops.classes_last(x).to(cdt), softcap)
+    return xl, None if t is None else 1.0 - t * t
 
 
 def _index_grad_reference(
@@ -277,7 +258,7 @@ def _composite(
         target = target.to(cdt)
     if weight is not None:
         weight = weight.to(cdt)
-    xs = _softcap(x.to(cdt), extras.softcap)
+    xs, _ = softcapped(x.to(cdt), extras.softcap)
     per = F.cross_entropy(
         xs, target, weight, ignore_index=ignore_index, reduction="none", label_smoothing=eps
     )
@@ -529,23 +510,6 @@ def _legacy_reduction(size_average: object, reduce: object, reduction: object) -
     return _reduction.legacy_get_string(size_average, reduce)  # type: ignore[arg-type]
 
 
-def _as_float(value: object) -> object:
-    """NumPy scalars and 0-d tensors become Python floats, as ``F`` accepts them."""
-    if isinstance(value, Tensor) and value.dim() == 0 and value.dtype != torch.bool:
-        return float(value) if value.is_floating_point() else int(value)
-    if isinstance(value, numbers.Real) and not isinstance(value, (bool, int, float)):
-        return float(value)
-    return value
-
-
-def _as_int(value: object) -> object:
-    if isinstance(value, Tensor) and value.dim() == 0 and not value.is_floating_point():
-        return int(value)
-    if not isinstance(value, (bool, int)) and isinstance(value, numbers.Integral):
-        return operator.index(value)
-    return value
-
-
 def _reference_call(
     fn: str,
     call: Any,
@@ -722,7 +686,7 @@ def cross_entropy(
     clear ``ValueError`` before anything is computed (eager and compiled alike); on other
     devices by a device-side assertion, as ``F.cross_entropy`` does — no host sync.
 
-    Which path runs: small problems (at most :data:`DIRECT_MAX_ELEMENTS` logits), ``torch.func``
+    Which path runs: small problems (at most ``2**20`` logits), ``torch.func``
     transforms and forward-mode AD, and a probability ``target`` (or, with one, a ``weight``)
     that requires grad go to ``F.cross_entropy`` itself (the fused kernel cannot win there,
     or the gradient it would need is not one it computes); everything else runs the fused
@@ -757,7 +721,7 @@ def cross_entropy(
         and type(label_smoothing) is float
         and 0.0 <= label_smoothing <= 1.0
         and reduction in _REDUCTIONS
-        and input.numel() <= DIRECT_MAX_ELEMENTS
+        and input.numel() <= tuning().direct_max_elements
         and (target.dtype == torch.int64 or target.is_floating_point())
         and softcap is None
         and sample_weight is None
@@ -783,9 +747,7 @@ def cross_entropy(
         fail(fn, "input", "have at least 1 dimension (classes)", "shape ()")
     t = check_tensor(fn, "target", target)
     reduction = _legacy_reduction(size_average, reduce, reduction)  # type: ignore[assignment]
-    red, eps, ignore = check_options(
-        fn, reduction, _as_float(label_smoothing), _as_int(ignore_index)
-    )
+    red, eps, ignore = check_options(fn, reduction, label_smoothing, ignore_index)
     if not isinstance(inplace_backward, bool):
         fail(fn, "inplace_backward", "be a bool", describe(inplace_backward), TypeError)
     impl = check_impl(fn, impl, x)
@@ -865,7 +827,7 @@ def cross_entropy(
             t = t.to(torch.int64)
     wants_inplace = inplace_backward and grad_on and x.requires_grad and not _compiling()
     if (
-        (impl == "auto" and not wants_inplace and x.numel() <= DIRECT_MAX_ELEMENTS)
+        (impl == "auto" and not wants_inplace and x.numel() <= tuning().direct_max_elements)
         or _transforms_active()
         or (grad_on and w is not None and w.requires_grad)
         or (grad_on and prob and t.requires_grad)
@@ -1150,9 +1112,7 @@ def linear_cross_entropy(
         )
     if t.device != h.device:
         fail(fn, "target", f"be on hidden's device {h.device}", f"device {t.device}")
-    red, eps, ignore = check_options(
-        fn, reduction, _as_float(label_smoothing), _as_int(ignore_index)
-    )
+    red, eps, ignore = check_options(fn, reduction, label_smoothing, ignore_index)
     cw = check_class_weight(fn, "class_weight", class_weight, num_classes, device=h.device)
     chunk_size = check_chunk_size(fn, chunk_size)
     extras = _Extras(
@@ -1174,7 +1134,7 @@ def linear_cross_entropy(
             "a class_weight that requires grad",
         )
     rows = math.prod(h.shape[:-1])
-    small = impl == "auto" and rows * num_classes <= LINEAR_DIRECT_MAX_ELEMENTS
+    small = impl == "auto" and rows * num_classes <= tuning().linear_direct_max_elements
     out_dtype = _autocast_dtype(h.dtype) if autocast else h.dtype
     if small or _transforms_active() or (grad_on and sw is not None and sw.requires_grad):
         w_ref = cw if cw is None or cw.dtype == h.dtype or autocast else cw.to(h.dtype)

@@ -51,6 +51,11 @@ differentiable torch ops and differentiates the closed form; under ``torch.func`
 (``grad``, ``vmap``, ``jacrev``, forward-mode AD) both functions are the plain composition of
 ``F.linear``, ``logsumexp`` and ``gather``. Each kernel is a ``torch.library.custom_op`` with
 a fake implementation, so ``torch.compile(fullgraph=True)`` sees no graph break.
+
+Kernels. ``impl`` chooses them as for :func:`crossentropy.torch.cross_entropy`: torch ops (the
+tiled passes here), or on CUDA Triton kernels, one program per row, online over chunks of
+classes (each chunk of :func:`linear_token_stats`'s logits computed by the same matmul and
+passed to them).
 """
 
 import numbers
@@ -62,7 +67,15 @@ from torch import Tensor
 
 from .._validation import fail
 from . import _kernels as K
-from ._checks import check_chunk_size, check_projection, check_softcap, check_tensor, describe
+from ._backend import select
+from ._checks import (
+    check_chunk_size,
+    check_impl,
+    check_projection,
+    check_softcap,
+    check_tensor,
+    describe,
+)
 from ._ops import check_targets
 from .functional import (
     _autocast_on,
@@ -82,8 +95,10 @@ _INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
 #: meaning change, except for an output appended to the forward's and an argument appended,
 #: with a default that keeps the old meaning, to the backward's: a graph compiled before reads
 #: the outputs it knows by position and leaves the new argument at its default, and still
-#: computes what it did. 2: ``softcap``; in 2 since, the forward's fifth output ``lse_lo`` and
-#: the backward's last argument, which takes it.
+#: computes what it did (an argument appended to the forward's with such a default is the same
+#: case). 2: ``softcap``; in 2 since, the forward's fifth output ``lse_lo`` and the backward's
+#: argument that takes it, then each op's last argument ``impl`` (default ``"torch"``, the only
+#: kernels before it).
 _OP_VERSION = 2
 
 
@@ -499,10 +514,12 @@ def _forward_impl(
     chunk_size: int,
     softcap: float | None,
     fn: str,
+    impl: str = "torch",
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     """``(logprob, entropy, lse, argmax, lse_lo)`` of the rows of the logits ``x`` (R, C), or of
     ``x @ weight.T + bias`` for hidden states ``x`` (R, D), softcapped if ``softcap``: chunk by
-    chunk of logits (one reused buffer), each chunk tile by tile. ``lse_lo`` is the rounding
+    chunk of logits (one reused buffer), each chunk tile by tile, or on the Triton kernels where
+    :func:`._backend.select` sends ``x`` (:func:`_triton_forward`). ``lse_lo`` is the rounding
     error of ``lse``, for backward (:func:`_rounding_error`)."""
     num_classes = x.shape[-1] if weight is None else weight.shape[0]
     check_targets(target, num_classes, ignore_index, fn)
@@ -514,6 +531,8 @@ def _forward_impl(
         x.new_empty(rows, dtype=torch.int64),
         x.new_empty(rows, dtype=cdt),
     )
+    if select(x, impl) is not None:
+        return _triton_forward(x, weight, bias, target, ignore_index, chunk_size, softcap, out)
     if weight is None:  # the caller's logits: never written, each block copied into ``work``
         step = _row_blocks(num_classes)
         size = min(rows, step) * num_classes
@@ -537,6 +556,44 @@ def _forward_impl(
     return out
 
 
+def _linear_logits(h: Tensor, weight: Tensor, bias: Tensor | None, buf: Tensor) -> Tensor:
+    """The logits ``h @ weight.T + bias`` of a chunk as a contiguous (R, C) tensor in the front
+    of the flat reused buffer ``buf``: the layout of the Triton kernels, one row per program
+    reading contiguous classes (:func:`_linear_logits_t` is the CPU one)."""
+    z = buf[: h.shape[0] * weight.shape[0]].view(h.shape[0], weight.shape[0])
+    if bias is None:
+        return torch.mm(h, weight.t(), out=z)
+    return torch.addmm(bias, h, weight.t(), out=z)
+
+
+def _triton_forward(
+    x: Tensor,
+    weight: Tensor | None,
+    bias: Tensor | None,
+    target: Tensor,
+    ignore_index: int,
+    chunk_size: int,
+    softcap: float | None,
+    out: tuple[Tensor, Tensor, Tensor, Tensor, Tensor],
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """:func:`_forward_impl` on the Triton kernels (:mod:`._triton_tokens`): the caller's logits
+    in one launch, read in place (any strides), or each chunk of ``x @ weight.T + bias`` (one
+    reused buffer, the matmul in the inputs' dtype) in one launch per chunk."""
+    from . import _triton_tokens as TT
+
+    if weight is None:
+        return TT.token_row_stats(x, target, ignore_index, softcap=softcap, out=out)
+    rows, num_classes = x.shape[0], weight.shape[0]
+    step = max(1, min(rows, _chunk_rows(num_classes, out[0].dtype, chunk_size)))
+    buf = x.new_empty(num_classes * step)
+    for r0 in range(0, rows, step):
+        r1 = min(rows, r0 + step)
+        z = _linear_logits(x[r0:r1], weight, bias, buf)
+        rows_out = tuple(o[r0:r1] for o in out)
+        TT.token_row_stats(z, target[r0:r1], ignore_index, softcap=softcap, out=rows_out)  # type: ignore[arg-type]
+    return out
+
+
 #: The op around :func:`_forward_impl` (kept a plain function too, for the tests' allocation
 #: counting: a custom op is opaque to a dispatch mode).
 _forward_op = torch.library.custom_op(
@@ -545,7 +602,7 @@ _forward_op = torch.library.custom_op(
 
 
 @_forward_op.register_fake
-def _(x, weight, bias, target, ignore_index, chunk_size, softcap, fn):  # type: ignore[no-untyped-def]
+def _(x, weight, bias, target, ignore_index, chunk_size, softcap, fn, impl="torch"):  # type: ignore[no-untyped-def]
     rows, cdt = x.shape[0], K.compute_dtype(x.dtype)
     f = x.new_empty(rows, dtype=cdt)
     i = x.new_empty(rows, dtype=torch.int64)
@@ -569,15 +626,32 @@ def _backward_impl(
     need_weight: bool,
     need_bias: bool,
     lse_lo: Tensor | None = None,
+    impl: str = "torch",
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Gradients w.r.t. ``x`` (logits or hidden states), ``weight`` and ``bias`` of
     ``Σ a·logprob + b·entropy + c·lse``, recomputing each chunk of logits into one reused
     buffer and turning it into ``G`` in place, tile by tile. Returned in the inputs' dtypes; a
     gradient not needed is an empty tensor. ``lse_lo``: the forward's rounding error of
-    ``lse`` (``None``, as from a graph compiled before it existed: ``lse`` alone)."""
+    ``lse`` (``None``, as from a graph compiled before it existed: ``lse`` alone). ``impl``:
+    the Triton kernels where :func:`._backend.select` sends ``x`` (:func:`_triton_backward`)."""
     rows, cdt, dev = x.shape[0], K.compute_dtype(x.dtype), x.device
     num_classes = x.shape[-1] if weight is None else weight.shape[0]
     ups = [None if d is None else d.to(cdt) for d in (d_logprob, d_entropy, d_lse)]
+    if select(x, impl) is not None:
+        return _triton_backward(
+            x,
+            weight,
+            bias,
+            target,
+            lse,
+            entropy,
+            ups,
+            ignore_index,
+            chunk_size,
+            softcap,
+            (need_x, need_weight, need_bias),
+            lse_lo,
+        )
     direct = x.dtype == cdt
     if weight is None:
         step = _row_blocks(num_classes)
@@ -657,6 +731,81 @@ def _backward_impl(
     return dx, dw_out, db_out
 
 
+def _triton_backward(
+    x: Tensor,
+    weight: Tensor | None,
+    bias: Tensor | None,
+    target: Tensor,
+    lse: Tensor,
+    entropy: Tensor,
+    ups: list[Tensor | None],
+    ignore_index: int,
+    chunk_size: int,
+    softcap: float | None,
+    need: tuple[bool, bool, bool],
+    lse_lo: Tensor | None,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """:func:`_backward_impl` on the Triton kernels (:mod:`._triton_tokens`): ``G`` of the
+    caller's logits in one launch into ``d x``; or, chunk by chunk, the logits recomputed
+    (:func:`_linear_logits`) and turned into ``G`` in place (float32 input) or into a float32
+    copy then rounded into the chunk (bfloat16/float16: ``d weight`` and ``d bias`` sum the
+    float32 ``G`` over every row, ``d hidden`` is the matmul of the rounded one, as on the
+    torch path)."""
+    from . import _triton_tokens as TT
+
+    need_x, need_weight, need_bias = need
+    rows, cdt, dev = x.shape[0], K.compute_dtype(x.dtype), x.device
+
+    def vjp(z: Tensor, r0: int, r1: int, out: Tensor) -> Tensor:
+        return TT.token_vjp(
+            z,
+            target[r0:r1],
+            ignore_index,
+            lse[r0:r1],
+            entropy[r0:r1],
+            *(None if d is None else d[r0:r1] for d in ups),
+            softcap=softcap,
+            lse_lo=None if lse_lo is None else lse_lo[r0:r1],
+            out=out,
+        )
+
+    if weight is None:
+        dx = vjp(x, 0, rows, x.new_empty(x.shape)) if need_x else x.new_empty(0)
+        return dx, x.new_empty(0), x.new_empty(0)
+    num_classes = weight.shape[0]
+    need_bias = need_bias and bias is not None
+    dx = x.new_empty(x.shape) if need_x else x.new_empty(0)
+    alloc = torch.empty if rows else torch.zeros
+    dw = alloc(weight.shape, dtype=cdt, device=dev) if need_weight else None
+    db = alloc(num_classes, dtype=cdt, device=dev) if need_bias else None
+    step = max(1, min(rows, _chunk_rows(num_classes, cdt, chunk_size)))
+    buf = x.new_empty(num_classes * step)  # the one chunk: logits, then G (matmul dtype)
+    direct = x.dtype == cdt
+    g32 = buf if direct else buf.new_empty(buf.shape, dtype=cdt)
+    for r0 in range(0, rows, step):
+        r1 = min(rows, r0 + step)
+        z = _linear_logits(x[r0:r1], weight, bias, buf)  # (R, C)
+        g = vjp(z, r0, r1, g32[: z.numel()].view(z.shape))
+        if need_x:
+            if not direct:
+                z.copy_(g)
+            torch.mm(z, weight, out=dx[r0:r1])
+        if dw is not None:
+            h = x[r0:r1].to(cdt)
+            if r0 == 0:
+                torch.mm(g.t(), h, out=dw)
+            else:
+                dw.addmm_(g.t(), h)
+        if db is not None:
+            if r0 == 0:
+                torch.sum(g, dim=0, out=db)
+            else:
+                db.add_(g.sum(dim=0))
+    dw_out = x.new_empty(0) if dw is None else dw.to(weight.dtype)
+    db_out = x.new_empty(0) if db is None or bias is None else db.to(bias.dtype)
+    return dx, dw_out, db_out
+
+
 _backward_op = torch.library.custom_op(
     f"crossentropy::token_stats_backward_v{_OP_VERSION}", mutates_args=()
 )(_backward_impl)
@@ -680,6 +829,7 @@ def _(  # type: ignore[no-untyped-def]
     need_weight,
     need_bias,
     lse_lo=None,
+    impl="torch",
 ):
     dx = torch.empty_like(x) if need_x else x.new_empty(0)
     dw = torch.empty_like(weight) if need_weight and weight is not None else x.new_empty(0)
@@ -707,13 +857,14 @@ class _TokenStats(torch.autograd.Function):
         chunk_size: int,
         softcap: float | None,
         fn: str,
+        impl: str,
     ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         with _NoAutocast(x):
             logprob, entropy, lse, argmax, lse_lo = _forward_op(
-                x, weight, bias, target, ignore_index, chunk_size, softcap, fn
+                x, weight, bias, target, ignore_index, chunk_size, softcap, fn, impl
             )
         ctx.save_for_backward(x, weight, bias, target, lse, entropy, lse_lo)
-        ctx.options = (ignore_index, chunk_size, softcap)
+        ctx.options = (ignore_index, chunk_size, softcap, impl)
         ctx.mark_non_differentiable(argmax)
         ctx.set_materialize_grads(False)  # an unused output's gradient stays None
         return logprob, entropy, lse, argmax
@@ -727,9 +878,9 @@ class _TokenStats(torch.autograd.Function):
         _d_argmax: Tensor | None,
     ) -> tuple[Tensor | None, ...]:
         x, weight, bias, target, lse, entropy, lse_lo = ctx.saved_tensors
-        ignore_index, chunk_size, softcap = ctx.options
+        ignore_index, chunk_size, softcap, impl = ctx.options
         need = ctx.needs_input_grad[:3]
-        none = (None,) * 5
+        none = (None,) * 6
         if (d_logprob is None and d_entropy is None and d_lse is None) or not any(need):
             return (None, None, None, *none)
         if _differentiable_backward():  # create_graph=True or a vmapped backward
@@ -752,6 +903,7 @@ class _TokenStats(torch.autograd.Function):
                 need[1],
                 need[2],
                 lse_lo,
+                impl,
             )
         return (
             dx if need[0] else None,
@@ -767,7 +919,7 @@ def _differentiable_grads(
     """The closed-form VJP in differentiable torch ops on the materialised logits (double
     backward: every higher derivative is autograd's)."""
     x, weight, bias, target, *_ = ctx.saved_tensors
-    ignore_index, _, softcap = ctx.options
+    ignore_index, _, softcap, _ = ctx.options
     need = ctx.needs_input_grad[:3]
     cdt = K.compute_dtype(x.dtype)
     with _NoAutocast(x):
@@ -840,7 +992,12 @@ def _reference(
 
 
 def token_stats(
-    logits: Tensor, target: Tensor, *, ignore_index: int = -100, softcap: float | None = None
+    logits: Tensor,
+    target: Tensor,
+    *,
+    ignore_index: int = -100,
+    softcap: float | None = None,
+    impl: str = "auto",
 ) -> TokenStats:
     r"""Per-token log-probability of ``target``, entropy, log-sum-exp and argmax of ``logits``.
 
@@ -857,6 +1014,13 @@ def token_stats(
     softcap : float, optional
         ``s > 0``: every statistic is that of the capped logits ``z' = s·tanh(z / s)``
         (Gemma 2's ``final_logit_softcapping``, 30.0 there). ``None`` (default): ``z' = z``.
+    impl : {"auto", "torch", "triton"}, default "auto"
+        The kernels, as in :func:`crossentropy.torch.cross_entropy`: ``"auto"`` runs Triton
+        kernels on CUDA tensors of float16, bfloat16 or float32 when Triton is installed (one
+        program per row, online over chunks of classes) and torch ops otherwise; ``"torch"``
+        always torch ops; ``"triton"`` always Triton (CUDA tensors, or CPU tensors in Triton's
+        interpreter with ``TRITON_INTERPRET=1``). Double backward and ``torch.func``
+        transforms use torch ops whatever ``impl``.
 
     Returns
     -------
@@ -873,7 +1037,9 @@ def token_stats(
     ValueError
         0-d ``logits`` or no classes; ``target`` of the wrong shape or device; on CPU, a target
         outside ``[0, C)`` that is not ``ignore_index`` (elsewhere a device-side assertion);
-        ``softcap`` not finite or not ``> 0``.
+        ``softcap`` not finite or not ``> 0``; ``impl`` not one of the three, or ``"triton"``
+        where Triton cannot run (not installed, float64, a CPU tensor without the
+        interpreter).
 
     Notes
     -----
@@ -927,13 +1093,14 @@ def token_stats(
         fail(fn, "logits", "have at least one class (C >= 1)", f"shape {tuple(x.shape)}")
     t = _check_target(fn, target, x, "logits", "logits' shape without the classes")
     ignore = _check_ignore_index(fn, ignore_index)
+    impl = check_impl(fn, impl, x)
     cap = check_softcap(fn, softcap)
     lead = tuple(t.shape)
     x2 = x.reshape(-1, x.shape[-1])
     t1 = t.reshape(-1).to(torch.int64)
     if _transforms_active():
         return _finish(_reference(fn, x2, None, None, t1, ignore, cap), lead)
-    out = _TokenStats.apply(x2, None, None, t1, ignore, 0, cap, fn)  # type: ignore[no-untyped-call]
+    out = _TokenStats.apply(x2, None, None, t1, ignore, 0, cap, fn, impl)  # type: ignore[no-untyped-call]
     return _finish(out, lead)
 
 
@@ -946,6 +1113,7 @@ def linear_token_stats(
     ignore_index: int = -100,
     chunk_size: int | None = None,
     softcap: float | None = None,
+    impl: str = "auto",
 ) -> TokenStats:
     r""":func:`token_stats` of ``hidden @ weight.T + bias`` without materialising the logits.
 
@@ -966,6 +1134,9 @@ def linear_token_stats(
     softcap : float, optional
         ``s > 0``: the statistics of ``s·tanh(z / s)``, ``z = hidden @ weight.T + bias``,
         applied chunk by chunk (the capped logits are never materialised either).
+    impl : {"auto", "torch", "triton"}, default "auto"
+        As in :func:`token_stats`: on Triton, each chunk of logits (computed row-major,
+        ``h Wᵀ``, by the same matmul in the inputs' dtype) goes through the Triton kernels.
 
     Returns
     -------
@@ -980,7 +1151,8 @@ def linear_token_stats(
         ``target`` not integer; ``chunk_size`` not an integer; ``softcap`` not a real number.
     ValueError
         Shapes that do not match; tensors on different devices; ``chunk_size < 1``; ``softcap``
-        not finite or not ``> 0``; on CPU, a target out of range.
+        not finite or not ``> 0``; on CPU, a target out of range; ``impl`` as in
+        :func:`token_stats`.
 
     Notes
     -----
@@ -1039,6 +1211,7 @@ def linear_token_stats(
     t = _check_target(fn, target, h, "hidden", "hidden's shape without the features")
     ignore = _check_ignore_index(fn, ignore_index)
     chunk = check_chunk_size(fn, chunk_size) or 0
+    impl = check_impl(fn, impl, h)
     cap = check_softcap(fn, softcap)
     lead = tuple(t.shape)
     # rows given, not -1: with no features (D = 0) the row count cannot be inferred
@@ -1046,5 +1219,5 @@ def linear_token_stats(
     t1 = t.reshape(-1).to(torch.int64)
     if _transforms_active():
         return _finish(_reference(fn, h2, w, b, t1, ignore, cap), lead)
-    out = _TokenStats.apply(h2, w, b, t1, ignore, chunk, cap, fn)  # type: ignore[no-untyped-call]
+    out = _TokenStats.apply(h2, w, b, t1, ignore, chunk, cap, fn, impl)  # type: ignore[no-untyped-call]
     return _finish(out, lead)
