@@ -147,11 +147,10 @@ def _dead_logits(dtype: torch.dtype) -> tuple[Tensor, Tensor, list[int]]:
 
 
 @pytest.fixture
-def small_tiles(monkeypatch: pytest.MonkeyPatch) -> None:
+def small_tiles(tuned) -> None:
     """Tiles of 3 elements: many tiles per row, several row blocks."""
-    from crossentropy.torch import tokens as tokens_mod
 
-    monkeypatch.setattr(tokens_mod, "BLOCK_ELEMENTS", 3)
+    tuned(token_block_elements=3)
 
 
 @pytest.mark.parametrize("uses", list(USES), ids=list(USES))
@@ -334,15 +333,12 @@ CONFIDENT_CASES = [
 
 @pytest.mark.parametrize("uses", ["entropy", "lse"])
 @pytest.mark.parametrize(("name", "path"), CONFIDENT_CASES)
-def test_float32_entropy_gradient_of_confident_rows(
-    monkeypatch: pytest.MonkeyPatch, name: str, path: str, uses: str
-) -> None:
+def test_float32_entropy_gradient_of_confident_rows(tuned, name: str, path: str, uses: str) -> None:
     """Each row's gradient within 1e-5 of its largest entry of the float64 closed form (it was
     off by up to a few percent: 3e-2 at margin 20, 4e-2 at scale 30, 4e-5 at 1e3, 1e-4 for the
     log-sum-exp at 1e3), on the kernel (one tile per row block, and tiles of 256 classes), in
     double backward, in the chunked linear form, and with a softcap."""
     from crossentropy.torch import linear_token_stats, token_stats
-    from crossentropy.torch import tokens as tokens_mod
 
     z = _confident(name)
     rows, classes = z.shape
@@ -352,7 +348,7 @@ def test_float32_entropy_gradient_of_confident_rows(
     ups = {uses: torch.randn(rows, generator=g, dtype=D64)}
     cap = 30.0 if path == "softcap" else None
     if path == "tiles":
-        monkeypatch.setattr(tokens_mod, "BLOCK_ELEMENTS", 256)
+        tuned(token_block_elements=256)
     if path == "linear":  # one-hot hidden states: the logits z, exactly, as a chunked matmul
         h = torch.eye(rows).requires_grad_()
         w = z.T.contiguous().requires_grad_()

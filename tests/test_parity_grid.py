@@ -9,7 +9,7 @@ The grid is
   :mod:`crossentropy.torch.distributed` on a gloo process group of 1, 2 and 3 ranks (13
   classes sharded contiguously and unevenly, ``WIDTHS``);
 - **impl**: ``"torch"`` (float64) and ``"triton"`` (Triton's interpreter on CPU tensors, float32:
-  Triton refuses float64; ``_triton.BLOCK`` small so every row crosses chunk boundaries). The
+  Triton refuses float64; ``Tuning.triton_block`` small so every row crosses chunk boundaries). The
   vocabulary-parallel per-token statistics take no ``impl`` (a test below pins that), so they
   have ``"torch"`` cells only;
 - **form**: logits, or ``hidden @ weight.T + bias`` (``chunk_size=3``: a ragged last chunk of
@@ -361,9 +361,7 @@ def _worker(rank: int, world: int, port: int, out: Path) -> None:
     # no single-process call runs here, but the fused kernels all the same
     _types.override_tuning(direct_max_elements=-1, linear_direct_max_elements=-1).__enter__()
     if _triton_ok():
-        from crossentropy.torch import _triton
-
-        _triton.BLOCK = TRITON_BLOCK
+        _types.override_tuning(triton_block=TRITON_BLOCK).__enter__()
     dist.init_process_group(
         "gloo",
         init_method=f"tcp://127.0.0.1:{port}",
@@ -438,16 +436,14 @@ def _compare(backend: str, per_rank: dict[str, list[dict[str, Any]]]) -> list[st
 
 @pytest.mark.parametrize("backend", list(BACKENDS))
 def test_parity_with_the_float64_reference(
-    backend: str, force_fused: None, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+    backend: str, force_fused: None, tuned, tmp_path: Path
 ) -> None:
     """Every cell of one backend: values and gradients within the dtype's tolerance of the
     reference, argmax exactly, the output dtype as documented."""
     world = BACKENDS[backend]
     if world == 0:
         if _triton_ok():
-            from crossentropy.torch import _triton
-
-            monkeypatch.setattr(_triton, "BLOCK", TRITON_BLOCK)
+            tuned(triton_block=TRITON_BLOCK)
         cells = _run_all(0, 0)
         per_rank = {cell: [out] for cell, out in cells.items()}
     else:

@@ -19,6 +19,7 @@ from conftest import tol  # noqa: E402
 from crossentropy.tokens import token_stats as np_token_stats  # noqa: E402
 from crossentropy.tokens import token_stats_vjp  # noqa: E402
 from crossentropy.torch import tokens as tokens_mod  # noqa: E402
+from crossentropy.torch._types import OP_VERSION  # noqa: E402
 from crossentropy.torch.tokens import TokenStats, linear_token_stats, token_stats  # noqa: E402
 
 N, D, V = 11, 6, 9
@@ -899,8 +900,12 @@ class _Allocations(TorchDispatchMode):
         super().__init__()
         self.sizes: list[int] = []
         self._impls = {
-            torch.ops.crossentropy.token_stats_forward_v2.default: tokens_mod._forward_impl,
-            torch.ops.crossentropy.token_stats_backward_v2.default: tokens_mod._backward_impl,
+            getattr(
+                torch.ops.crossentropy, f"token_stats_forward_v{OP_VERSION}"
+            ).default: tokens_mod._forward_impl,
+            getattr(
+                torch.ops.crossentropy, f"token_stats_backward_v{OP_VERSION}"
+            ).default: tokens_mod._backward_impl,
         }
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
@@ -925,7 +930,7 @@ class _Allocations(TorchDispatchMode):
 @pytest.mark.parametrize("bias", [False, True], ids=["nobias", "bias"])
 def test_one_chunk_of_logits_per_pass(
     rng: np.random.Generator,
-    monkeypatch: pytest.MonkeyPatch,
+    tuned,
     softcap: float | None,
     dtype: torch.dtype,
     bias: bool,
@@ -935,7 +940,7 @@ def test_one_chunk_of_logits_per_pass(
     ``d hidden`` and ``d weight``, and everything else is at most one tile (at most two
     tile-sized scratch buffers per pass) or a vector; nothing is (N, C)."""
     n, d, v, chunk, tile = 64, 3, 50, 16, 100
-    monkeypatch.setattr(tokens_mod, "BLOCK_ELEMENTS", tile)
+    tuned(token_block_elements=tile)
     g = _gen(rng)
     h = torch.randn(n, d, generator=g, dtype=dtype, requires_grad=True)
     w = torch.randn(v, d, generator=g, dtype=dtype, requires_grad=True)
@@ -962,11 +967,11 @@ def test_one_chunk_of_logits_per_pass(
 @pytest.mark.parametrize("tile", [1, 5, 64], ids=lambda e: f"tile{e}")
 @pytest.mark.parametrize("softcap", [None, CAP], ids=["plain", "softcap"])
 def test_tiles_smaller_than_a_chunk(
-    rng: np.random.Generator, monkeypatch: pytest.MonkeyPatch, tile: int, softcap: float | None
+    rng: np.random.Generator, tuned, tile: int, softcap: float | None
 ) -> None:
     """Tiles of a few classes (the two sweeps of the statistics, the argmax combined across
     tiles, the target found in its tile), in both forms, with ties, -inf and ignored rows."""
-    monkeypatch.setattr(tokens_mod, "BLOCK_ELEMENTS", tile)
+    tuned(token_block_elements=tile)
     g = _gen(rng)
     h, w, b, t = _inputs(g)
     ups = {k: torch.randn(N, generator=g, dtype=torch.float64) for k in FIELDS}

@@ -30,8 +30,8 @@ TOL = {torch.float32: 2e-6, torch.bfloat16: 2e-2, torch.float16: 2e-3}
 
 
 @pytest.fixture(autouse=True)
-def small_chunks(monkeypatch):
-    monkeypatch.setattr(TR, "BLOCK", BLOCK)
+def small_chunks(tuned):
+    tuned(triton_block=BLOCK)
 
 
 def _index_case(shape, ignore, weighted, dtype, seed):
@@ -299,10 +299,10 @@ def test_equal_huge_logits():
         torch.testing.assert_close(xx.grad, expected)
 
 
-def test_block_must_be_a_power_of_two(monkeypatch):
-    monkeypatch.setattr(TR, "BLOCK", 20)
-    with pytest.raises(ValueError, match="BLOCK must be None or a power of two"):
-        cet.cross_entropy(torch.randn(2, 5), torch.tensor([0, 1]), impl="triton")
+def test_block_must_be_a_power_of_two(tuned):
+    for bad in (20, 0, True, 2.0):
+        with pytest.raises(ValueError, match="triton_block must be None or a power of two"):
+            tuned(triton_block=bad)
 
 
 def test_modules_take_impl():

@@ -47,8 +47,8 @@ VOCABS = [BLOCK - 3, BLOCK, BLOCK + 1, 3 * BLOCK + 5]
 
 
 @pytest.fixture(autouse=True)
-def small_chunks(monkeypatch):
-    monkeypatch.setattr(TR, "BLOCK", BLOCK)
+def small_chunks(tuned):
+    tuned(triton_block=BLOCK)
 
 
 @pytest.fixture

@@ -1,7 +1,7 @@
 r"""The Triton kernels of the per-token statistics (:mod:`crossentropy.torch._triton_tokens`).
 
 Run in Triton's interpreter on CPU tensors (``TRITON_INTERPRET=1``, set in ``conftest.py``),
-with ``crossentropy.torch._triton.BLOCK`` small so that every row crosses chunk boundaries
+with ``Tuning.triton_block`` small so that every row crosses chunk boundaries
 (vocabularies of one chunk less three, exactly one, one more, three and a bit). Each kernel is
 checked against a float64 composition of plain torch ops (``logsumexp``, ``log_softmax``,
 ``gather``, the entropy, ``argmax``; autograd for the vector-Jacobian product), on rows that are
@@ -19,6 +19,7 @@ import crossentropy.torch as cet  # noqa: E402
 from conftest import tol  # noqa: E402
 from crossentropy.torch import _triton as TR  # noqa: E402
 from crossentropy.torch import _triton_tokens as TT  # noqa: E402
+from crossentropy.torch._types import OP_VERSION  # noqa: E402
 
 pytestmark = pytest.mark.skipif(
     not TR.INTERPRETED, reason="Triton on CPU tensors needs TRITON_INTERPRET=1"
@@ -40,8 +41,8 @@ ULP = {torch.float32: 0.0, torch.bfloat16: 2.0**-7, torch.float16: 2.0**-10}
 
 
 @pytest.fixture(autouse=True)
-def small_chunks(monkeypatch):
-    monkeypatch.setattr(TR, "BLOCK", BLOCK)
+def small_chunks(tuned):
+    tuned(triton_block=BLOCK)
 
 
 def _case(shape, dtype, seed, *, scale=3.0, special=True):
@@ -402,12 +403,12 @@ def test_kernels_compile_for_cuda():
     assert "HAS_B" in run.stdout and "SOFTCAP" in run.stdout
 
 
-def test_same_block_knob(monkeypatch):
-    """``_triton.BLOCK`` sets these kernels' chunk too: a whole-row chunk gives the same
+def test_same_block_knob(tuned):
+    """``Tuning.triton_block`` sets these kernels' chunk too: a whole-row chunk gives the same
     statistics as chunks of 16 classes, to float32 rounding."""
     x, t = _case((7, 3 * BLOCK + 5), torch.float32, seed=30)
     small = TT.token_row_stats(x, t, IGNORE)
-    monkeypatch.setattr(TR, "BLOCK", 64)
+    tuned(triton_block=64)
     whole = TT.token_row_stats(x, t, IGNORE)
     for a, b in zip(small[:3], whole[:3], strict=True):
         torch.testing.assert_close(a, b, rtol=2e-6, atol=2e-6, equal_nan=True)
@@ -633,7 +634,7 @@ def test_ops_without_impl_keep_their_meaning(monkeypatch):
     real = TT.token_row_stats
     monkeypatch.setattr(TT, "token_row_stats", lambda *a, **k: calls.append(1) or real(*a, **k))
     x, t = _case((5, BLOCK + 1), torch.float32, seed=48)
-    op = torch.ops.crossentropy.token_stats_forward_v2
+    op = getattr(torch.ops.crossentropy, f"token_stats_forward_v{OP_VERSION}")
     old = op(x, None, None, t, IGNORE, 0, None, "f")
     assert calls == []
     new = op(x, None, None, t, IGNORE, 0, None, "f", "triton")

@@ -35,6 +35,7 @@ from torch import Tensor
 
 from .._validation import fail
 from . import _kernels as K
+from ._types import OP_VERSION, Options
 
 __all__ = [
     "RowWeights",
@@ -49,10 +50,6 @@ __all__ = [
     "row_weights",
 ]
 
-#: Part of every op's name. Compiled-graph caches (inductor's, on disk) key on op names, not on
-#: what an op returns: bump this whenever an op's arguments, outputs or meaning change, or a
-#: cache written by the previous version would be replayed against the new one.
-OP_VERSION = 3
 
 #: Largest float16 gradient entry the prescale aims for (float16's largest normal is ~2**16).
 _FP16_TARGET = 2.0**14
@@ -341,37 +338,35 @@ def index_forward(
         label_smoothing,
         with_grad,
         None,
-        _Extras(sample_weight, z_loss, softcap),
+        sample_weight,
+        z_loss,
+        softcap,
         impl,
     )
-
-
-class _Extras(NamedTuple):
-    """The options beyond ``F.cross_entropy``'s: per-position weights, z-loss, softcap."""
-
-    sample_weight: Tensor | None = None
-    z_loss: float = 0.0
-    softcap: float | None = None
-
-    def plain(self) -> bool:
-        """None of the options is set: the call is ``F.cross_entropy``'s."""
-        return self.sample_weight is None and not self.z_loss and self.softcap is None
 
 
 def index_forward_inplace(
     logits: Tensor,
     target: Tensor,
     weight: Tensor | None,
-    ignore_index: int,
-    reduction: str,
-    label_smoothing: float,
-    extras: "_Extras",
-    impl: str,
+    sample_weight: Tensor | None,
+    opts: Options,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """:func:`index_forward` writing the gradient into ``logits`` itself (eager only):
-    returns ``(loss, lse, q, pre)``."""
+    """:func:`index_forward` writing the gradient into ``logits`` itself (eager only, so it
+    takes the :class:`._types.Options` whole): returns ``(loss, lse, q, pre)``."""
     loss, lse, q, _, pre = _index_forward(
-        logits, target, weight, ignore_index, reduction, label_smoothing, True, logits, extras, impl
+        logits,
+        target,
+        weight,
+        opts.ignore_index,
+        opts.reduction,
+        opts.label_smoothing,
+        True,
+        logits,
+        sample_weight,
+        opts.z_loss,
+        opts.softcap,
+        opts.impl,
     )
     return loss, lse, q, pre
 
@@ -385,7 +380,9 @@ def _index_forward(
     eps: float,
     with_grad: bool,
     out: Tensor | None,
-    extras: _Extras,
+    sample_weight: Tensor | None,
+    z: float,
+    cap: float | None,
     impl: str,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     num_classes = logits.shape[1] if logits.dim() >= 2 else logits.shape[0]
@@ -398,9 +395,8 @@ def _index_forward(
     # A copy when the sweep writes into ``logits``: sample weights read from the logits' own
     # buffer (a view of it) must not become the gradient before the loss is summed.
     sw = None
-    if extras.sample_weight is not None:
-        sw = extras.sample_weight.to(cdt, copy=out is not None)
-    z, cap = extras.z_loss, extras.softcap
+    if sample_weight is not None:
+        sw = sample_weight.to(cdt, copy=out is not None)
     fused = with_grad and reduction != "none"
     pre = torch.ones((), dtype=cdt, device=logits.device)
     if fused:

@@ -6,14 +6,14 @@ Each public function here has the signature and the results of its namesake in
 caller — the fused ``cross_entropy``, the chunked ``linear_cross_entropy`` and the
 vocabulary-parallel functions — runs on Triton by choosing this module instead of that one.
 
-One program per row. A row is read in chunks of ``BLOCK`` classes with an *online* softmax
-(running max ``m`` and ``Σ exp(x − m)`` rescaled when the max grows), so any vocabulary size
-works, powers of two or not, and the row never has to fit on chip. Everything accumulates in
-float32 (float64 for float64 input). As in the torch-op kernels, the target column is kept out
-of ``Σ exp``, so ``q = Σ_{c≠y} p_c`` keeps its relative precision for confident rows and the
-true-class gradient is written as ``τ = (ε/C)(W − w_y) − a q`` instead of the cancelling
-``p_y − 1``. The fused sweep reads the row twice (statistics, then gradient) and writes the
-gradient once, in one launch; nothing is read on the host.
+One program per row. A row is read in chunks of ``BLOCK`` classes (``Tuning.triton_block``) with an
+*online* softmax (running max ``m`` and ``Σ exp(x − m)`` rescaled when the max grows), so any
+vocabulary size works, powers of two or not, and the row never has to fit on chip. Everything
+accumulates in float32 (float64 for float64 input). As in the torch-op kernels, the target column is
+kept out of ``Σ exp``, so ``q = Σ_{c≠y} p_c`` keeps its relative precision for confident rows and
+the true-class gradient is written as ``τ = (ε/C)(W − w_y) − a q`` instead of the cancelling ``p_y −
+1``. The fused sweep reads the row twice (statistics, then gradient) and writes the gradient once,
+in one launch; nothing is read on the host.
 
 ``softcap=c`` maps every logit to ``x' = c tanh(x / c)`` as it is loaded, in registers: every
 statistic is of ``x'`` and every gradient is the one at ``x'`` times ``∂x'/∂x = 1 − t²`` with the
@@ -44,6 +44,7 @@ import triton.language as tl  # type: ignore[import-not-found,import-untyped]
 from torch import Tensor
 
 from . import _types as K
+from ._types import tuning
 
 __all__ = [
     "logits_fused",
@@ -53,29 +54,17 @@ __all__ = [
     "prob_row_stats",
 ]
 
-#: Classes per chunk; ``None`` picks one from the vocabulary size (tests set it small to
-#: exercise chunk boundaries in the interpreter).
-BLOCK: int | None = None
-
-
 #: Whether Triton defined these kernels for its interpreter (it reads ``TRITON_INTERPRET`` at
 #: definition, so setting the variable later changes nothing for this process).
 INTERPRETED = os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
 def _block(num_classes: int) -> int:
-    if BLOCK is not None:
-        if (
-            isinstance(BLOCK, bool)
-            or not isinstance(BLOCK, int)
-            or BLOCK < 1
-            or BLOCK & (BLOCK - 1)
-        ):
-            raise ValueError(
-                "crossentropy.torch._triton.BLOCK must be None or a power of two (classes per "
-                f"chunk), got {BLOCK!r}"
-            )
-        return BLOCK
+    """Classes per chunk: :attr:`Tuning.triton_block <._types.Tuning.triton_block>`, or one
+    from the vocabulary size."""
+    block = tuning().triton_block
+    if block is not None:
+        return block
     cap = 256 if INTERPRETED else 4096
     return max(16, min(cap, triton.next_power_of_2(max(1, num_classes))))
 

@@ -12,7 +12,7 @@ path's :func:`.tokens._stats_columns` and :func:`.tokens._vjp_columns` in one la
   ``entropy``, ``lse`` (each optional: a ``constexpr`` switch, the term is not compiled in).
 
 One program per row, the row read in chunks of ``BLOCK`` classes (:func:`._triton._block`, so
-``crossentropy.torch._triton.BLOCK`` sets it for these kernels too). The statistics are
+``Tuning.triton_block`` sets it for these kernels too). The statistics are
 *online*: a running max ``m`` (NaN left out), ``s = Σ e^{x−m}`` and ``E = Σ e^{x−m}(m − x)``
 (both of non-negative terms), rescaled when the max grows to ``m'``: ``s ← α s`` and
 ``E ← α (E + (m' − m) s)`` with ``α = e^{m − m'}``. Then ``lse = m + log s`` and

@@ -13,6 +13,7 @@ import torch
 from torch import Tensor
 
 __all__ = [
+    "OP_VERSION",
     "GradCoefficients",
     "LinearGrads",
     "Options",
@@ -22,6 +23,14 @@ __all__ = [
     "override_tuning",
     "tuning",
 ]
+
+
+#: Part of the name of every custom op of the package (the loss ops in :mod:`._ops`, the
+#: token-statistics ops in :mod:`.tokens`). Compiled-graph caches (inductor's, on disk) key on
+#: op names, not on what an op returns: bump this whenever any op's arguments, outputs or
+#: meaning change, or a cache written by the previous version would be replayed against the
+#: new one. 4: one version for every op; the token ops' ``lse_lo`` output and ``impl``.
+OP_VERSION = 4
 
 
 @dataclass(frozen=True)
@@ -89,6 +98,17 @@ class Tuning:
         Rows × classes up to which ``linear_cross_entropy`` composes ``F.linear`` and
         ``F.cross_entropy`` directly. Measured on the project machine: the chunked kernel is
         2× slower at 131k logits, even at 524k, faster above. ``-1``: never.
+    token_block_elements : int
+        Elements per tile of the per-token statistics' elementwise work (float32: 4 MiB).
+        Each chunk of logits is processed tile by tile, so the temporaries (``exp``, and with
+        ``softcap`` the capped logits' gradient) are tile-sized and stay in cache between the
+        steps. Measured at (4096, 1024, 32768) fp32 on the idle 2-core machine, 2**19 to 2**21
+        are within noise (the matmuls take ~95 % of the time). Not smaller: each tile-sized op
+        is an OpenMP parallel region, and while another process holds a core every region can
+        wait for its descheduled thread (2**19 ran at 4-6× its idle time on a loaded machine).
+    triton_block : int or None
+        Classes per chunk of the Triton kernels (a power of two); ``None`` picks one from the
+        vocabulary size. Tests set it small to cross chunk boundaries in the interpreter.
     """
 
     block_elements: int = 1 << 21
@@ -96,10 +116,21 @@ class Tuning:
     linear_chunk_bytes: int = 48 << 20
     direct_max_elements: int = 1 << 20
     linear_direct_max_elements: int = 1 << 19
+    token_block_elements: int = 1 << 20
+    triton_block: int | None = None
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
+            if f.name == "triton_block":
+                power = isinstance(value, int) and not isinstance(value, bool) and value >= 1
+                ok = value is None or (power and not value & (value - 1))
+                if not ok:
+                    raise ValueError(
+                        f"Tuning.triton_block must be None or a power of two (classes per "
+                        f"chunk), got {value!r}"
+                    )
+                continue
             if f.type in (bool, "bool"):
                 ok = isinstance(value, bool)
             else:

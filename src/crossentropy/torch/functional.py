@@ -32,18 +32,17 @@ How each mode is served, and why:
 
 from __future__ import annotations
 
-import contextlib
 import math
 from typing import Any
 
 import torch
-import torch.autograd.forward_ad as _forward_ad
 import torch.nn.functional as F
 from torch import Tensor
 
 from .._validation import fail
 from . import _kernels as K
 from . import _ops
+from . import _reference as R
 from ._checks import (
     check_chunk_size,
     check_class_weight,
@@ -56,51 +55,25 @@ from ._checks import (
     check_z_loss,
     describe,
 )
-from ._ops import _Extras
-from ._rows import softcapped
-from ._types import tuning
-
-_NO_EXTRAS = _Extras()
+from ._modes import (
+    autocast_dtype,
+    autocast_on,
+    autocast_projection,
+    compiling,
+    differentiable_backward,
+    no_autocast,
+    transforms_active,
+)
+from ._types import Options, tuning
 
 __all__ = ["cross_entropy", "linear_cross_entropy"]
 
 _REDUCTIONS = ("mean", "sum", "none")
 
 
-def _compiling() -> bool:
-    return torch.compiler.is_compiling()
-
-
-def _transforms_active() -> bool:
-    """A ``torch.func`` transform (grad, vmap, jacrev, jvp, ...) is tracing this call, or a
-    ``torch.autograd.forward_ad`` dual level is open (forward-mode AD needs a jvp rule, which
-    the composite reference has)."""
-    return torch._C._are_functorch_transforms_active() or _forward_ad._current_level >= 0
-
-
-def _differentiable_backward() -> bool:
-    """Backward must be built from differentiable, batchable torch ops: it runs with
-    ``create_graph=True`` or under a ``torch.func`` transform (``jacobian(vectorize=True)``
-    vmaps the backward of a graph recorded outside any transform)."""
-    if torch.is_grad_enabled() or _transforms_active():
-        return True
-    # the legacy vmap that jacobian(vectorize=True) uses shows only as a thread-local key
-    return not _compiling() and "VmapMode" in str(torch._C._dispatch_tls_local_include_set())
-
-
-def _autocast_on(x: Tensor) -> bool:
-    dev = x.device.type
-    return dev in ("cpu", "cuda", "xpu", "mps") and torch.is_autocast_enabled(dev)
-
-
-def _autocast_dtype(dtype: torch.dtype) -> torch.dtype:
-    """What autocast's float32 list makes of a floating dtype."""
-    return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
-
-
 def _is_one(g: Tensor) -> bool:
     """``g == 1``, read on the host only where that is free (a real CPU tensor)."""
-    if _compiling() or type(g) is not Tensor or g.device.type != "cpu" or g.numel() != 1:
+    if compiling() or type(g) is not Tensor or g.device.type != "cpu" or g.numel() != 1:
         return False
     return bool(g == 1)
 
@@ -113,190 +86,32 @@ def _scaled(g: Tensor, factor: Tensor, *, inplace: bool) -> Tensor:
     return g.mul_(f) if inplace else g * f
 
 
-def _autocast_projection(h: Tensor, weight: object, bias: object) -> tuple[Tensor, Any, Any]:
-    """What ``F.linear`` does under autocast: ``hidden``, ``weight`` and ``bias`` cast to the
-    autocast dtype (differentiably; anything not a floating tensor is left for the checks)."""
-    low = torch.get_autocast_dtype(h.device.type)
-    if isinstance(weight, Tensor) and weight.is_floating_point():
-        weight = weight.to(low)
-    if isinstance(bias, Tensor) and bias.is_floating_point():
-        bias = bias.to(low)
-    return h.to(low), weight, bias
-
-
-def _no_autocast(x: Tensor) -> contextlib.AbstractContextManager[Any]:
-    """``torch.autocast(enabled=False)`` only when autocast is on (the common case costs 0).
-    A plain ``with`` on what this returns is what ``torch.compile`` traces (a stored
-    context whose ``__enter__`` is called by hand is a graph break)."""
-    if _autocast_on(x):
-        return torch.autocast(x.device.type, enabled=False)
-    return contextlib.nullcontext()
-
-
-_NoAutocast = _no_autocast
-
-
-# --------------------------------------------------------------------------- reference grads
-
-
-def _classes_back(g: Tensor, like: Tensor) -> Tensor:
-    return g.movedim(-1, 1) if like.dim() >= 3 else g
-
-
-def _lse(x: Tensor, dim: int, keepdim: bool = False) -> Tensor:
-    """``logsumexp(x, dim)`` as ``m + logsumexp(x − m)`` with ``m`` the detached row max (0
-    where it is not finite). The same function at every order (it does not depend on ``m``),
-    but its gradient ``exp((x − m) − (lse − m))`` subtracts a small, accurately rounded
-    number: ``torch.logsumexp``'s ``exp(x − lse)`` with ``lse`` rounded to ``ulp(lse)`` is off
-    by ~1e-4 relative for logits of 1e4 in float32 (the fused kernels' own reference point)."""
-    if x.shape[dim] == 0:
-        return torch.logsumexp(x, dim=dim, keepdim=keepdim)
-    m = x.detach().amax(dim=dim, keepdim=True)
-    m = torch.where(torch.isfinite(m), m, 0.0)
-    out = m + torch.logsumexp(x - m, dim=dim, keepdim=True)
-    return out if keepdim else out.squeeze(dim)
-
-
-def _softcapped_rows(
-    x: Tensor, softcap: float | None, cdt: torch.dtype
-) -> tuple[Tensor, Tensor | None]:
-    """Classes-last logits in compute dtype after the softcap, and ``∂x'/∂x = 1 − t²``."""
-    xl, t = softcapped(_ops.classes_last(x).to(cdt), softcap)
-    return xl, None if t is None else 1.0 - t * t
-
-
-def _index_grad_reference(
-    x: Tensor,
-    target: Tensor,
-    weight: Tensor | None,
-    ignore_index: int,
-    reduction: str,
-    eps: float,
-    upstream: Tensor,
-    extras: _Extras = _NO_EXTRAS,
-) -> Tensor:
-    """``∂L/∂x`` for index targets in differentiable torch ops (the double-backward path):
-    ``s_i u_i ((a_i + 2 z w_y lse_i) softmax(x'_i) − (1−ε) w_y e_y − (ε/C) w) ∂x'/∂x``, with
-    ``a_i`` as in :func:`cross_entropy`'s Notes and ``s_i`` the sample weight."""
-    cdt = K.compute_dtype(x.dtype)
-    xl, chain = _softcapped_rows(x, extras.softcap, cdt)
-    num_classes = xl.shape[-1]
-    w, total, valid, tw, scale = _ops.row_weights(
-        target, weight, ignore_index, reduction, num_classes, cdt
-    )
-    # an ignored row of all −inf logits has a NaN softmax: zero logits there instead
-    xl = torch.where(valid.unsqueeze(-1), xl, 0.0)
-    p = torch.softmax(xl, dim=-1)
-    a = (1.0 - eps) * tw + (eps / num_classes) * total
-    if extras.z_loss:
-        a = a + (2.0 * extras.z_loss) * tw * torch.where(valid, _lse(xl, -1), 0.0)
-    safe = torch.where(valid, target, 0).to(torch.int64)
-    onehot = F.one_hot(safe, num_classes).to(cdt)
-    g = a.unsqueeze(-1) * p - ((1.0 - eps) * tw).unsqueeze(-1) * onehot
-    if eps:
-        g = g - (eps / num_classes) * (1.0 if w is None else w)
-    if chain is not None:
-        g = g * chain
-    row = upstream.to(cdt) * scale
-    if extras.sample_weight is not None:
-        row = row * torch.where(valid, extras.sample_weight.to(cdt), 0.0)
-    g = g * row.unsqueeze(-1)
-    g = torch.where(valid.unsqueeze(-1), g, 0.0)
-    return _classes_back(g, x).to(x.dtype)
-
-
-def _prob_grad_reference(
-    x: Tensor,
-    target: Tensor,
-    weight: Tensor | None,
-    eps: float,
-    row_grad: Tensor,
-    extras: _Extras = _NO_EXTRAS,
-) -> Tensor:
-    """``u_i ((A_i + 2 z lse_i) softmax(x'_i) − w ⊙ y'_i) ∂x'/∂x`` in differentiable torch
-    ops (``row_grad`` includes any sample weights)."""
-    cdt = K.compute_dtype(x.dtype)
-    xl, chain = _softcapped_rows(x, extras.softcap, cdt)
-    num_classes = xl.shape[-1]
-    y = _ops.classes_last(target).to(cdt)
-    if eps:
-        y = y * (1.0 - eps) + eps / num_classes
-    if weight is not None:
-        y = y * weight.to(cdt)
-    a = y.sum(dim=-1, keepdim=True)
-    if extras.z_loss:
-        a = a + (2.0 * extras.z_loss) * _lse(xl, -1, keepdim=True)
-    g = a * torch.softmax(xl, dim=-1) - y
-    if chain is not None:
-        g = g * chain
-    g = g * row_grad.to(cdt).unsqueeze(-1)
-    return _classes_back(g, x).to(x.dtype)
-
-
-def _composite(
-    x: Tensor,
-    target: Tensor,
-    weight: Tensor | None,
-    ignore_index: int,
-    reduction: str,
-    eps: float,
-    extras: _Extras,
-    out_dtype: torch.dtype,
-) -> Tensor:
-    """The reference of :func:`cross_entropy` in differentiable torch ops: ``F.cross_entropy``
-    itself without the extra options, else ``F.cross_entropy(softcap(x), reduction="none")``
-    plus ``z w_y lse²``, times the sample weights, reduced over the same denominator. The
-    softcap runs in the compute dtype, as in the kernels (a bfloat16 ``c tanh(x / c)`` would
-    round ``x'`` to 3 digits)."""
-    if extras.plain():
-        return F.cross_entropy(
-            x, target, weight, ignore_index=ignore_index, reduction=reduction, label_smoothing=eps
-        )
-    cdt = K.compute_dtype(x.dtype)
-    if target.is_floating_point():
-        cdt = torch.promote_types(cdt, target.dtype)
-        target = target.to(cdt)
-    if weight is not None:
-        weight = weight.to(cdt)
-    xs, _ = softcapped(x.to(cdt), extras.softcap)
-    per = F.cross_entropy(
-        xs, target, weight, ignore_index=ignore_index, reduction="none", label_smoothing=eps
-    )
-    cls = 1 if x.dim() >= 2 else 0
-    prob = target.is_floating_point()
-    valid: Tensor | None = None
-    if prob:
-        tw: Tensor | float = 1.0
-        denom: Tensor | float = float(per.numel())
-    else:
-        valid = target != ignore_index
-        if weight is None:
-            tw = valid.to(per.dtype)
-        else:
-            tw = torch.where(valid, weight.to(per.dtype)[torch.where(valid, target, 0)], 0.0)
-        denom = tw.sum()
-    if extras.z_loss:
-        lse = _lse(xs, cls).to(per.dtype)
-        if valid is not None:  # an ignored row of all −inf: 0 · inf would be NaN
-            lse = torch.where(valid, lse, 0.0)
-        per = per + extras.z_loss * tw * lse * lse
-    if extras.sample_weight is not None:
-        sw = extras.sample_weight.to(per.dtype)
-        if valid is not None:  # a NaN/inf weight at an ignored position: 0, not 0 · NaN
-            sw = torch.where(valid, sw, 0.0)
-        per = per * sw
-    if valid is not None:
-        # 0 at ignored positions whatever their sample weight, and a zero gradient there even
-        # when "mean"'s denominator is 0 (all ignored: the 1/0 would meet the z-loss's w_y = 0)
-        per = torch.where(valid, per, 0.0)
-    if reduction != "none":
-        per = per.sum()
-        if reduction == "mean":
-            per = per / denom
-    return per.to(out_dtype)
-
-
 # --------------------------------------------------------------------------- autograd
+
+
+def _index_op(
+    logits: Tensor,
+    target: Tensor,
+    weight: Tensor | None,
+    sw: Tensor | None,
+    opts: Options,
+    with_grad: bool,
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """:func:`._ops.index_forward` with ``opts`` unpacked (autocast off around the kernels)."""
+    with no_autocast(logits):
+        return _ops.index_forward(
+            logits,
+            target,
+            weight,
+            opts.ignore_index,
+            opts.reduction,
+            opts.label_smoothing,
+            with_grad,
+            opts.impl,
+            sw,
+            opts.z_loss,
+            opts.softcap,
+        )
 
 
 class _CrossEntropyIndex(torch.autograd.Function):
@@ -308,79 +123,51 @@ class _CrossEntropyIndex(torch.autograd.Function):
         logits: Tensor,
         target: Tensor,
         weight: Tensor | None,
-        ignore_index: int,
-        reduction: str,
-        eps: float,
-        fused: bool,
-        out_dtype: torch.dtype,
-        impl: str,
         sample_weight: Tensor | None,
-        z_loss: float,
-        softcap: float | None,
+        opts: Options,
+        fused: bool,
     ) -> Tensor:
-        with _no_autocast(logits):
-            loss, lse, q, grad, pre = _ops.index_forward(
-                logits,
-                target,
-                weight,
-                ignore_index,
-                reduction,
-                eps,
-                fused,
-                impl,
-                sample_weight,
-                z_loss,
-                softcap,
-            )
-        ctx.compiled = _compiling()
-        ctx.options = (ignore_index, reduction, eps, impl, z_loss, softcap)
-        ctx.fused = fused
-        ctx.grad = None
+        loss, lse, q, grad, pre = _index_op(logits, target, weight, sample_weight, opts, fused)
+        ctx.compiled = compiling()
+        ctx.opts, ctx.fused, ctx.grad = opts, fused, None
         saved = [logits, target, weight, sample_weight, lse, q, pre]
         if fused and ctx.compiled:
             saved.append(grad)
         else:
             ctx.grad = grad if fused else None
         ctx.save_for_backward(*saved)
-        return loss.to(out_dtype)
+        return loss.to(opts.out_dtype)
 
     @staticmethod
     def backward(ctx: Any, grad_out: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
-        none = (None,) * 11
+        none = (None,) * 5
         logits, target, weight, sw, lse, q, pre, *kept = ctx.saved_tensors
-        ignore_index, reduction, eps, impl, z_loss, softcap = ctx.options
-        if _differentiable_backward():  # create_graph=True or a torch.func transform
-            extras = _Extras(sw, z_loss, softcap)
-            g = _index_grad_reference(
-                logits, target, weight, ignore_index, reduction, eps, grad_out, extras
-            )
-            return (g, *none)
+        opts: Options = ctx.opts
+        if differentiable_backward():  # create_graph=True or a torch.func transform
+            return (R.index_grad(logits, target, weight, sw, opts, grad_out), *none)
         if ctx.fused and kept:  # compiled: functional
             return (_scaled(kept[0], grad_out / pre, inplace=False), *none)
         if ctx.fused:
             grad, ctx.grad = ctx.grad, None
             if grad is None:  # a second backward (retained graph): the same sweep again
-                with _no_autocast(logits):
-                    grad = _ops.index_forward(
-                        logits,
-                        target,
-                        weight,
-                        ignore_index,
-                        reduction,
-                        eps,
-                        True,
-                        impl,
-                        sw,
-                        z_loss,
-                        softcap,
-                    )[3]
+                grad = _index_op(logits, target, weight, sw, opts, True)[3]
             # first eager backward: the forward's buffer, handed out once
             return (_scaled(grad, grad_out / pre, inplace=True), *none)
         cdt = K.compute_dtype(logits.dtype)
-        valid, _, scale = _ops.row_scales(target, weight, ignore_index, reduction, cdt)
+        valid, _, scale = _ops.row_scales(target, weight, opts.ignore_index, opts.reduction, cdt)
         row_grad = _ops._sample_scale(grad_out.to(cdt) * scale, valid, _cast(sw, cdt))
         g = _ops.index_backward(
-            logits, target, weight, lse, q, row_grad, ignore_index, eps, impl, z_loss, softcap
+            logits,
+            target,
+            weight,
+            lse,
+            q,
+            row_grad,
+            opts.ignore_index,
+            opts.label_smoothing,
+            opts.impl,
+            opts.z_loss,
+            opts.softcap,
         )
         return (g, *none)
 
@@ -397,30 +184,24 @@ class _CrossEntropyInplace(torch.autograd.Function):
         logits: Tensor,
         target: Tensor,
         weight: Tensor | None,
-        ignore_index: int,
-        reduction: str,
-        eps: float,
-        out_dtype: torch.dtype,
+        sample_weight: Tensor | None,
+        opts: Options,
         geometry: tuple[tuple[int, ...], tuple[int, ...], int] | None,
-        impl: str,
-        extras: _Extras,
     ) -> tuple[Tensor, Tensor]:
         # ``logits`` is the storage's base tensor; ``geometry`` the caller's view of all of it.
         view = logits if geometry is None else logits.as_strided(*geometry)
-        with _no_autocast(logits):
-            loss, _, _, pre = _ops.index_forward_inplace(
-                view, target, weight, ignore_index, reduction, eps, extras, impl
-            )
+        with no_autocast(logits):
+            loss, _, _, pre = _ops.index_forward_inplace(view, target, weight, sample_weight, opts)
         ctx.mark_dirty(logits)
         ctx.grad, ctx.pre = logits, pre
         ctx.set_materialize_grads(False)
-        return loss.to(out_dtype), logits
+        return loss.to(opts.out_dtype), logits
 
     @staticmethod
     def backward(  # type: ignore[override]
         ctx: Any, grad_out: Tensor | None, grad_overwritten: Tensor | None
     ) -> tuple[Tensor | None, ...]:
-        none = (None,) * 9
+        none = (None,) * 5
         if grad_overwritten is not None:
             raise RuntimeError(
                 "cross_entropy: input was overwritten by its gradient (inplace_backward=True) "
@@ -452,47 +233,58 @@ class _CrossEntropyProb(torch.autograd.Function):
         logits: Tensor,
         target: Tensor,
         weight: Tensor | None,
-        reduction: str,
-        eps: float,
-        out_dtype: torch.dtype,
-        impl: str,
         sample_weight: Tensor | None,
-        z_loss: float,
-        softcap: float | None,
+        opts: Options,
     ) -> Tensor:
-        with _no_autocast(logits):
-            loss, lse, amass = _ops.prob_forward(logits, target, weight, eps, impl, z_loss, softcap)
+        with no_autocast(logits):
+            loss, lse, amass = _ops.prob_forward(
+                logits,
+                target,
+                weight,
+                opts.label_smoothing,
+                opts.impl,
+                opts.z_loss,
+                opts.softcap,
+            )
         rows = loss.numel()
         if sample_weight is not None:
             loss = loss * sample_weight.to(loss.dtype)
-        if reduction != "none":
+        if opts.reduction != "none":
             loss = loss.sum()
-            if reduction == "mean":
+            if opts.reduction == "mean":
                 loss = loss / rows
         ctx.save_for_backward(logits, target, weight, sample_weight, lse, amass)
-        ctx.options = (reduction, eps, rows, impl, z_loss, softcap)
-        return loss.to(out_dtype)
+        ctx.opts, ctx.rows = opts, rows
+        return loss.to(opts.out_dtype)
 
     @staticmethod
     def backward(ctx: Any, grad_out: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
         logits, target, weight, sw, lse, amass = ctx.saved_tensors
-        reduction, eps, rows, impl, z_loss, softcap = ctx.options
+        opts: Options = ctx.opts
         cdt = K.compute_dtype(logits.dtype)
         row_grad = grad_out.to(cdt)
-        if reduction == "mean":
-            row_grad = row_grad / rows
+        if opts.reduction == "mean":
+            row_grad = row_grad / ctx.rows
         row_grad = row_grad.expand(amass.shape)
         if sw is not None:
             row_grad = row_grad * sw.to(cdt)
         row_grad = row_grad.contiguous()
-        if _differentiable_backward():
-            extras = _Extras(None, z_loss, softcap)
-            g = _prob_grad_reference(logits, target, weight, eps, row_grad, extras)
+        if differentiable_backward():
+            g = R.prob_grad(logits, target, weight, opts, row_grad)
         else:
             g = _ops.prob_backward(
-                logits, target, weight, lse, amass, row_grad, eps, impl, z_loss, softcap
+                logits,
+                target,
+                weight,
+                lse,
+                amass,
+                row_grad,
+                opts.label_smoothing,
+                opts.impl,
+                opts.z_loss,
+                opts.softcap,
             )
-        return (g, *(None,) * 9)
+        return (g, *(None,) * 4)
 
 
 # --------------------------------------------------------------------------- arguments
@@ -753,7 +545,7 @@ def cross_entropy(
     impl = check_impl(fn, impl, x)
     z = check_z_loss(fn, z_loss)
     cap = check_softcap(fn, softcap)
-    autocast = _autocast_on(x)
+    autocast = autocast_on(x)
     num_classes = x.shape[1] if x.dim() >= 2 else x.shape[0]
     w = check_class_weight(fn, "weight", weight, num_classes, device=x.device)
     if w is not None and not autocast and w.dtype != x.dtype:
@@ -806,7 +598,6 @@ def cross_entropy(
             )
     positions = tuple(x.shape[:1]) + tuple(x.shape[2:]) if x.dim() >= 2 else ()
     sw = check_sample_weight(fn, sample_weight, positions, x.device)
-    extras = _Extras(sw, z, cap)
     grad_on = torch.is_grad_enabled()
     if grad_on and not prob and w is not None and w.requires_grad:
         fail(
@@ -819,29 +610,30 @@ def cross_entropy(
     if prob:
         xd, td = x.dtype, t.dtype
         if autocast:
-            xd, td = _autocast_dtype(xd), _autocast_dtype(td)
+            xd, td = autocast_dtype(xd), autocast_dtype(td)
         out_dtype = torch.promote_types(xd, td)
     else:
-        out_dtype = _autocast_dtype(x.dtype) if autocast else x.dtype
+        out_dtype = autocast_dtype(x.dtype) if autocast else x.dtype
         if t.dtype != torch.int64:  # F.cross_entropy (the composite path) takes int64 or uint8
             t = t.to(torch.int64)
-    wants_inplace = inplace_backward and grad_on and x.requires_grad and not _compiling()
+    opts = Options(ignore, red, eps, z, cap, impl, 0, out_dtype)
+    wants_inplace = inplace_backward and grad_on and x.requires_grad and not compiling()
     if (
         (impl == "auto" and not wants_inplace and x.numel() <= tuning().direct_max_elements)
-        or _transforms_active()
+        or transforms_active()
         or (grad_on and w is not None and w.requires_grad)
         or (grad_on and prob and t.requires_grad)
         or (grad_on and sw is not None and sw.requires_grad)
     ):
         return _reference_call(
             fn,
-            lambda: _composite(x, t, w, ignore, red, eps, extras, out_dtype),
+            lambda: R.composite(x, t, w, sw, opts),
             t,
             num_classes,
             ignore,
         )
     if prob:
-        out: Tensor = _CrossEntropyProb.apply(x, t, w, red, eps, out_dtype, impl, sw, z, cap)  # type: ignore[no-untyped-call]
+        out: Tensor = _CrossEntropyProb.apply(x, t, w, sw, opts)  # type: ignore[no-untyped-call]
         return out
     if wants_inplace:
         if (x if x._base is None else x._base).is_leaf:
@@ -855,18 +647,46 @@ def cross_entropy(
             )
         base, geometry = _whole_storage_view(fn, x)
         loss: Tensor
-        loss, _ = _CrossEntropyInplace.apply(  # type: ignore[no-untyped-call]
-            base, t, w, ignore, red, eps, out_dtype, geometry, impl, extras
-        )
+        loss, _ = _CrossEntropyInplace.apply(base, t, w, sw, opts, geometry)  # type: ignore[no-untyped-call]
         return loss
     fused = red != "none" and grad_on and x.requires_grad
-    out = _CrossEntropyIndex.apply(  # type: ignore[no-untyped-call]
-        x, t, w, ignore, red, eps, fused, out_dtype, impl, sw, z, cap
-    )
+    out = _CrossEntropyIndex.apply(x, t, w, sw, opts, fused)  # type: ignore[no-untyped-call]
     return out
 
 
 # --------------------------------------------------------------------------- linear
+
+
+def _linear_op(
+    hidden: Tensor,
+    weight: Tensor,
+    bias: Tensor | None,
+    target: Tensor,
+    class_weight: Tensor | None,
+    sw: Tensor | None,
+    opts: Options,
+    needs: tuple[bool, bool, bool],
+) -> tuple[Tensor, ...]:
+    """:func:`._ops.linear_forward` with ``opts`` unpacked (autocast off around the kernels)."""
+    with no_autocast(hidden):
+        return tuple(
+            _ops.linear_forward(
+                hidden,
+                weight,
+                bias,
+                target,
+                class_weight,
+                opts.ignore_index,
+                opts.reduction,
+                opts.label_smoothing,
+                opts.chunk_size,
+                *needs,
+                opts.impl,
+                sw,
+                opts.z_loss,
+                opts.softcap,
+            )
+        )
 
 
 class _LinearCrossEntropy(torch.autograd.Function):
@@ -876,7 +696,8 @@ class _LinearCrossEntropy(torch.autograd.Function):
     into its gradient in place and folded into ``d hidden``, ``d weight``, ``d bias`` during the
     forward (three matmuls in all); the first backward rescales them. A second backward through
     a retained graph, and ``"none"``, recompute each chunk (four matmuls); ``create_graph=True``
-    materialises the logits and differentiates the closed form with torch ops.
+    materialises the logits and differentiates the closed form with torch ops. Without any
+    input that needs a gradient the forward runs the statistics pass alone (one matmul).
     """
 
     @staticmethod
@@ -887,61 +708,35 @@ class _LinearCrossEntropy(torch.autograd.Function):
         bias: Tensor | None,
         target: Tensor,
         class_weight: Tensor | None,
-        ignore_index: int,
-        reduction: str,
-        eps: float,
-        chunk: int,
-        needs: tuple[bool, bool, bool],
-        out_dtype: torch.dtype,
-        impl: str,
         sample_weight: Tensor | None,
-        z_loss: float,
-        softcap: float | None,
+        opts: Options,
+        needs: tuple[bool, bool, bool],
     ) -> Tensor:
-        with _no_autocast(hidden):
-            loss, lse, q, dh, dw, db = _ops.linear_forward(
-                hidden,
-                weight,
-                bias,
-                target,
-                class_weight,
-                ignore_index,
-                reduction,
-                eps,
-                chunk,
-                *needs,
-                impl,
-                sample_weight,
-                z_loss,
-                softcap,
-            )
-        fused = reduction != "none" and any(needs)
-        ctx.compiled = _compiling()
-        ctx.options = (ignore_index, reduction, eps, chunk, impl, z_loss, softcap)
-        ctx.fused, ctx.needs = fused, needs
-        ctx.grads = None
+        loss, lse, q, dh, dw, db = _linear_op(
+            hidden, weight, bias, target, class_weight, sample_weight, opts, needs
+        )
+        fused = opts.reduction != "none" and any(needs)
+        ctx.compiled = compiling()
+        ctx.opts, ctx.fused, ctx.needs, ctx.grads = opts, fused, needs, None
         saved = [hidden, weight, bias, target, class_weight, sample_weight, lse, q]
         if fused and ctx.compiled:
             saved += [dh, dw, db]
         elif fused:
             ctx.grads = (dh, dw, db)
         ctx.save_for_backward(*saved)
-        return loss.to(out_dtype)
+        return loss.to(opts.out_dtype)
 
     @staticmethod
     def backward(ctx: Any, grad_out: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
         hidden, weight, bias, target, cw, sw, lse, q, *kept = ctx.saved_tensors
-        ignore_index, reduction, eps, chunk, impl, z_loss, softcap = ctx.options
+        opts: Options = ctx.opts
         need = ctx.needs_input_grad[:3]
-        none = (None,) * 12
+        none = (None,) * 5
         dtypes = (hidden.dtype, weight.dtype, None if bias is None else bias.dtype)
-        if _differentiable_backward():  # create_graph=True or a torch.func transform
+        if differentiable_backward():  # create_graph=True or a torch.func transform
             cdt = K.compute_dtype(hidden.dtype)
             z = F.linear(hidden.to(cdt), weight.to(cdt), None if bias is None else bias.to(cdt))
-            extras = _Extras(sw, z_loss, softcap)
-            gz = _index_grad_reference(
-                z, target, cw, ignore_index, reduction, eps, grad_out, extras
-            )
+            gz = R.index_grad(z, target, cw, sw, opts, grad_out)
             grads = (
                 (gz @ weight.to(cdt)) if need[0] else None,
                 (gz.t() @ hidden.to(cdt)) if need[1] else None,
@@ -953,30 +748,14 @@ class _LinearCrossEntropy(torch.autograd.Function):
             else:
                 raw, inplace, ctx.grads = ctx.grads, True, None
                 if raw is None:  # a second backward (retained graph): the same sweep again
-                    with _no_autocast(hidden):
-                        raw = _ops.linear_forward(
-                            hidden,
-                            weight,
-                            bias,
-                            target,
-                            cw,
-                            ignore_index,
-                            reduction,
-                            eps,
-                            chunk,
-                            *ctx.needs,
-                            impl,
-                            sw,
-                            z_loss,
-                            softcap,
-                        )[3:]
+                    raw = _linear_op(hidden, weight, bias, target, cw, sw, opts, ctx.needs)[3:]
             grads = tuple(  # type: ignore[assignment]
                 _scaled(g, grad_out, inplace=inplace) if n and have else None
                 for g, n, have in zip(raw, need, ctx.needs, strict=True)
             )
         else:
             cdt = K.compute_dtype(hidden.dtype)
-            valid, _, scale = _ops.row_scales(target, cw, ignore_index, reduction, cdt)
+            valid, _, scale = _ops.row_scales(target, cw, opts.ignore_index, opts.reduction, cdt)
             dh, dw, db = _ops.linear_backward(
                 hidden,
                 weight,
@@ -986,15 +765,15 @@ class _LinearCrossEntropy(torch.autograd.Function):
                 lse,
                 q,
                 _ops._sample_scale(grad_out.to(cdt) * scale, valid, _cast(sw, cdt)),
-                ignore_index,
-                eps,
-                chunk,
+                opts.ignore_index,
+                opts.label_smoothing,
+                opts.chunk_size,
                 need[0],
                 need[1],
                 bias is not None and need[2],
-                impl,
-                z_loss,
-                softcap,
+                opts.impl,
+                opts.z_loss,
+                opts.softcap,
             )
             grads = (
                 dh if need[0] else None,
@@ -1095,9 +874,9 @@ def linear_cross_entropy(
     h = check_tensor(fn, "hidden", hidden, floating=True)
     if h.dim() == 0:
         fail(fn, "hidden", "have at least 1 dimension (features)", "shape ()")
-    autocast = _autocast_on(h)
+    autocast = autocast_on(h)
     if autocast:
-        h, weight, bias = _autocast_projection(h, weight, bias)
+        h, weight, bias = autocast_projection(h, weight, bias)
     wt, b = check_projection(fn, h, weight, bias)
     num_classes = wt.shape[0]
     t = check_tensor(fn, "target", target, floating=False)
@@ -1115,12 +894,8 @@ def linear_cross_entropy(
     red, eps, ignore = check_options(fn, reduction, label_smoothing, ignore_index)
     cw = check_class_weight(fn, "class_weight", class_weight, num_classes, device=h.device)
     chunk_size = check_chunk_size(fn, chunk_size)
-    extras = _Extras(
-        check_sample_weight(fn, sample_weight, tuple(t.shape), h.device, device_of="hidden's"),
-        check_z_loss(fn, z_loss),
-        check_softcap(fn, softcap),
-    )
-    sw = extras.sample_weight
+    sw = check_sample_weight(fn, sample_weight, tuple(t.shape), h.device, device_of="hidden's")
+    z, cap = check_z_loss(fn, z_loss), check_softcap(fn, softcap)
     if cw is not None and not autocast and cw.dtype != h.dtype:
         fail(fn, "class_weight", f"have hidden's dtype {h.dtype}", f"dtype {cw.dtype}", TypeError)
     impl = check_impl(fn, impl, h)
@@ -1135,21 +910,15 @@ def linear_cross_entropy(
         )
     rows = math.prod(h.shape[:-1])
     small = impl == "auto" and rows * num_classes <= tuning().linear_direct_max_elements
-    out_dtype = _autocast_dtype(h.dtype) if autocast else h.dtype
-    if small or _transforms_active() or (grad_on and sw is not None and sw.requires_grad):
+    out_dtype = autocast_dtype(h.dtype) if autocast else h.dtype
+    opts = Options(ignore, red, eps, z, cap, impl, chunk_size or 0, out_dtype)
+    sw1 = None if sw is None else sw.reshape(-1)
+    if small or transforms_active() or (grad_on and sw is not None and sw.requires_grad):
         w_ref = cw if cw is None or cw.dtype == h.dtype or autocast else cw.to(h.dtype)
-        flat = extras._replace(sample_weight=None if sw is None else sw.reshape(-1))
         ref = _reference_call(
             fn,
-            lambda: _composite(
-                F.linear(h, wt, b).reshape(-1, num_classes),
-                t.reshape(-1),
-                w_ref,
-                ignore,
-                red,
-                eps,
-                flat,
-                out_dtype,
+            lambda: R.composite(
+                F.linear(h, wt, b).reshape(-1, num_classes), t.reshape(-1), w_ref, sw1, opts
             ),
             t,
             num_classes,
@@ -1164,21 +933,5 @@ def linear_cross_entropy(
         grad_on and wt.requires_grad,
         grad_on and b is not None and b.requires_grad,
     )
-    sw1 = None if sw is None else sw.reshape(-1)
-    out: Tensor = _LinearCrossEntropy.apply(  # type: ignore[no-untyped-call]
-        h2,
-        wt,
-        b,
-        t1,
-        cw,
-        ignore,
-        red,
-        eps,
-        chunk_size or 0,
-        needs,
-        out_dtype,
-        impl,
-        sw1,
-        *extras[1:],
-    )
+    out: Tensor = _LinearCrossEntropy.apply(h2, wt, b, t1, cw, sw1, opts, needs)  # type: ignore[no-untyped-call]
     return out.reshape(lead) if red == "none" else out

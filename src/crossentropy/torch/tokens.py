@@ -58,7 +58,6 @@ classes (each chunk of :func:`linear_token_stats`'s logits computed by the same 
 passed to them).
 """
 
-import numbers
 from typing import Any, NamedTuple
 
 import torch
@@ -70,36 +69,25 @@ from . import _kernels as K
 from ._backend import select
 from ._checks import (
     check_chunk_size,
+    check_ignore_index,
     check_impl,
     check_projection,
     check_softcap,
     check_tensor,
-    describe,
+)
+from ._modes import (
+    autocast_on,
+    autocast_projection,
+    differentiable_backward,
+    no_autocast,
+    transforms_active,
 )
 from ._ops import check_targets
-from .functional import (
-    _autocast_on,
-    _autocast_projection,
-    _differentiable_backward,
-    _NoAutocast,
-    _reference_call,
-    _transforms_active,
-)
+from ._rows import softcapped
+from ._types import OP_VERSION, tuning
+from .functional import _reference_call
 
 __all__ = ["TokenStats", "linear_token_stats", "token_stats"]
-
-_INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
-
-#: Part of the custom ops' names (this module's own; :data:`._ops.OP_VERSION` names the loss
-#: ops). Compiled-graph caches key on op names: bump it whenever an op's arguments, outputs or
-#: meaning change, except for an output appended to the forward's and an argument appended,
-#: with a default that keeps the old meaning, to the backward's: a graph compiled before reads
-#: the outputs it knows by position and leaves the new argument at its default, and still
-#: computes what it did (an argument appended to the forward's with such a default is the same
-#: case). 2: ``softcap``; in 2 since, the forward's fifth output ``lse_lo`` and the backward's
-#: argument that takes it, then each op's last argument ``impl`` (default ``"torch"``, the only
-#: kernels before it).
-_OP_VERSION = 2
 
 
 class TokenStats(NamedTuple):
@@ -126,15 +114,6 @@ class TokenStats(NamedTuple):
 
 
 # --------------------------------------------------------------------------- row formulas
-
-
-def _softcap_rows(z: Tensor, softcap: float | None) -> tuple[Tensor, Tensor | None]:
-    """``(z', t)`` in differentiable torch ops: ``z' = s·tanh(z / s)`` and ``t = tanh(z / s)``
-    (so ``∂z'/∂z = 1 − t²``), or ``(z, None)`` without softcap."""
-    if softcap is None:
-        return z, None
-    t = torch.tanh(z / softcap)
-    return t * softcap, t
 
 
 def _dead_rows(z: Tensor, keep: Tensor) -> Tensor:
@@ -212,18 +191,6 @@ def _vjp_rows(
     return torch.where(dead, 0.0, g)
 
 
-#: Elements per tile of the elementwise work (float32: 4 MiB). Each chunk of logits is
-#: processed tile by tile, so the temporaries (``exp``, and with ``softcap`` the capped
-#: logits' gradient) are tile-sized and stay in cache between the steps; the chunk itself is
-#: the only chunk-sized buffer. Measured at (4096, 1024, 32768) fp32 on the idle 2-core
-#: machine, 2**19 to 2**21 are within noise (the matmuls take ~95 % of the time). Not smaller:
-#: each tile-sized op is an OpenMP parallel region, and while another process holds a core
-#: every region can wait for its descheduled thread. Seen once on the loaded machine: 2**19
-#: ran at 4-6× its idle time where the matmuls alone ran at 2× (and the earlier chunk-at-a-time
-#: code, with ~15× fewer regions, at ~2.2×); 2**20 halves the regions of 2**19.
-BLOCK_ELEMENTS = 1 << 20
-
-
 def _exp_floor(dtype: torch.dtype) -> float:
     """A finite ``u`` whose ``exp`` is exactly 0 in ``dtype`` (below the smallest subnormal's
     log, -103.3 in float32 and -744.4 in float64): clamping ``u = z − lse`` to it changes no
@@ -242,19 +209,20 @@ def _like(buf: Tensor, t: Tensor) -> Tensor:
 
 
 def _tiles(classes: int, rows: int) -> int:
-    """Classes per tile of a column view ``(C, R)``: about :data:`BLOCK_ELEMENTS` elements."""
-    return max(1, BLOCK_ELEMENTS // max(1, rows))
+    """Classes per tile of a column view ``(C, R)``: about ``Tuning.token_block_elements``
+    elements."""
+    return max(1, tuning().token_block_elements // max(1, rows))
 
 
 def _tile_elements(classes: int, rows: int) -> int:
     """Elements of the largest tile of a column view ``(C, R')``, ``R' ≤ rows``: the size of
     the scratch buffers."""
-    return min(classes * rows, max(BLOCK_ELEMENTS, rows))
+    return min(classes * rows, max(tuning().token_block_elements, rows))
 
 
 def _row_blocks(classes: int) -> int:
     """Rows per block of caller-owned row-major logits ``(R, C)``."""
-    return max(1, BLOCK_ELEMENTS // max(1, classes))
+    return max(1, tuning().token_block_elements // max(1, classes))
 
 
 def _scratch(numel: int, dtype: torch.dtype, device: torch.device, need: bool = True) -> Tensor:
@@ -597,7 +565,7 @@ def _triton_forward(
 #: The op around :func:`_forward_impl` (kept a plain function too, for the tests' allocation
 #: counting: a custom op is opaque to a dispatch mode).
 _forward_op = torch.library.custom_op(
-    f"crossentropy::token_stats_forward_v{_OP_VERSION}", mutates_args=()
+    f"crossentropy::token_stats_forward_v{OP_VERSION}", mutates_args=()
 )(_forward_impl)
 
 
@@ -807,7 +775,7 @@ def _triton_backward(
 
 
 _backward_op = torch.library.custom_op(
-    f"crossentropy::token_stats_backward_v{_OP_VERSION}", mutates_args=()
+    f"crossentropy::token_stats_backward_v{OP_VERSION}", mutates_args=()
 )(_backward_impl)
 
 
@@ -859,7 +827,7 @@ class _TokenStats(torch.autograd.Function):
         fn: str,
         impl: str,
     ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        with _NoAutocast(x):
+        with no_autocast(x):
             logprob, entropy, lse, argmax, lse_lo = _forward_op(
                 x, weight, bias, target, ignore_index, chunk_size, softcap, fn, impl
             )
@@ -883,9 +851,9 @@ class _TokenStats(torch.autograd.Function):
         none = (None,) * 6
         if (d_logprob is None and d_entropy is None and d_lse is None) or not any(need):
             return (None, None, None, *none)
-        if _differentiable_backward():  # create_graph=True or a vmapped backward
+        if differentiable_backward():  # create_graph=True or a vmapped backward
             return (*_differentiable_grads(ctx, d_logprob, d_entropy, d_lse), *none)
-        with _NoAutocast(x):
+        with no_autocast(x):
             dx, dw, db = _backward_op(
                 x,
                 weight,
@@ -922,8 +890,8 @@ def _differentiable_grads(
     ignore_index, _, softcap, _ = ctx.options
     need = ctx.needs_input_grad[:3]
     cdt = K.compute_dtype(x.dtype)
-    with _NoAutocast(x):
-        z, t = _softcap_rows((x if weight is None else F.linear(x, weight, bias)).to(cdt), softcap)
+    with no_autocast(x):
+        z, t = softcapped((x if weight is None else F.linear(x, weight, bias)).to(cdt), softcap)
         ups = [None if d is None else d.to(cdt) for d in (d_logprob, d_entropy, d_lse)]
         g = _vjp_rows(z, target, ignore_index, *ups)
         if t is not None:
@@ -938,17 +906,6 @@ def _differentiable_grads(
 
 
 # --------------------------------------------------------------------------- public
-
-
-def _check_ignore_index(fn: str, ignore_index: object) -> int:
-    value = ignore_index
-    if isinstance(value, Tensor) and value.dim() == 0 and not value.is_floating_point():
-        value = int(value)
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        fail(fn, "ignore_index", "be an integer", describe(ignore_index), TypeError)
-    if not _INT64_MIN <= int(value) <= _INT64_MAX:
-        fail(fn, "ignore_index", "fit in int64", int(value))
-    return int(value)
 
 
 def _check_target(fn: str, target: object, x: Tensor, x_arg: str, what: str) -> Tensor:
@@ -983,10 +940,10 @@ def _reference(
     cdt = K.compute_dtype(x.dtype)
 
     def call() -> Tensor:
-        z, _ = _softcap_rows((x if weight is None else F.linear(x, weight, bias)).to(cdt), softcap)
+        z, _ = softcapped((x if weight is None else F.linear(x, weight, bias)).to(cdt), softcap)
         return torch.stack(_reference_rows(z, t, ignore)[:3]), z.argmax(dim=-1)  # type: ignore[return-value]
 
-    with _NoAutocast(x):
+    with no_autocast(x):
         stacked, argmax = _reference_call(fn, call, t, num_classes, ignore)
     return (*stacked.unbind(0), argmax)
 
@@ -1055,8 +1012,8 @@ def token_stats(
     ``p = exp(z − lse)`` chunk by chunk, giving ``G = a(e_y − p) − b p ⊙ (log p + H) + c p`` for
     upstream gradients ``a``, ``b``, ``c`` of ``logprob``, ``entropy``, ``lse`` (see
     :func:`crossentropy.tokens.token_stats_vjp`). Memory above the logits: the gradient and
-    a few tile-sized buffers (4 MiB each in float32; :data:`BLOCK_ELEMENTS`), the logits being
-    read in row blocks of that size. ``-inf`` logits (masked vocabulary) add nothing to the
+    a few tile-sized buffers (4 MiB each in float32; ``Tuning.token_block_elements``), the logits
+    being read in row blocks of that size. ``-inf`` logits (masked vocabulary) add nothing to the
     entropy and get zero gradient; ``+inf`` logits give NaN, as ``F.log_softmax`` does.
 
     With ``softcap=s`` the gradient w.r.t. the raw logits chains through the cap:
@@ -1092,13 +1049,13 @@ def token_stats(
     if x.shape[-1] == 0:
         fail(fn, "logits", "have at least one class (C >= 1)", f"shape {tuple(x.shape)}")
     t = _check_target(fn, target, x, "logits", "logits' shape without the classes")
-    ignore = _check_ignore_index(fn, ignore_index)
+    ignore = check_ignore_index(fn, ignore_index)
     impl = check_impl(fn, impl, x)
     cap = check_softcap(fn, softcap)
     lead = tuple(t.shape)
     x2 = x.reshape(-1, x.shape[-1])
     t1 = t.reshape(-1).to(torch.int64)
-    if _transforms_active():
+    if transforms_active():
         return _finish(_reference(fn, x2, None, None, t1, ignore, cap), lead)
     out = _TokenStats.apply(x2, None, None, t1, ignore, 0, cap, fn, impl)  # type: ignore[no-untyped-call]
     return _finish(out, lead)
@@ -1174,7 +1131,7 @@ def linear_token_stats(
     between forward and backward: the inputs and four (N,) statistics. During each pass: one
     chunk of logits, reused from chunk to chunk and turned into ``G`` in place, plus one or
     two tile-sized scratch buffers (4 MiB each in float32: the elementwise work goes tile by
-    tile of about :data:`BLOCK_ELEMENTS` elements, which stays in cache); backward adds the
+    tile of about ``Tuning.token_block_elements`` elements, which stays in cache); backward adds the
     gradients, ``d weight`` and ``d bias`` written by the first chunk's matmul (no zeroing).
     bfloat16/float16 inputs: the chunk is in their dtype and backward adds a float32 copy of
     ``G`` (for ``d weight`` and ``d bias``, accumulated in float32). Under autocast,
@@ -1201,15 +1158,15 @@ def linear_token_stats(
     h = check_tensor(fn, "hidden", hidden, floating=True)
     if h.dim() == 0:
         fail(fn, "hidden", "have at least 1 dimension (features)", "shape ()")
-    if _autocast_on(h):
-        h, weight, bias = _autocast_projection(h, weight, bias)
+    if autocast_on(h):
+        h, weight, bias = autocast_projection(h, weight, bias)
     w, b = check_projection(fn, h, weight, bias)
     if b is not None and b.device != h.device:
         fail(fn, "bias", f"be on hidden's device {h.device}", f"device {b.device}")
     if w.shape[0] == 0:
         fail(fn, "weight", "have at least one class (C >= 1)", f"shape {tuple(w.shape)}")
     t = _check_target(fn, target, h, "hidden", "hidden's shape without the features")
-    ignore = _check_ignore_index(fn, ignore_index)
+    ignore = check_ignore_index(fn, ignore_index)
     chunk = check_chunk_size(fn, chunk_size) or 0
     impl = check_impl(fn, impl, h)
     cap = check_softcap(fn, softcap)
@@ -1217,7 +1174,7 @@ def linear_token_stats(
     # rows given, not -1: with no features (D = 0) the row count cannot be inferred
     h2 = h.reshape(t.numel(), h.shape[-1])
     t1 = t.reshape(-1).to(torch.int64)
-    if _transforms_active():
+    if transforms_active():
         return _finish(_reference(fn, h2, w, b, t1, ignore, cap), lead)
     out = _TokenStats.apply(h2, w, b, t1, ignore, chunk, cap, fn, impl)  # type: ignore[no-untyped-call]
     return _finish(out, lead)
