@@ -281,13 +281,7 @@ def test_benchmark_tables_changelog_and_demo_report_are_in_the_site(site: Site) 
 #: `link`_), a directive, a LaTeX command. Code, math, scripts and styles are not prose.
 RAW_MARKUP = re.compile(r"`|^\s*\.\. [a-z-]+::|\\(?:frac|sum|mathrm|operatorname)\b", re.M)
 #: Raw markup that comes from a docstring in src/, to be fixed there: page -> where.
-KNOWN_IN_SRC = {
-    "api/generated/crossentropy.torch.CrossEntropyLoss.html": (
-        "src/crossentropy/torch/modules.py, CrossEntropyLoss's docstring: the paragraph "
-        "``forward(input, target, sample_weight=None)``: ... sits inside the Parameters "
-        "section, so numpydoc shows each of its lines as a parameter name"
-    ),
-}
+KNOWN_IN_SRC: dict[str, str] = {}
 
 
 def _prose(raw: str) -> str:

@@ -45,6 +45,7 @@ block into a float32 work buffer: every accumulation is float32 (float64 for flo
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 
 import torch
 from torch import Tensor
@@ -750,6 +751,34 @@ def _chunk_buffer(hidden: Tensor, weight: Tensor, step: int) -> Tensor:
     return torch.empty((rows, weight.shape[0]), dtype=hidden.dtype, device=hidden.device)
 
 
+def linear_chunks(
+    hidden: Tensor, weight: Tensor, bias: Tensor | None, chunk_rows: int | None
+) -> Iterator[tuple[slice, Tensor]]:
+    """The one chunk driver of the linear forms: ``(rows, z)`` for consecutive row chunks,
+    ``z = hidden[rows] @ weight.T + bias`` written into one reused buffer (a fresh buffer per
+    chunk would pay its page faults again every time). ``z`` is valid until the next chunk
+    and may be overwritten in place (by its gradient). ``chunk_rows``: rows per chunk, default
+    :func:`default_chunk_rows`."""
+    n = hidden.shape[0]
+    step = chunk_rows or default_chunk_rows(weight.shape[0], hidden.element_size())
+    buf = _chunk_buffer(hidden, weight, step)
+    for a in range(0, n, step):
+        rows = slice(a, min(n, a + step))
+        yield rows, _linear_logits(hidden[rows], weight, bias, buf)
+
+
+def _cat_stats(parts: list[RowStats], with_sum: bool) -> RowStats:
+    """The statistics of consecutive row chunks as one."""
+    sums = [p.sum_logits for p in parts]
+    return RowStats(
+        torch.cat([p.max for p in parts]),
+        torch.cat([p.sumexp for p in parts]),
+        torch.cat([p.target_logit for p in parts]),
+        torch.cat([p.has_target for p in parts]),
+        torch.cat([s for s in sums if s is not None]) if with_sum else None,
+    )
+
+
 def linear_row_stats(
     hidden: Tensor,
     weight: Tensor,
@@ -780,25 +809,18 @@ def linear_row_stats(
     chunk_rows : int, optional
         Rows of logits alive at a time (default :func:`default_chunk_rows`).
     """
-    n = hidden.shape[0]
-    step = chunk_rows or default_chunk_rows(weight.shape[0], hidden.element_size())
-    parts = []
-    buf = _chunk_buffer(hidden, weight, step)
-    for a in range(0, n, step):
-        b = min(n, a + step)
-        z = _linear_logits(hidden[a:b], weight, bias, buf)
-        parts.append(
-            logits_row_stats(
-                z,
-                target[a:b],
-                class_offset=class_offset,
-                class_weight=class_weight,
-                with_sum=with_sum,
-                softcap=softcap,
-                impl=impl,
-            )
+    parts = [
+        logits_row_stats(
+            z,
+            target[rows],
+            class_offset=class_offset,
+            class_weight=class_weight,
+            with_sum=with_sum,
+            softcap=softcap,
+            impl=impl,
         )
-        del z
+        for rows, z in linear_chunks(hidden, weight, bias, chunk_rows)
+    ]
     if not parts:
         return logits_row_stats(
             torch.empty((0, weight.shape[0]), dtype=hidden.dtype, device=hidden.device),
@@ -806,14 +828,7 @@ def linear_row_stats(
             class_offset=class_offset,
             with_sum=with_sum,
         )
-    sums = [p.sum_logits for p in parts]
-    return RowStats(
-        torch.cat([p.max for p in parts]),
-        torch.cat([p.sumexp for p in parts]),
-        torch.cat([p.target_logit for p in parts]),
-        torch.cat([p.has_target for p in parts]),
-        torch.cat([s for s in sums if s is not None]) if with_sum else None,
-    )
+    return _cat_stats(parts, with_sum)
 
 
 def _accumulate(
@@ -883,14 +898,8 @@ def linear_grad(
     ``ref`` are global per-row values of shape ``(R,)``. Returns :class:`LinearGrads` in compute
     dtype.
     """
-    n = hidden.shape[0]
-    step = chunk_rows or default_chunk_rows(weight.shape[0], hidden.element_size())
     grads = _empty_grads(hidden, weight, need_hidden, need_weight, need_bias)
-    buf = _chunk_buffer(hidden, weight, step)
-    for a in range(0, n, step):
-        b = min(n, a + step)
-        z = _linear_logits(hidden[a:b], weight, bias, buf)
-        sl = slice(a, b)
+    for sl, z in linear_chunks(hidden, weight, bias, chunk_rows):
         c = GradCoefficients(
             coef.p_scale[sl],
             None if coef.smooth_scale is None else coef.smooth_scale[sl],
@@ -909,7 +918,6 @@ def linear_grad(
             impl=impl,
         )
         _accumulate(grads, z, hidden[sl], weight, sl)
-        del z
     return grads
 
 
@@ -934,15 +942,9 @@ def linear_fused(
 ) -> tuple[RowStats, LinearGrads]:
     """Statistics and gradients in one sweep (whole vocabulary local, row scales known): three
     matmuls in all — each chunk of logits is computed once and turned into its gradient."""
-    n = hidden.shape[0]
-    step = chunk_rows or default_chunk_rows(weight.shape[0], hidden.element_size())
     grads = _empty_grads(hidden, weight, need_hidden, need_weight, need_bias)
     parts = []
-    buf = _chunk_buffer(hidden, weight, step)
-    for a in range(0, n, step):
-        b = min(n, a + step)
-        sl = slice(a, b)
-        z = _linear_logits(hidden[sl], weight, bias, buf)
+    for sl, z in linear_chunks(hidden, weight, bias, chunk_rows):
         st, _ = logits_fused(
             z,
             target[sl],
@@ -958,7 +960,6 @@ def linear_fused(
         )
         parts.append(st)
         _accumulate(grads, z, hidden[sl], weight, sl)
-        del z
     if not parts:
         st = logits_row_stats(
             torch.empty((0, weight.shape[0]), dtype=hidden.dtype, device=hidden.device),
@@ -966,15 +967,7 @@ def linear_fused(
             with_sum=bool(label_smoothing),
         )
         return st, grads
-    sums = [p.sum_logits for p in parts]
-    stats = RowStats(
-        torch.cat([p.max for p in parts]),
-        torch.cat([p.sumexp for p in parts]),
-        torch.cat([p.target_logit for p in parts]),
-        torch.cat([p.has_target for p in parts]),
-        torch.cat([s for s in sums if s is not None]) if label_smoothing else None,
-    )
-    return stats, grads
+    return _cat_stats(parts, bool(label_smoothing)), grads
 
 
 __all__ = [
@@ -986,6 +979,7 @@ __all__ = [
     "default_chunk_rows",
     "empty_buffer",
     "index_target_coefficients",
+    "linear_chunks",
     "linear_fused",
     "linear_grad",
     "linear_row_stats",

@@ -15,6 +15,10 @@ class CrossEntropyLoss(torch.nn.CrossEntropyLoss):
     """Module form of :func:`crossentropy.torch.cross_entropy`: an ``nn.CrossEntropyLoss``
     (same constructor, attributes and ``state_dict``) whose forward is the fused function.
 
+    ``forward(input, target, sample_weight=None)``: the per-position weights of
+    :func:`crossentropy.torch.cross_entropy` are a forward argument, since they change with
+    every batch.
+
     Parameters
     ----------
     weight : Tensor, shape ``(C,)``, optional
@@ -23,10 +27,6 @@ class CrossEntropyLoss(torch.nn.CrossEntropyLoss):
         As in :func:`crossentropy.torch.cross_entropy` (``impl`` is keyword-only).
     z_loss, softcap
         As in :func:`crossentropy.torch.cross_entropy` (keyword-only, checked here).
-
-    ``forward(input, target, sample_weight=None)``: the per-position weights of
-    :func:`crossentropy.torch.cross_entropy` are a forward argument, since they change with
-    every batch.
 
     Examples
     --------
