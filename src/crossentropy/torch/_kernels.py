@@ -51,7 +51,16 @@ import torch
 from torch import Tensor
 
 from ._backend import select
-from ._rows import softcapped
+from ._rows import (
+    index_target_coefficients,
+    merge_row_stats,
+    other_prob,
+    row_lse,
+    row_lse_rel,
+    row_nll,
+    softcapped,
+    target_exp,
+)
 from ._types import GradCoefficients, LinearGrads, RowStats, compute_dtype, tuning
 
 
@@ -259,122 +268,6 @@ def logits_row_stats(
         if total_ is not None and s is not None:
             total_[a:b] = s
     return RowStats(out[0], out[1], out[2], inside, total)
-
-
-def merge_row_stats(parts: list[RowStats]) -> RowStats:
-    """Combine the statistics of disjoint vocabulary shards (what an all-reduce computes).
-
-    ``M = max_k m_k``, ``sumexp = Σ_k sumexp_k · exp(m_k − M)``, and sums of ``target_logit``,
-    ``has_target`` and ``sum_logits``.
-    """
-    big = torch.stack([p.max for p in parts]).amax(dim=0)
-    sumexp = sum(
-        (p.sumexp * torch.exp(p.max - big).nan_to_num(nan=0.0) for p in parts),
-        torch.zeros_like(big),
-    )
-    xt = sum((p.target_logit for p in parts), torch.zeros_like(big))
-    has = torch.stack([p.has_target for p in parts]).any(dim=0)
-    sums = [p.sum_logits for p in parts]
-    total = None
-    if all(s is not None for s in sums):
-        total = sum((s for s in sums if s is not None), torch.zeros_like(big))
-    return RowStats(big, sumexp, xt, has, total)
-
-
-def target_exp(stats: RowStats) -> Tensor:
-    """``exp(x_y − m)`` for rows whose target is present, else 0."""
-    return torch.where(stats.has_target, torch.exp(stats.target_logit - stats.max), 0.0)
-
-
-def row_lse(stats: RowStats) -> Tensor:
-    """``lse_i = m_i + log(Σ_{c≠y} exp(x_ic − m_i) + exp(x_{iy} − m_i))`` from global stats."""
-    return stats.max + torch.log(stats.sumexp + target_exp(stats))
-
-
-def row_lse_rel(stats: RowStats) -> Tensor:
-    """``lse_i − m_i = log(Σ_{c≠y} e^{x_c − m_i} + e^{x_y − m_i})``: the log-sum-exp relative to
-    the reference point, a small number known to full precision. Gradient passes take it with
-    ``ref=stats.max``: ``exp(x − lse)`` with a rounded ``lse`` of large logits (``|x| ~ 1e4``
-    in float32) would be off by ``ulp(lse)`` relative; ``exp(x − m) · e^{−(lse − m)}`` is not."""
-    return torch.log(stats.sumexp + target_exp(stats))
-
-
-def row_nll(stats: RowStats) -> Tensor:
-    """``lse_i − x_{iy_i}`` from global stats, accurate for confident rows.
-
-    When the target is (near) the max, ``lse − x_y = log1p(Σ_{c≠y} e^{x_c − x_y})`` keeps the
-    tiny loss that ``lse − x_y`` would round to 0; elsewhere ``(m − x_y) + log Σ_c e^{x_c − m}``.
-    Rows without a target get 0.
-    """
-    et = target_exp(stats)
-    near = et > 2.0**-20
-    ratio = stats.sumexp / torch.where(near, et, 1.0)
-    # far from the max: (m − x_y) + log Σ e^{x − m}; both terms exact or small, where
-    # lse − x_y would subtract two rounded large numbers (|x| ~ 1e4 in float32)
-    far = (stats.max - stats.target_logit) + torch.log(stats.sumexp + et)
-    nll = torch.where(near, torch.log1p(ratio), far)
-    return torch.where(stats.has_target, nll, 0.0)
-
-
-def other_prob(stats: RowStats) -> Tensor:
-    """``q_i = Σ_{c≠y_i} p_ic`` from global stats, to full relative precision."""
-    et = target_exp(stats)
-    return stats.sumexp / (stats.sumexp + et)
-
-
-def index_target_coefficients(
-    stats: RowStats,
-    row_scale: Tensor,
-    target_weight: Tensor,
-    *,
-    label_smoothing: float,
-    num_classes: int,
-    weight_total: float | Tensor,
-    z_loss: float = 0.0,
-) -> GradCoefficients:
-    """Gradient coefficients for index targets (see the module docstring).
-
-    Parameters
-    ----------
-    stats : RowStats
-        *Global* statistics (after merging the shards).
-    row_scale : Tensor, shape ``rows``
-        ``s_i = ∂(reduced loss)/∂ℓ_i`` times the upstream gradient; 0 for ignored rows.
-    target_weight : Tensor, shape ``rows``
-        ``w_{y_i}`` (1 without class weights; any value for ignored rows).
-    label_smoothing : float
-        ``ε``.
-    num_classes : int
-        Global vocabulary size ``C``.
-    weight_total : float or Tensor
-        ``W = Σ_c w_c`` over the global vocabulary (``C`` without class weights).
-    z_loss : float
-        ``z``: the row loss gains ``z w_y lse²``, so ``α`` and ``τ`` gain ``s · 2 z w_y lse``
-        (``lse`` from the global ``stats``).
-    """
-    eps = float(label_smoothing)
-    a = (1.0 - eps) * target_weight
-    if eps:
-        a = a + (eps / num_classes) * weight_total
-    zgrad = None
-    if z_loss:
-        zgrad = (2.0 * z_loss) * target_weight * row_lse(stats)
-        a = a + zgrad
-    p_scale = row_scale * a
-    tgrad = -p_scale * other_prob(stats)
-    if zgrad is not None:
-        tgrad = tgrad + row_scale * zgrad
-    smooth = None
-    if eps:
-        smooth = row_scale * (eps / num_classes)
-        tgrad = tgrad + smooth * (weight_total - target_weight)
-    # Ignored rows (scale 0) get an exact 0 even if their statistics are not finite.
-    zero = row_scale == 0
-    return GradCoefficients(
-        torch.where(zero, 0.0, p_scale),
-        None if smooth is None else torch.where(zero, 0.0, smooth),
-        torch.where(zero, 0.0, tgrad),
-    )
 
 
 def _write_grad_block(
@@ -991,6 +884,7 @@ __all__ = [
     "prob_grad",
     "prob_row_stats",
     "row_lse",
+    "row_lse_rel",
     "row_nll",
     "target_exp",
 ]

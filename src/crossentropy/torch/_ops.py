@@ -27,18 +27,15 @@ ever multiplies it. Backward multiplies by ``upstream / pre``, exact when the up
 ``GradScaler`` scale) is a power of two.
 """
 
-import math
-from typing import NamedTuple
-
 import torch
 from torch import Tensor
 
 from .._validation import fail
 from . import _kernels as K
+from . import _rows
 from ._types import OP_VERSION, Options
 
 __all__ = [
-    "RowWeights",
     "classes_last",
     "index_backward",
     "index_forward",
@@ -46,13 +43,7 @@ __all__ = [
     "linear_forward",
     "prob_backward",
     "prob_forward",
-    "row_scales",
-    "row_weights",
 ]
-
-
-#: Largest float16 gradient entry the prescale aims for (float16's largest normal is ~2**16).
-_FP16_TARGET = 2.0**14
 
 
 def check_targets(target: Tensor, num_classes: int, ignore_index: int, fn: str) -> None:
@@ -82,135 +73,6 @@ def check_targets(target: Tensor, num_classes: int, ignore_index: int, fn: str) 
         )
 
 
-def row_scales(
-    target: Tensor,
-    weight: Tensor | None,
-    ignore_index: int,
-    reduction: str,
-    cdt: torch.dtype,
-) -> tuple[Tensor, Tensor, Tensor]:
-    """``(valid, w_{y_i}, s_i)``: kept rows, their class weight (0 if ignored), and
-    ``s_i = ∂ reduced / ∂ℓ_i`` (``1 / Σ w_y`` for ``"mean"``, 1 otherwise, 0 if ignored).
-
-    Plain torch ops, no host reads: usable in eager, compiled and double-backward code."""
-    valid = target != ignore_index
-    if weight is None:
-        tw = valid.to(cdt)
-    else:
-        safe = torch.where(valid, target, 0).to(torch.int64)
-        tw = torch.where(valid, weight.to(cdt)[safe], 0.0)
-    if reduction == "mean":
-        scale = torch.where(valid, 1.0 / tw.sum(), 0.0)
-    else:
-        scale = valid.to(cdt)
-    return valid, tw, scale
-
-
-class RowWeights(NamedTuple):
-    """The class weights of a call as every pass needs them (compute dtype)."""
-
-    w: Tensor | None  # per-class weights, or None
-    total: Tensor | float  # W = Σ_c w_c (C without weights)
-    valid: Tensor  # target != ignore_index
-    tw: Tensor  # w_{y_i}, 0 for ignored rows
-    scale: Tensor  # s_i = ∂ reduced / ∂ℓ_i
-
-
-def row_weights(
-    target: Tensor,
-    weight: Tensor | None,
-    ignore_index: int,
-    reduction: str,
-    num_classes: int,
-    cdt: torch.dtype,
-) -> RowWeights:
-    """:func:`row_scales` with the weights cast once and their total ``W``."""
-    w = None if weight is None else weight.to(cdt)
-    total: Tensor | float = float(num_classes) if w is None else w.sum()
-    return RowWeights(w, total, *row_scales(target, w, ignore_index, reduction, cdt))
-
-
-def _backward_coefficients(
-    dtype: torch.dtype,
-    rw: RowWeights,
-    q: Tensor,
-    row_grad: Tensor,
-    eps: float,
-    num_classes: int,
-    target: float,
-    z_loss: float = 0.0,
-    lse: Tensor | None = None,
-) -> tuple[K.GradCoefficients, Tensor]:
-    """Coefficients of a recomputing gradient pass for ``row_grad``, and the float16 ``pre``
-    they are multiplied by (see :func:`_prescale`). ``lse`` (the rows' log-sum-exp) is needed
-    with ``z_loss``."""
-    rg = row_grad.to(rw.tw.dtype)
-    zlse = 0.0 if not z_loss or lse is None else 2.0 * z_loss * lse
-    bound = zlse if isinstance(zlse, float) else zlse.abs()
-    pre = _prescale(dtype, rg, rw.tw, rw.w, eps, num_classes, rw.total, target, bound)
-    return _coefficients(q, rg * pre, rw.tw, eps, num_classes, rw.total, zlse), pre
-
-
-def _coefficients(
-    q: Tensor,
-    row_grad: Tensor,
-    tw: Tensor,
-    eps: float,
-    num_classes: int,
-    total: Tensor | float,
-    zlse: Tensor | float = 0.0,
-) -> K.GradCoefficients:
-    """:func:`._kernels.index_target_coefficients` from the saved ``q = Σ_{c≠y} p_c`` (and
-    ``zlse = 2 z lse`` per row with a z-loss)."""
-    a = (1.0 - eps) * tw
-    if eps:
-        a = a + (eps / num_classes) * total
-    zgrad = None
-    if not isinstance(zlse, float) or zlse:
-        zgrad = tw * zlse
-        a = a + zgrad
-    p_scale = row_grad * a
-    tgrad = -p_scale * q
-    if zgrad is not None:
-        tgrad = tgrad + row_grad * zgrad
-    smooth = None
-    if eps:
-        smooth = row_grad * (eps / num_classes)
-        tgrad = tgrad + smooth * (total - tw)
-    zero = row_grad == 0
-    return K.GradCoefficients(
-        torch.where(zero, 0.0, p_scale),
-        None if smooth is None else torch.where(zero, 0.0, smooth),
-        torch.where(zero, 0.0, tgrad),
-    )
-
-
-def _prescale(
-    dtype: torch.dtype,
-    row_grad: Tensor,
-    tw: Tensor,
-    weight: Tensor | None,
-    eps: float,
-    num_classes: int,
-    total: Tensor | float,
-    target: float,
-    zlse: Tensor | float = 0.0,
-) -> Tensor:
-    """The power of two ``pre`` for a float16 gradient (1 for every other dtype). ``zlse``
-    bounds ``|2 z lse|`` per row (or for all rows) with a z-loss."""
-    one = torch.ones((), dtype=row_grad.dtype, device=row_grad.device)
-    if dtype != torch.float16 or row_grad.numel() == 0:
-        return one
-    # |g_ic| ≤ |s_i| (a_i + (ε/C) max_c w_c), with a_i = (1 − ε) w_y + (ε/C) W + 2 z w_y lse.
-    wmax = one if weight is None else weight.abs().amax().to(row_grad.dtype)
-    a = (1.0 - eps) * tw.abs() + (eps / num_classes) * (abs(total) + wmax)  # type: ignore[operator]
-    if not isinstance(zlse, float) or zlse:
-        a = a + tw.abs() * zlse
-    bound = (row_grad.abs() * a).amax()
-    exponent = torch.floor(torch.log2(target / bound)).clamp(-60.0, 60.0)
-    return torch.where(bound > 0, torch.exp2(exponent), one)
-
-
 def _rows_shape(logits: Tensor) -> tuple[int, ...]:
     return tuple(logits.shape[:1]) + tuple(logits.shape[2:]) if logits.dim() >= 2 else ()
 
@@ -218,83 +80,6 @@ def _rows_shape(logits: Tensor) -> tuple[int, ...]:
 def classes_last(x: Tensor) -> Tensor:
     """The classes on the last dimension (a view): ``(N, C, d…)`` → ``(N, d…, C)``."""
     return x.movedim(1, -1) if x.dim() >= 3 else x
-
-
-def _reduce(loss: Tensor, reduction: str, denom: Tensor) -> Tensor:
-    if reduction == "none":
-        return loss
-    total = loss.sum()
-    return total / denom if reduction == "mean" else total
-
-
-def _index_losses(
-    stats: K.RowStats,
-    lse: Tensor,
-    valid: Tensor,
-    tw: Tensor,
-    eps: float,
-    num_classes: int,
-    total: Tensor | float,
-    z_loss: float = 0.0,
-    sample_weight: Tensor | None = None,
-) -> Tensor:
-    """ℓ_i = s_i [(1−ε) w_y (lse − x_y) + (ε/C) (W lse − Σ_c w_c x_c) + z w_y lse²], 0 for
-    ignored rows (whatever their sample weight ``s_i``)."""
-    loss = tw * K.row_nll(stats)
-    if eps:
-        loss = (1.0 - eps) * loss
-        assert stats.sum_logits is not None  # requested whenever eps > 0
-        loss = loss + (eps / num_classes) * (total * lse - stats.sum_logits)
-    if z_loss:
-        loss = loss + z_loss * tw * lse * lse
-    if sample_weight is not None:
-        loss = loss * sample_weight
-    return torch.where(valid, loss, 0.0)
-
-
-def _sample_scale(scale: Tensor, valid: Tensor, sample_weight: Tensor | None) -> Tensor:
-    """``∂ reduced / ∂(unweighted ℓ_i)``: the row scale times the sample weight (0 if ignored)."""
-    if sample_weight is None:
-        return scale
-    return torch.where(valid, scale * sample_weight, 0.0)
-
-
-def _zlse_bound(
-    x: Tensor, z_loss: float, softcap: float | None, num_classes: int
-) -> Tensor | float:
-    """A bound on ``|2 z lse|`` for the float16 prescale of a fused sweep, before the sweep:
-    ``|lse| ≤ max |x'| + log C`` (``max |x'| ≤ softcap``)."""
-    if not z_loss or x.dtype != torch.float16 or x.numel() == 0:
-        return 0.0
-    if softcap is not None:
-        top: Tensor | float = float(softcap)
-    else:
-        # |lse| ≤ |row max| + log C: the row maxima, not max |x| (a −inf logit, a masked
-        # vocabulary entry, would make that bound inf and the prescale flush every gradient
-        # entry to 0). Rows whose max is not finite have a non-finite loss or are ignored.
-        m = x.amax(dim=1 if x.dim() >= 2 else 0).float()
-        top = torch.where(torch.isfinite(m), m.abs(), 0.0).amax()
-    return 2.0 * z_loss * (top + math.log(max(num_classes, 1)))
-
-
-def _linear_zlse_bound(
-    hidden: Tensor,
-    weight: Tensor,
-    bias: Tensor | None,
-    z_loss: float,
-    softcap: float | None,
-) -> Tensor | float:
-    """:func:`_zlse_bound` for ``hidden @ weight.T + bias`` before any logit exists:
-    ``|x_ic| ≤ ‖h_i‖ ‖w_c‖ + |b_c|`` (Cauchy–Schwarz)."""
-    if not z_loss or hidden.dtype != torch.float16 or hidden.numel() == 0:
-        return 0.0
-    if softcap is not None:
-        top: Tensor | float = float(softcap)
-    else:
-        top = hidden.float().norm(dim=-1).amax() * weight.float().norm(dim=-1).amax()
-        if bias is not None and bias.numel():
-            top = top + bias.float().abs().amax()
-    return 2.0 * z_loss * (top + math.log(max(weight.shape[0], 1)))
 
 
 # --------------------------------------------------------------------------- index targets
@@ -389,7 +174,7 @@ def _index_forward(
     check_targets(target, num_classes, ignore_index, "cross_entropy")
     cdt = K.compute_dtype(logits.dtype)
     x = classes_last(logits)
-    w, total, valid, tw, scale = row_weights(
+    w, total, valid, tw, scale = _rows.row_weights(
         target, weight, ignore_index, reduction, num_classes, cdt
     )
     # A copy when the sweep writes into ``logits``: sample weights read from the logits' own
@@ -400,9 +185,11 @@ def _index_forward(
     fused = with_grad and reduction != "none"
     pre = torch.ones((), dtype=cdt, device=logits.device)
     if fused:
-        rs = _sample_scale(scale, valid, sw)
-        zb = _zlse_bound(logits, z, cap, num_classes)
-        pre = _prescale(logits.dtype, rs, tw, w, eps, num_classes, total, _FP16_TARGET, zb)
+        rs = _rows.sample_scale(scale, valid, sw)
+        zb = _rows.zlse_bound(logits, z, cap, num_classes)
+        pre = _rows.prescale(
+            logits.dtype, rs, tw, w, eps, num_classes, total, _rows.FP16_TARGET, zb
+        )
         grad = torch.empty_like(logits) if out is None else out
         stats, _ = K.logits_fused(
             x,
@@ -423,9 +210,9 @@ def _index_forward(
             x, target, class_weight=w, with_sum=bool(eps), softcap=cap, impl=impl
         )
     lse = K.row_lse(stats)
-    loss = _index_losses(stats, lse, valid, tw, eps, num_classes, total, z, sw)
+    loss = _rows.index_losses(stats, lse, valid, tw, eps, num_classes, total, z, sw)
     norm = torch.stack([stats.max, K.row_lse_rel(stats)])
-    return _reduce(loss, reduction, tw.sum()), norm, K.other_prob(stats), grad, pre
+    return _rows.reduce(loss, reduction, tw.sum()), norm, K.other_prob(stats), grad, pre
 
 
 @index_forward.register_fake
@@ -474,15 +261,15 @@ def index_backward(
     ``row_grad`` includes any sample weights)."""
     num_classes = logits.shape[1] if logits.dim() >= 2 else logits.shape[0]
     cdt = K.compute_dtype(logits.dtype)
-    rw = row_weights(target, weight, ignore_index, "sum", num_classes, cdt)
-    coef, pre = _backward_coefficients(
+    rw = _rows.row_weights(target, weight, ignore_index, "sum", num_classes, cdt)
+    coef, pre = _rows.backward_coefficients(
         logits.dtype,
         rw,
         q,
         row_grad,
         label_smoothing,
         num_classes,
-        _FP16_TARGET,
+        _rows.FP16_TARGET,
         z_loss,
         norm[0] + norm[1],
     )
@@ -655,16 +442,16 @@ def linear_forward(
     num_classes = weight.shape[0]
     check_targets(target, num_classes, ignore_index, "linear_cross_entropy")
     cdt = K.compute_dtype(hidden.dtype)
-    w, total, valid, tw, scale = row_weights(
+    w, total, valid, tw, scale = _rows.row_weights(
         target, class_weight, ignore_index, reduction, num_classes, cdt
     )
     sw = None if sample_weight is None else sample_weight.to(cdt)
     need = (need_hidden, need_weight, need_bias and bias is not None)
     chunk = chunk_size or None
     if reduction != "none" and any(need):
-        rs = _sample_scale(scale, valid, sw)
-        zb = _linear_zlse_bound(hidden, weight, bias, z_loss, softcap)
-        pre = _prescale(hidden.dtype, rs, tw, w, eps, num_classes, total, 1.0, zb)
+        rs = _rows.sample_scale(scale, valid, sw)
+        zb = _rows.linear_zlse_bound(hidden, weight, bias, z_loss, softcap)
+        pre = _rows.prescale(hidden.dtype, rs, tw, w, eps, num_classes, total, 1.0, zb)
         stats, g = K.linear_fused(
             hidden,
             weight,
@@ -698,9 +485,9 @@ def linear_forward(
         )
         grads = _empty_like_grads(hidden, weight, bias, (False, False, False))
     lse = K.row_lse(stats)
-    loss = _index_losses(stats, lse, valid, tw, eps, num_classes, total, z_loss, sw)
+    loss = _rows.index_losses(stats, lse, valid, tw, eps, num_classes, total, z_loss, sw)
     norm = torch.stack([stats.max, K.row_lse_rel(stats)])
-    return (_reduce(loss, reduction, tw.sum()), norm, K.other_prob(stats), *grads)
+    return (_rows.reduce(loss, reduction, tw.sum()), norm, K.other_prob(stats), *grads)
 
 
 @linear_forward.register_fake
@@ -760,8 +547,8 @@ def linear_backward(
     eps = label_smoothing
     num_classes = weight.shape[0]
     cdt = K.compute_dtype(hidden.dtype)
-    rw = row_weights(target, class_weight, ignore_index, "sum", num_classes, cdt)
-    coef, pre = _backward_coefficients(
+    rw = _rows.row_weights(target, class_weight, ignore_index, "sum", num_classes, cdt)
+    coef, pre = _rows.backward_coefficients(
         hidden.dtype, rw, q, row_grad, eps, num_classes, 1.0, z_loss, norm[0] + norm[1]
     )
     need = (need_hidden, need_weight, need_bias and bias is not None)

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from . import _ops
+from . import _ops, _rows
 from ._rows import softcapped
 from ._types import Options, compute_dtype
 
@@ -64,7 +64,7 @@ def index_grad(
     cdt = compute_dtype(x.dtype)
     xl, chain = _softcapped_rows(x, opts.softcap, cdt)
     num_classes = xl.shape[-1]
-    w, total, valid, tw, scale = _ops.row_weights(
+    w, total, valid, tw, scale = _rows.row_weights(
         target, weight, opts.ignore_index, opts.reduction, num_classes, cdt
     )
     # an ignored row of all −inf logits has a NaN softmax: zero logits there instead

@@ -3,10 +3,39 @@ statistics; torch-op kernels and the differentiable reference alike)."""
 
 from __future__ import annotations
 
+import math
+from typing import NamedTuple
+
 import torch
 from torch import Tensor
 
-__all__ = ["softcapped"]
+from ._types import GradCoefficients, RowStats
+
+__all__ = [
+    "FP16_TARGET",
+    "RowWeights",
+    "backward_coefficients",
+    "coefficients",
+    "index_losses",
+    "index_target_coefficients",
+    "linear_zlse_bound",
+    "merge_row_stats",
+    "other_prob",
+    "prescale",
+    "reduce",
+    "row_lse",
+    "row_lse_rel",
+    "row_nll",
+    "row_scales",
+    "row_weights",
+    "sample_scale",
+    "softcapped",
+    "target_exp",
+    "zlse_bound",
+]
+
+#: Largest float16 gradient entry the prescale aims for (float16's largest normal is ~2**16).
+FP16_TARGET = 2.0**14
 
 
 def softcapped(z: Tensor, softcap: float | None) -> tuple[Tensor, Tensor | None]:
@@ -18,3 +47,329 @@ def softcapped(z: Tensor, softcap: float | None) -> tuple[Tensor, Tensor | None]
         return z, None
     t = torch.tanh(z / softcap)
     return t * softcap, t
+
+
+# --------------------------------------------------------------------------- statistics
+
+
+def merge_row_stats(parts: list[RowStats]) -> RowStats:
+    """Combine the statistics of disjoint vocabulary shards (what an all-reduce computes).
+
+    ``M = max_k m_k``, ``sumexp = Σ_k sumexp_k · exp(m_k − M)``, and sums of ``target_logit``,
+    ``has_target`` and ``sum_logits``.
+    """
+    big = torch.stack([p.max for p in parts]).amax(dim=0)
+    sumexp = sum(
+        (p.sumexp * torch.exp(p.max - big).nan_to_num(nan=0.0) for p in parts),
+        torch.zeros_like(big),
+    )
+    xt = sum((p.target_logit for p in parts), torch.zeros_like(big))
+    has = torch.stack([p.has_target for p in parts]).any(dim=0)
+    sums = [p.sum_logits for p in parts]
+    total = None
+    if all(s is not None for s in sums):
+        total = sum((s for s in sums if s is not None), torch.zeros_like(big))
+    return RowStats(big, sumexp, xt, has, total)
+
+
+def target_exp(stats: RowStats) -> Tensor:
+    """``exp(x_y − m)`` for rows whose target is present, else 0."""
+    return torch.where(stats.has_target, torch.exp(stats.target_logit - stats.max), 0.0)
+
+
+def row_lse(stats: RowStats) -> Tensor:
+    """``lse_i = m_i + log(Σ_{c≠y} exp(x_ic − m_i) + exp(x_{iy} − m_i))`` from global stats."""
+    return stats.max + torch.log(stats.sumexp + target_exp(stats))
+
+
+def row_lse_rel(stats: RowStats) -> Tensor:
+    """``lse_i − m_i = log(Σ_{c≠y} e^{x_c − m_i} + e^{x_y − m_i})``: the log-sum-exp relative to
+    the reference point, a small number known to full precision. Gradient passes take it with
+    ``ref=stats.max``: ``exp(x − lse)`` with a rounded ``lse`` of large logits (``|x| ~ 1e4``
+    in float32) would be off by ``ulp(lse)`` relative; ``exp(x − m) · e^{−(lse − m)}`` is not."""
+    return torch.log(stats.sumexp + target_exp(stats))
+
+
+def row_nll(stats: RowStats) -> Tensor:
+    """``lse_i − x_{iy_i}`` from global stats, accurate for confident rows.
+
+    When the target is (near) the max, ``lse − x_y = log1p(Σ_{c≠y} e^{x_c − x_y})`` keeps the
+    tiny loss that ``lse − x_y`` would round to 0; elsewhere ``(m − x_y) + log Σ_c e^{x_c − m}``.
+    Rows without a target get 0.
+    """
+    et = target_exp(stats)
+    near = et > 2.0**-20
+    ratio = stats.sumexp / torch.where(near, et, 1.0)
+    # far from the max: (m − x_y) + log Σ e^{x − m}; both terms exact or small, where
+    # lse − x_y would subtract two rounded large numbers (|x| ~ 1e4 in float32)
+    far = (stats.max - stats.target_logit) + torch.log(stats.sumexp + et)
+    nll = torch.where(near, torch.log1p(ratio), far)
+    return torch.where(stats.has_target, nll, 0.0)
+
+
+def other_prob(stats: RowStats) -> Tensor:
+    """``q_i = Σ_{c≠y_i} p_ic`` from global stats, to full relative precision."""
+    et = target_exp(stats)
+    return stats.sumexp / (stats.sumexp + et)
+
+
+def index_target_coefficients(
+    stats: RowStats,
+    row_scale: Tensor,
+    target_weight: Tensor,
+    *,
+    label_smoothing: float,
+    num_classes: int,
+    weight_total: float | Tensor,
+    z_loss: float = 0.0,
+) -> GradCoefficients:
+    """Gradient coefficients for index targets (see the module docstring).
+
+    Parameters
+    ----------
+    stats : RowStats
+        *Global* statistics (after merging the shards).
+    row_scale : Tensor, shape ``rows``
+        ``s_i = ∂(reduced loss)/∂ℓ_i`` times the upstream gradient; 0 for ignored rows.
+    target_weight : Tensor, shape ``rows``
+        ``w_{y_i}`` (1 without class weights; any value for ignored rows).
+    label_smoothing : float
+        ``ε``.
+    num_classes : int
+        Global vocabulary size ``C``.
+    weight_total : float or Tensor
+        ``W = Σ_c w_c`` over the global vocabulary (``C`` without class weights).
+    z_loss : float
+        ``z``: the row loss gains ``z w_y lse²``, so ``α`` and ``τ`` gain ``s · 2 z w_y lse``
+        (``lse`` from the global ``stats``).
+    """
+    eps = float(label_smoothing)
+    a = (1.0 - eps) * target_weight
+    if eps:
+        a = a + (eps / num_classes) * weight_total
+    zgrad = None
+    if z_loss:
+        zgrad = (2.0 * z_loss) * target_weight * row_lse(stats)
+        a = a + zgrad
+    p_scale = row_scale * a
+    tgrad = -p_scale * other_prob(stats)
+    if zgrad is not None:
+        tgrad = tgrad + row_scale * zgrad
+    smooth = None
+    if eps:
+        smooth = row_scale * (eps / num_classes)
+        tgrad = tgrad + smooth * (weight_total - target_weight)
+    # Ignored rows (scale 0) get an exact 0 even if their statistics are not finite.
+    zero = row_scale == 0
+    return GradCoefficients(
+        torch.where(zero, 0.0, p_scale),
+        None if smooth is None else torch.where(zero, 0.0, smooth),
+        torch.where(zero, 0.0, tgrad),
+    )
+
+
+# --------------------------------------------------------------------------- losses and scales
+
+
+def row_scales(
+    target: Tensor,
+    weight: Tensor | None,
+    ignore_index: int,
+    reduction: str,
+    cdt: torch.dtype,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """``(valid, w_{y_i}, s_i)``: kept rows, their class weight (0 if ignored), and
+    ``s_i = ∂ reduced / ∂ℓ_i`` (``1 / Σ w_y`` for ``"mean"``, 1 otherwise, 0 if ignored).
+
+    Plain torch ops, no host reads: usable in eager, compiled and double-backward code."""
+    valid = target != ignore_index
+    if weight is None:
+        tw = valid.to(cdt)
+    else:
+        safe = torch.where(valid, target, 0).to(torch.int64)
+        tw = torch.where(valid, weight.to(cdt)[safe], 0.0)
+    if reduction == "mean":
+        scale = torch.where(valid, 1.0 / tw.sum(), 0.0)
+    else:
+        scale = valid.to(cdt)
+    return valid, tw, scale
+
+
+class RowWeights(NamedTuple):
+    """The class weights of a call as every pass needs them (compute dtype)."""
+
+    w: Tensor | None  # per-class weights, or None
+    total: Tensor | float  # W = Σ_c w_c (C without weights)
+    valid: Tensor  # target != ignore_index
+    tw: Tensor  # w_{y_i}, 0 for ignored rows
+    scale: Tensor  # s_i = ∂ reduced / ∂ℓ_i
+
+
+def row_weights(
+    target: Tensor,
+    weight: Tensor | None,
+    ignore_index: int,
+    reduction: str,
+    num_classes: int,
+    cdt: torch.dtype,
+) -> RowWeights:
+    """:func:`row_scales` with the weights cast once and their total ``W``."""
+    w = None if weight is None else weight.to(cdt)
+    total: Tensor | float = float(num_classes) if w is None else w.sum()
+    return RowWeights(w, total, *row_scales(target, w, ignore_index, reduction, cdt))
+
+
+def backward_coefficients(
+    dtype: torch.dtype,
+    rw: RowWeights,
+    q: Tensor,
+    row_grad: Tensor,
+    eps: float,
+    num_classes: int,
+    target: float,
+    z_loss: float = 0.0,
+    lse: Tensor | None = None,
+) -> tuple[GradCoefficients, Tensor]:
+    """Coefficients of a recomputing gradient pass for ``row_grad``, and the float16 ``pre``
+    they are multiplied by (see :func:`prescale`). ``lse`` (the rows' log-sum-exp) is needed
+    with ``z_loss``."""
+    rg = row_grad.to(rw.tw.dtype)
+    zlse = 0.0 if not z_loss or lse is None else 2.0 * z_loss * lse
+    bound = zlse if isinstance(zlse, float) else zlse.abs()
+    pre = prescale(dtype, rg, rw.tw, rw.w, eps, num_classes, rw.total, target, bound)
+    return coefficients(q, rg * pre, rw.tw, eps, num_classes, rw.total, zlse), pre
+
+
+def coefficients(
+    q: Tensor,
+    row_grad: Tensor,
+    tw: Tensor,
+    eps: float,
+    num_classes: int,
+    total: Tensor | float,
+    zlse: Tensor | float = 0.0,
+) -> GradCoefficients:
+    """:func:`index_target_coefficients` from the saved ``q = Σ_{c≠y} p_c`` (and
+    ``zlse = 2 z lse`` per row with a z-loss)."""
+    a = (1.0 - eps) * tw
+    if eps:
+        a = a + (eps / num_classes) * total
+    zgrad = None
+    if not isinstance(zlse, float) or zlse:
+        zgrad = tw * zlse
+        a = a + zgrad
+    p_scale = row_grad * a
+    tgrad = -p_scale * q
+    if zgrad is not None:
+        tgrad = tgrad + row_grad * zgrad
+    smooth = None
+    if eps:
+        smooth = row_grad * (eps / num_classes)
+        tgrad = tgrad + smooth * (total - tw)
+    zero = row_grad == 0
+    return GradCoefficients(
+        torch.where(zero, 0.0, p_scale),
+        None if smooth is None else torch.where(zero, 0.0, smooth),
+        torch.where(zero, 0.0, tgrad),
+    )
+
+
+def prescale(
+    dtype: torch.dtype,
+    row_grad: Tensor,
+    tw: Tensor,
+    weight: Tensor | None,
+    eps: float,
+    num_classes: int,
+    total: Tensor | float,
+    target: float,
+    zlse: Tensor | float = 0.0,
+) -> Tensor:
+    """The power of two ``pre`` for a float16 gradient (1 for every other dtype). ``zlse``
+    bounds ``|2 z lse|`` per row (or for all rows) with a z-loss."""
+    one = torch.ones((), dtype=row_grad.dtype, device=row_grad.device)
+    if dtype != torch.float16 or row_grad.numel() == 0:
+        return one
+    # |g_ic| ≤ |s_i| (a_i + (ε/C) max_c w_c), with a_i = (1 − ε) w_y + (ε/C) W + 2 z w_y lse.
+    wmax = one if weight is None else weight.abs().amax().to(row_grad.dtype)
+    a = (1.0 - eps) * tw.abs() + (eps / num_classes) * (abs(total) + wmax)  # type: ignore[operator]
+    if not isinstance(zlse, float) or zlse:
+        a = a + tw.abs() * zlse
+    bound = (row_grad.abs() * a).amax()
+    exponent = torch.floor(torch.log2(target / bound)).clamp(-60.0, 60.0)
+    return torch.where(bound > 0, torch.exp2(exponent), one)
+
+
+def reduce(loss: Tensor, reduction: str, denom: Tensor) -> Tensor:
+    if reduction == "none":
+        return loss
+    total = loss.sum()
+    return total / denom if reduction == "mean" else total
+
+
+def index_losses(
+    stats: RowStats,
+    lse: Tensor,
+    valid: Tensor,
+    tw: Tensor,
+    eps: float,
+    num_classes: int,
+    total: Tensor | float,
+    z_loss: float = 0.0,
+    sample_weight: Tensor | None = None,
+) -> Tensor:
+    """ℓ_i = s_i [(1−ε) w_y (lse − x_y) + (ε/C) (W lse − Σ_c w_c x_c) + z w_y lse²], 0 for
+    ignored rows (whatever their sample weight ``s_i``)."""
+    loss = tw * row_nll(stats)
+    if eps:
+        loss = (1.0 - eps) * loss
+        assert stats.sum_logits is not None  # requested whenever eps > 0
+        loss = loss + (eps / num_classes) * (total * lse - stats.sum_logits)
+    if z_loss:
+        loss = loss + z_loss * tw * lse * lse
+    if sample_weight is not None:
+        loss = loss * sample_weight
+    return torch.where(valid, loss, 0.0)
+
+
+def sample_scale(scale: Tensor, valid: Tensor, sample_weight: Tensor | None) -> Tensor:
+    """``∂ reduced / ∂(unweighted ℓ_i)``: the row scale times the sample weight (0 if ignored)."""
+    if sample_weight is None:
+        return scale
+    return torch.where(valid, scale * sample_weight, 0.0)
+
+
+def zlse_bound(x: Tensor, z_loss: float, softcap: float | None, num_classes: int) -> Tensor | float:
+    """A bound on ``|2 z lse|`` for the float16 prescale of a fused sweep, before the sweep:
+    ``|lse| ≤ max |x'| + log C`` (``max |x'| ≤ softcap``)."""
+    if not z_loss or x.dtype != torch.float16 or x.numel() == 0:
+        return 0.0
+    if softcap is not None:
+        top: Tensor | float = float(softcap)
+    else:
+        # |lse| ≤ |row max| + log C: the row maxima, not max |x| (a −inf logit, a masked
+        # vocabulary entry, would make that bound inf and the prescale flush every gradient
+        # entry to 0). Rows whose max is not finite have a non-finite loss or are ignored.
+        m = x.amax(dim=1 if x.dim() >= 2 else 0).float()
+        top = torch.where(torch.isfinite(m), m.abs(), 0.0).amax()
+    return 2.0 * z_loss * (top + math.log(max(num_classes, 1)))
+
+
+def linear_zlse_bound(
+    hidden: Tensor,
+    weight: Tensor,
+    bias: Tensor | None,
+    z_loss: float,
+    softcap: float | None,
+) -> Tensor | float:
+    """:func:`zlse_bound` for ``hidden @ weight.T + bias`` before any logit exists:
+    ``|x_ic| ≤ ‖h_i‖ ‖w_c‖ + |b_c|`` (Cauchy–Schwarz)."""
+    if not z_loss or hidden.dtype != torch.float16 or hidden.numel() == 0:
+        return 0.0
+    if softcap is not None:
+        top: Tensor | float = float(softcap)
+    else:
+        top = hidden.float().norm(dim=-1).amax() * weight.float().norm(dim=-1).amax()
+        if bias is not None and bias.numel():
+            top = top + bias.float().abs().amax()
+    return 2.0 * z_loss * (top + math.log(max(weight.shape[0], 1)))

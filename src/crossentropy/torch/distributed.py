@@ -56,7 +56,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .._validation import fail
-from . import _kernels
+from . import _kernels, _rows
 from . import tokens as _tokens
 from ._checks import (
     check_chunk_size,
@@ -526,39 +526,26 @@ def _reduce_stats(
         has_target,
         per_row[:, 2] if local.sum_logits is not None else None,
     )
-    lse = _kernels.row_lse(stats)
-    nll = _kernels.row_nll(stats)
+    lse = _rows.row_lse(stats)
     if class_weight is None:
-        target_weight = torch.ones_like(nll)
+        target_weight = torch.ones_like(lse)
         weight_total: float | Tensor = float(layout.vocab)
     else:
         target_weight = per_row[:, -1]
         weight_total = packed[-1]
-    loss = (1.0 - eps) * target_weight * nll
-    if stats.sum_logits is not None:
-        # Σ_j w_j (lse - x_j) over the *global* vocabulary
-        loss = loss + (eps / layout.vocab) * (weight_total * lse - stats.sum_logits)
-    if opts.z_loss:
-        # z w_y lse², weighted like the row's share of the mean's denominator (options.rst)
-        loss = loss + opts.z_loss * target_weight * lse * lse
-    unweighted = None
-    if sample_weight is not None:
-        unweighted = torch.where(valid, loss, 0.0)
-        loss = loss * sample_weight
-    loss = torch.where(valid, loss, 0.0)  # ignored rows: 0 whatever their sample weight
+    # the single-process row losses, over the *global* vocabulary: 0 for ignored rows
+    per_row_loss = _rows.index_losses(
+        stats, lse, valid, target_weight, eps, layout.vocab, weight_total, opts.z_loss
+    )
+    loss, unweighted = per_row_loss, None
+    if sample_weight is not None:  # ignored rows: 0 whatever their sample weight
+        loss = torch.where(valid, per_row_loss * sample_weight, 0.0)
+        unweighted = per_row_loss
     denominator = torch.where(valid, target_weight, 0.0).sum()  # s does not change it
     saved = _Saved(
         stats, lse, valid, target_weight, weight_total, denominator, sample_weight, unweighted
     )
     return loss, saved
-
-
-def _reduce(loss: Tensor, reduction: str, denominator: Tensor) -> Tensor:
-    if reduction == "none":
-        return loss
-    if reduction == "sum":
-        return loss.sum()
-    return loss.sum() / denominator  # every row ignored: 0/0 = NaN, as in PyTorch
 
 
 def _row_scale(grad: Tensor, saved: _Saved, opts: _Options) -> Tensor:
@@ -580,7 +567,7 @@ def _coefficients(
     """The gradient pass's per-row coefficients for the row scales of :func:`_row_scale`."""
     if saved.sample_weight is not None:  # s_i scales row i's loss, hence its gradient
         row_scale = torch.where(saved.valid, row_scale * saved.sample_weight, 0.0)
-    return _kernels.index_target_coefficients(
+    return _rows.index_target_coefficients(
         saved.stats,
         row_scale,
         saved.target_weight,
@@ -597,7 +584,7 @@ def _grad_lse_rel(saved: _Saved) -> Tensor:
     An ignored row has a zero probability scale, but a row of only ``-inf`` logits has
     ``lse − M = log 0 = -inf``: ``0 · e^{+inf}`` would be NaN. With 0 there its gradient is
     ``0 · e^{x − M} = 0`` (any ignored row's already was)."""
-    return torch.where(saved.valid, _kernels.row_lse_rel(saved.stats), 0.0)
+    return torch.where(saved.valid, _rows.row_lse_rel(saved.stats), 0.0)
 
 
 def _sample_weight_grad(
@@ -671,7 +658,7 @@ class _VocabParallelCrossEntropy(torch.autograd.Function):
         loss, saved = _reduce_stats(local, target, layout, w, opts, group, sw)
         ctx.save_for_backward(logits_shard, target, sample_weight)
         ctx.state = (saved, w, layout, opts)
-        return _reduce(loss, opts.reduction, saved.denominator).to(logits_shard.dtype)
+        return _rows.reduce(loss, opts.reduction, saved.denominator).to(logits_shard.dtype)
 
     @staticmethod
     def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
@@ -742,7 +729,7 @@ class _VocabParallelLinearCrossEntropy(torch.autograd.Function):
         loss, saved = _reduce_stats(local, target, layout, w, opts, group, sw)
         ctx.save_for_backward(hidden, weight_shard, bias_shard, target, sample_weight)
         ctx.state = (saved, w, layout, opts, group, chunk_size)
-        return _reduce(loss, opts.reduction, saved.denominator).to(hidden.dtype)
+        return _rows.reduce(loss, opts.reduction, saved.denominator).to(hidden.dtype)
 
     @staticmethod
     def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
@@ -925,11 +912,11 @@ def _reduce_token_stats(
     # Every target is in [0, V) or ignore_index (checked): known without communicating.
     has_target = (target >= 0) & (target < vocab)
     stats = _kernels.RowStats(shift, per_row[:, 0], per_row[:, 1], has_target)
-    lse_rel = _kernels.row_lse_rel(stats)  # log S, S = Σ_c e^{x_c − M}
-    total = stats.sumexp + _kernels.target_exp(stats)
+    lse_rel = _rows.row_lse_rel(stats)  # log S, S = Σ_c e^{x_c − M}
+    total = stats.sumexp + _rows.target_exp(stats)
     entropy = lse_rel + per_row[:, 2] / total  # H = lse − Σ p x = log S + Σ e^{x−M}(M−x) / S
     valid = target != ignore_index
-    logprob = torch.where(valid, -_kernels.row_nll(stats), 0.0)
+    logprob = torch.where(valid, -_rows.row_nll(stats), 0.0)
     # An ignored row of only -inf logits (S = 0: log S = -inf, H and q NaN) has no distribution:
     # saved as log S = H = q = 0, its every p = exp(-inf) is 0 and its gradient 0, not NaN.
     dead = ~valid & (lse_rel == float("-inf"))
@@ -937,7 +924,7 @@ def _reduce_token_stats(
         shift,
         torch.where(dead, 0.0, lse_rel),
         torch.where(dead, 0.0, entropy),
-        torch.where(dead, 0.0, _kernels.other_prob(stats)),
+        torch.where(dead, 0.0, _rows.other_prob(stats)),
         valid,
     )
     return (logprob, entropy, shift + lse_rel, argmax), saved

@@ -41,7 +41,7 @@ from torch import Tensor
 
 from .._validation import fail
 from . import _kernels as K
-from . import _ops
+from . import _ops, _rows
 from . import _reference as R
 from ._checks import (
     check_chunk_size,
@@ -154,8 +154,8 @@ class _CrossEntropyIndex(torch.autograd.Function):
             # first eager backward: the forward's buffer, handed out once
             return (_scaled(grad, grad_out / pre, inplace=True), *none)
         cdt = K.compute_dtype(logits.dtype)
-        valid, _, scale = _ops.row_scales(target, weight, opts.ignore_index, opts.reduction, cdt)
-        row_grad = _ops._sample_scale(grad_out.to(cdt) * scale, valid, _cast(sw, cdt))
+        valid, _, scale = _rows.row_scales(target, weight, opts.ignore_index, opts.reduction, cdt)
+        row_grad = _rows.sample_scale(grad_out.to(cdt) * scale, valid, _cast(sw, cdt))
         g = _ops.index_backward(
             logits,
             target,
@@ -755,7 +755,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
             )
         else:
             cdt = K.compute_dtype(hidden.dtype)
-            valid, _, scale = _ops.row_scales(target, cw, opts.ignore_index, opts.reduction, cdt)
+            valid, _, scale = _rows.row_scales(target, cw, opts.ignore_index, opts.reduction, cdt)
             dh, dw, db = _ops.linear_backward(
                 hidden,
                 weight,
@@ -764,7 +764,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
                 cw,
                 lse,
                 q,
-                _ops._sample_scale(grad_out.to(cdt) * scale, valid, _cast(sw, cdt)),
+                _rows.sample_scale(grad_out.to(cdt) * scale, valid, _cast(sw, cdt)),
                 opts.ignore_index,
                 opts.label_smoothing,
                 opts.chunk_size,
