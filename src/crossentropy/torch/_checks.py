@@ -64,8 +64,21 @@ def python_scalar(value: Any, integral: bool) -> Any:
     return value
 
 
+def _refuse_meta_scalar(fn: str, arg: str, value: object) -> None:
+    """A 0-d tensor on the meta device has no value to read: say so."""
+    if isinstance(value, Tensor) and value.dim() == 0 and value.device.type == "meta":
+        fail(
+            fn,
+            arg,
+            "be a number (a 0-d tensor must hold a value: not on the meta device)",
+            "a 0-d tensor on the meta device",
+            TypeError,
+        )
+
+
 def check_ignore_index(fn: str, ignore_index: object) -> int:
     """An integer (NumPy integers and 0-d integer tensors included) that fits in int64."""
+    _refuse_meta_scalar(fn, "ignore_index", ignore_index)
     value = python_scalar(ignore_index, integral=True)
     if isinstance(value, bool) or not isinstance(value, int):
         fail(fn, "ignore_index", "be an integer", describe(ignore_index), TypeError)
@@ -79,6 +92,7 @@ def check_options(
 ) -> tuple[str, float, int]:
     """Validated ``(reduction, label_smoothing, ignore_index)``."""
     red = check_reduction(reduction, fn)
+    _refuse_meta_scalar(fn, "label_smoothing", label_smoothing)
     ls = python_scalar(label_smoothing, integral=False)
     if isinstance(ls, bool) or not isinstance(ls, (int, float)):
         fail(fn, "label_smoothing", "be a float", describe(label_smoothing), TypeError)
@@ -184,14 +198,7 @@ def _real(fn: str, arg: str, value: object) -> object:
     """NumPy scalars and 0-d real tensors become Python numbers (as ``F`` accepts them)."""
     if isinstance(value, Tensor) and value.dim() == 0 and value.dtype != torch.bool:
         if not value.is_complex():
-            if value.device.type == "meta":  # no value to read
-                fail(
-                    fn,
-                    arg,
-                    "be a number (a 0-d tensor must hold a value: not on the meta device)",
-                    "a 0-d tensor on the meta device",
-                    TypeError,
-                )
+            _refuse_meta_scalar(fn, arg, value)
             return float(value)
     if isinstance(value, numbers.Real) and not isinstance(value, (bool, int, float)):
         return float(value)

@@ -4,7 +4,7 @@ autocast. One place for the questions every autograd glue asks."""
 from __future__ import annotations
 
 import contextlib
-from typing import Any
+from typing import Any, TypeGuard
 
 import torch
 import torch.autograd.forward_ad as _forward_ad
@@ -54,15 +54,19 @@ def autocast_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
 
 
+def _eligible(x: object) -> TypeGuard[Tensor]:
+    """What autocast casts: floating tensors other than float64 (which it leaves alone)."""
+    return isinstance(x, Tensor) and x.is_floating_point() and x.dtype != torch.float64
+
+
 def autocast_projection(h: Tensor, weight: object, bias: object) -> tuple[Tensor, Any, Any]:
     """What ``F.linear`` does under autocast: ``hidden``, ``weight`` and ``bias`` cast to the
-    autocast dtype (differentiably; anything not a floating tensor is left for the checks)."""
+    autocast dtype (differentiably), float64 left as it is; anything not a floating tensor is
+    left for the checks."""
     low = torch.get_autocast_dtype(h.device.type)
-    if isinstance(weight, Tensor) and weight.is_floating_point():
-        weight = weight.to(low)
-    if isinstance(bias, Tensor) and bias.is_floating_point():
-        bias = bias.to(low)
-    return h.to(low), weight, bias
+    weight = weight.to(low) if _eligible(weight) else weight
+    bias = bias.to(low) if _eligible(bias) else bias
+    return (h.to(low) if _eligible(h) else h), weight, bias
 
 
 def no_autocast(x: Tensor) -> contextlib.AbstractContextManager[Any]:

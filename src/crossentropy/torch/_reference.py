@@ -138,16 +138,20 @@ def composite(
     if weight is not None:
         weight = weight.to(cdt)
     xs, _ = softcapped(x.to(cdt), opts.softcap)
+    cls = 1 if x.dim() >= 2 else 0
+    valid: Tensor | None = None
+    if not target.is_floating_point():
+        valid = target != opts.ignore_index
+        # an ignored row of all −inf logits: its log-softmax is NaN, and so would be its
+        # gradient (0 · NaN); the row contributes nothing, so its logits can be anything
+        xs = torch.where(valid.unsqueeze(cls), xs, 0.0)
     per = F.cross_entropy(
         xs, target, weight, ignore_index=opts.ignore_index, reduction="none", label_smoothing=eps
     )
-    cls = 1 if x.dim() >= 2 else 0
-    valid: Tensor | None = None
-    if target.is_floating_point():
+    if valid is None:
         tw: Tensor | float = 1.0
         denom: Tensor | float = float(per.numel())
     else:
-        valid = target != opts.ignore_index
         if weight is None:
             tw = valid.to(per.dtype)
         else:

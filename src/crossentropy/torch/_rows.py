@@ -333,10 +333,11 @@ def index_losses(
 
 
 def sample_scale(scale: Tensor, valid: Tensor, sample_weight: Tensor | None) -> Tensor:
-    """``∂ reduced / ∂(unweighted ℓ_i)``: the row scale times the sample weight (0 if ignored)."""
-    if sample_weight is None:
-        return scale
-    return torch.where(valid, scale * sample_weight, 0.0)
+    """``∂ reduced / ∂(unweighted ℓ_i)``: the row scale times the sample weight, exactly 0 for
+    ignored rows whatever the scale (a NaN upstream gradient there) or the sample weight."""
+    if sample_weight is not None:
+        scale = scale * sample_weight
+    return torch.where(valid, scale, 0.0)
 
 
 def zlse_bound(x: Tensor, z_loss: float, softcap: float | None, num_classes: int) -> Tensor | float:

@@ -70,6 +70,13 @@ from ._checks import (
     check_z_loss,
     python_scalar,
 )
+from ._modes import (
+    autocast_dtype,
+    autocast_on,
+    autocast_projection,
+    no_autocast,
+    transforms_active,
+)
 from ._rows import softcapped
 from .tokens import TokenStats
 
@@ -434,6 +441,7 @@ class _Options:
     impl: str = "auto"
     z_loss: float = 0.0
     softcap: float | None = None
+    out_dtype: torch.dtype | None = None  # the loss's dtype: the input's, float32 under autocast
 
 
 @dataclass(frozen=True)
@@ -602,6 +610,28 @@ def _sample_weight_grad(
 # ---------------------------------------------------------------------------------------------
 
 
+def _refuse_transforms(fn: str, arg: str) -> None:
+    """Raise our error for a call traced by a ``torch.func`` transform (every rank is, so no
+    rank is left waiting): the Functions here run collectives on real tensors and define no
+    batching or jvp rule."""
+    if transforms_active():
+        fail(
+            fn,
+            arg,
+            "not be traced by a torch.func transform (grad, vmap, jacrev, jvp, ...) or "
+            "forward-mode AD: the vocabulary-parallel functions run collectives on real "
+            "tensors; differentiate with torch.autograd (loss.backward(), torch.autograd.grad)",
+            "a call under a torch.func transform",
+            RuntimeError,
+        )
+
+
+def _autocast_options(opts: _Options, x: Tensor, autocast: bool) -> _Options:
+    """Under autocast the loss is float32 for half-precision inputs, as ``F.cross_entropy``'s
+    (computed in float32, never rounded to the input's dtype on the way)."""
+    return dataclasses.replace(opts, out_dtype=autocast_dtype(x.dtype)) if autocast else opts
+
+
 def _refuse_double_backward(fn: str) -> None:
     """Raise our error, before any collective, for a backward with ``create_graph=True``.
 
@@ -658,7 +688,8 @@ class _VocabParallelCrossEntropy(torch.autograd.Function):
         loss, saved = _reduce_stats(local, target, layout, w, opts, group, sw)
         ctx.save_for_backward(logits_shard, target, sample_weight)
         ctx.state = (saved, w, layout, opts)
-        return _rows.reduce(loss, opts.reduction, saved.denominator).to(logits_shard.dtype)
+        out_dtype = opts.out_dtype or logits_shard.dtype
+        return _rows.reduce(loss, opts.reduction, saved.denominator).to(out_dtype)
 
     @staticmethod
     def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
@@ -729,7 +760,8 @@ class _VocabParallelLinearCrossEntropy(torch.autograd.Function):
         loss, saved = _reduce_stats(local, target, layout, w, opts, group, sw)
         ctx.save_for_backward(hidden, weight_shard, bias_shard, target, sample_weight)
         ctx.state = (saved, w, layout, opts, group, chunk_size)
-        return _rows.reduce(loss, opts.reduction, saved.denominator).to(hidden.dtype)
+        out_dtype = opts.out_dtype or hidden.dtype
+        return _rows.reduce(loss, opts.reduction, saved.denominator).to(out_dtype)
 
     @staticmethod
     def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
@@ -1311,6 +1343,7 @@ def vocab_parallel_cross_entropy(
     >>> dist.destroy_process_group()
     """
     fn = "vocab_parallel_cross_entropy"
+    _refuse_transforms(fn, "logits_shard")
     label_smoothing = python_scalar(label_smoothing, integral=False)
     ignore_index = python_scalar(ignore_index, integral=True)
 
@@ -1340,9 +1373,12 @@ def vocab_parallel_cross_entropy(
         weight_arg="weight",
     )
     opts = _options(fn, ignore_index, reduction, label_smoothing, impl, z_loss, softcap)
-    out: Tensor = _VocabParallelCrossEntropy.apply(  # type: ignore[no-untyped-call]
-        logits_shard, target, weight, sample_weight, layout, opts, group
-    )
+    autocast = autocast_on(logits_shard)
+    opts = _autocast_options(opts, logits_shard, autocast)
+    with no_autocast(logits_shard):  # the kernels accumulate in float32 themselves
+        out: Tensor = _VocabParallelCrossEntropy.apply(  # type: ignore[no-untyped-call]
+            logits_shard, target, weight, sample_weight, layout, opts, group
+        )
     return out
 
 
@@ -1454,6 +1490,11 @@ def vocab_parallel_linear_cross_entropy(
     >>> dist.destroy_process_group()
     """
     fn = "vocab_parallel_linear_cross_entropy"
+    _refuse_transforms(fn, "hidden")
+    # under autocast: hidden, weight and bias in the autocast dtype, as F.linear takes them
+    autocast = isinstance(hidden, Tensor) and autocast_on(hidden)
+    if autocast:
+        hidden, weight_shard, bias_shard = autocast_projection(hidden, weight_shard, bias_shard)
     label_smoothing = python_scalar(label_smoothing, integral=False)
     ignore_index = python_scalar(ignore_index, integral=True)
 
@@ -1490,18 +1531,20 @@ def vocab_parallel_linear_cross_entropy(
         weight_arg="class_weight",
     )
     opts = _options(fn, ignore_index, reduction, label_smoothing, impl, z_loss, softcap)
-    out: Tensor = _VocabParallelLinearCrossEntropy.apply(  # type: ignore[no-untyped-call]
-        hidden,
-        weight_shard,
-        bias_shard,
-        target,
-        class_weight,
-        sample_weight,
-        layout,
-        opts,
-        group,
-        chunk_size,
-    )
+    opts = _autocast_options(opts, hidden, autocast)
+    with no_autocast(hidden):  # the inputs were cast above, as F.linear casts them
+        out: Tensor = _VocabParallelLinearCrossEntropy.apply(  # type: ignore[no-untyped-call]
+            hidden,
+            weight_shard,
+            bias_shard,
+            target,
+            class_weight,
+            sample_weight,
+            layout,
+            opts,
+            group,
+            chunk_size,
+        )
     return out
 
 
@@ -1617,6 +1660,7 @@ def vocab_parallel_token_stats(
     >>> dist.destroy_process_group()
     """
     fn = "vocab_parallel_token_stats"
+    _refuse_transforms(fn, "logits_shard")
     ignore_index = python_scalar(ignore_index, integral=True)
 
     def local() -> _Local:
@@ -1639,14 +1683,15 @@ def vocab_parallel_token_stats(
     )
     shape = tuple(target.shape)
     rows = target.numel()
-    out = _VocabParallelTokenStats.apply(  # type: ignore[no-untyped-call]
-        logits_shard.reshape(rows, logits_shard.shape[-1]),
-        target.reshape(rows).to(torch.int64),
-        layout,
-        ignore_index,
-        check_softcap(fn, softcap),
-        group,
-    )
+    with no_autocast(logits_shard):  # statistics in float32 whatever autocast says
+        out = _VocabParallelTokenStats.apply(  # type: ignore[no-untyped-call]
+            logits_shard.reshape(rows, logits_shard.shape[-1]),
+            target.reshape(rows).to(torch.int64),
+            layout,
+            ignore_index,
+            check_softcap(fn, softcap),
+            group,
+        )
     return _tokens._finish(out, shape)
 
 
@@ -1727,6 +1772,11 @@ def vocab_parallel_linear_token_stats(
     >>> dist.destroy_process_group()
     """
     fn = "vocab_parallel_linear_token_stats"
+    _refuse_transforms(fn, "hidden")
+    # under autocast: hidden, weight and bias in the autocast dtype, as F.linear takes them
+    autocast = isinstance(hidden, Tensor) and autocast_on(hidden)
+    if autocast:
+        hidden, weight_shard, bias_shard = autocast_projection(hidden, weight_shard, bias_shard)
     ignore_index = python_scalar(ignore_index, integral=True)
 
     def local() -> _Local:
@@ -1753,15 +1803,16 @@ def vocab_parallel_linear_token_stats(
     )
     shape = tuple(target.shape)
     rows = target.numel()
-    out = _VocabParallelLinearTokenStats.apply(  # type: ignore[no-untyped-call]
-        hidden.reshape(rows, hidden.shape[-1]),
-        weight_shard,
-        bias_shard,
-        target.reshape(rows).to(torch.int64),
-        layout,
-        ignore_index,
-        check_softcap(fn, softcap),
-        group,
-        check_chunk_size(fn, chunk_size),
-    )
+    with no_autocast(hidden):  # the inputs were cast above, as F.linear casts them
+        out = _VocabParallelLinearTokenStats.apply(  # type: ignore[no-untyped-call]
+            hidden.reshape(rows, hidden.shape[-1]),
+            weight_shard,
+            bias_shard,
+            target.reshape(rows).to(torch.int64),
+            layout,
+            ignore_index,
+            check_softcap(fn, softcap),
+            group,
+            check_chunk_size(fn, chunk_size),
+        )
     return _tokens._finish(out, shape)

@@ -129,29 +129,31 @@ class _CrossEntropyIndex(torch.autograd.Function):
     ) -> Tensor:
         loss, lse, q, grad, pre = _index_op(logits, target, weight, sample_weight, opts, fused)
         ctx.compiled = compiling()
-        ctx.opts, ctx.fused, ctx.grad = opts, fused, None
+        ctx.opts, ctx.fused, ctx.grad, ctx.pre = opts, fused, None, None
         saved = [logits, target, weight, sample_weight, lse, q, pre]
         if fused and ctx.compiled:
             saved.append(grad)
-        else:
-            ctx.grad = grad if fused else None
+        elif fused:
+            ctx.grad, ctx.pre = grad, pre
         ctx.save_for_backward(*saved)
         return loss.to(opts.out_dtype)
 
     @staticmethod
     def backward(ctx: Any, grad_out: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
         none = (None,) * 5
+        if ctx.grad is not None and not differentiable_backward():
+            # first eager backward: the forward's buffer, handed out once. It reads none of
+            # the saved inputs, so (as with F) the logits may have changed in place since.
+            grad, ctx.grad = ctx.grad, None
+            return (_scaled(grad, grad_out / ctx.pre, inplace=True), *none)
         logits, target, weight, sw, lse, q, pre, *kept = ctx.saved_tensors
         opts: Options = ctx.opts
         if differentiable_backward():  # create_graph=True or a torch.func transform
             return (R.index_grad(logits, target, weight, sw, opts, grad_out), *none)
         if ctx.fused and kept:  # compiled: functional
             return (_scaled(kept[0], grad_out / pre, inplace=False), *none)
-        if ctx.fused:
-            grad, ctx.grad = ctx.grad, None
-            if grad is None:  # a second backward (retained graph): the same sweep again
-                grad = _index_op(logits, target, weight, sw, opts, True)[3]
-            # first eager backward: the forward's buffer, handed out once
+        if ctx.fused:  # a second backward (retained graph): the same sweep again
+            grad = _index_op(logits, target, weight, sw, opts, True)[3]
             return (_scaled(grad, grad_out / pre, inplace=True), *none)
         cdt = K.compute_dtype(logits.dtype)
         valid, _, scale = _rows.row_scales(target, weight, opts.ignore_index, opts.reduction, cdt)
@@ -486,7 +488,9 @@ def cross_entropy(
     backward hands out the forward's gradient once (rescaled in place); a second backward
     through a retained graph recomputes it; ``create_graph=True`` uses differentiable ops.
     Float16 gradients are stored pre-multiplied by a power of two so that a ``GradScaler``'s
-    scale does not meet already-flushed zeros.
+    scale does not meet already-flushed zeros; the rescaling by the upstream gradient is exact
+    when that is a power of two (a ``GradScaler`` scale) and adds one float16 rounding (at most
+    1 ulp) otherwise.
 
     Examples
     --------
@@ -627,7 +631,12 @@ def cross_entropy(
     ):
         return _reference_call(
             fn,
-            lambda: R.composite(x, t, w, sw, opts),
+            # under autocast a class weight of any floating dtype (float64 too: autocast leaves
+            # it alone, and F would refuse the mix) is taken in the loss's dtype, as the fused
+            # kernels take it
+            lambda: R.composite(
+                x, t, w if w is None or not autocast else w.to(out_dtype), sw, opts
+            ),
             t,
             num_classes,
             ignore,
@@ -914,11 +923,11 @@ def linear_cross_entropy(
     opts = Options(ignore, red, eps, z, cap, impl, chunk_size or 0, out_dtype)
     sw1 = None if sw is None else sw.reshape(-1)
     if small or transforms_active() or (grad_on and sw is not None and sw.requires_grad):
-        w_ref = cw if cw is None or cw.dtype == h.dtype or autocast else cw.to(h.dtype)
+        w_ref = cw if cw is None else cw.to(out_dtype if autocast else h.dtype)
         ref = _reference_call(
             fn,
             lambda: R.composite(
-                F.linear(h, wt, b).reshape(-1, num_classes), t.reshape(-1), w_ref, sw1, opts
+                F.linear(h, wt, b).reshape(rows, num_classes), t.reshape(-1), w_ref, sw1, opts
             ),
             t,
             num_classes,
