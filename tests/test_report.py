@@ -413,3 +413,23 @@ def test_race_meaning_claims_better_probabilities_only_when_measured(
         assert "better probabilities" in text
     else:
         assert "not clearly better" in text and "better probabilities" not in text
+
+
+# -- small defects of the page (issue 18) ----------------------------------------------------
+
+
+@pytest.mark.parametrize("lang", LANGUAGES)
+def test_the_contents_number_each_part_once(
+    lang: str, report: ReportFiles, report_zh: ReportFiles
+) -> None:
+    html = (report if lang == "en" else report_zh).index.read_text(encoding="utf-8")
+    nav = re.search(r"<nav [^>]*>(.*?)</nav>", html, re.S)
+    assert nav is not None
+    # the titles carry their numbers ("1. …"), so the list must not add its own ("1. 1. …")
+    assert "<ol" not in nav.group(1)
+    assert re.search(r"nav ul \{[^}]*list-style: none", html)
+    items = re.findall(r"<li><a href=\"#([^\"]+)\">([^<]*)</a></li>", nav.group(1))
+    sections = (report if lang == "en" else report_zh).sections
+    assert [key for key, _ in items] == [s.key for s in sections] + ["glossary"]
+    for k, (_, title) in enumerate(items[:-1], start=1):
+        assert re.findall(r"\d+\. ", title) == [f"{k}. "], title

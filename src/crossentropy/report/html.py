@@ -37,7 +37,8 @@ a { color: #005a8d; }
         margin: .8rem 0; }
 .cite a { overflow-wrap: anywhere; }
 .sub { color: #4b5560; margin: .4rem 0; font-size: .95rem; }
-nav ol { padding-left: 1.3rem; margin: .3rem 0; }
+/* the section titles carry their numbers ("1. …"): the list adds none of its own */
+nav ul { list-style: none; padding-left: 0; margin: .3rem 0; }
 .claim { color: #39424c; border-left: 4px solid #0072B2; padding: .2rem .8rem;
          margin: .6rem 0 1rem; background: #f4f8fb; }
 .claim .who { font-weight: 600; font-style: normal; margin-right: .3rem; }
@@ -416,7 +417,7 @@ def render_html(
 <p class="sub">{escape(t("page.other_lang"))}: <code>{escape(t("page.other_lang_hint"))}</code></p>
 </header>
 <nav aria-label="{escape(t("page.contents"))}"><h2>{escape(t("page.contents"))}</h2>
-<ol>{contents}<li><a href="#glossary">{escape(t("page.glossary"))}</a></li></ol></nav>
+<ul>{contents}<li><a href="#glossary">{escape(t("page.glossary"))}</a></li></ul></nav>
 <section id="claims">
 <h2>{escape(t("page.claims"))}</h2>
 <p>{escape(t("page.claims_intro"))}</p>
