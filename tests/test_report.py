@@ -433,3 +433,47 @@ def test_the_contents_number_each_part_once(
     assert [key for key, _ in items] == [s.key for s in sections] + ["glossary"]
     for k, (_, title) in enumerate(items[:-1], start=1):
         assert re.findall(r"\d+\. ", title) == [f"{k}. "], title
+
+
+def _figure_text(svg: bytes) -> str:
+    return " ".join(re.findall(r"<text[^>]*>([^<]*)</text>", svg.decode("utf-8")))
+
+
+@pytest.mark.parametrize("lang", LANGUAGES)
+def test_without_torch_the_derivation_figure_promises_one_reference(
+    results: DemoResults, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, lang: str
+) -> None:
+    import sys
+
+    from crossentropy.experiments import derivation_checks
+
+    # the check asked for torch, as a full run does, but torch cannot be imported
+    monkeypatch.setitem(sys.modules, "torch", None)
+    checks = derivation_checks(use_torch=True)
+    assert checks.torch_skipped == "torch is not importable"
+    assert {c.reference for c in checks.checks} == {"finite differences"}
+    no_torch = dataclasses.replace(results, checks=checks)
+    files = write_report(no_torch, tmp_path / "report", lang=lang)
+    html = files.index.read_text(encoding="utf-8")
+    text = _figure_text(embedded_svgs(html)["derivation_checks.svg"])
+    t = Texts(lang)
+    assert t("fig.checks_title_fd") in text
+    for promise in ("two references", "两种参考", "PyTorch", t("fig.vs_torch")):
+        assert promise not in text
+    section = next(s for s in files.sections if s.key == "derivation_checks")
+    assert [f.alt for f in section.figures] == [t("s4.alt_fd")]
+    assert "PyTorch" not in section.figures[0].alt
+
+    # with both references drawn, the figure says two (torch's numbers stood in by a copy)
+    both = dataclasses.replace(
+        checks,
+        checks=checks.checks
+        + tuple(dataclasses.replace(c, reference="torch autograd") for c in checks.checks),
+        torch_version="0.0-test",
+        torch_skipped=None,
+    )
+    files = write_report(dataclasses.replace(results, checks=both), tmp_path / "both", lang=lang)
+    text = _figure_text(
+        embedded_svgs(files.index.read_text(encoding="utf-8"))["derivation_checks.svg"]
+    )
+    assert t("fig.checks_title") in text and t("fig.vs_torch") in text

@@ -122,6 +122,7 @@ EN: dict[str, str] = {
     "fig.tolerance": "tolerance {tol}",
     "fig.relative_error": "error ÷ largest |gradient entry| (log scale)",
     "fig.checks_title": "Each step of the derivations against two references",
+    "fig.checks_title_fd": "Each step of the derivations against finite differences",
     "fig.entropy": "H(p): the targets' own entropy",
     "fig.kl": "KL(p ‖ q): what training can reduce",
     "fig.hpq": "H(p, q) computed directly",
@@ -314,6 +315,7 @@ EN: dict[str, str] = {
         "in its denominator, and the chain rule multiplies by σ'(z) = a(1 − a): they cancel."
     ),
     "s4.alt": "error of each derivation step against finite differences and PyTorch",
+    "s4.alt_fd": "error of each derivation step against finite differences",
     "s4.table_caption": "Float64, {n} samples; central differences with h = {h}.",
     "s4.h.step": "step",
     "s4.h.scale": "largest |entry|",
@@ -482,6 +484,7 @@ ZH: dict[str, str] = {
     "fig.tolerance": "容差 {tol}",
     "fig.relative_error": "误差 ÷ 梯度最大分量的绝对值（对数坐标）",
     "fig.checks_title": "推导的每一步对照两种参考",
+    "fig.checks_title_fd": "推导的每一步对照有限差分",
     "fig.entropy": "H(p)：目标分布自身的熵",
     "fig.kl": "KL(p ‖ q)：训练能减小的部分",
     "fig.hpq": "直接计算的 H(p, q)",
@@ -640,6 +643,7 @@ ZH: dict[str, str] = {
         "链式法则又乘上 σ'(z) = a(1 − a)，两者相消。"
     ),
     "s4.alt": "推导每一步对照有限差分和 PyTorch 的误差",
+    "s4.alt_fd": "推导每一步对照有限差分的误差",
     "s4.table_caption": "float64，{n} 个样本；中心差分步长 h = {h}。",
     "s4.h.step": "步骤",
     "s4.h.scale": "最大分量绝对值",

@@ -434,7 +434,7 @@ def checks_section(r: DemoResults, t: Texts) -> Section:
             else t("s4.no_torch", reason=torch_reason(r, t)),
             tol=f"{FD_TOLERANCE:g}",
         ),
-        figures=(FigureRef("derivation_checks.svg", t("s4.alt")),),
+        figures=(FigureRef("derivation_checks.svg", t("s4.alt" if tt else "s4.alt_fd")),),
         tables=(
             Table(
                 (
