@@ -9,6 +9,7 @@ import dataclasses
 import json
 import math
 import re
+from html import escape as escape_html
 from pathlib import Path
 
 import numpy as np
@@ -477,3 +478,45 @@ def test_without_torch_the_derivation_figure_promises_one_reference(
         embedded_svgs(files.index.read_text(encoding="utf-8"))["derivation_checks.svg"]
     )
     assert t("fig.checks_title") in text and t("fig.vs_torch") in text
+
+
+def test_the_glossarys_mse_is_the_one_each_part_computes(
+    report: ReportFiles, report_zh: ReportFiles
+) -> None:
+    from crossentropy.experiments.anatomy import mse_loss_z
+    from crossentropy.experiments.neuron import neuron_value_and_grads
+    from crossentropy.experiments.race import loss_and_logit_grad
+
+    rng = np.random.default_rng(18)
+
+    def sigmoid(z: np.ndarray) -> np.ndarray:
+        return np.asarray(1 / (1 + np.exp(-z)))
+
+    # parts 1 and 2: one sample, the article's (a − y)²/2
+    for w, b, x, y in ((2.0, 2.0, 1.0, 0.0), (0.6, 0.9, 1.0, 0.0), (-1.5, 0.3, 2.0, 1.0)):
+        a, value, _, _ = neuron_value_and_grads(w, b, x, y, "mse")
+        assert value == pytest.approx((a - y) ** 2 / 2, rel=1e-12)
+    z, y = rng.normal(size=7) * 4, rng.integers(0, 2, size=7).astype(np.float64)
+    np.testing.assert_allclose(mse_loss_z(z, y), (sigmoid(z) - y) ** 2 / 2, rtol=1e-12)
+    # part 3: the mean over samples of (a − y)² (binary) and of ‖a − y‖² (10 digit classes)
+    z, labels = rng.normal(size=9) * 3, rng.integers(0, 2, size=9)
+    value, _ = loss_and_logit_grad(z, labels, "mse", 2)
+    assert value == pytest.approx(np.mean((sigmoid(z) - labels) ** 2), rel=1e-12)
+    labels = rng.integers(0, 10, size=9)
+    logits = rng.normal(size=(9, 10)) * 3
+    value, _ = loss_and_logit_grad(logits, labels, "mse", 10)
+    a = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+    brier = np.sum((a - np.eye(10)[labels]) ** 2, axis=1)
+    assert value == pytest.approx(np.mean(brier), rel=1e-12)
+
+    # the glossary states exactly these, in both languages, on the page
+    stated = {
+        "en": ("(a − y)²/2", "the mean of (a − y)²", "‖a − y‖², summed over the 10 classes"),
+        "zh": ("(a − y)²/2", "(a − y)² 的平均", "‖a − y‖²（对 10 个类别求和）的平均"),
+    }
+    for lang, files in (("en", report), ("zh", report_zh)):
+        entry = Texts(lang)("g.mse")
+        for formula in stated[lang]:
+            assert formula in entry, (lang, formula)
+        glossary = files.index.read_text(encoding="utf-8").split('<section id="glossary">')[1]
+        assert escape_html(entry.split("：" if lang == "zh" else ":", 1)[1].strip()) in glossary

@@ -376,7 +376,10 @@ EN: dict[str, str] = {
     "g.z": "pre-activation (logit) z: the neuron's input to the sigmoid, z = wx + b.",
     "g.saturated": "saturated: |z| so large that σ(z) is almost 0 or 1 and σ'(z) almost 0; "
     "“confidently wrong” when it is on the wrong side.",
-    "g.mse": "MSE (均方误差): mean squared error, here the article's (a − y)²/2.",
+    "g.mse": "MSE (均方误差): mean squared error. Parts 1 and 2 use the article's (a − y)²/2 "
+    "for one sample; part 3 averages over the training samples: the mean of (a − y)² (breast "
+    "cancer) and of ‖a − y‖², summed over the 10 classes (digits). The ½ only rescales the "
+    "gradient, which each loss's tuned learning rate absorbs.",
     "g.ce": "cross-entropy (交叉熵): also called log-loss; binary cross-entropy (BCE) for "
     "two classes.",
     "g.lr": "learning rate η: how far one gradient-descent step moves the weights.",
@@ -689,7 +692,9 @@ ZH: dict[str, str] = {
     "g.sigmoid": "sigmoid σ(z) = 1/(1 + e^(−z))：把任意实数压到 (0, 1) 之间；斜率 σ'(z) = a(1 − a) 最大为 ¼。",
     "g.z": "激活前的值（logit）z：sigmoid 的输入，z = wx + b。",
     "g.saturated": "饱和：|z| 太大，σ(z) 几乎为 0 或 1，σ'(z) 几乎为 0；落在错误一侧时就是“自信地错了”。",
-    "g.mse": "均方误差（MSE）：这里取原文的 (a − y)²/2。",
+    "g.mse": "均方误差（MSE）：第 1、2 部分取原文单个样本的 (a − y)²/2；第 3 部分对训练样本取平均："
+    "乳腺癌上是 (a − y)² 的平均，手写数字上是 ‖a − y‖²（对 10 个类别求和）的平均。"
+    "½ 只改变梯度的尺度，各自调好的学习率会把它吸收掉。",
     "g.ce": "交叉熵（cross-entropy）：也叫对数损失（log-loss）；两类时称二元交叉熵（BCE）。",
     "g.lr": "学习率 η：每一步梯度下降移动权重的幅度。",
     "g.softmax": "softmax：把 m 个数变成 m 个概率，aⱼ = e^(zⱼ)/Σₖ e^(zₖ)。",
