@@ -353,3 +353,48 @@ def test_a_symlinked_output_folder_receives_the_report(tmp_path: Path) -> None:
     link.symlink_to(target)
     assert main(["demo", "--quick", "--out", str(link)]) == 0
     assert link.is_symlink() and (target / "index.html").is_file()
+
+
+# -- the terminal summary -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("lang", ["zh", "en"])
+def test_the_summary_keeps_every_character_at_80_columns(lang: str, tmp_path: Path) -> None:
+    """Chinese has no spaces, so rich took a clause for one word and cut it with "…" at 80
+    columns (a CJK character is two columns wide)."""
+    import io
+
+    from rich.cells import cell_len
+    from rich.console import Console
+
+    from crossentropy.experiments import DemoSettings, run_demo
+    from crossentropy.report import build_sections
+    from crossentropy.report.i18n import Texts
+    from crossentropy.report.terminal import print_summary
+
+    sections = build_sections(run_demo(DemoSettings(quick=True, seed=0)), Texts(lang))
+    buffer = io.StringIO()
+    console = Console(file=buffer, width=80, color_system=None, force_terminal=False)
+    print_summary(console, sections, tmp_path / "index.html", 1.0, lang)
+    lines = buffer.getvalue().splitlines()
+    assert all(cell_len(line) <= 80 for line in lines), lines
+    assert "…" not in buffer.getvalue()
+    # the table's rows, cell by cell, joined over their lines
+    rows: list[list[str]] = []
+    for line in lines:
+        if line.startswith("│"):
+            cells = [c.strip() for c in line.split("│")[1:-1]]
+            if not rows or rows[-1][-1] == "\n":
+                rows.append(["", "", "", ""])
+            for k, cell in enumerate(cells):
+                rows[-1][k] += cell
+        elif line.startswith(("├", "└")) and rows:
+            rows[-1][-1] = "\n"
+
+    def squeeze(text: str) -> str:
+        return "".join(text.split())
+
+    t = Texts(lang)
+    assert [[squeeze(cell) for cell in row[:3]] for row in rows] == [
+        [squeeze(s.short), squeeze(t("status." + s.status)), squeeze(s.verdict)] for s in sections
+    ]

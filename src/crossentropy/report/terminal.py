@@ -42,9 +42,12 @@ def print_summary(
     terminal, the plain path on one unbroken line otherwise (so it can be copied or piped)."""
     t = Texts(lang)
     table = Table(title=t("page.summary"), show_lines=True, expand=False)
-    table.add_column(t("page.part"), no_wrap=True)
-    table.add_column(t("page.verdict"), no_wrap=True)
-    table.add_column(t("page.measured"))
+    # Chinese has no spaces: a whole clause is one "word" to rich, which cut it short with an
+    # ellipsis where it overflowed. "fold" breaks a too-long word at the column's edge instead
+    # (counting a wide CJK character as two columns), so no character is dropped.
+    table.add_column(t("page.part"), no_wrap=True, overflow="fold")
+    table.add_column(t("page.verdict"), no_wrap=True, overflow="fold")
+    table.add_column(t("page.measured"), overflow="fold")
     for s in sections:
         table.add_row(
             escape(s.short),
