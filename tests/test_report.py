@@ -520,3 +520,45 @@ def test_the_glossarys_mse_is_the_one_each_part_computes(
             assert formula in entry, (lang, formula)
         glossary = files.index.read_text(encoding="utf-8").split('<section id="glossary">')[1]
         assert escape_html(entry.split("：" if lang == "zh" else ":", 1)[1].strip()) in glossary
+
+
+def test_no_tick_label_is_cut_off_at_the_figures_edge(
+    results: DemoResults, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The last x tick label is centred on the axes' right end: with too small a margin it
+    was cut off by the SVG's viewBox ("10⁻³" of the derivation chart)."""
+    from matplotlib.figure import Figure
+    from matplotlib.text import Text
+
+    drawn: dict[str, Figure] = {}
+    save = figures_module._save_svg
+
+    def keep(fig: Figure, path: Path) -> Path:
+        drawn[path.name] = fig
+        return save(fig, path)
+
+    def shown(labels: list[Text], lo: float, hi: float, axis: int) -> list[Text]:
+        return [
+            label
+            for label in labels
+            if label.get_visible()
+            and label.get_text()
+            and min(lo, hi) <= label.get_position()[axis] <= max(lo, hi)
+        ]
+
+    monkeypatch.setattr(figures_module, "_save_svg", keep)
+    write_report(results, tmp_path / "report")
+    assert set(drawn) == SVGS
+    for name, fig in drawn.items():
+        fig.draw_without_rendering()
+        box = fig.bbox  # the SVG's viewBox, in the same display units as the labels
+        for ax in fig.axes:
+            xs = shown(ax.get_xticklabels(), *ax.get_xlim(), axis=0)
+            ys = shown(ax.get_yticklabels(), *ax.get_ylim(), axis=1)
+            assert xs and ys, name
+            last = max(xs, key=lambda label: label.get_position()[0])
+            assert last.get_window_extent().x1 <= box.x1 - 1, (name, last.get_text())
+            for label in xs + ys:
+                extent = label.get_window_extent()
+                assert box.x0 <= extent.x0 and extent.x1 <= box.x1, (name, label.get_text())
+                assert box.y0 <= extent.y0 and extent.y1 <= box.y1, (name, label.get_text())

@@ -97,6 +97,12 @@ def _style(t: Texts) -> Iterator[None]:
         yield
 
 
+# Right margin in inches: half the widest last x tick label ("10⁻³", "500"; 0.17 in in DejaVu
+# Sans) and room for a browser's wider fallback font. The label is centred on the axes' right
+# end: with 0.15 in it was cut off at the figure's edge.
+RIGHT = 0.3
+
+
 def _figure(
     width: float = PANEL[0], height: float = PANEL[1], left: float = 0.6, bottom: float = 0.5
 ) -> Figure:
@@ -104,7 +110,7 @@ def _figure(
     twice and double the drawing time, for panels whose layout never changes."""
     fig = Figure(figsize=(width, height))
     fig.subplots_adjust(
-        left=left / width, bottom=bottom / height, right=1 - 0.15 / width, top=1 - 0.35 / height
+        left=left / width, bottom=bottom / height, right=1 - RIGHT / width, top=1 - 0.35 / height
     )
     return fig
 
