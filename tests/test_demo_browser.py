@@ -44,6 +44,35 @@ FRAMES = {
 }
 
 PROBE = r"""
+function measureFigures(doc, win) {
+  // Each embedded SVG drawn inline at the size its <img> is shown, to measure its text as
+  // the browser lays it out: the legends' height and the tick labels against the viewBox.
+  return Array.prototype.map.call(doc.querySelectorAll("section img"), function (img) {
+    var source = decodeURIComponent(escape(win.atob(img.getAttribute("src").split(",")[1])));
+    var parsed = new win.DOMParser().parseFromString(source, "image/svg+xml").documentElement;
+    var svg = doc.importNode(parsed, true);
+    svg.setAttribute("width", img.clientWidth);
+    svg.setAttribute("height", img.clientHeight);
+    var holder = doc.createElement("div");
+    holder.style.cssText = "position:absolute;left:0;top:0;visibility:hidden";
+    holder.appendChild(svg);
+    doc.body.appendChild(holder);
+    var frame = svg.getBoundingClientRect();
+    var heights = Array.prototype.map.call(
+      svg.querySelectorAll("g[id^=legend] text"),
+      function (t) { return t.getBoundingClientRect().height; });
+    var ticks = Array.prototype.map.call(
+      svg.querySelectorAll("g[id^=xtick] text, g[id^=ytick] text"), function (t) {
+        var r = t.getBoundingClientRect();
+        return {x: t.closest("g[id^=xtick]") !== null, text: t.textContent.trim(),
+                left: r.left - frame.left, right: r.right - frame.left,
+                top: r.top - frame.top, bottom: r.bottom - frame.top};
+      });
+    doc.body.removeChild(holder);
+    return {file: img.getAttribute("data-file"), width: frame.width, height: frame.height,
+            legend: heights, ticks: ticks};
+  });
+}
 function inspect(frame) {
   var doc = frame.contentDocument, win = frame.contentWindow;
   var root = doc.documentElement, width = root.clientWidth;
@@ -72,7 +101,8 @@ function inspect(frame) {
              viewBoxWidth: live ? Number(live.getAttribute("viewBox").split(" ")[2]) : null,
              maths: maths, figures: figures, playShown: !!play && !play.hidden &&
              play.getBoundingClientRect().height > 0,
-             noscriptShown: false, text: doc.body.innerText.slice(0, 200000)};
+             noscriptShown: false, text: doc.body.innerText.slice(0, 200000),
+             svgText: measureFigures(doc, win)};
   var ns = doc.querySelector("noscript");
   if (ns) {
     out.noscriptShown = doc.body.innerText.indexOf(ns.textContent.trim().slice(0, 20)) >= 0;
@@ -225,6 +255,34 @@ def test_every_section_shows_its_static_figures(
     for img in f["figures"]:
         assert img["visible"] and img["natural"] > 0, img
         assert img["width"] > 250 and img["height"] > 120, img  # readable even at 360 px
+
+
+@pytest.mark.parametrize("lang", ["en", "zh"])
+@pytest.mark.parametrize("frame", ["narrow", "wide"])
+def test_legends_are_legible_at_360_px(
+    probed: dict[str, dict[str, Any]], lang: str, frame: str
+) -> None:
+    """They were about 5 px tall on a phone: 7-8 pt in a panel shown ~330 px wide."""
+    figures = probed[lang][frame]["svgText"]
+    assert len(figures) == 10
+    for fig in figures:
+        assert fig["legend"], fig["file"]  # every figure has a legend
+        assert min(fig["legend"]) >= 9, (fig["file"], min(fig["legend"]))
+
+
+@pytest.mark.parametrize("lang", ["en", "zh"])
+@pytest.mark.parametrize("frame", ["narrow", "wide"])
+def test_the_last_x_tick_label_is_inside_the_figure(
+    probed: dict[str, dict[str, Any]], lang: str, frame: str
+) -> None:
+    """It was cut off by the viewBox: the derivation chart's 10⁻³ ended past the edge."""
+    for fig in probed[lang][frame]["svgText"]:
+        xs = [tick for tick in fig["ticks"] if tick["x"]]
+        last = max(xs, key=lambda tick: tick["right"])
+        assert last["right"] <= fig["width"], (fig["file"], last)
+        for tick in fig["ticks"]:
+            assert tick["left"] >= 0 and tick["right"] <= fig["width"], (fig["file"], tick)
+            assert tick["top"] >= 0 and tick["bottom"] <= fig["height"], (fig["file"], tick)
 
 
 def test_without_javascript_the_sliders_give_way_to_a_note(

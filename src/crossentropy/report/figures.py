@@ -41,6 +41,14 @@ PNG_DPI = 200
 # Panel size in inches: small enough that a 360 px screen shows the text at ~70 % of its size
 # (a wide figure shrunk to a phone's width is unreadable), large enough for two side by side.
 PANEL = (4.8, 3.3)
+# Legend text in points, in a panel PANEL[0] wide (a wider panel scales it up, as the page
+# shrinks it more): every panel is shown about 330 px wide on a 360 px screen, where this
+# comes out about 10 px tall (its line box; 8.7 px type); 7-8 pt legends had 5 px capitals.
+LEGEND_SIZE = 9
+# Right margin in inches: half the widest last x tick label ("10⁻³", "500"; 0.17 in in DejaVu
+# Sans) and room for a browser's wider fallback font. The label is centred on the axes' right
+# end: with 0.15 in it was cut off at the figure's edge.
+RIGHT = 0.3
 # Fonts a browser is likely to have for CJK text; the SVG names them after matplotlib's own.
 CSS_FONTS = (
     "'DejaVu Sans', 'Helvetica Neue', Arial, 'Noto Sans CJK SC', 'Source Han Sans SC', "
@@ -89,7 +97,7 @@ def _style(t: Texts) -> Iterator[None]:
         "grid.color": "#e4e7eb",
         "grid.linewidth": 0.6,
         "legend.frameon": False,
-        "legend.fontsize": 9,
+        "legend.fontsize": LEGEND_SIZE,
     }
     with matplotlib.rc_context(rc), warnings.catch_warnings():  # type: ignore[arg-type]
         # Without a CJK font matplotlib cannot measure Chinese glyphs; the browser draws them.
@@ -97,10 +105,9 @@ def _style(t: Texts) -> Iterator[None]:
         yield
 
 
-# Right margin in inches: half the widest last x tick label ("10⁻³", "500"; 0.17 in in DejaVu
-# Sans) and room for a browser's wider fallback font. The label is centred on the axes' right
-# end: with 0.15 in it was cut off at the figure's edge.
-RIGHT = 0.3
+def _legend_size(fig: Figure) -> float:
+    """Legend text size of ``fig``: the same on screen in every panel, wide or not."""
+    return round(LEGEND_SIZE * max(1.0, fig.get_figwidth() / PANEL[0]), 2)
 
 
 def _figure(
@@ -203,15 +210,17 @@ def _neuron_axes(
         top.axhline(0.5, color="black", lw=0.7, ls=":")
         top.set(xlabel=t("fig.step"), ylabel=t("fig.output"), title=t("fig.neuron_output"))
         top.set_xlim(0, r.steps)
-        # above the curves, in headroom of its own: no curve passes under the legend
-        top.set_ylim(-0.02, 1.34)
+        # above the curves, in headroom of its own: no curve passes under the legend. A panel
+        # of its own (the page's) has one column of legible entries; the README's wide PNG two.
+        top.set_ylim(-0.02, 1.55 if columns == 1 else 1.34)
         top.set_yticks([0, 0.2, 0.4, 0.6, 0.8, 1.0])
         top.legend(
             loc="upper center",
-            ncol=2,
-            fontsize=7 if columns == 1 else 7.5,
+            ncol=1 if columns == 1 else 2,
+            fontsize=LEGEND_SIZE if columns == 1 else 7.5,
             columnspacing=0.8,
             handlelength=1.6,
+            borderaxespad=0.3,
         )
     if bottom is not None:
         bottom.set(xlabel=t("fig.step"), ylabel="|∂L/∂z|", title=t("fig.neuron_grad"))
@@ -227,7 +236,11 @@ def draw_neuron(r: SaturatedNeuron, out: Path, t: Texts) -> tuple[Path, ...]:
         first = _save_svg(fig, out / "saturated_neuron_output.svg")
         fig = _figure()
         _, grad_ax = _neuron_axes(r, t, fig, 2, only_gradient=True)
-        grad_ax.legend(loc="upper right", fontsize=8)
+        # headroom above the curves (a third of the log axis) for a legend no curve crosses
+        lo, hi = grad_ax.get_ylim()
+        grad_ax.set_ylim(lo, hi * (hi / lo) ** 0.55)
+        grad_ax.set_yticks([v for v in grad_ax.get_yticks() if lo <= v <= hi])
+        grad_ax.legend(loc="upper right")
         second = _save_svg(fig, out / "saturated_neuron_gradient.svg")
     return first, second
 
@@ -294,7 +307,7 @@ def draw_race(r: Race, out: Path, t: Texts) -> tuple[Path, ...]:
                 xlabel=xlabel,
                 ylabel=t("fig.val_accuracy"),
             )
-            ax.legend(loc="lower right", fontsize=8)
+            ax.legend(loc="lower right")
             paths.append(_save_svg(fig, out / f"race_{dataset}_{init}.svg"))
     return tuple(paths)
 
@@ -312,9 +325,15 @@ def draw_checks(
     refs = list(dict.fromkeys(c.reference for c in r.checks))
     floor = 1e-19
     with _style(t):
-        height = 0.26 * len(names) + 1.9
+        # the legend's entries: each reference, and its exact zeros if any; two fit on a row
+        exact = [any(c.relative_error == 0 for c in r.checks if c.reference == f) for f in refs]
+        entries = len(refs) + sum(exact)
+        columns = entries if entries <= 2 else 1
+        rows = -(-entries // columns)
+        height = 0.26 * len(names) + 1.9 + 0.2 * (rows - 1)
         fig = _figure(5.2, height, left=2.35)
-        fig.subplots_adjust(top=1 - 1.0 / height)  # room for the title and the legend
+        # room for the title and the legend
+        fig.subplots_adjust(top=1 - (0.8 + 0.2 * rows) / height)
         ax = fig.subplots()
         ypos = np.arange(len(names))
         for k, ref in enumerate(refs):
@@ -371,7 +390,14 @@ def draw_checks(
         # one reference when the torch cross-check did not run: say so, promise no second
         title = t("fig.checks_title" if len(refs) > 1 else "fig.checks_title_fd")
         fig.suptitle(title, y=1 - 0.1 / height, fontsize=10)
-        fig.legend(loc="upper center", bbox_to_anchor=(0.5, 1 - 0.38 / height), ncol=2, fontsize=8)
+        fig.legend(
+            loc="upper center",
+            bbox_to_anchor=(0.5, 1 - 0.38 / height),
+            ncol=columns,
+            fontsize=_legend_size(fig),
+            columnspacing=1.0,
+            handletextpad=0.4,
+        )
         path = _save_svg(fig, out / "derivation_checks.svg")
     return (path,)
 
@@ -396,6 +422,6 @@ def draw_identities(
         ax.set_xticks(x, [str(i) for i in picked], fontsize=7, rotation=90)
         ax.set(xlabel=t("fig.identity_samples", n=rows, m=picked.size - rows), ylabel=t("fig.nats"))
         ax.set_title(t("fig.identity_title"))
-        ax.legend(loc="upper right", fontsize=8)
+        ax.legend(loc="upper right", fontsize=_legend_size(fig))
         path = _save_svg(fig, out / "identities.svg")
     return (path,)
