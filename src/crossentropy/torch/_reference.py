@@ -11,6 +11,8 @@ derivative and every transform is autograd's own.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -19,7 +21,7 @@ from . import _ops, _rows
 from ._rows import softcapped
 from ._types import Options, compute_dtype
 
-__all__ = ["composite", "index_grad", "lse", "prob_grad"]
+__all__ = ["call", "composite", "index_grad", "lse", "prob_grad"]
 
 
 def _classes_back(g: Tensor, like: Tensor) -> Tensor:
@@ -176,3 +178,22 @@ def composite(
         if red == "mean":
             per = per / denom
     return per if opts.out_dtype is None else per.to(opts.out_dtype)
+
+
+def call(
+    fn: str,
+    compose: Callable[[], Tensor],
+    target: Tensor,
+    num_classes: int,
+    ignore_index: int,
+) -> Tensor:
+    """Run ``compose()`` (a composite ``torch.nn.functional`` form); a bad target raises our
+    error, not torch's."""
+    try:
+        out = compose()
+    except (IndexError, RuntimeError):
+        if not target.is_floating_point() and type(target) is Tensor:
+            if target.device.type == "cpu":
+                _ops.check_targets(target, num_classes, ignore_index, fn)
+        raise
+    return out

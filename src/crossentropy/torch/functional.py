@@ -304,25 +304,6 @@ def _legacy_reduction(size_average: object, reduce: object, reduction: object) -
     return _reduction.legacy_get_string(size_average, reduce)  # type: ignore[arg-type]
 
 
-def _reference_call(
-    fn: str,
-    call: Any,
-    target: Tensor,
-    num_classes: int,
-    ignore_index: int,
-) -> Tensor:
-    """Run ``call()`` (a composite ``torch.nn.functional`` form); a bad target raises our
-    error, not torch's."""
-    try:
-        out: Tensor = call()
-    except (IndexError, RuntimeError):
-        if not target.is_floating_point() and type(target) is Tensor:
-            if target.device.type == "cpu":
-                _ops.check_targets(target, num_classes, ignore_index, fn)
-        raise
-    return out
-
-
 def _dense(x: Tensor) -> bool:
     """``x``'s elements fill a block of memory exactly once (some permutation of contiguous)."""
     expected = 1
@@ -629,7 +610,7 @@ def cross_entropy(
         or (grad_on and prob and t.requires_grad)
         or (grad_on and sw is not None and sw.requires_grad)
     ):
-        return _reference_call(
+        return R.call(
             fn,
             # under autocast a class weight of any floating dtype (float64 too: autocast leaves
             # it alone, and F would refuse the mix) is taken in the loss's dtype, as the fused
@@ -924,7 +905,7 @@ def linear_cross_entropy(
     sw1 = None if sw is None else sw.reshape(-1)
     if small or transforms_active() or (grad_on and sw is not None and sw.requires_grad):
         w_ref = cw if cw is None else cw.to(out_dtype if autocast else h.dtype)
-        ref = _reference_call(
+        ref = R.call(
             fn,
             lambda: R.composite(
                 F.linear(h, wt, b).reshape(rows, num_classes), t.reshape(-1), w_ref, sw1, opts

@@ -66,6 +66,7 @@ from torch import Tensor
 
 from .._validation import fail
 from . import _kernels as K
+from . import _reference as R
 from ._backend import select
 from ._checks import (
     check_chunk_size,
@@ -85,7 +86,6 @@ from ._modes import (
 from ._ops import check_targets
 from ._rows import softcapped
 from ._types import OP_VERSION, tuning
-from .functional import _reference_call
 
 __all__ = ["TokenStats", "linear_token_stats", "token_stats"]
 
@@ -944,7 +944,7 @@ def _reference(
         return torch.stack(_reference_rows(z, t, ignore)[:3]), z.argmax(dim=-1)  # type: ignore[return-value]
 
     with no_autocast(x):
-        stacked, argmax = _reference_call(fn, call, t, num_classes, ignore)
+        stacked, argmax = R.call(fn, call, t, num_classes, ignore)
     return (*stacked.unbind(0), argmax)
 
 
