@@ -143,28 +143,15 @@ def index_target_coefficients(
         ``z``: the row loss gains ``z w_y lse²``, so ``α`` and ``τ`` gain ``s · 2 z w_y lse``
         (``lse`` from the global ``stats``).
     """
-    eps = float(label_smoothing)
-    a = (1.0 - eps) * target_weight
-    if eps:
-        a = a + (eps / num_classes) * weight_total
-    zgrad = None
-    if z_loss:
-        zgrad = (2.0 * z_loss) * target_weight * row_lse(stats)
-        a = a + zgrad
-    p_scale = row_scale * a
-    tgrad = -p_scale * other_prob(stats)
-    if zgrad is not None:
-        tgrad = tgrad + row_scale * zgrad
-    smooth = None
-    if eps:
-        smooth = row_scale * (eps / num_classes)
-        tgrad = tgrad + smooth * (weight_total - target_weight)
-    # Ignored rows (scale 0) get an exact 0 even if their statistics are not finite.
-    zero = row_scale == 0
-    return GradCoefficients(
-        torch.where(zero, 0.0, p_scale),
-        None if smooth is None else torch.where(zero, 0.0, smooth),
-        torch.where(zero, 0.0, tgrad),
+    zlse = (2.0 * z_loss) * row_lse(stats) if z_loss else 0.0
+    return coefficients(
+        other_prob(stats),
+        row_scale,
+        target_weight,
+        float(label_smoothing),
+        num_classes,
+        weight_total,
+        zlse,
     )
 
 
@@ -249,8 +236,9 @@ def coefficients(
     total: Tensor | float,
     zlse: Tensor | float = 0.0,
 ) -> GradCoefficients:
-    """:func:`index_target_coefficients` from the saved ``q = Σ_{c≠y} p_c`` (and
-    ``zlse = 2 z lse`` per row with a z-loss)."""
+    """The coefficients of :func:`index_target_coefficients` from ``q = Σ_{c≠y} p_c`` (the
+    statistics' own, or saved by a forward) and ``zlse = 2 z lse`` per row with a z-loss.
+    Ignored rows (row scale 0) get an exact 0 even if their statistics are not finite."""
     a = (1.0 - eps) * tw
     if eps:
         a = a + (eps / num_classes) * total
