@@ -630,7 +630,7 @@ def prob_grad(
 # --------------------------------------------------------------------------- linear
 
 
-def _linear_logits(h: Tensor, weight: Tensor, bias: Tensor | None, buf: Tensor) -> Tensor:
+def linear_logits(h: Tensor, weight: Tensor, bias: Tensor | None, buf: Tensor) -> Tensor:
     """``h @ weight.T + bias`` written into the first rows of the reused chunk buffer ``buf``
     (a fresh buffer per chunk would pay its page faults again every time)."""
     z = buf[: h.shape[0]]
@@ -657,7 +657,7 @@ def linear_chunks(
     buf = _chunk_buffer(hidden, weight, step)
     for a in range(0, n, step):
         rows = slice(a, min(n, a + step))
-        yield rows, _linear_logits(hidden[rows], weight, bias, buf)
+        yield rows, linear_logits(hidden[rows], weight, bias, buf)
 
 
 def _cat_stats(parts: list[RowStats], with_sum: bool) -> RowStats:
@@ -875,6 +875,7 @@ __all__ = [
     "linear_chunks",
     "linear_fused",
     "linear_grad",
+    "linear_logits",
     "linear_row_stats",
     "logits_fused",
     "logits_grad",

@@ -528,10 +528,8 @@ def _linear_logits(h: Tensor, weight: Tensor, bias: Tensor | None, buf: Tensor) 
     """The logits ``h @ weight.T + bias`` of a chunk as a contiguous (R, C) tensor in the front
     of the flat reused buffer ``buf``: the layout of the Triton kernels, one row per program
     reading contiguous classes (:func:`_linear_logits_t` is the CPU one)."""
-    z = buf[: h.shape[0] * weight.shape[0]].view(h.shape[0], weight.shape[0])
-    if bias is None:
-        return torch.mm(h, weight.t(), out=z)
-    return torch.addmm(bias, h, weight.t(), out=z)
+    rows, classes = h.shape[0], weight.shape[0]
+    return K.linear_logits(h, weight, bias, buf[: rows * classes].view(rows, classes))
 
 
 def _triton_forward(
