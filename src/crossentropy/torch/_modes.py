@@ -63,10 +63,12 @@ def autocast_projection(h: Tensor, weight: object, bias: object) -> tuple[Tensor
     """What ``F.linear`` does under autocast: ``hidden``, ``weight`` and ``bias`` cast to the
     autocast dtype (differentiably), float64 left as it is; anything not a floating tensor is
     left for the checks."""
+    if not _eligible(h):  # float64 hidden: nothing is cast (the checks then see the
+        return h, weight, bias  # caller's dtypes, not ones autocast would have made)
     low = torch.get_autocast_dtype(h.device.type)
     weight = weight.to(low) if _eligible(weight) else weight
     bias = bias.to(low) if _eligible(bias) else bias
-    return (h.to(low) if _eligible(h) else h), weight, bias
+    return h.to(low), weight, bias
 
 
 def no_autocast(x: Tensor) -> contextlib.AbstractContextManager[Any]:

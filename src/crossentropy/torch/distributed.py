@@ -610,14 +610,17 @@ def _sample_weight_grad(
 # ---------------------------------------------------------------------------------------------
 
 
-def _refuse_transforms(fn: str, arg: str) -> None:
+def _refuse_transforms(fn: str, **arguments: object) -> None:
     """Raise our error for a call traced by a ``torch.func`` transform (every rank is, so no
     rank is left waiting): the Functions here run collectives on real tensors and define no
-    batching or jvp rule."""
+    batching or jvp rule. The error names the first argument the transform wraps (or "the
+    call", when it wraps none of them)."""
     if transforms_active():
+        wrapped = torch._C._functorch.is_functorch_wrapped_tensor
+        traced = [k for k, v in arguments.items() if isinstance(v, Tensor) and wrapped(v)]
         fail(
             fn,
-            arg,
+            traced[0] if traced else "the call",
             "not be traced by a torch.func transform (grad, vmap, jacrev, jvp, ...) or "
             "forward-mode AD: the vocabulary-parallel functions run collectives on real "
             "tensors; differentiate with torch.autograd (loss.backward(), torch.autograd.grad)",
@@ -1343,7 +1346,13 @@ def vocab_parallel_cross_entropy(
     >>> dist.destroy_process_group()
     """
     fn = "vocab_parallel_cross_entropy"
-    _refuse_transforms(fn, "logits_shard")
+    _refuse_transforms(
+        fn,
+        logits_shard=logits_shard,
+        target=target,
+        weight=weight,
+        sample_weight=sample_weight,
+    )
     label_smoothing = python_scalar(label_smoothing, integral=False)
     ignore_index = python_scalar(ignore_index, integral=True)
 
@@ -1353,7 +1362,9 @@ def vocab_parallel_cross_entropy(
         if x.ndim != 2:
             fail(fn, "logits_shard", "be 2-D, shape (N, V_shard)", f"shape {tuple(x.shape)}")
         t = _check_target(fn, target, x.shape[0], x.device)
-        check_class_weight(fn, "weight", weight, x.shape[1], what=_SLICE, device=x.device)
+        w = check_class_weight(fn, "weight", weight, x.shape[1], what=_SLICE, device=x.device)
+        if w is not None and not autocast_on(x) and w.dtype != x.dtype:  # as cross_entropy
+            fail(fn, "weight", f"have the input's dtype {x.dtype}", f"dtype {w.dtype}", TypeError)
         s = check_sample_weight(fn, sample_weight, (x.shape[0],), x.device)
         check_impl(fn, impl, x)
         return _Local(x.shape[1], x.shape[0], x.dtype, t, sample_weight=s)
@@ -1490,7 +1501,15 @@ def vocab_parallel_linear_cross_entropy(
     >>> dist.destroy_process_group()
     """
     fn = "vocab_parallel_linear_cross_entropy"
-    _refuse_transforms(fn, "hidden")
+    _refuse_transforms(
+        fn,
+        hidden=hidden,
+        weight_shard=weight_shard,
+        bias_shard=bias_shard,
+        target=target,
+        class_weight=class_weight,
+        sample_weight=sample_weight,
+    )
     # under autocast: hidden, weight and bias in the autocast dtype, as F.linear takes them
     autocast = isinstance(hidden, Tensor) and autocast_on(hidden)
     if autocast:
@@ -1508,9 +1527,12 @@ def vocab_parallel_linear_cross_entropy(
         )
         check_chunk_size(fn, chunk_size)
         t = _check_target(fn, target, h.shape[0], h.device)
-        check_class_weight(
+        cw = check_class_weight(
             fn, "class_weight", class_weight, w.shape[0], what=_SLICE, device=h.device
         )
+        if cw is not None and not autocast and cw.dtype != h.dtype:  # as linear_cross_entropy
+            need = f"have hidden's dtype {h.dtype}"
+            fail(fn, "class_weight", need, f"dtype {cw.dtype}", TypeError)
         s = check_sample_weight(fn, sample_weight, (h.shape[0],), h.device)
         check_impl(fn, impl, h)
         grad = torch.is_grad_enabled() and h.requires_grad
@@ -1660,7 +1682,7 @@ def vocab_parallel_token_stats(
     >>> dist.destroy_process_group()
     """
     fn = "vocab_parallel_token_stats"
-    _refuse_transforms(fn, "logits_shard")
+    _refuse_transforms(fn, logits_shard=logits_shard, target=target)
     ignore_index = python_scalar(ignore_index, integral=True)
 
     def local() -> _Local:
@@ -1772,7 +1794,9 @@ def vocab_parallel_linear_token_stats(
     >>> dist.destroy_process_group()
     """
     fn = "vocab_parallel_linear_token_stats"
-    _refuse_transforms(fn, "hidden")
+    _refuse_transforms(
+        fn, hidden=hidden, weight_shard=weight_shard, bias_shard=bias_shard, target=target
+    )
     # under autocast: hidden, weight and bias in the autocast dtype, as F.linear takes them
     autocast = isinstance(hidden, Tensor) and autocast_on(hidden)
     if autocast:
