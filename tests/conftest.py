@@ -2,16 +2,23 @@
 
 from __future__ import annotations
 
+import atexit
 import importlib
 import os
+import shutil
 import tempfile
 
 # Triton kernels run on CPU tensors in Triton's interpreter (read when a kernel is defined, so
 # before anything imports crossentropy.torch._triton): how the CUDA path is tested here.
 os.environ.setdefault("TRITON_INTERPRET", "1")
 # A fresh inductor cache per run: a cache left by an earlier build of the custom ops could be
-# replayed against this one (the cache keys on op names, not on what the ops return).
-os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", tempfile.mkdtemp(prefix="crossentropy-inductor-"))
+# replayed against this one (the cache keys on op names, not on what the ops return). Made
+# once, by the process that starts the run (the processes it spawns inherit the variable), and
+# removed when that process exits.
+if "TORCHINDUCTOR_CACHE_DIR" not in os.environ:
+    _INDUCTOR_CACHE = tempfile.mkdtemp(prefix="crossentropy-inductor-")
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = _INDUCTOR_CACHE
+    atexit.register(shutil.rmtree, _INDUCTOR_CACHE, ignore_errors=True)
 
 from collections.abc import Callable
 from typing import Any
