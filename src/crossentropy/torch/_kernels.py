@@ -700,7 +700,8 @@ def linear_row_stats(
     class_weight, with_sum, class_offset, softcap
         As in :func:`logits_row_stats`.
     chunk_rows : int, optional
-        Rows of logits alive at a time (default :func:`default_chunk_rows`).
+        Rows of logits alive at a time (default: about ``Tuning.linear_stats_chunk_bytes`` of
+        logits; this pass holds no gradient buffer beside its chunk).
     """
     parts = [
         logits_row_stats(
@@ -712,7 +713,15 @@ def linear_row_stats(
             softcap=softcap,
             impl=impl,
         )
-        for rows, z in linear_chunks(hidden, weight, bias, chunk_rows)
+        for rows, z in linear_chunks(
+            hidden,
+            weight,
+            bias,
+            chunk_rows
+            or default_chunk_rows(
+                weight.shape[0], hidden.element_size(), tuning().linear_stats_chunk_bytes
+            ),
+        )
     ]
     if not parts:
         return logits_row_stats(

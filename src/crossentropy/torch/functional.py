@@ -821,7 +821,8 @@ def linear_cross_entropy(
         One weight per target position, as in :func:`cross_entropy` (``"mean"``'s denominator
         unchanged).
     chunk_size : int, optional
-        Rows of logits alive at a time. Default: about 48 MiB of logits.
+        Rows of logits alive at a time. Default: about 48 MiB of logits when gradients are
+        computed, 128 MiB for a forward that needs none (no gradient buffer beside it).
 
     Returns
     -------
@@ -845,7 +846,8 @@ def linear_cross_entropy(
     matmuls in their dtype (as ``F.linear`` does) and accumulate ``d weight``/``d bias`` and all
     softmax statistics in float32. Under autocast, ``hidden``, ``weight`` and ``bias`` are
     first cast to the autocast dtype, exactly as ``F.linear`` would (so the matmuls use it),
-    and the loss is float32. Peak memory: the gradients plus one chunk of logits.
+    and the loss is float32. Peak memory: the gradients plus one chunk of logits (a forward
+    without gradients: one chunk).
 
     Double backward (``create_graph=True``) materialises the logits once and differentiates
     the closed form. ``torch.func`` transforms and tiny problems go to the composite
