@@ -195,14 +195,13 @@ def check_impl(fn: str, impl: object, x: Tensor) -> str:
 
 
 def _real(fn: str, arg: str, value: object) -> object:
-    """NumPy scalars and 0-d real tensors become Python numbers (as ``F`` accepts them)."""
+    """NumPy scalars and 0-d real tensors become Python numbers (as ``F`` accepts them);
+    :func:`python_scalar`, after refusing a 0-d real tensor with no value (on the meta
+    device)."""
     if isinstance(value, Tensor) and value.dim() == 0 and value.dtype != torch.bool:
         if not value.is_complex():
             _refuse_meta_scalar(fn, arg, value)
-            return float(value)
-    if isinstance(value, numbers.Real) and not isinstance(value, (bool, int, float)):
-        return float(value)
-    return value
+    return python_scalar(value, integral=False)
 
 
 def _to_float(value: int | float) -> float:

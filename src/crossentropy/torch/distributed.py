@@ -78,6 +78,7 @@ from ._modes import (
     transforms_active,
 )
 from ._rows import softcapped
+from ._types import Options
 from .tokens import TokenStats
 
 __all__ = [
@@ -434,17 +435,6 @@ def _validate(
 
 
 @dataclass(frozen=True)
-class _Options:
-    ignore_index: int
-    reduction: str
-    label_smoothing: float
-    impl: str = "auto"
-    z_loss: float = 0.0
-    softcap: float | None = None
-    out_dtype: torch.dtype | None = None  # the loss's dtype: the input's, float32 under autocast
-
-
-@dataclass(frozen=True)
 class _Saved:
     """What backward needs besides the inputs: O(N) numbers."""
 
@@ -492,7 +482,7 @@ def _reduce_stats(
     target: Tensor,
     layout: _Layout,
     class_weight: Tensor | None,
-    opts: _Options,
+    opts: Options,
     group: Any,
     sample_weight: Tensor | None,
 ) -> tuple[Tensor, _Saved]:
@@ -556,7 +546,7 @@ def _reduce_stats(
     return loss, saved
 
 
-def _row_scale(grad: Tensor, saved: _Saved, opts: _Options) -> Tensor:
+def _row_scale(grad: Tensor, saved: _Saved, opts: Options) -> Tensor:
     """``∂(reduced loss)/∂ℓ_i`` times the upstream gradient ``grad``; 0 for ignored rows."""
     if opts.reduction == "none":
         scale = grad.to(saved.lse.dtype)
@@ -570,7 +560,7 @@ def _row_scale(grad: Tensor, saved: _Saved, opts: _Options) -> Tensor:
 
 
 def _coefficients(
-    row_scale: Tensor, saved: _Saved, layout: _Layout, opts: _Options
+    row_scale: Tensor, saved: _Saved, layout: _Layout, opts: Options
 ) -> _kernels.GradCoefficients:
     """The gradient pass's per-row coefficients for the row scales of :func:`_row_scale`."""
     if saved.sample_weight is not None:  # s_i scales row i's loss, hence its gradient
@@ -629,7 +619,7 @@ def _refuse_transforms(fn: str, **arguments: object) -> None:
         )
 
 
-def _autocast_options(opts: _Options, x: Tensor, autocast: bool) -> _Options:
+def _autocast_options(opts: Options, x: Tensor, autocast: bool) -> Options:
     """Under autocast the loss is float32 for half-precision inputs, as ``F.cross_entropy``'s
     (computed in float32, never rounded to the input's dtype on the way)."""
     return dataclasses.replace(opts, out_dtype=autocast_dtype(x.dtype)) if autocast else opts
@@ -664,7 +654,7 @@ class _VocabParallelCrossEntropy(torch.autograd.Function):
         class_weight: Tensor | None,
         sample_weight: Tensor | None,
         layout: _Layout,
-        opts: _Options,
+        opts: Options,
         group: Any,
     ) -> Tensor:
         cdtype = _kernels.compute_dtype(logits_shard.dtype)
@@ -733,7 +723,7 @@ class _VocabParallelLinearCrossEntropy(torch.autograd.Function):
         class_weight: Tensor | None,
         sample_weight: Tensor | None,
         layout: _Layout,
-        opts: _Options,
+        opts: Options,
         group: Any,
         chunk_size: int | None,
     ) -> Tensor:
@@ -1178,11 +1168,18 @@ def _options(
     impl: str,
     z_loss: object,
     softcap: object,
-) -> _Options:
+) -> Options:
     """The validated options (checked on every rank in the handshake already)."""
     z = check_z_loss(fn, z_loss) + 0.0
     cap = check_softcap(fn, softcap)
-    return _Options(ignore_index, reduction, float(label_smoothing), impl, z, cap)
+    return Options(
+        ignore_index=ignore_index,
+        reduction=reduction,
+        label_smoothing=float(label_smoothing),
+        z_loss=z,
+        softcap=cap,
+        impl=impl,
+    )
 
 
 def vocab_parallel_cross_entropy(

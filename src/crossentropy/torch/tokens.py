@@ -598,7 +598,7 @@ def _backward_impl(
     ``Σ a·logprob + b·entropy + c·lse``, recomputing each chunk of logits into one reused
     buffer and turning it into ``G`` in place, tile by tile. Returned in the inputs' dtypes; a
     gradient not needed is an empty tensor. ``lse_lo``: the forward's rounding error of
-    ``lse`` (``None``, as from a graph compiled before it existed: ``lse`` alone). ``impl``:
+    ``lse`` (``None``: ``lse`` alone, without the correction). ``impl``:
     the Triton kernels where :func:`._backend.select` sends ``x`` (:func:`_triton_backward`)."""
     rows, cdt, dev = x.shape[0], K.compute_dtype(x.dtype), x.device
     num_classes = x.shape[-1] if weight is None else weight.shape[0]
