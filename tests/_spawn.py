@@ -24,6 +24,22 @@ class PortTaken(Exception):
     """The free port was taken by another process before the group bound it."""
 
 
+def init_group(rank: int, world: int, port: int, timeout_s: float) -> None:
+    """Join the gloo process group of a spawned worker (rank ``rank`` of ``world``, on
+    127.0.0.1:``port``); a collective waits at most ``timeout_s`` seconds."""
+    import datetime
+
+    import torch.distributed as dist
+
+    dist.init_process_group(
+        "gloo",
+        init_method=f"tcp://127.0.0.1:{port}",
+        rank=rank,
+        world_size=world,
+        timeout=datetime.timedelta(seconds=timeout_s),
+    )
+
+
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))

@@ -23,7 +23,6 @@ PORT OUT``.
 
 from __future__ import annotations
 
-import datetime
 import json
 import math
 import os
@@ -35,7 +34,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from _spawn import spawn_group
+from _spawn import init_group, spawn_group
 from test_torch_distributed import _bounds
 
 torch = pytest.importorskip("torch")
@@ -209,13 +208,7 @@ def _worker(rank: int, world: int, port: int, out: Path) -> None:
     import torch.distributed as dist
 
     torch.set_num_threads(1)
-    dist.init_process_group(
-        "gloo",
-        init_method=f"tcp://127.0.0.1:{port}",
-        rank=rank,
-        world_size=world,
-        timeout=datetime.timedelta(seconds=PG_TIMEOUT),
-    )
+    init_group(rank, world, port, PG_TIMEOUT)
     results: dict[str, Any] = {"rank": rank}
     sections = (
         ("denominator", _denominator_cases),

@@ -41,7 +41,6 @@ The last test prints the grid's size and its worst absolute and relative error p
 
 from __future__ import annotations
 
-import datetime
 import inspect
 import json
 import sys
@@ -52,7 +51,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from _spawn import spawn_group
+from _spawn import init_group, spawn_group
 from conftest import tol
 
 torch = pytest.importorskip("torch")
@@ -362,13 +361,7 @@ def _worker(rank: int, world: int, port: int, out: Path) -> None:
     _types.override_tuning(direct_max_elements=-1, linear_direct_max_elements=-1).__enter__()
     if _triton_ok():
         _types.override_tuning(triton_block=TRITON_BLOCK).__enter__()
-    dist.init_process_group(
-        "gloo",
-        init_method=f"tcp://127.0.0.1:{port}",
-        rank=rank,
-        world_size=world,
-        timeout=datetime.timedelta(seconds=PG_TIMEOUT),
-    )
+    init_group(rank, world, port, PG_TIMEOUT)
     results = _run_all(world, rank)
     out.write_text(json.dumps({"rank": rank, "cells": results}))
     dist.destroy_process_group()

@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from _spawn import spawn_group
+from _spawn import init_group, spawn_group
 from conftest import tol
 
 torch = pytest.importorskip("torch")
@@ -607,16 +607,8 @@ def _failures(rank: int, world: int) -> dict[str, Any]:
 
 
 def _worker(rank: int, world: int, port: int, out: Path) -> None:
-    import torch.distributed as dist
-
     torch.set_num_threads(1)
-    dist.init_process_group(
-        "gloo",
-        init_method=f"tcp://127.0.0.1:{port}",
-        rank=rank,
-        world_size=world,
-        timeout=datetime.timedelta(seconds=PG_TIMEOUT),
-    )
+    init_group(rank, world, port, PG_TIMEOUT)
     results: dict[str, Any] = {"rank": rank, **_run_cases(rank, world)}
     results["errors"] = _error_cases(rank, world)
     results["holes"] = _hole_cases(rank, world)

@@ -17,7 +17,6 @@ WORLD PORT OUT``.
 
 from __future__ import annotations
 
-import datetime
 import json
 import math
 import sys
@@ -28,7 +27,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from _spawn import spawn_group
+from _spawn import init_group, spawn_group
 from conftest import tol
 
 torch = pytest.importorskip("torch")
@@ -483,13 +482,7 @@ def _worker(rank: int, world: int, port: int, out: Path) -> None:
     import torch.distributed as dist
 
     torch.set_num_threads(1)
-    dist.init_process_group(
-        "gloo",
-        init_method=f"tcp://127.0.0.1:{port}",
-        rank=rank,
-        world_size=world,
-        timeout=datetime.timedelta(seconds=PG_TIMEOUT),
-    )
+    init_group(rank, world, port, PG_TIMEOUT)
     results: dict[str, Any] = {"rank": rank, **_run_cases(rank, world)}
     results["errors"] = _error_cases(rank, world)
     results["comm"] = _count_bytes(rank, world)
