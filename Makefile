@@ -5,14 +5,15 @@ PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
 STAMP  := $(VENV)/.installed
 
-.PHONY: install test test-fast lint typecheck demo bench bench-gpu docs clean
+.PHONY: install test test-fast test-integrations lint typecheck demo bench bench-gpu docs clean
 
 # Extras: test (pytest, hypothesis), dev (ruff, mypy and the docs tools: tests/test_docs.py
-# builds the site). -c constraints.txt keeps torch at the pinned CPU build.
+# builds the site), transformers (tests/test_transformers_*.py) and TRL for its trainer test.
+# -c constraints.txt keeps torch at the pinned CPU build and pins transformers and TRL.
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install --quiet --upgrade pip
-	$(PIP) install --quiet -c constraints.txt -e '.[torch,demo,test,dev]'
+	$(PIP) install --quiet -c constraints.txt -e '.[torch,demo,test,dev,transformers]' trl
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -32,6 +33,32 @@ test: lint typecheck
 # runs (pyproject.toml's markers, tests/conftest.py). `make test`, which CI runs, runs them all.
 test-fast: lint typecheck
 	$(PY) -m pytest -m "not slow"
+
+# The Hugging Face integration tests (tests/test_transformers_*.py, the trainer ones included)
+# against each transformers version below, each in its own venv under .venv-integrations/:
+# the one constraints.txt pins (with TRL) and the oldest the [transformers] extra allows.
+INTEGRATIONS := .venv-integrations
+TRANSFORMERS_PINNED := $(shell sed -n 's/^transformers==//p' constraints.txt)
+TRANSFORMERS_VERSIONS := $(TRANSFORMERS_PINNED) 4.57.6
+
+test-integrations:
+	@status=0; summary=""; \
+	for v in $(TRANSFORMERS_VERSIONS); do \
+	  venv=$(INTEGRATIONS)/transformers-$$v; \
+	  if [ ! $$venv/.installed -nt constraints.txt ] || [ ! $$venv/.installed -nt pyproject.toml ]; then \
+	    test -x $$venv/bin/python || $(PYTHON) -m venv $$venv || exit 1; \
+	    grep -v -E '^(transformers|trl)==' constraints.txt > $$venv/constraints.txt; \
+	    if [ "$$v" = "$(TRANSFORMERS_PINNED)" ]; then more="trl==$$(sed -n 's/^trl==//p' constraints.txt)"; else more=""; fi; \
+	    $$venv/bin/python -m pip install --quiet -c $$venv/constraints.txt -e '.[torch,test]' \
+	      "transformers==$$v" accelerate $$more || exit 1; \
+	    touch $$venv/.installed; \
+	  fi; \
+	  echo "== transformers $$v"; \
+	  if $$venv/bin/python -m pytest -q -p no:cacheprovider tests/test_transformers_*.py; \
+	  then summary="$$summary\n  transformers $$v: passed"; \
+	  else summary="$$summary\n  transformers $$v: FAILED"; status=1; fi; \
+	done; \
+	printf "test-integrations:$$summary\n"; exit $$status
 
 # `make demo` needs only the [demo] extra (numpy, matplotlib, scikit-learn, rich): on a fresh
 # clone it installs that alone, no torch and no test tools. A .venv that `make install` or
@@ -59,4 +86,4 @@ docs: $(STAMP)
 	$(PY) -m sphinx -W --keep-going -b html docs docs/_build/html
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache crossentropy-report docs/_build docs/api/generated
+	rm -rf $(VENV) $(INTEGRATIONS) .pytest_cache .mypy_cache .ruff_cache crossentropy-report docs/_build docs/api/generated
