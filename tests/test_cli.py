@@ -23,7 +23,18 @@ from conftest import DEMO_SVGS
 from crossentropy import __version__
 from crossentropy.cli import build_parser, main
 
-SVGS = DEMO_SVGS
+# the teaching parts' figures (issue 18) beside the five original parts'
+TEACHING_SVGS = frozenset(
+    {
+        "nielsen_quadratic.svg",
+        "nielsen_cross_entropy.svg",
+        "cost_origin.svg",
+        "canonical_link.svg",
+        "hidden_gradients.svg",
+        "hidden_training.svg",
+    }
+)
+SVGS = DEMO_SVGS | TEACHING_SVGS
 ENV = {**os.environ, "COLUMNS": "120"}
 
 

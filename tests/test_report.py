@@ -31,12 +31,24 @@ from crossentropy.report.sections import (
     FAILED,
     MIXED,
     NOT_CONFIRMED,
+    PARTS,
     identities_section,
     neuron_section,
     race_section,
 )
 
-SVGS = DEMO_SVGS
+# the teaching parts' figures (issue 18) beside the five original parts'
+TEACHING_SVGS = frozenset(
+    {
+        "nielsen_quadratic.svg",
+        "nielsen_cross_entropy.svg",
+        "cost_origin.svg",
+        "canonical_link.svg",
+        "hidden_gradients.svg",
+        "hidden_training.svg",
+    }
+)
+SVGS = DEMO_SVGS | TEACHING_SVGS
 
 
 @pytest.fixture(scope="module")
@@ -508,6 +520,13 @@ def test_the_glossarys_mse_is_the_one_each_part_computes(
     a = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
     brier = np.sum((a - np.eye(10)[labels]) ** 2, axis=1)
     assert value == pytest.approx(np.mean(brier), rel=1e-12)
+    # the hidden-layer network (part 9) is binary like breast cancer: the mean of (a − y)²
+    from crossentropy.experiments.hidden import forward_backward, init_net, xor_data
+
+    x, t = xor_data(18, n=12)
+    net = init_net(rng, 4, 1.0)
+    out = sigmoid(sigmoid(x @ net.w1 + net.b1) @ net.w2 + net.b2)
+    assert forward_backward(net, x, t, "mse").loss == pytest.approx(np.mean((out - t) ** 2))
 
     # the glossary states exactly these, in both languages, on the page
     stated = {
@@ -515,7 +534,7 @@ def test_the_glossarys_mse_is_the_one_each_part_computes(
         "zh": ("(a − y)²/2", "(a − y)² 的平均", "‖a − y‖²（对 10 个类别求和）的平均"),
     }
     for lang, files in (("en", report), ("zh", report_zh)):
-        entry = Texts(lang)("g.mse")
+        entry = Texts(lang)("g.mse", **PARTS)
         for formula in stated[lang]:
             assert formula in entry, (lang, formula)
         glossary = files.index.read_text(encoding="utf-8").split('<section id="glossary">')[1]

@@ -13,35 +13,67 @@ draws or prints — :mod:`crossentropy.report` renders the results.
 5. :func:`identities` — cross-entropy = −log-likelihood / n (binary and categorical, against
    the labels), H(p, q) = H(p) + KL(p‖q), two-class softmax CE = BCE on the logit difference.
 
-:func:`run_demo` runs all five for ``crossentropy demo``.
+The teaching pieces (:mod:`.teaching`, :mod:`.hidden`): :func:`nielsen_neuron` (the single
+neuron of Nielsen's chapter 3, both of his starts), :func:`cost_origin` (cross-entropy as the
+integral of the gradient a − y), :func:`canonical_links` (the output + loss pairs whose gradient
+is a − y), :func:`code_length` (one H(p, q) = H(p) + KL(p‖q) example for the draggable bars) and
+:func:`hidden_layer` (what cross-entropy does not fix: a saturated hidden layer).
+
+:func:`run_demo` runs them all for ``crossentropy demo``.
 """
 
 from .anatomy import GradientAnatomy, gradient_anatomy
 from .checks import DerivationChecks, GradientCheck, derivation_checks
 from .demo import DemoResults, DemoSettings, identities_of, run_demo
+from .hidden import HiddenLayer, HiddenRun, hidden_layer
 from .identities import Identity, identities
 from .neuron import NeuronGrid, NeuronRun, SaturatedNeuron, neuron_grid, saturated_neuron
 from .race import Race, RaceRun, Trial, fair_race
+from .teaching import (
+    CanonicalLinks,
+    CodeLength,
+    CostOrigin,
+    LinkCheck,
+    NielsenNeuron,
+    NielsenRun,
+    canonical_links,
+    code_length,
+    cost_origin,
+    nielsen_neuron,
+)
 
 __all__ = [
+    "CanonicalLinks",
+    "CodeLength",
+    "CostOrigin",
     "DemoResults",
     "DemoSettings",
     "DerivationChecks",
     "GradientAnatomy",
     "GradientCheck",
+    "HiddenLayer",
+    "HiddenRun",
     "Identity",
+    "LinkCheck",
     "NeuronGrid",
     "NeuronRun",
+    "NielsenNeuron",
+    "NielsenRun",
     "Race",
     "RaceRun",
     "SaturatedNeuron",
     "Trial",
+    "canonical_links",
+    "code_length",
+    "cost_origin",
     "derivation_checks",
     "fair_race",
     "gradient_anatomy",
+    "hidden_layer",
     "identities",
     "identities_of",
     "neuron_grid",
+    "nielsen_neuron",
     "run_demo",
     "saturated_neuron",
 ]

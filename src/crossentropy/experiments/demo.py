@@ -1,4 +1,4 @@
-"""Run the five experiments of ``crossentropy demo`` in order, with one progress callback."""
+"""Run the experiments of ``crossentropy demo`` in order, with one progress callback."""
 
 from __future__ import annotations
 
@@ -9,9 +9,20 @@ from dataclasses import dataclass, field
 
 from .anatomy import GradientAnatomy, gradient_anatomy
 from .checks import DerivationChecks, derivation_checks
+from .hidden import HiddenLayer, hidden_layer
 from .identities import Identity, identities
 from .neuron import NeuronGrid, SaturatedNeuron, neuron_grid, saturated_neuron
 from .race import DEFAULT_GRID, LOSSES, Race, fair_race
+from .teaching import (
+    CanonicalLinks,
+    CodeLength,
+    CostOrigin,
+    NielsenNeuron,
+    canonical_links,
+    code_length,
+    cost_origin,
+    nielsen_neuron,
+)
 
 DATASETS = ("breast_cancer", "digits")
 INITS = ("standard", "saturated")
@@ -57,9 +68,14 @@ class DemoSettings:
         return len(DATASETS) * len(INITS) * len(LOSSES) * len(self.race_grid)
 
     @property
+    def hidden_steps(self) -> int:
+        """Training steps of the one-hidden-layer network (part 9)."""
+        return 800
+
+    @property
     def work_units(self) -> int:
         """Progress units: one per race trial plus one per other experiment."""
-        return self.race_trials + 5
+        return self.race_trials + 10
 
 
 @dataclass(frozen=True)
@@ -73,6 +89,11 @@ class DemoResults:
     race: Race
     checks: DerivationChecks
     identities: tuple[Identity, ...]
+    nielsen: NielsenNeuron
+    origin: CostOrigin
+    links: CanonicalLinks
+    code: CodeLength
+    hidden: HiddenLayer
     seconds: dict[str, float] = field(default_factory=dict)
 
 
@@ -113,13 +134,13 @@ def identities_of(race: Race, seed: int) -> tuple[Identity, ...]:
 def run_demo(
     settings: DemoSettings | None = None, on_progress: Callable[[str], None] | None = None
 ) -> DemoResults:
-    """Run all five experiments; ``on_progress(description)`` is called after each unit of
+    """Run every experiment; ``on_progress(description)`` is called after each unit of
     work (``settings.work_units`` calls in all).
 
     Examples
     --------
-    >>> DemoSettings(quick=True).work_units  # 2 data sets × 2 inits × 2 losses × 3 rates + 5
-    29
+    >>> DemoSettings(quick=True).work_units  # 2 data sets × 2 inits × 2 losses × 3 rates + 10
+    34
     """
     with one_blas_thread():
         return _run(settings or DemoSettings(), on_progress or (lambda _description: None))
@@ -136,12 +157,18 @@ def _run(s: DemoSettings, tick: Callable[[str], None]) -> DemoResults:
         start = now
         tick(name)
 
+    nielsen = nielsen_neuron()
+    lap("Nielsen's neuron")
     anatomy = gradient_anatomy(num=s.anatomy_points)
     lap("gradient anatomy")
     neuron = saturated_neuron(steps=s.neuron_steps)
     lap("saturated neuron")
     grid = neuron_grid(steps=s.grid_steps)
     lap("neuron grid")
+    origin = cost_origin()
+    lap("where cross-entropy comes from")
+    links = canonical_links(seed=s.seed)
+    lap("canonical links")
     race = fair_race(
         seed=s.seed,
         steps=s.race_steps,
@@ -156,6 +183,10 @@ def _run(s: DemoSettings, tick: Callable[[str], None]) -> DemoResults:
     lap("derivation checks")
     ids = identities_of(race, s.seed)
     lap("identities")
+    code = code_length()
+    lap("code length")
+    hidden = hidden_layer(seed=s.seed, steps=s.hidden_steps)
+    lap("hidden layer")
     return DemoResults(
         settings=s,
         anatomy=anatomy,
@@ -164,5 +195,10 @@ def _run(s: DemoSettings, tick: Callable[[str], None]) -> DemoResults:
         race=race,
         checks=checks,
         identities=ids,
+        nielsen=nielsen,
+        origin=origin,
+        links=links,
+        code=code,
+        hidden=hidden,
         seconds=seconds,
     )

@@ -25,9 +25,13 @@ from ..experiments import DemoResults
 from .figures import (
     draw_anatomy,
     draw_checks,
+    draw_hidden,
     draw_identities,
+    draw_links,
     draw_neuron,
     draw_neuron_png,
+    draw_nielsen,
+    draw_origin,
     draw_race,
 )
 from .html import render_html
@@ -110,12 +114,16 @@ def _build(
     figure_dir.mkdir()
     sections = build_sections(results, t)
     figures = (
+        *draw_nielsen(results.nielsen, figure_dir, t),
         *draw_anatomy(results.anatomy, figure_dir, t),
         *draw_neuron(results.neuron, figure_dir, t),
         draw_neuron_png(results.neuron, figure_dir / "saturated_neuron.png", t),
         *draw_race(results.race, figure_dir, t),
         *draw_checks(results.checks, figure_dir, t, FD_TOLERANCE, TORCH_TOLERANCE),
+        *draw_origin(results.origin, figure_dir, t),
+        *draw_links(results.links, figure_dir, t),
         *draw_identities(results.identities, figure_dir, t),
+        *draw_hidden(results.hidden, figure_dir, t),
     )
     v = versions(results)
     metrics = folder / "metrics.json"

@@ -23,7 +23,17 @@ from typing import Any
 import numpy as np
 from matplotlib.figure import Figure
 
-from ..experiments import DerivationChecks, GradientAnatomy, Identity, Race, SaturatedNeuron
+from ..experiments import (
+    CanonicalLinks,
+    CostOrigin,
+    DerivationChecks,
+    GradientAnatomy,
+    HiddenLayer,
+    Identity,
+    NielsenNeuron,
+    Race,
+    SaturatedNeuron,
+)
 from .i18n import Texts
 
 COLOR = {
@@ -425,3 +435,207 @@ def draw_identities(
         ax.legend(loc="upper right", fontsize=_legend_size(fig))
         path = _save_svg(fig, out / "identities.svg")
     return (path,)
+
+
+def draw_nielsen(r: NielsenNeuron, out: Path, t: Texts) -> tuple[Path, ...]:
+    """Cost per epoch of Nielsen's neuron: the quadratic cost from both starts, then
+    cross-entropy from both starts (at η = 0.15, and dotted at Nielsen's own 0.005)."""
+    from ..experiments.teaching import NIELSEN_CE_RATE, NIELSEN_RATE
+
+    epochs = np.arange(r.epochs + 1)
+    starts = list(dict.fromkeys(run.start for run in r.runs))
+    widths = {starts[0]: 1.4, starts[-1]: 2.4}
+    paths = []
+    with _style(t):
+        for loss, name in (
+            ("mse", "nielsen_quadratic.svg"),
+            ("cross_entropy", "nielsen_cross_entropy.svg"),
+        ):
+            fig = _figure()
+            ax = fig.subplots()
+            for start in starts:
+                label = t("fig.nielsen_start", start=t("n.start." + start))
+                run = r.run(start, loss)
+                ax.plot(
+                    epochs,
+                    run.cost,
+                    color=COLOR[loss],
+                    ls=DASH[loss],
+                    lw=widths[start],
+                    alpha=1.0 if start == starts[-1] else 0.6,
+                    label=label
+                    if loss == "mse"
+                    else t(
+                        "fig.nielsen_ce_rate",
+                        start=t("n.start." + start),
+                        lr=f"{NIELSEN_RATE:g}",
+                    ),
+                )
+                if loss == "cross_entropy":
+                    slow = r.run(start, loss, NIELSEN_CE_RATE)
+                    ax.plot(
+                        epochs,
+                        slow.cost,
+                        color=COLOR[loss],
+                        ls=":",
+                        lw=widths[start],
+                        alpha=1.0 if start == starts[-1] else 0.6,
+                        label=t(
+                            "fig.nielsen_ce_rate",
+                            start=t("n.start." + start),
+                            lr=f"{NIELSEN_CE_RATE:g}",
+                        ),
+                    )
+            title = (
+                t("fig.nielsen_quadratic", lr=f"{NIELSEN_RATE:g}")
+                if loss == "mse"
+                else t("fig.nielsen_ce")
+            )
+            ax.set(xlabel=t("fig.epoch"), ylabel=t("fig.cost"), title=title)
+            ax.set_xlim(0, r.epochs)
+            top = max(float(run.cost[0]) for run in r.runs if run.loss == loss)
+            # headroom above the curves for a legend no curve crosses
+            ax.set_ylim(0, top * (1.45 if loss == "mse" else 1.75))
+            ax.legend(loc="upper right", ncol=1)
+            paths.append(_save_svg(fig, out / name))
+    return tuple(paths)
+
+
+def draw_origin(r: CostOrigin, out: Path, t: Texts) -> tuple[Path, ...]:
+    """The library's BCE against b for each target (lines) and the numerical integral of
+    a − y, shifted by the loss at b = 0 (markers)."""
+    origin = int(np.argmin(np.abs(r.b)))
+    colors = ("#0072B2", "#009E73", "#D55E00")
+    every = max(1, r.b.size // 24)
+    with _style(t):
+        fig = _figure()
+        ax = fig.subplots()
+        for k, y in enumerate(r.targets):
+            ax.plot(r.b, r.bce[k], color=colors[k % 3], lw=2, label=t("fig.origin_lib", y=f"{y:g}"))
+            shifted = r.integral[k] + r.bce[k][origin]
+            ax.plot(
+                r.b[::every],
+                shifted[::every],
+                "o",
+                mfc="white",
+                mec="#1d232a",
+                ms=4,
+                label=t("fig.origin_int") if k == 0 else None,
+            )
+        ax.set(xlabel=t("fig.bias"), ylabel=t("fig.cost"), title=t("fig.origin_title"))
+        ax.set_xlim(r.b[0], r.b[-1])
+        ax.set_ylim(0, float(r.bce.max()) * 1.5)
+        ax.legend(loc="upper center", ncol=2, columnspacing=0.8, handlelength=1.4)
+        path = _save_svg(fig, out / "cost_origin.svg")
+    return (path,)
+
+
+LINK_STYLE = {
+    "sigmoid_bce": ("#0072B2", "o"),
+    "softmax_ce": ("#009E73", "s"),
+    "identity_mse": ("#CC79A7", "^"),
+    "sigmoid_mse": ("#D55E00", "x"),
+}
+
+
+def draw_links(r: CanonicalLinks, out: Path, t: Texts) -> tuple[Path, ...]:
+    """The library's ∂L/∂z against a − y for every entry of each pair's batch."""
+    with _style(t):
+        fig = _figure(PANEL[0], 3.6)
+        ax = fig.subplots()
+        lim = max(float(np.max(np.abs(c.residual))) for c in r.checks) * 1.05
+        ax.plot([-lim, lim], [-lim, lim], color="#9aa3ad", lw=0.8, zorder=0)
+        for c in r.checks:
+            color, marker = LINK_STYLE[c.name]
+            ax.plot(
+                c.residual.ravel(),
+                c.grad.ravel(),
+                marker,
+                ls="none",
+                color=color,
+                mfc="none" if marker != "x" else color,
+                ms=5,
+                label=t("l.pair." + c.name),
+            )
+        ax.set(xlabel=t("fig.link_x"), ylabel=t("fig.link_y"), title=t("fig.link_title"))
+        ax.set_xlim(-lim, lim)
+        ax.set_ylim(-lim, lim * 2.2)  # headroom for the legend
+        ax.legend(loc="upper left", ncol=1, handletextpad=0.3, borderaxespad=0.3)
+        path = _save_svg(fig, out / "canonical_link.svg")
+    return (path,)
+
+
+def draw_hidden(r: HiddenLayer, out: Path, t: Texts) -> tuple[Path, ...]:
+    """Gradient norms at the start against the hidden-bias offset; training accuracy per step
+    from the standard and the saturated start."""
+    offsets = np.asarray(r.offsets)
+    with _style(t):
+        fig = _figure(PANEL[0], 3.6)
+        ax = fig.subplots()
+        for loss in LOSS_ORDER:
+            name = t("loss." + loss)
+            ax.semilogy(
+                offsets,
+                r.hidden_grad[loss],
+                color=COLOR[loss],
+                ls=DASH[loss],
+                lw=2.4,
+                marker="o",
+                ms=4,
+                label=t("fig.hidden_layer", loss=name),
+            )
+            ax.semilogy(
+                offsets,
+                r.output_grad[loss],
+                color=COLOR[loss],
+                ls=DASH[loss],
+                lw=1.2,
+                marker="s",
+                mfc="white",
+                ms=4,
+                label=t("fig.output_layer", loss=name),
+            )
+        ax.semilogy(
+            offsets,
+            r.mean_sigma_prime,
+            color=COLOR["sigma_prime"],
+            ls=":",
+            lw=1.6,
+            label=t("fig.mean_sp"),
+        )
+        lo, hi = ax.get_ylim()
+        ax.set_ylim(lo, hi * (hi / lo) ** 0.6)  # headroom for the legend
+        ax.set_yticks([v for v in ax.get_yticks() if lo <= v <= hi])
+        ax.set(xlabel=t("fig.offset"), ylabel=t("fig.grad_norm"), title=t("fig.hidden_grad_title"))
+        ax.set_xlim(offsets[0], offsets[-1])
+        ax.legend(loc="upper right", ncol=1, borderaxespad=0.3)
+        first = _save_svg(fig, out / "hidden_gradients.svg")
+
+        fig = _figure(PANEL[0], 3.6)
+        ax = fig.subplots()
+        steps = np.arange(r.steps + 1)
+        std, sat = list(r.starts)
+        for start in (std, sat):
+            for loss in LOSS_ORDER:
+                run = r.run(start, loss)
+                ax.plot(
+                    steps,
+                    run.accuracy,
+                    color=COLOR[loss],
+                    ls=DASH[loss],
+                    lw=2.4 if start == sat else 1.2,
+                    alpha=1.0 if start == sat else 0.6,
+                    label=t(
+                        "fig.hidden_run",
+                        loss=t("loss." + loss),
+                        start=t("fig.start." + start, c=f"{r.starts[start]:g}"),
+                    ),
+                )
+        ax.axhline(r.target_accuracy, color="black", lw=0.7, ls=":")
+        ax.set(xlabel=t("fig.step"), ylabel=t("fig.train_acc"), title=t("fig.hidden_train_title"))
+        ax.set_xlim(0, r.steps)
+        ax.set_ylim(0.3, 1.32)
+        ax.set_yticks([0.4, 0.6, 0.8, 1.0])
+        ax.legend(loc="upper center", ncol=1, borderaxespad=0.3)
+        second = _save_svg(fig, out / "hidden_training.svg")
+    return first, second

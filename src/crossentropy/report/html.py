@@ -15,11 +15,23 @@ from pathlib import Path
 
 import numpy as np
 
-from ..experiments import DemoResults, NeuronGrid
+from ..experiments import CodeLength, DemoResults, NeuronGrid
 from . import mathml
 from .i18n import ARTICLE, Texts
 from .script import SCRIPT
-from .sections import CONFIRMED, FD_TOLERANCE, PASSED, TORCH_TOLERANCE, Section, Table
+from .sections import (
+    CONFIRMED,
+    FD_TOLERANCE,
+    INTEGRAL_TOLERANCE,
+    LINK_TOLERANCE,
+    PART_OF,
+    PARTS,
+    PASSED,
+    TORCH_TOLERANCE,
+    Section,
+    Table,
+    sci,
+)
 
 CSS = """
 *, *::before, *::after { box-sizing: border-box; }
@@ -87,6 +99,23 @@ td.num, th.num { text-align: right; font-variant-numeric: tabular-nums; white-sp
 .controls fieldset { border: 0; padding: 0; margin: 0; font-size: .92rem; }
 .controls legend { font-weight: 600; padding: 0; }
 #play-summary { font-weight: 600; }
+details.numbers { margin: .8rem 0; border: 1px solid #e6e9ee; border-radius: 6px;
+                  padding: .3rem .8rem; }
+details.numbers > summary { cursor: pointer; font-weight: 600; color: #005a8d; }
+details.numbers[open] > summary { margin-bottom: .2rem; }
+.intro { font-size: 1.05rem; }
+.intro p:first-of-type { margin-top: .3rem; }
+.hpq { max-width: 560px; margin: .6rem auto 0; }
+.hpq svg { display: block; width: 100%; height: auto; touch-action: none; user-select: none;
+           -webkit-user-select: none; }
+.hpq .hit { fill: transparent; cursor: ns-resize; }
+.hpq .hit:focus { outline: none; stroke: #1d232a; stroke-width: 2; stroke-dasharray: 4 3; }
+.hpq .hit:focus-visible { outline: none; }
+.hpq-buttons[hidden] { display: none; }
+.hpq-buttons { display: flex; flex-wrap: wrap; gap: .5rem; margin: .5rem 0; }
+.hpq-buttons button { font: inherit; font-size: .9rem; padding: .2rem .7rem; border-radius: 4px;
+                      border: 1px solid #9aa3ad; background: #fff; cursor: pointer; }
+#hpq-readout { font-weight: 600; font-variant-numeric: tabular-nums; }
 dl.glossary dt { font-weight: 600; margin-top: .5rem; }
 dl.glossary dd { margin: 0 0 0 1rem; }
 footer { margin: 3rem 0 1rem; color: #4b5560; font-size: .85rem; }
@@ -121,6 +150,10 @@ GLOSSARY = (
     "g.fd",
     "g.autograd",
     "g.smoothing",
+    "g.epoch",
+    "g.canonical",
+    "g.hidden",
+    "g.code",
 )
 
 
@@ -304,8 +337,180 @@ aria-label="{escape(t("s2.live_factor"))}"></svg></figure>
 </div>
 </div>
 <noscript><p class="note">{escape(t("page.noscript", lr=f"{n.learning_rate:g}"))}</p></noscript>
-<script type="application/json" id="neuron-grid">{grid_json(g, t)}</script>
-<script>{SCRIPT}</script>"""
+<script type="application/json" id="neuron-grid">{grid_json(g, t)}</script>"""
+
+
+# -- where cross-entropy comes from ----------------------------------------------------------
+
+
+def origin_html(results: DemoResults, t: Texts) -> str:
+    """The integration of ∂C/∂b = a − y, line by line, each checked line next to its number."""
+    o = results.origin
+    cells = {
+        "want": (
+            o.grad_error < LINK_TOLERANCE,
+            f"{t('o.check_grad')} {sci(o.grad_error)}<br>{t('o.check_fd')} {sci(o.fd_error)}",
+        ),
+        "integral": (
+            o.constant_spread["cross_entropy"] < INTEGRAL_TOLERANCE,
+            f"{t('o.check_integral')} {sci(o.constant_spread['cross_entropy'])}",
+        ),
+    }
+    body = []
+    for name, formula in mathml.ORIGIN:
+        if name is None:
+            cell = '<div class="check def"></div>'
+        else:
+            ok, text = cells[name]
+            cls = "check" if ok else "check bad"
+            cell = f'<div class="{cls}" data-check="{name}">{"✓" if ok else "✗"} {text}</div>'
+        body.append(f'<div class="line"><div class="eq">{formula}</div>{cell}</div>')
+    return (
+        f'<div class="derivation" id="derivation-origin"><h3>{escape(t("o.steps"))}</h3>'
+        + "\n".join(body)
+        + "</div>"
+    )
+
+
+# -- H(p, q) = H(p) + KL(p ‖ q) with draggable bars ------------------------------------------
+
+HPQ = {
+    "width": 340,
+    "height": 280,
+    "left": 34,
+    "top": 40,
+    "bottom": 184,  # the bars' base line; a probability of 1 is (bottom - top) tall
+    "group": 76,
+    "bar": 26,
+    "stack_y": 236,
+    "stack_h": 22,
+    "max_nats": 5,
+    "min": 0.01,
+}
+"""The drawing's geometry, shared with the script (which reads it from the page's JSON)."""
+HPQ_COLORS = {"p": "#009E73", "q": "#0072B2", "h": "#009E73", "kl": "#CC79A7"}
+
+
+def _hpq_bar_x(i: int, which: str) -> float:
+    g = HPQ
+    return g["left"] + i * g["group"] + (8 if which == "p" else 8 + g["bar"] + 4)
+
+
+def hpq_svg(c: CodeLength, t: Texts) -> str:
+    """The example as an inline SVG, drawn here so the page shows it without JavaScript; the
+    script moves the same elements when the reader drags a bar."""
+    g = HPQ
+    scale = g["bottom"] - g["top"]
+    nat = (g["width"] - g["left"] - 6) / g["max_nats"]
+    parts = [
+        f'<svg id="hpq-svg" viewBox="0 0 {g["width"]} {g["height"]}" role="group" '
+        f'aria-label="{escape(t("k.title"))}" font-family="system-ui, sans-serif">'
+    ]
+    for k, which in enumerate(("p", "q")):
+        x = g["left"] + k * 150
+        parts.append(
+            f'<rect x="{x}" y="6" width="12" height="12" fill="{HPQ_COLORS[which]}"/>'
+            f'<text x="{x + 17}" y="16" font-size="12" fill="#1d232a">'
+            f"{escape(t('k.' + which))}</text>"
+        )
+    for v in (0, 0.5, 1):
+        y = g["bottom"] - v * scale
+        parts.append(
+            f'<line x1="{g["left"]}" x2="{g["width"] - 4}" y1="{y:g}" y2="{y:g}" stroke="#e4e7eb"/>'
+            f'<text x="{g["left"] - 5}" y="{y + 4:g}" font-size="11" text-anchor="end" '
+            f'fill="#39424c">{v:g}</text>'
+        )
+    for which, values in (("p", c.p), ("q", c.q)):
+        for i, v in enumerate(values):
+            x = _hpq_bar_x(i, which)
+            h = v * scale
+            label = t("k.bar", dist=t("k." + which), i=i + 1)
+            parts.append(
+                f'<rect class="bar" data-dist="{which}" data-i="{i}" x="{x:g}" '
+                f'y="{g["bottom"] - h:.2f}" width="{g["bar"]}" height="{h:.2f}" '
+                f'fill="{HPQ_COLORS[which]}"/>'
+                f'<text class="value" data-dist="{which}" data-i="{i}" x="{x + g["bar"] / 2:g}" '
+                f'y="{g["bottom"] - h - 4:.2f}" font-size="10" text-anchor="middle" '
+                f'fill="#1d232a">{v:.3f}</text>'
+                f'<rect class="hit" data-dist="{which}" data-i="{i}" x="{x - 2:g}" '
+                f'y="{g["top"] - 14}" width="{g["bar"] + 4}" height="{scale + 14}" '
+                f'role="slider" aria-label="{escape(label)}" aria-valuemin="{g["min"]}" '
+                f'aria-valuemax="1" aria-valuenow="{v:.3f}" aria-orientation="vertical"/>'
+            )
+    for i in range(c.outcomes):
+        x = g["left"] + i * g["group"] + (8 + g["bar"] + 2)
+        parts.append(
+            f'<text x="{x:g}" y="{g["bottom"] + 16}" font-size="11" text-anchor="middle" '
+            f'fill="#39424c">{escape(t("k.outcome", i=i + 1))}</text>'
+        )
+    y0 = g["stack_y"]
+    parts.append(
+        f'<rect id="hpq-h" x="{g["left"]}" y="{y0}" width="{c.entropy * nat:.2f}" '
+        f'height="{g["stack_h"]}" fill="{HPQ_COLORS["h"]}"/>'
+        f'<rect id="hpq-kl" x="{g["left"] + c.entropy * nat:.2f}" y="{y0}" '
+        f'width="{c.kl * nat:.2f}" height="{g["stack_h"]}" fill="{HPQ_COLORS["kl"]}"/>'
+        f'<text id="hpq-h-label" x="{g["left"] + 4}" y="{y0 + 15}" font-size="11" '
+        f'fill="#fff">H(p)</text>'
+        f'<text id="hpq-kl-label" x="{g["left"] + c.entropy * nat + 4:.2f}" y="{y0 + 15}" '
+        f'font-size="11" fill="#1d232a">KL</text>'
+    )
+    for v in range(int(g["max_nats"]) + 1):
+        x = g["left"] + v * nat
+        parts.append(
+            f'<line x1="{x:.2f}" x2="{x:.2f}" y1="{y0 + g["stack_h"]}" '
+            f'y2="{y0 + g["stack_h"] + 4}" stroke="#39424c"/>'
+            f'<text x="{x:.2f}" y="{y0 + g["stack_h"] + 16}" font-size="10" '
+            f'text-anchor="middle" fill="#39424c">{v}</text>'
+        )
+    parts.append(
+        f'<text x="{g["left"]}" y="{y0 - 6}" font-size="11" fill="#39424c">'
+        f"H(p, q) = H(p) + KL(p‖q), {escape(t('fig.nats'))}</text></svg>"
+    )
+    return "".join(parts)
+
+
+def _nats(x: float) -> str:
+    return f"{x:.3f}"
+
+
+def hpq_json(c: CodeLength, t: Texts) -> str:
+    data = {
+        "p": list(c.p),
+        "q": list(c.q),
+        "library": {"h": c.entropy, "kl": c.kl, "hpq": c.cross_entropy},
+        "geometry": HPQ,
+        "text": {"readout": t("k.readout", h="{h}", kl="{kl}", hpq="{hpq}")},
+    }
+    return json.dumps(data, ensure_ascii=False).replace("</", "<\\/")
+
+
+def hpq_html(results: DemoResults, t: Texts) -> str:
+    """The draggable bars: drawn here with the library's example (seen without JavaScript),
+    made interactive by the script."""
+    c = results.code
+    readout = t("k.readout", h=_nats(c.entropy), kl=_nats(c.kl), hpq=_nats(c.cross_entropy))
+    static = t(
+        "k.static",
+        h=_nats(c.entropy),
+        kl=_nats(c.kl),
+        hpq=_nats(c.cross_entropy),
+        gap=sci(c.gap),
+    )
+    return f"""
+<div class="play" id="hpq-play">
+<h3>{escape(t("k.title"))}</h3>
+<p class="note">{escape(t("k.intro"))}</p>
+<p class="note" id="hpq-howto" hidden>{escape(t("k.howto"))}</p>
+<figure class="hpq">{hpq_svg(c, t)}
+<figcaption><span id="hpq-readout" aria-live="polite">{escape(readout)}</span><br>
+<span id="hpq-static">{escape(static)}</span></figcaption></figure>
+<div class="hpq-buttons" id="hpq-buttons" hidden>
+<button type="button" id="hpq-reset">{escape(t("k.reset"))}</button>
+<button type="button" id="hpq-equal">{escape(t("k.equal"))}</button>
+</div>
+<noscript><p class="note">{escape(t("k.noscript"))}</p></noscript>
+</div>
+<script type="application/json" id="hpq-data">{hpq_json(c, t)}</script>"""
 
 
 # -- the page -------------------------------------------------------------------------------
@@ -318,10 +523,19 @@ def _claims(t: Texts) -> str:
         3: mathml.GRADIENTS_FORM,
         4: mathml.SOFTMAX_FORM,
     }
-    where = {1: "5", 2: "5", 3: ("1、2、3、4" if t.lang == "zh" else "1, 2, 3, 4"), 4: "4"}
+    keys = {
+        1: ("identities",),
+        2: ("identities",),
+        3: ("nielsen", "gradient_anatomy", "saturated_neuron", "fair_race", "derivation_checks"),
+        4: ("canonical_link", "derivation_checks"),
+    }
+    sep = "、" if t.lang == "zh" else ", "
+    where = {
+        k: sep.join(str(n) for n in sorted(PART_OF[key] for key in v)) for k, v in keys.items()
+    }
     items = "\n".join(
         f'<li><p>{escape(t(f"claim.{k}"))} <span class="note">'
-        f"{escape(t('claim.where_many' if len(where[k]) > 1 else 'claim.where', parts=where[k]))}"
+        f"{escape(t('claim.where_many' if len(keys[k]) > 1 else 'claim.where', parts=where[k]))}"
         "</span></p>"
         f'<div class="eq">{formulas[k]}</div></li>'
         for k in formulas
@@ -330,25 +544,37 @@ def _claims(t: Texts) -> str:
 
 
 def _section(s: Section, results: DemoResults, t: Texts, figure_dir: Path) -> str:
-    tables = "\n".join(_table(tbl) for tbl in s.tables)
     extra = ""
     if s.key == "saturated_neuron":
         extra = play_html(results, t)
     elif s.key == "derivation_checks":
         extra = derivations_html(results, t)
+    elif s.key == "cost_origin":
+        extra = origin_html(results, t)
+    elif s.key == "identities":
+        extra = hpq_html(results, t)
     details = ""
     if s.details:
         paragraphs = "\n".join(f"<p>{escape(p)}</p>" for p in s.details)
         details = f'<h3>{escape(s.details_title)}</h3><div class="meaning">{paragraphs}</div>'
     figures = _figures(s, figure_dir)
-    if s.key == "derivation_checks":  # the derivation first, its error chart after it
+    if s.key in ("derivation_checks", "cost_origin"):  # the derivation first, its chart after it
         body = extra + figures
     else:
         body = figures + extra
+    # the tables fold away behind the figures: the numbers stay one click from the picture
+    tables = ""
+    if s.tables:
+        inner = "\n".join(_table(tbl) for tbl in s.tables)
+        tables = (
+            f'<details class="numbers"><summary>{escape(t("page.numbers"))}</summary>'
+            f"{inner}</details>"
+        )
+    who = escape(s.who or t("page.article_says"))
     return f"""
 <section id="{escape(s.key)}">
 <h2>{escape(s.title)}</h2>
-<blockquote class="claim"><span class="who">{escape(t("page.article_says"))}:</span>
+<blockquote class="claim"><span class="who">{who}:</span>
 {escape(s.claim)}</blockquote>
 <p>{escape(s.explain)}</p>
 {body}
@@ -356,6 +582,15 @@ def _section(s: Section, results: DemoResults, t: Texts, figure_dir: Path) -> st
 <p class="verdict">{_badge(s.status, t)}<strong>{escape(t("page.measured_label"))}</strong>
 {escape(s.verdict)}</p>
 {details}
+</section>"""
+
+
+def intro_html(t: Texts) -> str:
+    """The page's opening: the intuition before any table."""
+    return f"""<section id="intuition" class="intro">
+<h2>{escape(t("page.intro_title"))}</h2>
+<p>{escape(t("page.intro_1"))}</p>
+<p>{escape(t("page.intro_2", **PARTS))}</p>
 </section>"""
 
 
@@ -387,7 +622,7 @@ def render_html(
     )
     glossary = "\n".join(
         "<dt>{}</dt><dd>{}</dd>".format(
-            *(escape(p.strip()) for p in t(k).split("：" if t.lang == "zh" else ":", 1))
+            *(escape(p.strip()) for p in t(k, **PARTS).split("：" if t.lang == "zh" else ":", 1))
         )
         for k in GLOSSARY
     )
@@ -416,6 +651,7 @@ def render_html(
 <p class="sub">{escape(run)}</p>
 <p class="sub">{escape(t("page.other_lang"))}: <code>{escape(t("page.other_lang_hint"))}</code></p>
 </header>
+{intro_html(t)}
 <nav aria-label="{escape(t("page.contents"))}"><h2>{escape(t("page.contents"))}</h2>
 <ul>{contents}<li><a href="#glossary">{escape(t("page.glossary"))}</a></li></ul></nav>
 <section id="claims">
@@ -433,6 +669,7 @@ def render_html(
 <dl class="glossary">{glossary}</dl>
 </section>
 <footer>{escape(t("page.footer", versions=version_text))}</footer>
+<script>{SCRIPT}</script>
 </body>
 </html>
 """

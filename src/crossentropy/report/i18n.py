@@ -145,15 +145,15 @@ EN: dict[str, str] = {
     "step.softmax_ce_dz_general": "CE: ∂L/∂zⱼ = aⱼΣy − yⱼ",
     "step.softmax_ce_dz": "CE: ∂L/∂zⱼ = aⱼ − yⱼ",
     # -- part 1 -----------------------------------------------------------------------------
-    "s1.short": "1. Gradient anatomy",
-    "s1.title": "1. Where the gradient goes: MSE against cross-entropy",
+    "s1.short": "Gradient anatomy",
+    "s1.title": "Where the gradient goes: MSE against cross-entropy",
     "s1.claim": "“The MSE gradient always depends on σ'(z) … when z is large, σ'(z) tends to "
     "zero, which slows the network's convergence.” For cross-entropy, “∂L/∂b = a − y”.",
     "s1.explain": (
         "With a sigmoid output a = σ(z), training moves the weights by the gradient that "
         "reaches the pre-activation z. Under MSE it is (a − y)·σ'(z). The factor "
         "σ'(z) = a(1 − a) is at most ¼ (at z = 0) and falls like e^(−|z|): {sp} at z = {z}. "
-        "Under cross-entropy the factor cancels (part 4 shows how) and what remains, a − y, "
+        "Under cross-entropy the factor cancels (part {p_checks} shows how) and what remains, a − y, "
         "is large exactly when the neuron is wrong. The shaded band is where a neuron with "
         "target y = 1 is wrong; the right-hand panel shows the same on a log scale, for both "
         "targets."
@@ -168,8 +168,8 @@ EN: dict[str, str] = {
         "{fd_mse} (MSE) and {fd_bce} (cross-entropy)."
     ),
     # -- part 2 -----------------------------------------------------------------------------
-    "s2.short": "2. The saturated neuron",
-    "s2.title": "2. One neuron, started confidently wrong",
+    "s2.short": "The saturated neuron",
+    "s2.title": "One neuron, started confidently wrong",
     "s2.claim": "“When the last layer's activation is a sigmoid, binary cross-entropy solves "
     "the sigmoid's vanishing-gradient problem.”",
     "s2.explain": (
@@ -212,8 +212,8 @@ EN: dict[str, str] = {
     "s2.right_after": "right after {n} steps",
     "s2.still_wrong": "still wrong after {n} steps",
     # -- part 3 -----------------------------------------------------------------------------
-    "s3.short": "3. Real data, fair race",
-    "s3.title": "3. Real data, a fair race",
+    "s3.short": "Real data, fair race",
+    "s3.title": "Real data, a fair race",
     "s3.claim": "“That is why MSE is not recommended as the loss of a classification network.”",
     "s3.explain": (
         "Does it matter on real data? Two classic data sets that ship with scikit-learn: "
@@ -290,8 +290,8 @@ EN: dict[str, str] = {
         "over-confident)."
     ),
     # -- part 4 -----------------------------------------------------------------------------
-    "s4.short": "4. Derivation checks",
-    "s4.title": "4. The derivations, step by step, checked",
+    "s4.short": "Derivation checks",
+    "s4.title": "The derivations, step by step, checked",
     "s4.claim": "“∂L/∂w = x(a − y), ∂L/∂b = a − y” for BCE under a sigmoid, and for softmax "
     "with cross-entropy “∂L/∂zⱼ = aⱼ − yⱼ”: “very little computation, very efficient”.",
     "s4.explain": (
@@ -327,8 +327,8 @@ EN: dict[str, str] = {
     "s4.reason_quick": "--quick run",
     "s4.reason_missing": "torch is not installed",
     # -- part 5 -----------------------------------------------------------------------------
-    "s5.short": "5. Cross-entropy and likelihood",
-    "s5.title": "5. Why minimising cross-entropy is maximum likelihood",
+    "s5.short": "Cross-entropy and likelihood",
+    "s5.title": "Why minimising cross-entropy is maximum likelihood",
     "s5.claim": "“Cross-entropy measures the difference between two distributions; the "
     "likelihood measures how well a model explains the samples … the same face, different "
     "origins, different roads to the same end.”",
@@ -376,10 +376,11 @@ EN: dict[str, str] = {
     "g.z": "pre-activation (logit) z: the neuron's input to the sigmoid, z = wx + b.",
     "g.saturated": "saturated: |z| so large that σ(z) is almost 0 or 1 and σ'(z) almost 0; "
     "“confidently wrong” when it is on the wrong side.",
-    "g.mse": "MSE (均方误差): mean squared error. Parts 1 and 2 use the article's (a − y)²/2 "
-    "for one sample; part 3 averages over the training samples: the mean of (a − y)² (breast "
-    "cancer) and of ‖a − y‖², summed over the 10 classes (digits). The ½ only rescales the "
-    "gradient, which each loss's tuned learning rate absorbs.",
+    "g.mse": "MSE (均方误差): mean squared error. Parts {p_nielsen} to {p_link} use the "
+    "article's (a − y)²/2 for one sample (Nielsen's quadratic cost); part {p_race} averages over "
+    "the training samples: the mean of (a − y)² (breast cancer, and the hidden-layer network of "
+    "part {p_hidden}) and of ‖a − y‖², summed over the 10 classes (digits). The ½ only rescales "
+    "the gradient, which each loss's tuned learning rate absorbs.",
     "g.ce": "cross-entropy (交叉熵): also called log-loss; binary cross-entropy (BCE) for "
     "two classes.",
     "g.lr": "learning rate η: how far one gradient-descent step moves the weights.",
@@ -397,6 +398,249 @@ EN: dict[str, str] = {
     "g.smoothing": "label smoothing ε: targets (1 − ε)·one-hot + ε/m instead of one-hot.",
     "g.vanishing": "vanishing gradient (梯度消失): a gradient scaled by a factor near 0, so "
     "learning almost stops.",
+    # -- the opening: intuition ----------------------------------------------------------------
+    "page.intro_title": "Start here: a learner should learn fastest when it is badly wrong",
+    "page.intro_1": (
+        "When we make a big mistake and see it, we usually learn the most from it: the worse "
+        "the error, the bigger the correction. Gradient descent is meant to work the same way — "
+        "each step is as large as the gradient — and most of the time it does. But take the "
+        "simplest learner there is, one sigmoid neuron trained with the mean squared error, and "
+        "start it confidently wrong: it hardly moves. Its output sits where the sigmoid is flat, "
+        "the gradient carries the sigmoid's slope σ'(z), and that slope is almost zero. The "
+        "neuron learns slowest exactly when it is most wrong."
+    ),
+    "page.intro_2": (
+        "Michael Nielsen opens chapter 3 of Neural Networks and Deep Learning with this neuron; "
+        "part {p_nielsen} reproduces his two runs. Then: where the slowness comes from (parts "
+        "{p_anatomy} and {p_neuron}), where cross-entropy comes from and why its gradient is "
+        "simply a − y (parts {p_origin} and {p_link}), how much it matters on real data (part "
+        "{p_race}), every step of the article's derivations checked (part {p_checks}), "
+        "cross-entropy as likelihood and as code length, with bars you can drag (part "
+        "{p_identities}) — and what cross-entropy does not fix (part {p_hidden})."
+    ),
+    "page.numbers": "The numbers behind the figures",
+    "page.source_says": "{who}",
+    "who.nielsen": "Nielsen, chapter 3",
+    # -- Nielsen's neuron ----------------------------------------------------------------------
+    "n.short": "Nielsen's neuron",
+    "n.title": "Learning slowest when most wrong: Nielsen's neuron",
+    "n.claim": (
+        "A sigmoid neuron taught with the quadratic cost learns more slowly when it starts badly "
+        "wrong than when it starts a little wrong; taught with the cross-entropy cost, it learns "
+        "fastest at the start, when it is most wrong."
+    ),
+    "n.explain": (
+        "Nielsen's example, reproduced exactly (Michael Nielsen, Neural Networks and Deep "
+        "Learning, chapter 3, 2015): one neuron, input x = 1, target y = 0, gradient descent "
+        "for {epochs} epochs at learning rate η = {lr}; with a single training input an epoch "
+        "is one step. Start 1: w = 0.6, b = 0.9, so a₀ = {a_mild}, a little wrong. Start 2: "
+        "w = b = 2, so a₀ = {a_bad}, badly wrong. Under the quadratic cost C = (y − a)²/2 the "
+        "second start sits on a plateau: {plateau} epochs pass before its cost has fallen by "
+        "a tenth, and its fastest epoch is epoch {steepest} (as Nielsen puts it, for the first "
+        "150 or so epochs the weights and bias hardly change). {ce_fastest} "
+        "The solid lines use the same η = {lr} for both costs; "
+        "Nielsen's own cross-entropy figures used η = {ce_lr} (dotted), since the two costs' "
+        "rates are not comparable — the shape of the curve, not its speed, is the point."
+    ),
+    "n.alt1": "quadratic cost per epoch from Nielsen's two starts: the w = b = 2 start stays flat for {plateau} epochs",
+    "n.ce_first": "Under cross-entropy both starts learn fastest in their very first epoch.",
+    "n.ce_later": "Under cross-entropy the fastest epochs are {mild} and {bad}.",
+    "n.alt2": "cross-entropy cost per epoch from Nielsen's two starts: both fall fastest at once",
+    "n.start.w0.6_b0.9": "w = 0.6, b = 0.9",
+    "n.start.w2_b2": "w = b = 2",
+    "n.h.start": "start",
+    "n.h.cost": "cost",
+    "n.h.lr": "η",
+    "n.h.a0": "a₀",
+    "n.h.c0": "C₀",
+    "n.h.final": "a after {n} epochs",
+    "n.h.nielsen": "Nielsen's figure",
+    "n.h.drop": "epochs until C < 0.9·C₀",
+    "n.h.steepest": "fastest epoch",
+    "n.table_caption": (
+        "x = 1, y = 0. “Fastest epoch”: the epoch in which the cost fell most. Nielsen's figure "
+        "gives the output after 300 epochs of the quadratic cost; the cross-entropy figures in "
+        "his chapter are animations without a final number."
+    ),
+    "n.verdict": (
+        "From w = b = 2 the quadratic cost needed {plateau} epochs to lose a tenth of its "
+        "starting value, cross-entropy {ce_drop} at the same η = {lr} ({ce_drop_slow} at "
+        "Nielsen's η = {ce_lr}); from w = 0.6, b = 0.9 the quadratic cost needed only "
+        "{mild_drop}. After {epochs} epochs the quadratic cost's outputs are {out_mild} and "
+        "{out_bad}; Nielsen's figures show {ref_mild} and {ref_bad}."
+    ),
+    "fig.epoch": "epoch",
+    "fig.cost": "cost C",
+    "fig.nielsen_quadratic": "Quadratic cost C = (y − a)²/2, η = {lr}",
+    "fig.nielsen_ce": "Cross-entropy cost",
+    "fig.nielsen_start": "start {start}",
+    "fig.nielsen_ce_rate": "{start}, η = {lr}",
+    # -- where cross-entropy comes from --------------------------------------------------------
+    "o.short": "Where cross-entropy comes from",
+    "o.title": "Where cross-entropy comes from: integrate the gradient you want",
+    "o.claim": (
+        "Cross-entropy is not pulled out of thin air: ask for a gradient without σ'(z), "
+        "∂C/∂b = a − y, and integrate; the cost that comes out is cross-entropy."
+    ),
+    "o.explain": (
+        "Under the quadratic cost ∂C/∂b = (a − y)σ'(z), and σ'(z) is what stalls the neuron. "
+        "So ask for the gradient without it, ∂C/∂b = a − y (with x = 1 also ∂C/∂w = a − y), "
+        "and look for the cost that has it. The chain rule says ∂C/∂b = ∂C/∂a · σ'(z) = "
+        "∂C/∂a · a(1 − a), so the cost must have ∂C/∂a = (a − y)/(a(1 − a)). Split it into "
+        "partial fractions and integrate over a: the binary cross-entropy, up to a constant. "
+        "Ask for the quadratic cost's gradient (a − y)σ'(z) instead and the same integral gives "
+        "back (a − y)²/2: the gradient one wants fixes the cost. Both integrals are computed "
+        "numerically in this run, over b from {lo} to {hi} ({num} points, trapezoids), and "
+        "compared with the library's losses."
+    ),
+    "o.steps": "The integration, step by step",
+    "o.want": "what we want",
+    "o.check_grad": "library ∂L/∂z − (a − y) ≤",
+    "o.check_integral": "integral − library BCE constant to",
+    "o.check_fd": "vs finite differences",
+    "o.alt": "the numerical integral of a − y over b lies on the library's binary cross-entropy for three targets",
+    "o.h.loss": "gradient asked for",
+    "o.h.gives": "its integral",
+    "o.h.spread": "integral − library loss: max − min",
+    "o.table_caption": "Targets y = {targets}; the integral starts at b = 0, so it differs from the loss by the loss's value there.",
+    "o.verdict": (
+        "The library's ∂L/∂z equals a − y to {grad} (finite differences agree to {fd}); the "
+        "integral of a − y over b equals the library's binary cross-entropy plus a constant, "
+        "to {spread}; the integral of (a − y)σ'(z) equals (a − y)²/2 plus a constant, to "
+        "{mse_spread}."
+    ),
+    "o.verdict_bad": "The integral does not reproduce the library's loss: ",
+    "fig.origin_title": "∫ (a − y) db lies on the binary cross-entropy",
+    "fig.bias": "bias b (x = 1, w = 0, so z = b)",
+    "fig.origin_lib": "library BCE, y = {y}",
+    "fig.origin_int": "∫(a − y) db + const",
+    # -- canonical link ------------------------------------------------------------------------
+    "l.short": "Why a − y",
+    "l.title": "Why a − y: outputs and losses that belong together",
+    "l.claim": "With a softmax output and cross-entropy, “∂L/∂zⱼ = aⱼ − yⱼ”: back-propagation through them is a subtraction.",
+    "l.explain": (
+        "a − y is not a lucky accident of the sigmoid. Each output function has a loss that "
+        "belongs to it — its canonical partner, in the language of generalised linear models — "
+        "and with that loss the gradient with respect to the pre-activation z is always "
+        "prediction minus target: sigmoid with binary cross-entropy, softmax with "
+        "cross-entropy, and a linear output a = z with the squared error ½‖a − y‖². Mix the "
+        "pairs — a sigmoid with the squared error — and the output's slope σ'(z) comes back. "
+        "The figure plots, for every entry of a random batch, the library's ∂L/∂z "
+        "(value_and_grad) against a − y: the three matching pairs lie on the diagonal, the "
+        "mixed pair falls off it towards 0 where the sigmoid saturates. The same view gives "
+        "the curvature: the second derivative of softmax cross-entropy in z is "
+        "diag(a) − aaᵀ, the covariance of the softmax distribution (as d2l.ai notes), which is "
+        "never negative in any direction: the loss is convex in z."
+    ),
+    "l.alt": "library gradient against a − y: three matching pairs on the diagonal, sigmoid with MSE below it",
+    "l.pair.sigmoid_bce": "sigmoid + binary cross-entropy",
+    "l.pair.softmax_ce": "softmax + cross-entropy",
+    "l.pair.identity_mse": "linear output + ½‖a − y‖²",
+    "l.pair.sigmoid_mse": "sigmoid + ½(a − y)² (mixed)",
+    "l.pair.hessian": "softmax + CE: Hessian in z = diag(a) − aaᵀ",
+    "l.h.pair": "output + loss",
+    "l.h.gap": "max |∂L/∂z − (a − y)|",
+    "l.h.fd": "max |library − finite differences|",
+    "l.table_caption": "Random batch, seed {seed}; float64; central differences with h = 1e-6 (1e-5 for the Hessian, from the library's gradient).",
+    "l.verdict": (
+        "The three matching pairs give ∂L/∂z = a − y to {gap}, and finite differences of the "
+        "library's losses agree to {fd}; sigmoid with the squared error is off a − y by up to "
+        "{mixed}. The finite-difference Hessian of softmax cross-entropy equals "
+        "diag(a) − aaᵀ to {hess}."
+    ),
+    "l.verdict_bad": "Not every pair behaves as stated: ",
+    "fig.link_title": "∂L/∂z from the library against a − y",
+    "fig.link_x": "a − y",
+    "fig.link_y": "∂L/∂z (library)",
+    # -- code length (inside the identities part) ------------------------------------------------
+    "k.title": "Try it: cross-entropy as code length",
+    "k.intro": (
+        "Cross-entropy has a second reading, which Chris Olah's “Visual Information Theory” "
+        "draws with bars: H(p, q) is the average length, in nats, of messages about outcomes "
+        "drawn from p, written in a code built for q. The best code is built for p itself and "
+        "costs H(p), which no model can change; using q instead costs KL(p‖q) more. "
+        "Training a model lowers exactly that extra part."
+    ),
+    "k.howto": (
+        "Drag the top of any bar, or focus it with Tab and press the arrow keys (Home and End "
+        "go to the extremes): the other bars of that distribution rescale so it still sums to "
+        "1, and the bar below splits H(p, q) into H(p) and KL(p‖q). Make q equal to p and the "
+        "KL part vanishes."
+    ),
+    "k.static": (
+        "The starting example, computed by the library: H(p) = {h}, KL(p‖q) = {kl}, "
+        "H(p, q) = {hpq} nats (H(p, q) − H(p) − KL(p‖q) = {gap})."
+    ),
+    "k.p": "p: the data",
+    "k.q": "q: the model",
+    "k.outcome": "outcome {i}",
+    "k.bar": "{dist}, outcome {i}",
+    "k.reset": "Back to the example",
+    "k.equal": "Set q = p",
+    "k.readout": "H(p) = {h} + KL(p‖q) = {kl} → H(p, q) = {hpq} nats",
+    "k.noscript": "JavaScript is off: the bars show the library's example; with JavaScript on you can drag them.",
+    # -- the hidden layer ------------------------------------------------------------------------
+    "h.short": "What cross-entropy does not fix",
+    "h.title": "What cross-entropy does not fix: a saturated hidden layer",
+    "h.explain": (
+        "Everything so far had the sigmoid at the output, and cross-entropy cancels that "
+        "sigmoid's slope — only that one. Put a hidden layer of sigmoid units h = σ(z₁), "
+        "z₁ = xW₁ + b₁, below the output a = σ(z₂), z₂ = hW₂ + b₂. Back-propagation gives the "
+        "hidden layer δ₁ = (δ₂W₂ᵀ) ⊙ σ'(z₁), where δ₂ = ∂L/∂z₂ is a − y under cross-entropy. "
+        "The factor σ'(z₁) is the hidden units' own slope: no loss at the output touches it. "
+        "Here {hidden} hidden units learn the XOR of Gaussian clouds ({n} points, seeded): no "
+        "single neuron can separate them, so the hidden layer has to learn. Hidden biases of "
+        "±c push the hidden units into saturation. We measure both layers' gradients at the "
+        "start for several c (median of {inits} random starts), then train from c = {c0} and "
+        "c = {c1} with both losses at the same η = {lr} for {steps} full-batch steps. The "
+        "gradients are written out in NumPy (the output's δ₂ from the library) and match "
+        "finite differences to {fd}. Nielsen makes the same point in chapter 3 and returns to "
+        "it in chapter 5 as the vanishing-gradient problem of deep networks."
+    ),
+    "h.alt1": "gradient norms of the hidden and output layers against the hidden-bias offset c: the hidden layer's falls under both losses",
+    "h.alt2": "training accuracy per step from a standard and a saturated hidden layer, both losses",
+    "h.h.offset": "offset c",
+    "h.h.sp": "mean σ'(z₁)",
+    "h.h.sat": "saturated (σ' < 0.01)",
+    "h.h.hidden": "‖∇ hidden‖, {loss}",
+    "h.h.output": "‖∇ output‖, {loss}",
+    "h.h.start": "start",
+    "h.h.loss": "loss",
+    "h.h.steps": "steps to {p} training accuracy",
+    "h.h.final": "accuracy after {n} steps",
+    "h.h.change": "‖W₁ − W₁⁽⁰⁾‖ / ‖W₁⁽⁰⁾‖",
+    "h.start.standard": "standard (c = {c})",
+    "h.start.saturated": "saturated (c = {c})",
+    "h.table_caption": "Gradients of the mean loss at initialisation; medians over {inits} random starts per offset.",
+    "h.train_caption": "Full-batch gradient descent, η = {lr}, the same starting weights for both losses.",
+    "h.verdict": (
+        "From c = 0 to c = {cmax} the hidden layer's gradient fell {ce_fall}× under "
+        "cross-entropy and {mse_fall}× under MSE, as its mean σ'(z₁) fell {sp_fall}×, while "
+        "cross-entropy's output-layer gradient did not fall ({out_ratio}× its value at c = 0). "
+        "From the saturated start cross-entropy needed {ce_sat} steps to {p} training accuracy "
+        "instead of {ce_std}, MSE {mse_sat} instead of {mse_std}. Cross-entropy removes the "
+        "output's σ'(z), not the hidden layer's."
+    ),
+    "h.verdict_holds": (
+        "The hidden layer's gradient did not shrink under cross-entropy here "
+        "({ce_fall}× from c = 0 to c = {cmax}; MSE {mse_fall}×)."
+    ),
+    "fig.hidden_grad_title": "Gradient at the start vs hidden saturation",
+    "fig.offset": "hidden-bias offset c (units start at z₁ ≈ ±c)",
+    "fig.grad_norm": "gradient norm (log scale)",
+    "fig.hidden_layer": "hidden layer, {loss}",
+    "fig.output_layer": "output layer, {loss}",
+    "fig.mean_sp": "mean σ'(z₁)",
+    "fig.hidden_train_title": "Training accuracy, same η for both losses",
+    "fig.train_acc": "training accuracy",
+    "fig.hidden_run": "{loss}, {start}",
+    "fig.start.standard": "c = {c}",
+    "fig.start.saturated": "c = {c} (saturated)",
+    # -- glossary additions --------------------------------------------------------------------
+    "g.epoch": "epoch: one pass over the training data; with Nielsen's single training input, one gradient step.",
+    "g.canonical": "canonical link: the loss that belongs to an output function (sigmoid ↔ binary cross-entropy, softmax ↔ cross-entropy, linear ↔ squared error), for which ∂L/∂z = a − y.",
+    "g.hidden": "hidden layer: units between the input and the output; their own σ'(z) multiplies every gradient that reaches them.",
+    "g.code": "code length: the average number of nats (or bits) needed to send outcomes of p with a code built for q; it is H(p, q).",
 }
 
 ZH: dict[str, str] = {
@@ -508,14 +752,14 @@ ZH: dict[str, str] = {
     "step.ce_da": "多分类交叉熵：∂L/∂a_q = −y_q/a_q",
     "step.softmax_ce_dz_general": "多分类交叉熵：∂L/∂zⱼ = aⱼΣy − yⱼ",
     "step.softmax_ce_dz": "多分类交叉熵：∂L/∂zⱼ = aⱼ − yⱼ",
-    "s1.short": "1. 梯度剖析",
-    "s1.title": "1. 梯度去了哪里：均方误差与交叉熵",
+    "s1.short": "梯度剖析",
+    "s1.title": "梯度去了哪里：均方误差与交叉熵",
     "s1.claim": "“均方误差求导后的梯度始终跟 σ'(z) 是有关系的……当 z 的值较大时，σ'(z) 的值会趋于零，"
     "进而降低神经网络的收敛速度。”而交叉熵的“∂L/∂b = a − y”。",
     "s1.explain": (
         "输出为 a = σ(z) 时，训练靠传到激活前的值 z 的梯度来更新权重。用均方误差时这个梯度是 "
         "(a − y)·σ'(z)。因子 σ'(z) = a(1 − a) 最大只有 ¼（在 z = 0 处），并按 e^(−|z|) 衰减："
-        "z = {z} 时只有 {sp}。用交叉熵时这个因子被约掉了（第 4 部分给出推导），剩下的 a − y "
+        "z = {z} 时只有 {sp}。用交叉熵时这个因子被约掉了（第 {p_checks} 部分给出推导），剩下的 a − y "
         "恰好在神经元出错时最大。阴影区是目标 y = 1 的神经元出错的区域；右图用对数坐标画出两种目标下的同一件事。"
     ),
     "s1.alt1": "目标为 1 时 dL/dz 随 z 的变化：出错一侧交叉熵保持在 −1 附近，均方误差趋于 0",
@@ -525,8 +769,8 @@ ZH: dict[str, str] = {
         "在 z = {z}、y = 1（自信地错了）处，|∂L/∂z| 用均方误差是 {mse}，用交叉熵是 {bce}，"
         "大 {ratio} 倍；闭式梯度与有限差分相差不超过 {fd_mse}（均方误差）和 {fd_bce}（交叉熵）。"
     ),
-    "s2.short": "2. 饱和的神经元",
-    "s2.title": "2. 一个自信地犯错的神经元",
+    "s2.short": "饱和的神经元",
+    "s2.title": "一个自信地犯错的神经元",
     "s2.claim": "“当神经网络最后一层的激活函数是 sigmoid 函数时，使用二进制交叉熵损失函数可以解决 "
     "sigmoid 梯度消失的问题。”",
     "s2.explain": (
@@ -565,8 +809,8 @@ ZH: dict[str, str] = {
     "s2.live_summary": "交叉熵：{ce}；均方误差：{mse}。",
     "s2.right_after": "{n} 步后正确",
     "s2.still_wrong": "{n} 步后仍错误",
-    "s3.short": "3. 真实数据上的公平比赛",
-    "s3.title": "3. 真实数据上的公平比赛",
+    "s3.short": "真实数据上的公平比赛",
+    "s3.title": "真实数据上的公平比赛",
     "s3.claim": "“因此不建议使用均方误差作为神经网络分类问题的损失函数。”",
     "s3.explain": (
         "在真实数据上这一点重要吗？用 scikit-learn 自带的两个经典数据集：乳腺癌（569 个肿瘤，30 项测量，"
@@ -623,8 +867,8 @@ ZH: dict[str, str] = {
         "这里它的概率并没有明显更可信：测试对数损失在 {n} 个设置中只有 {ll_ce} 个更低"
         "（为速度选出的学习率可能让模型过于自信）。"
     ),
-    "s4.short": "4. 推导检验",
-    "s4.title": "4. 逐步推导，逐步检验",
+    "s4.short": "推导检验",
+    "s4.title": "逐步推导，逐步检验",
     "s4.claim": "sigmoid 下二元交叉熵的“∂L/∂w = x(a − y)，∂L/∂b = a − y”，以及 softmax 配合交叉熵的"
     "“∂L/∂zⱼ = aⱼ − yⱼ”：“计算量非常小，十分高效”。",
     "s4.explain": (
@@ -657,8 +901,8 @@ ZH: dict[str, str] = {
     "s4.verdict_bad": "并非每一步都与参考一致：",
     "s4.reason_quick": "--quick 快速运行",
     "s4.reason_missing": "未安装 torch",
-    "s5.short": "5. 交叉熵与似然",
-    "s5.title": "5. 为什么最小化交叉熵就是最大似然",
+    "s5.short": "交叉熵与似然",
+    "s5.title": "为什么最小化交叉熵就是最大似然",
     "s5.claim": "“交叉熵是直接衡量两个分布，或者说两个 model 之间的差异。而似然函数则是解释以 model "
     "的输出为参数的某分布模型对样本集的解释程度。因此，可以说这两者是‘同貌不同源’，但是‘殊途同归’啦。”",
     "s5.explain": (
@@ -692,8 +936,9 @@ ZH: dict[str, str] = {
     "g.sigmoid": "sigmoid σ(z) = 1/(1 + e^(−z))：把任意实数压到 (0, 1) 之间；斜率 σ'(z) = a(1 − a) 最大为 ¼。",
     "g.z": "激活前的值（logit）z：sigmoid 的输入，z = wx + b。",
     "g.saturated": "饱和：|z| 太大，σ(z) 几乎为 0 或 1，σ'(z) 几乎为 0；落在错误一侧时就是“自信地错了”。",
-    "g.mse": "均方误差（MSE）：第 1、2 部分取原文单个样本的 (a − y)²/2；第 3 部分对训练样本取平均："
-    "乳腺癌上是 (a − y)² 的平均，手写数字上是 ‖a − y‖²（对 10 个类别求和）的平均。"
+    "g.mse": "均方误差（MSE）：第 {p_nielsen} 至 {p_link} 部分取原文单个样本的 (a − y)²/2（即 Nielsen 的二次代价）；"
+    "第 {p_race} 部分对训练样本取平均：乳腺癌（以及第 {p_hidden} 部分的单隐藏层网络）上是 (a − y)² 的平均，"
+    "手写数字上是 ‖a − y‖²（对 10 个类别求和）的平均。"
     "½ 只改变梯度的尺度，各自调好的学习率会把它吸收掉。",
     "g.ce": "交叉熵（cross-entropy）：也叫对数损失（log-loss）；两类时称二元交叉熵（BCE）。",
     "g.lr": "学习率 η：每一步梯度下降移动权重的幅度。",
@@ -707,6 +952,192 @@ ZH: dict[str, str] = {
     "g.autograd": "自动求导：PyTorch 的自动微分，一个独立的参考。",
     "g.smoothing": "标签平滑 ε：目标取 (1 − ε)·one-hot + ε/m，而不是 one-hot。",
     "g.vanishing": "梯度消失：梯度被一个接近 0 的因子缩小，学习几乎停止。",
+    "page.intro_title": "从这里开始：错得越厉害，本该学得越快",
+    "page.intro_1": (
+        "人犯了大错、又看清了错在哪里，往往学到的最多：错得越厉害，纠正得越多。梯度下降本来也是这样设计的——"
+        "每一步的大小正比于梯度——多数时候它也确实如此。可是拿最简单的学习者来说：一个用均方误差训练的 sigmoid 神经元，"
+        "让它从自信地犯错的地方出发，它几乎一动不动。它的输出落在 sigmoid 最平坦的地方，梯度里带着 sigmoid 的斜率 σ'(z)，"
+        "而这个斜率几乎为零。这个神经元恰恰在错得最厉害的时候学得最慢。"
+    ),
+    "page.intro_2": (
+        "Michael Nielsen 在《Neural Networks and Deep Learning》第 3 章开头用的正是这个神经元；第 {p_nielsen} 部分重现了他的两次运行。"
+        "接下来：慢从哪里来（第 {p_anatomy}、{p_neuron} 部分），交叉熵从哪里来、为什么它的梯度恰好是 a − y"
+        "（第 {p_origin}、{p_link} 部分），在真实数据上差别有多大（第 {p_race} 部分），原文推导的每一步都经过检验"
+        "（第 {p_checks} 部分），交叉熵作为似然、作为编码长度，还有可以拖动的柱子（第 {p_identities} 部分）——"
+        "以及交叉熵解决不了的问题（第 {p_hidden} 部分）。"
+    ),
+    "page.numbers": "图背后的数字",
+    "page.source_says": "{who}",
+    "who.nielsen": "Nielsen，第 3 章",
+    "n.short": "Nielsen 的神经元",
+    "n.title": "错得最厉害时学得最慢：Nielsen 的神经元",
+    "n.claim": "用二次代价训练的 sigmoid 神经元，从错得很厉害的地方出发时，比从只错一点的地方出发学得更慢；"
+    "换成交叉熵代价，它在一开始、也就是错得最厉害的时候学得最快。",
+    "n.explain": (
+        "原样重现 Nielsen 的例子（Michael Nielsen，《Neural Networks and Deep Learning》第 3 章，2015）："
+        "一个神经元，输入 x = 1，目标 y = 0，学习率 η = {lr}，梯度下降 {epochs} 个 epoch；只有一个训练样本，"
+        "所以一个 epoch 就是一步。起点 1：w = 0.6，b = 0.9，a₀ = {a_mild}，只错一点。起点 2：w = b = 2，"
+        "a₀ = {a_bad}，错得很厉害。用二次代价 C = (y − a)²/2 时，第二个起点停在平台上：过了 {plateau} 个 epoch，"
+        "代价才下降十分之一，下降最快的是第 {steepest} 个 epoch（Nielsen 也说，前 150 个左右的 epoch 里权重和偏置几乎不变）。"
+        "{ce_fastest}实线两种代价用同一个 η = {lr}；Nielsen 自己的交叉熵图用的是 η = {ce_lr}（点线），"
+        "因为两种代价的学习率本来就不可比——要看的是曲线的形状，而不是快慢。"
+    ),
+    "n.alt1": "Nielsen 两个起点下每个 epoch 的二次代价：w = b = 2 的起点平坦了 {plateau} 个 epoch",
+    "n.ce_first": "用交叉熵时，两个起点都在第一个 epoch 学得最快。",
+    "n.ce_later": "用交叉熵时，下降最快的 epoch 分别是第 {mild} 和第 {bad} 个。",
+    "n.alt2": "Nielsen 两个起点下每个 epoch 的交叉熵代价：两者都是一开始下降最快",
+    "n.start.w0.6_b0.9": "w = 0.6，b = 0.9",
+    "n.start.w2_b2": "w = b = 2",
+    "n.h.start": "起点",
+    "n.h.cost": "代价",
+    "n.h.lr": "η",
+    "n.h.a0": "a₀",
+    "n.h.c0": "C₀",
+    "n.h.final": "{n} 个 epoch 后的 a",
+    "n.h.nielsen": "Nielsen 图中的值",
+    "n.h.drop": "C < 0.9·C₀ 所需 epoch 数",
+    "n.h.steepest": "下降最快的 epoch",
+    "n.table_caption": (
+        "x = 1，y = 0。“下降最快的 epoch”：代价下降最多的那个 epoch。Nielsen 的图给出了二次代价 300 个 epoch 后的输出；"
+        "他这一章里交叉熵的图是动画，没有给出最终数字。"
+    ),
+    "n.verdict": (
+        "从 w = b = 2 出发，二次代价要 {plateau} 个 epoch 才下降十分之一，交叉熵在同一个 η = {lr} 下只要 {ce_drop} 个"
+        "（在 Nielsen 的 η = {ce_lr} 下要 {ce_drop_slow} 个）；从 w = 0.6，b = 0.9 出发，二次代价只要 {mild_drop} 个。"
+        "{epochs} 个 epoch 后二次代价的输出是 {out_mild} 和 {out_bad}；Nielsen 图中是 {ref_mild} 和 {ref_bad}。"
+    ),
+    "fig.epoch": "epoch",
+    "fig.cost": "代价 C",
+    "fig.nielsen_quadratic": "二次代价 C = (y − a)²/2，η = {lr}",
+    "fig.nielsen_ce": "交叉熵代价",
+    "fig.nielsen_start": "起点 {start}",
+    "fig.nielsen_ce_rate": "{start}，η = {lr}",
+    "o.short": "交叉熵从哪里来",
+    "o.title": "交叉熵从哪里来：把想要的梯度积分出来",
+    "o.claim": "交叉熵不是凭空想出来的：要求梯度里没有 σ'(z)，即 ∂C/∂b = a − y，再积分，得到的代价就是交叉熵。",
+    "o.explain": (
+        "用二次代价时 ∂C/∂b = (a − y)σ'(z)，正是 σ'(z) 让神经元停滞。那就要求梯度里没有它：∂C/∂b = a − y"
+        "（x = 1 时 ∂C/∂w 也是 a − y），再找出具有这个梯度的代价。链式法则给出 ∂C/∂b = ∂C/∂a · σ'(z) = "
+        "∂C/∂a · a(1 − a)，所以代价必须满足 ∂C/∂a = (a − y)/(a(1 − a))。拆成部分分式，对 a 积分：得到二元交叉熵，"
+        "相差一个常数。如果要求的是二次代价的梯度 (a − y)σ'(z)，同样的积分就还原出 (a − y)²/2：想要的梯度决定了代价。"
+        "本次运行对两个积分都做了数值计算（b 从 {lo} 到 {hi}，{num} 个点，梯形法），并与库里的损失对照。"
+    ),
+    "o.steps": "积分，一步一步",
+    "o.want": "想要的",
+    "o.check_grad": "库的 ∂L/∂z − (a − y) ≤",
+    "o.check_integral": "积分 − 库的 BCE 为常数，误差",
+    "o.check_fd": "对比有限差分",
+    "o.alt": "a − y 对 b 的数值积分与库里三种目标下的二元交叉熵重合",
+    "o.h.loss": "要求的梯度",
+    "o.h.gives": "它的积分",
+    "o.h.spread": "积分 − 库的损失：最大值 − 最小值",
+    "o.table_caption": "目标 y = {targets}；积分从 b = 0 开始，所以与损失相差该处的损失值。",
+    "o.verdict": (
+        "库的 ∂L/∂z 与 a − y 相差不超过 {grad}（有限差分相差不超过 {fd}）；a − y 对 b 的积分等于库的二元交叉熵加一个常数，"
+        "误差不超过 {spread}；(a − y)σ'(z) 的积分等于 (a − y)²/2 加一个常数，误差不超过 {mse_spread}。"
+    ),
+    "o.verdict_bad": "积分没有还原出库里的损失：",
+    "fig.origin_title": "∫ (a − y) db 落在二元交叉熵上",
+    "fig.bias": "偏置 b（x = 1，w = 0，所以 z = b）",
+    "fig.origin_lib": "库的 BCE，y = {y}",
+    "fig.origin_int": "∫(a − y) db + 常数",
+    "l.short": "为什么是 a − y",
+    "l.title": "为什么是 a − y：相互匹配的输出与损失",
+    "l.claim": "softmax 输出配合交叉熵时，“∂L/∂zⱼ = aⱼ − yⱼ”：反向传播只是一次减法。",
+    "l.explain": (
+        "a − y 并不是 sigmoid 碰巧带来的。每种输出函数都有一个与它匹配的损失——用广义线性模型的话说，是它的典范连接"
+        "（canonical link）——配上这个损失，对激活前的值 z 的梯度总是“预测减目标”：sigmoid 配二元交叉熵，softmax 配交叉熵，"
+        "线性输出 a = z 配平方误差 ½‖a − y‖²。把配对打乱——sigmoid 配平方误差——输出的斜率 σ'(z) 就又回来了。"
+        "图中对一个随机批次的每个分量，画出库（value_and_grad）给出的 ∂L/∂z 与 a − y 的关系：三个匹配的配对都落在对角线上，"
+        "打乱的配对在 sigmoid 饱和处偏离对角线、趋向 0。从同一个角度还能看到曲率：softmax 交叉熵对 z 的二阶导数是 "
+        "diag(a) − aaᵀ，即 softmax 分布的协方差（d2l.ai 也指出了这一点），它在任何方向上都不为负：损失对 z 是凸的。"
+    ),
+    "l.alt": "库的梯度与 a − y 的对比：三个匹配的配对在对角线上，sigmoid 配均方误差在其下方",
+    "l.pair.sigmoid_bce": "sigmoid + 二元交叉熵",
+    "l.pair.softmax_ce": "softmax + 交叉熵",
+    "l.pair.identity_mse": "线性输出 + ½‖a − y‖²",
+    "l.pair.sigmoid_mse": "sigmoid + ½(a − y)²（打乱的配对）",
+    "l.pair.hessian": "softmax + 交叉熵：对 z 的 Hessian = diag(a) − aaᵀ",
+    "l.h.pair": "输出 + 损失",
+    "l.h.gap": "max |∂L/∂z − (a − y)|",
+    "l.h.fd": "max |库 − 有限差分|",
+    "l.table_caption": "随机批次，种子 {seed}；float64；中心差分步长 h = 1e-6（Hessian 用 1e-5，对库的梯度做差分）。",
+    "l.verdict": (
+        "三个匹配的配对给出的 ∂L/∂z 与 a − y 相差不超过 {gap}，库里损失的有限差分与之相差不超过 {fd}；"
+        "sigmoid 配平方误差与 a − y 最多相差 {mixed}。softmax 交叉熵的有限差分 Hessian 与 diag(a) − aaᵀ 相差不超过 {hess}。"
+    ),
+    "l.verdict_bad": "并非每个配对都如所述：",
+    "fig.link_title": "库的 ∂L/∂z 与 a − y",
+    "fig.link_x": "a − y",
+    "fig.link_y": "∂L/∂z（库）",
+    "k.title": "动手试试：交叉熵就是编码长度",
+    "k.intro": (
+        "交叉熵还有另一种读法，Chris Olah 的《Visual Information Theory》用柱子把它画了出来：H(p, q) 是用为 q 设计的编码，"
+        "去传送从 p 中抽出的结果时，消息的平均长度（以奈特计）。最好的编码是为 p 本身设计的，代价是 H(p)，任何模型都改变不了它；"
+        "改用 q 要多付 KL(p‖q)。训练模型降低的正是这多出来的部分。"
+    ),
+    "k.howto": (
+        "拖动任意一根柱子的顶端，或者用 Tab 键选中它再按方向键（Home 和 End 键到两端）：同一分布的其他柱子会按比例缩放，"
+        "使总和仍为 1；下方的横条把 H(p, q) 分成 H(p) 和 KL(p‖q)。让 q 等于 p，KL 部分就消失了。"
+    ),
+    "k.static": "起始示例由库计算：H(p) = {h}，KL(p‖q) = {kl}，H(p, q) = {hpq} 奈特（H(p, q) − H(p) − KL(p‖q) = {gap}）。",
+    "k.p": "p：数据",
+    "k.q": "q：模型",
+    "k.outcome": "结果 {i}",
+    "k.bar": "{dist}，结果 {i}",
+    "k.reset": "回到示例",
+    "k.equal": "令 q = p",
+    "k.readout": "H(p) = {h} + KL(p‖q) = {kl} → H(p, q) = {hpq} 奈特",
+    "k.noscript": "JavaScript 已关闭：柱子显示的是库算出的示例；打开 JavaScript 后可以拖动它们。",
+    "h.short": "交叉熵解决不了的问题",
+    "h.title": "交叉熵解决不了的问题：饱和的隐藏层",
+    "h.explain": (
+        "前面所有的 sigmoid 都在输出层，交叉熵约掉的是这个 sigmoid 的斜率——也只有这一个。在输出 a = σ(z₂)，z₂ = hW₂ + b₂ "
+        "下面加一层 sigmoid 隐藏单元 h = σ(z₁)，z₁ = xW₁ + b₁。反向传播给隐藏层的是 δ₁ = (δ₂W₂ᵀ) ⊙ σ'(z₁)，"
+        "其中 δ₂ = ∂L/∂z₂ 在交叉熵下是 a − y。因子 σ'(z₁) 是隐藏单元自己的斜率：输出端选什么损失都碰不到它。"
+        "这里 {hidden} 个隐藏单元学习高斯点云的异或（XOR，{n} 个点，固定随机种子）：单个神经元无法把它们分开，隐藏层必须学习。"
+        "把隐藏偏置设为 ±c，就把隐藏单元推进了饱和区。我们先在起点测量两层在不同 c 下的梯度（每个 c 取 {inits} 次随机初始化的中位数），"
+        "再从 c = {c0} 和 c = {c1} 出发，两种损失用同一个 η = {lr}，全批量训练 {steps} 步。梯度在 NumPy 中逐项写出"
+        "（输出层的 δ₂ 来自库），与有限差分相差不超过 {fd}。Nielsen 在第 3 章也指出了这一点，并在第 5 章作为深层网络的梯度消失问题再次讨论。"
+    ),
+    "h.alt1": "隐藏层和输出层的梯度范数随隐藏偏置 c 的变化：两种损失下隐藏层的梯度都在下降",
+    "h.alt2": "从普通隐藏层和饱和隐藏层出发，两种损失下每一步的训练准确率",
+    "h.h.offset": "偏置 c",
+    "h.h.sp": "σ'(z₁) 的平均",
+    "h.h.sat": "饱和比例（σ' < 0.01）",
+    "h.h.hidden": "‖∇ 隐藏层‖，{loss}",
+    "h.h.output": "‖∇ 输出层‖，{loss}",
+    "h.h.start": "起点",
+    "h.h.loss": "损失",
+    "h.h.steps": "达到 {p} 训练准确率的步数",
+    "h.h.final": "{n} 步后的准确率",
+    "h.h.change": "‖W₁ − W₁⁽⁰⁾‖ / ‖W₁⁽⁰⁾‖",
+    "h.start.standard": "普通（c = {c}）",
+    "h.start.saturated": "饱和（c = {c}）",
+    "h.table_caption": "初始化时平均损失的梯度；每个偏置取 {inits} 次随机初始化的中位数。",
+    "h.train_caption": "全批量梯度下降，η = {lr}，两种损失从同一组初始权重出发。",
+    "h.verdict": (
+        "从 c = 0 到 c = {cmax}，隐藏层的梯度在交叉熵下缩小了 {ce_fall} 倍，在均方误差下缩小了 {mse_fall} 倍，"
+        "与 σ'(z₁) 的平均缩小 {sp_fall} 倍一致；而交叉熵下输出层的梯度没有缩小（是 c = 0 时的 {out_ratio} 倍）。"
+        "从饱和起点出发，交叉熵达到 {p} 训练准确率要 {ce_sat} 步，而不是 {ce_std} 步；均方误差要 {mse_sat} 步，而不是 {mse_std} 步。"
+        "交叉熵消除的是输出层的 σ'(z)，而不是隐藏层的。"
+    ),
+    "h.verdict_holds": "这里交叉熵下隐藏层的梯度没有缩小（从 c = 0 到 c = {cmax} 为 {ce_fall} 倍；均方误差 {mse_fall} 倍）。",
+    "fig.hidden_grad_title": "起点的梯度与隐藏层饱和程度",
+    "fig.offset": "隐藏偏置 c（单元从 z₁ ≈ ±c 出发）",
+    "fig.grad_norm": "梯度范数（对数坐标）",
+    "fig.hidden_layer": "隐藏层，{loss}",
+    "fig.output_layer": "输出层，{loss}",
+    "fig.mean_sp": "σ'(z₁) 的平均",
+    "fig.hidden_train_title": "训练准确率，两种损失用同一个 η",
+    "fig.train_acc": "训练准确率",
+    "fig.hidden_run": "{loss}，{start}",
+    "fig.start.standard": "c = {c}",
+    "fig.start.saturated": "c = {c}（饱和）",
+    "g.epoch": "epoch：把训练数据完整过一遍；Nielsen 的例子只有一个训练样本，一个 epoch 就是一步梯度下降。",
+    "g.canonical": "典范连接（canonical link）：与输出函数匹配的损失（sigmoid ↔ 二元交叉熵，softmax ↔ 交叉熵，线性 ↔ 平方误差），此时 ∂L/∂z = a − y。",
+    "g.hidden": "隐藏层：输入和输出之间的单元；它们自己的 σ'(z) 会乘到每个传到它们的梯度上。",
+    "g.code": "编码长度：用为 q 设计的编码传送 p 的结果时，平均需要的奈特（或比特）数；它就是 H(p, q)。",
 }
 
 STRINGS = {"en": EN, "zh": ZH}

@@ -319,3 +319,53 @@ DERIVATIONS: dict[str, tuple[Line, ...]] = {
     ),
 }
 """Each derivation's lines: ``(check name or None for a definition, MathML)``."""
+
+# -- where cross-entropy comes from: integrating the gradient one wants ----------------------
+
+C = mi("C")
+ORIGIN: tuple[tuple[str | None, str], ...] = (
+    (
+        None,
+        math(d(C, b), EQ, d(C, a), TIMES, d(a, z), TIMES, d(z, b), EQ, d(C, a), TIMES, A_1MA),
+    ),
+    (
+        "want",
+        math(
+            d(C, b),
+            EQ,
+            A_MINUS_Y,
+            MSPACE,
+            mo("⇒"),
+            MSPACE,
+            d(C, a),
+            EQ,
+            frac(A_MINUS_Y, A_1MA),
+            EQ,
+            MINUS,
+            frac(y, a),
+            PLUS,
+            frac(row(ONE, MINUS, y), row(ONE, MINUS, a)),
+        ),
+    ),
+    (
+        "integral",
+        math(
+            C,
+            EQ,
+            row(
+                '<mo largeop="true">∫</mo>',
+                paren(MINUS, frac(y, a), PLUS, frac(row(ONE, MINUS, y), row(ONE, MINUS, a))),
+                mi("d"),
+                a,
+            ),
+            EQ,
+            MINUS,
+            bracket(y, LN, a, PLUS, paren(ONE, MINUS, y), LN, paren(ONE, MINUS, a)),
+            PLUS,
+            text("const"),
+        ),
+    ),
+)
+"""The integration, line by line: ``(check name or None, MathML)``; the checks are
+``"want"`` (the library's gradient is a − y) and ``"integral"`` (the numerical integral is
+the library's BCE plus a constant)."""

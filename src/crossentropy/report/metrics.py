@@ -110,6 +110,77 @@ def build_metrics(
                 for loss, table in r.grid.steps_to_correct.items()
             },
         },
+        "nielsen": [
+            {
+                "start": run.start,
+                "w0": run.w0,
+                "b0": run.b0,
+                "loss": run.loss,
+                "learning_rate": run.learning_rate,
+                "initial_output": _num(float(run.output[0])),
+                "final_output": _num(float(run.output[-1])),
+                "initial_cost": _num(float(run.cost[0])),
+                "final_cost": _num(float(run.cost[-1])),
+                "epochs_to_drop_10_percent": run.epochs_to_drop,
+                "fastest_epoch": run.steepest,
+            }
+            for run in r.nielsen.runs
+        ],
+        "cost_origin": {
+            "targets": list(r.origin.targets),
+            "b_range": [float(r.origin.b[0]), float(r.origin.b[-1])],
+            "points": int(r.origin.b.size),
+            "grad_minus_residual_max": _num(r.origin.grad_error),
+            "grad_vs_finite_differences_max": _num(r.origin.fd_error),
+            "integral_minus_loss_spread": {k: _num(v) for k, v in r.origin.constant_spread.items()},
+        },
+        "canonical_link": {
+            "pairs": [
+                {
+                    "name": c.name,
+                    "matched": c.matched,
+                    "max_gap_to_residual": _num(c.max_gap),
+                    "max_error_vs_finite_differences": _num(c.fd_error),
+                }
+                for c in r.links.checks
+            ],
+            "softmax_ce_hessian_error": _num(r.links.hessian_error),
+        },
+        "code_length": {
+            "p": list(r.code.p),
+            "q": list(r.code.q),
+            "entropy": _num(r.code.entropy),
+            "kl": _num(r.code.kl),
+            "cross_entropy": _num(r.code.cross_entropy),
+            "gap": _num(r.code.gap),
+        },
+        "hidden_layer": {
+            "hidden_units": r.hidden.hidden,
+            "samples": r.hidden.samples,
+            "offsets": list(r.hidden.offsets),
+            "mean_sigma_prime": [_num(float(v)) for v in r.hidden.mean_sigma_prime],
+            "saturated_fraction": [_num(float(v)) for v in r.hidden.saturated],
+            "hidden_grad_norm": {
+                k: [_num(float(v)) for v in vals] for k, vals in r.hidden.hidden_grad.items()
+            },
+            "output_grad_norm": {
+                k: [_num(float(v)) for v in vals] for k, vals in r.hidden.output_grad.items()
+            },
+            "learning_rate": r.hidden.learning_rate,
+            "steps": r.hidden.steps,
+            "runs": [
+                {
+                    "start": run.start,
+                    "offset": run.offset,
+                    "loss": run.loss,
+                    "steps_to_target": run.steps_to_target,
+                    "final_accuracy": _num(float(run.accuracy[-1])),
+                    "w1_relative_change": _num(run.w1_change),
+                }
+                for run in r.hidden.runs
+            ],
+            "gradient_vs_finite_differences": _num(r.hidden.fd_error),
+        },
         "verdicts": [
             {"section": s.key, "title": s.title, "status": s.status, "verdict": s.verdict}
             for s in sections

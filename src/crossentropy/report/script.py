@@ -1,10 +1,17 @@
-"""The page's only script: the sliders of part 2.
+"""The page's only script: the sliders of the saturated-neuron part and the draggable bars of
+:math:`H(p, q) = H(p) + \\mathrm{KL}(p \\| q)`.
 
-Plain JavaScript (ES5, no library, no network). It reads the runs that Python computed
-(``<script type="application/json" id="neuron-grid">``), picks the one the sliders name and
-draws its recorded points — the output :math:`a` and the factor :math:`\\sigma'(z)` per step,
-both losses. It computes nothing about the neuron itself: every plotted value is a number
+Plain JavaScript (ES5, no library, no network). The sliders read the runs that Python computed
+(``<script type="application/json" id="neuron-grid">``), pick the one the sliders name and
+draw its recorded points — the output :math:`a` and the factor :math:`\\sigma'(z)` per step,
+both losses. They compute nothing about the neuron itself: every plotted value is a number
 from the library's run, looked up.
+
+The bars (``id="hpq-data"``) start at the library's example, drawn by Python into the page; a
+drag or an arrow key changes one probability, rescales the others of that distribution to
+sum 1, and recomputes the three sums :math:`-\\sum p \\ln p`, :math:`\\sum p \\ln(p/q)` and
+:math:`-\\sum p \\ln q` — arithmetic the library's numbers for the example pin (a browser test
+compares them).
 """
 
 SCRIPT = r"""
@@ -129,6 +136,115 @@ SCRIPT = r"""
     if (pending === null) { pending = setTimeout(function () { pending = null; draw(); }, 100); }
   });
   root.hidden = false;
+  draw();
+})();
+(function () {
+  "use strict";
+  var svg = document.getElementById("hpq-svg");
+  var source = document.getElementById("hpq-data");
+  if (!svg || !source) { return; }
+  var data = JSON.parse(source.textContent);
+  var g = data.geometry, n = data.p.length;
+  var scale = g.bottom - g.top, nat = (g.width - g.left - 6) / g.max_nats;
+  var dist = {p: data.p.slice(), q: data.q.slice()};
+  var readout = document.getElementById("hpq-readout");
+
+  function fmt(v) { return v.toFixed(3); }
+  function sums() {
+    var h = 0, kl = 0, hpq = 0;
+    for (var i = 0; i < n; i++) {
+      var p = dist.p[i], q = dist.q[i];
+      if (p > 0) { h -= p * Math.log(p); kl += p * Math.log(p / q); hpq -= p * Math.log(q); }
+    }
+    return {h: h, kl: kl, hpq: hpq};
+  }
+  function each(selector, fn) {
+    Array.prototype.forEach.call(svg.querySelectorAll(selector), fn);
+  }
+  function draw() {
+    each("rect.bar", function (r) {
+      var v = dist[r.getAttribute("data-dist")][Number(r.getAttribute("data-i"))];
+      r.setAttribute("y", (g.bottom - v * scale).toFixed(2));
+      r.setAttribute("height", (v * scale).toFixed(2));
+    });
+    each("text.value", function (tx) {
+      var v = dist[tx.getAttribute("data-dist")][Number(tx.getAttribute("data-i"))];
+      tx.setAttribute("y", (g.bottom - v * scale - 4).toFixed(2));
+      tx.textContent = v.toFixed(3);
+    });
+    each("rect.hit", function (r) {
+      var v = dist[r.getAttribute("data-dist")][Number(r.getAttribute("data-i"))];
+      r.setAttribute("aria-valuenow", v.toFixed(3));
+      r.setAttribute("aria-valuetext", v.toFixed(2));
+    });
+    var s = sums(), width = g.width - g.left - 6;
+    var hw = Math.min(s.h * nat, width), kw = Math.max(0, Math.min(s.kl * nat, width - hw));
+    var hr = document.getElementById("hpq-h"), kr = document.getElementById("hpq-kl");
+    hr.setAttribute("width", hw.toFixed(2));
+    kr.setAttribute("x", (g.left + hw).toFixed(2));
+    kr.setAttribute("width", kw.toFixed(2));
+    document.getElementById("hpq-kl-label").setAttribute("x", (g.left + hw + 4).toFixed(2));
+    document.getElementById("hpq-kl-label").style.display = kw > 18 ? "" : "none";
+    document.getElementById("hpq-h-label").style.display = hw > 30 ? "" : "none";
+    readout.textContent = data.text.readout.replace("{h}", fmt(s.h))
+      .replace("{kl}", fmt(s.kl)).replace("{hpq}", fmt(s.hpq));
+  }
+  function set(which, i, value) {
+    var arr = dist[which], hi = 1 - g.min * (n - 1);
+    var v = Math.max(g.min, Math.min(hi, value)), rest = 0, j;
+    for (j = 0; j < n; j++) { if (j !== i) { rest += arr[j]; } }
+    for (j = 0; j < n; j++) {
+      if (j !== i) {
+        arr[j] = Math.max(g.min, rest > 0 ? (1 - v) * arr[j] / rest : (1 - v) / (n - 1));
+      }
+    }
+    var others = 0;
+    for (j = 0; j < n; j++) { if (j !== i) { others += arr[j]; } }
+    arr[i] = 1 - others;  // the distribution sums to 1 exactly
+    draw();
+  }
+  function valueAt(evt) {
+    var pt = svg.createSVGPoint();
+    pt.x = evt.clientX; pt.y = evt.clientY;
+    var local = pt.matrixTransform(svg.getScreenCTM().inverse());
+    return (g.bottom - local.y) / scale;
+  }
+  var active = null;
+  each("rect.hit", function (r) {
+    var which = r.getAttribute("data-dist"), i = Number(r.getAttribute("data-i"));
+    r.setAttribute("tabindex", "0");
+    r.addEventListener("pointerdown", function (evt) {
+      evt.preventDefault();
+      active = {which: which, i: i, id: evt.pointerId};
+      try { r.setPointerCapture(evt.pointerId); } catch (e) { /* no such pointer: no capture */ }
+      r.focus();
+      set(which, i, valueAt(evt));
+    });
+    r.addEventListener("pointermove", function (evt) {
+      if (active && active.which === which && active.i === i) { set(which, i, valueAt(evt)); }
+    });
+    function stop() { active = null; }
+    r.addEventListener("pointerup", stop);
+    r.addEventListener("pointercancel", stop);
+    r.addEventListener("keydown", function (evt) {
+      var v = dist[which][i], step = evt.shiftKey ? 0.1 : 0.02, next = null;
+      if (evt.key === "ArrowUp" || evt.key === "ArrowRight") { next = v + step; }
+      else if (evt.key === "ArrowDown" || evt.key === "ArrowLeft") { next = v - step; }
+      else if (evt.key === "PageUp") { next = v + 0.1; }
+      else if (evt.key === "PageDown") { next = v - 0.1; }
+      else if (evt.key === "Home") { next = g.min; }
+      else if (evt.key === "End") { next = 1; }
+      if (next !== null) { evt.preventDefault(); set(which, i, next); }
+    });
+  });
+  document.getElementById("hpq-reset").addEventListener("click", function () {
+    dist.p = data.p.slice(); dist.q = data.q.slice(); draw();
+  });
+  document.getElementById("hpq-equal").addEventListener("click", function () {
+    dist.q = dist.p.slice(); draw();
+  });
+  document.getElementById("hpq-howto").hidden = false;
+  document.getElementById("hpq-buttons").hidden = false;
   draw();
 })();
 """

@@ -7,6 +7,7 @@ Statuses (:data:`CONFIRMED` …) are language-neutral keys; :class:`~.i18n.Texts
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 
@@ -24,6 +25,26 @@ FAILED = "failed"
 FD_TOLERANCE = 1e-6  # finite differences in float64 with h = 1e-6: relative errors ~1e-9
 TORCH_TOLERANCE = 1e-10  # float64 autograd: rounding only
 IDENTITY_TOLERANCE = 1e-9
+INTEGRAL_TOLERANCE = 1e-5  # trapezoids with step 0.005 on a smooth integrand: ~5e-7
+LINK_TOLERANCE = 1e-12  # a − y against the library's closed forms: rounding only
+HESSIAN_TOLERANCE = 1e-6  # central differences of the gradient, h = 1e-5
+NIELSEN_FIGURES = {"w0.6_b0.9": 0.09, "w2_b2": 0.20}
+"""The quadratic cost's output after 300 epochs in Nielsen's figures (chapter 3), to compare."""
+
+ORDER = (
+    ("nielsen", "p_nielsen"),
+    ("gradient_anatomy", "p_anatomy"),
+    ("saturated_neuron", "p_neuron"),
+    ("cost_origin", "p_origin"),
+    ("canonical_link", "p_link"),
+    ("fair_race", "p_race"),
+    ("derivation_checks", "p_checks"),
+    ("identities", "p_identities"),
+    ("hidden_layer", "p_hidden"),
+)
+"""The parts in page order; each text refers to a part by its field (``{p_checks}``)."""
+PARTS = {field: k for k, (_, field) in enumerate(ORDER, start=1)}
+PART_OF = {key: k for k, (key, _) in enumerate(ORDER, start=1)}
 SMOOTHING = 0.1  # identity 3's label smoothing (crossentropy.experiments.identities)
 
 
@@ -59,6 +80,8 @@ class Section:
     status: str
     details: tuple[str, ...] = ()
     details_title: str = ""
+    who: str = ""
+    """Whose claim ``claim`` is, when not the article's."""
 
 
 def sci(x: float) -> str:
@@ -107,7 +130,7 @@ def anatomy_section(r: DemoResults, t: Texts) -> Section:
         title=t("s1.title"),
         short=t("s1.short"),
         claim=t("s1.claim"),
-        explain=t("s1.explain", sp=sci(sp_min), z=f"{zmin:g}"),
+        explain=t("s1.explain", sp=sci(sp_min), z=f"{zmin:g}", **PARTS),
         figures=(
             FigureRef("gradient_anatomy_linear.svg", t("s1.alt1")),
             FigureRef("gradient_anatomy_log.svg", t("s1.alt2")),
@@ -489,13 +512,334 @@ def identities_section(r: DemoResults, t: Texts) -> Section:
     )
 
 
+def _ratio(x: float) -> str:
+    """A ratio as "2.3", "15", "1,200"."""
+    return f"{x:,.0f}" if x >= 10 else f"{x:.1f}"
+
+
+def nielsen_section(r: DemoResults, t: Texts) -> Section:
+    n = r.nielsen
+    from ..experiments.teaching import NIELSEN_CE_RATE, NIELSEN_RATE
+
+    mild, bad = "w0.6_b0.9", "w2_b2"
+    mse_bad, mse_mild = n.run(bad, "mse"), n.run(mild, "mse")
+    ce_bad, ce_mild = n.run(bad, "cross_entropy"), n.run(mild, "cross_entropy")
+    ce_bad_slow = n.run(bad, "cross_entropy", NIELSEN_CE_RATE)
+    rows = []
+    for run in n.runs:
+        ref = NIELSEN_FIGURES.get(run.start) if run.loss == "mse" else None
+        rows.append(
+            (
+                t("n.start." + run.start),
+                t("loss." + run.loss),
+                f"{run.learning_rate:g}",
+                f"{run.output[0]:.2f}",
+                f"{run.cost[0]:.3f}",
+                f"{run.output[-1]:.2f}",
+                "—" if ref is None else f"{ref:.2f}",
+                steps(run.epochs_to_drop, t),
+                str(run.steepest),
+            )
+        )
+    plateau = mse_bad.epochs_to_drop
+    reproduced = all(
+        round(float(n.run(start, "mse").output[-1]), 2) == ref
+        for start, ref in NIELSEN_FIGURES.items()
+    )
+    ok = (
+        reproduced
+        and _lt(ce_bad.epochs_to_drop, plateau)
+        and _lt(mse_mild.epochs_to_drop, plateau)
+        and mse_bad.steepest > ce_bad.steepest
+    )
+    first = ce_bad.steepest == 0 and ce_mild.steepest == 0
+    ce_fastest = (
+        t("n.ce_first") if first else t("n.ce_later", mild=ce_mild.steepest, bad=ce_bad.steepest)
+    )
+    return Section(
+        key="nielsen",
+        title=t("n.title"),
+        short=t("n.short"),
+        claim=t("n.claim"),
+        who=t("who.nielsen"),
+        explain=t(
+            "n.explain",
+            epochs=n.epochs,
+            lr=f"{NIELSEN_RATE:g}",
+            ce_lr=f"{NIELSEN_CE_RATE:g}",
+            a_mild=f"{mse_mild.output[0]:.2f}",
+            a_bad=f"{mse_bad.output[0]:.2f}",
+            plateau=steps(plateau, t),
+            steepest=mse_bad.steepest,
+            ce_fastest=ce_fastest,
+        ),
+        figures=(
+            FigureRef("nielsen_quadratic.svg", t("n.alt1", plateau=steps(plateau, t))),
+            FigureRef("nielsen_cross_entropy.svg", t("n.alt2")),
+        ),
+        tables=(
+            Table(
+                (
+                    t("n.h.start"),
+                    t("n.h.cost"),
+                    t("n.h.lr"),
+                    t("n.h.a0"),
+                    t("n.h.c0"),
+                    t("n.h.final", n=n.epochs),
+                    t("n.h.nielsen"),
+                    t("n.h.drop"),
+                    t("n.h.steepest"),
+                ),
+                tuple(rows),
+                t("n.table_caption"),
+            ),
+        ),
+        verdict=t(
+            "n.verdict",
+            plateau=steps(plateau, t),
+            ce_drop=steps(ce_bad.epochs_to_drop, t),
+            ce_drop_slow=steps(ce_bad_slow.epochs_to_drop, t),
+            lr=f"{NIELSEN_RATE:g}",
+            ce_lr=f"{NIELSEN_CE_RATE:g}",
+            mild_drop=steps(mse_mild.epochs_to_drop, t),
+            epochs=n.epochs,
+            out_mild=f"{mse_mild.output[-1]:.2f}",
+            out_bad=f"{mse_bad.output[-1]:.2f}",
+            ref_mild=f"{NIELSEN_FIGURES[mild]:.2f}",
+            ref_bad=f"{NIELSEN_FIGURES[bad]:.2f}",
+        ),
+        status=CONFIRMED if ok else NOT_CONFIRMED,
+    )
+
+
+def origin_ok(r: DemoResults) -> bool:
+    o = r.origin
+    return (
+        o.grad_error < LINK_TOLERANCE
+        and o.fd_error < FD_TOLERANCE
+        and max(o.constant_spread.values()) < INTEGRAL_TOLERANCE
+    )
+
+
+def origin_section(r: DemoResults, t: Texts) -> Section:
+    o = r.origin
+    ok = origin_ok(r)
+    verdict = t(
+        "o.verdict",
+        grad=sci(o.grad_error),
+        fd=sci(o.fd_error),
+        spread=sci(o.constant_spread["cross_entropy"]),
+        mse_spread=sci(o.constant_spread["mse"]),
+    )
+    if not ok:
+        verdict = t("o.verdict_bad") + verdict
+    rows = (
+        ("a − y", "−[y ln a + (1 − y) ln(1 − a)]", sci(o.constant_spread["cross_entropy"])),
+        ("(a − y)σ'(z)", "(a − y)²/2", sci(o.constant_spread["mse"])),
+    )
+    return Section(
+        key="cost_origin",
+        title=t("o.title"),
+        short=t("o.short"),
+        claim=t("o.claim"),
+        who=t("who.nielsen"),
+        explain=t("o.explain", lo=f"{o.b[0]:g}", hi=f"{o.b[-1]:g}", num=o.b.size),
+        figures=(FigureRef("cost_origin.svg", t("o.alt")),),
+        tables=(
+            Table(
+                (t("o.h.loss"), t("o.h.gives"), t("o.h.spread")),
+                rows,
+                t("o.table_caption", targets=", ".join(f"{y:g}" for y in o.targets)),
+            ),
+        ),
+        verdict=verdict,
+        status=PASSED if ok else FAILED,
+    )
+
+
+def links_ok(r: DemoResults) -> tuple[bool, float, float, float]:
+    """Whether the canonical pairs give a − y and the mixed one does not; the worst gap of
+    the matched pairs, their worst finite-difference error and the mixed pair's gap."""
+    links = r.links
+    matched = [c for c in links.checks if c.matched]
+    mixed = [c for c in links.checks if not c.matched]
+    gap = max(c.max_gap for c in matched)
+    fd = max(c.fd_error for c in links.checks)
+    off = min(c.max_gap for c in mixed) if mixed else math.inf
+    ok = (
+        gap < LINK_TOLERANCE
+        and fd < FD_TOLERANCE
+        and off > 0.1
+        and links.hessian_error < HESSIAN_TOLERANCE
+    )
+    return ok, gap, fd, off
+
+
+def link_section(r: DemoResults, t: Texts) -> Section:
+    links = r.links
+    ok, gap, fd, off = links_ok(r)
+    rows = (
+        *((t("l.pair." + c.name), sci(c.max_gap), sci(c.fd_error)) for c in links.checks),
+        (t("l.pair.hessian"), "—", sci(links.hessian_error)),
+    )
+    verdict = t(
+        "l.verdict", gap=sci(gap), fd=sci(fd), mixed=f"{off:.2f}", hess=sci(links.hessian_error)
+    )
+    if not ok:
+        verdict = t("l.verdict_bad") + verdict
+    return Section(
+        key="canonical_link",
+        title=t("l.title"),
+        short=t("l.short"),
+        claim=t("l.claim"),
+        explain=t("l.explain"),
+        figures=(FigureRef("canonical_link.svg", t("l.alt")),),
+        tables=(
+            Table(
+                (t("l.h.pair"), t("l.h.gap"), t("l.h.fd")),
+                rows,
+                t("l.table_caption", seed=r.settings.seed),
+            ),
+        ),
+        verdict=verdict,
+        status=PASSED if ok else FAILED,
+    )
+
+
+def hidden_numbers(r: DemoResults) -> dict[str, float]:
+    """The ratios the hidden-layer verdict quotes: how far each gradient fell from the first
+    offset to the last, and the steps to the target from each start."""
+    h = r.hidden
+    return {
+        "ce_fall": float(h.hidden_grad["cross_entropy"][0] / h.hidden_grad["cross_entropy"][-1]),
+        "mse_fall": float(h.hidden_grad["mse"][0] / h.hidden_grad["mse"][-1]),
+        "sp_fall": float(h.mean_sigma_prime[0] / h.mean_sigma_prime[-1]),
+        "out_ratio": float(h.output_grad["cross_entropy"][-1] / h.output_grad["cross_entropy"][0]),
+    }
+
+
+def hidden_section(r: DemoResults, t: Texts) -> Section:
+    h = r.hidden
+    nums = hidden_numbers(r)
+    std, sat = list(h.starts)
+    loss_names = {loss: t("loss." + loss) for loss in ("cross_entropy", "mse")}
+    sweep = tuple(
+        (
+            f"{c:g}",
+            f"{h.mean_sigma_prime[k]:.4f}",
+            f"{h.saturated[k]:.0%}",
+            *(sci(float(h.hidden_grad[loss][k])) for loss in loss_names),
+            *(sci(float(h.output_grad[loss][k])) for loss in loss_names),
+        )
+        for k, c in enumerate(h.offsets)
+    )
+    training = tuple(
+        (
+            t("h.start." + run.start, c=f"{run.offset:g}"),
+            t("loss." + run.loss),
+            steps(run.steps_to_target, t),
+            f"{run.accuracy[-1]:.3f}",
+            f"{run.w1_change:.2f}",
+        )
+        for run in h.runs
+    )
+    slower = all(
+        _lt(h.run(std, loss).steps_to_target, h.run(sat, loss).steps_to_target)
+        for loss in loss_names
+    )
+    shrinks = nums["ce_fall"] > 10 and nums["mse_fall"] > 10
+    if shrinks and slower and nums["out_ratio"] > 0.5:
+        status = MIXED  # the article's claim holds at the output only
+    elif nums["ce_fall"] < 2:
+        status = CONFIRMED
+    else:
+        status = MIXED if shrinks else NOT_CONFIRMED
+    fields = {
+        "cmax": f"{h.offsets[-1]:g}",
+        "ce_fall": _ratio(nums["ce_fall"]),
+        "mse_fall": _ratio(nums["mse_fall"]),
+    }
+    if status == CONFIRMED:
+        verdict = t("h.verdict_holds", **fields)
+    else:
+        verdict = t(
+            "h.verdict",
+            **fields,
+            sp_fall=_ratio(nums["sp_fall"]),
+            out_ratio=f"{nums['out_ratio']:.1f}",
+            p=f"{h.target_accuracy:.0%}",
+            ce_sat=steps(h.run(sat, "cross_entropy").steps_to_target, t),
+            ce_std=steps(h.run(std, "cross_entropy").steps_to_target, t),
+            mse_sat=steps(h.run(sat, "mse").steps_to_target, t),
+            mse_std=steps(h.run(std, "mse").steps_to_target, t),
+        )
+    return Section(
+        key="hidden_layer",
+        title=t("h.title"),
+        short=t("h.short"),
+        claim=t("s2.claim"),
+        explain=t(
+            "h.explain",
+            hidden=h.hidden,
+            n=h.samples,
+            inits=h.inits,
+            c0=f"{h.starts[std]:g}",
+            c1=f"{h.starts[sat]:g}",
+            lr=f"{h.learning_rate:g}",
+            steps=h.steps,
+            fd=sci(h.fd_error),
+        ),
+        figures=(
+            FigureRef("hidden_gradients.svg", t("h.alt1")),
+            FigureRef("hidden_training.svg", t("h.alt2")),
+        ),
+        tables=(
+            Table(
+                (
+                    t("h.h.offset"),
+                    t("h.h.sp"),
+                    t("h.h.sat"),
+                    *(t("h.h.hidden", loss=name) for name in loss_names.values()),
+                    *(t("h.h.output", loss=name) for name in loss_names.values()),
+                ),
+                sweep,
+                t("h.table_caption", inits=h.inits),
+            ),
+            Table(
+                (
+                    t("h.h.start"),
+                    t("h.h.loss"),
+                    t("h.h.steps", p=f"{h.target_accuracy:.0%}"),
+                    t("h.h.final", n=h.steps),
+                    t("h.h.change"),
+                ),
+                training,
+                t("h.train_caption", lr=f"{h.learning_rate:g}"),
+            ),
+        ),
+        verdict=verdict,
+        status=status,
+    )
+
+
+BUILDERS = {
+    "nielsen": nielsen_section,
+    "gradient_anatomy": anatomy_section,
+    "saturated_neuron": neuron_section,
+    "cost_origin": origin_section,
+    "canonical_link": link_section,
+    "fair_race": race_section,
+    "derivation_checks": checks_section,
+    "identities": identities_section,
+    "hidden_layer": hidden_section,
+}
+
+
 def build_sections(r: DemoResults, t: Texts | None = None) -> list[Section]:
-    """The five sections, in the article's order."""
+    """The parts in page order (:data:`ORDER`), each title numbered ("1. …")."""
     t = t or Texts("en")
-    return [
-        anatomy_section(r, t),
-        neuron_section(r, t),
-        race_section(r, t),
-        checks_section(r, t),
-        identities_section(r, t),
-    ]
+    out = []
+    for k, (key, _) in enumerate(ORDER, start=1):
+        s = BUILDERS[key](r, t)
+        out.append(dataclasses.replace(s, title=f"{k}. {s.title}", short=f"{k}. {s.short}"))
+    return out
