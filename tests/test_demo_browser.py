@@ -36,6 +36,9 @@ FLAGS = [
     "--virtual-time-budget=20000",
 ]
 
+# Chromium copies every console message of the page (and every uncaught error) to stderr
+CONSOLE = ["--enable-logging=stderr", "--v=0"]
+
 FRAMES = {
     "wide": (1280, ""),
     "narrow": (360, ""),
@@ -73,6 +76,70 @@ function measureFigures(doc, win) {
             legend: heights, ticks: ticks};
   });
 }
+function probeBars(doc, win) {
+  // The H(p, q) bars: what is drawn, then a pointer drag, arrow keys and the buttons.
+  var svg = doc.getElementById("hpq-svg");
+  if (!svg) { return null; }
+  function bar(dist, i) {
+    return svg.querySelector("rect.bar[data-dist=" + dist + "][data-i='" + i + "']");
+  }
+  function hit(dist, i) {
+    return svg.querySelector("rect.hit[data-dist=" + dist + "][data-i='" + i + "']");
+  }
+  function heights(dist) {
+    return Array.prototype.map.call(svg.querySelectorAll("rect.bar[data-dist=" + dist + "]"),
+                                    function (r) { return Number(r.getAttribute("height")); });
+  }
+  function values(dist) {
+    return Array.prototype.map.call(
+      svg.querySelectorAll("rect.hit[data-dist=" + dist + "]"),
+      function (r) { return Number(r.getAttribute("aria-valuenow")); });
+  }
+  var readout = function () { return doc.getElementById("hpq-readout").textContent; };
+  var box = svg.getBoundingClientRect();
+  var out = {bars: svg.querySelectorAll("rect.bar").length, width: box.width,
+             height: box.height, heightsP: heights("p"), heightsQ: heights("q"),
+             klWidth: Number(doc.getElementById("hpq-kl").getAttribute("width")),
+             readout: readout(),
+             library: JSON.parse(doc.getElementById("hpq-data").textContent).library,
+             howtoShown: !doc.getElementById("hpq-howto").hidden,
+             buttonsShown: doc.getElementById("hpq-buttons").getBoundingClientRect().height > 0};
+  if (!out.howtoShown) { return out; }
+  // drag q's first bar up to about 0.8, by pointer events at its screen position
+  var target = hit("q", 0), r = target.getBoundingClientRect();
+  var x = r.left + r.width / 2, from = bar("q", 0).getBoundingClientRect().top;
+  var to = r.top + r.height * 0.25;
+  function pointer(type, y) {
+    target.dispatchEvent(new win.PointerEvent(type, {bubbles: true, cancelable: true,
+      clientX: x, clientY: y, pointerId: 7, pointerType: "mouse", isPrimary: true}));
+  }
+  pointer("pointerdown", from);
+  pointer("pointermove", (from + to) / 2);
+  pointer("pointermove", to);
+  pointer("pointerup", to);
+  out.dragged = {heightsQ: heights("q"), valuesQ: values("q"), readout: readout(),
+                 klWidth: Number(doc.getElementById("hpq-kl").getAttribute("width"))};
+  // keyboard: Tab reaches a bar (it is focusable), arrows move it, Home sends it to the floor
+  var key = hit("p", 2);
+  key.focus();
+  out.focused = doc.activeElement === key;
+  out.tabindex = key.getAttribute("tabindex");
+  var before = values("p");
+  function press(name) {
+    key.dispatchEvent(new win.KeyboardEvent("keydown", {key: name, bubbles: true,
+                                                        cancelable: true}));
+  }
+  press("ArrowUp"); press("ArrowUp"); press("ArrowUp");
+  out.keys = {before: before, up: values("p"), readout: readout(), heightsP: heights("p")};
+  press("Home");
+  out.keys.home = values("p");
+  doc.getElementById("hpq-equal").click();
+  out.equal = {readout: readout(), valuesQ: values("q"), valuesP: values("p"),
+               klWidth: Number(doc.getElementById("hpq-kl").getAttribute("width"))};
+  doc.getElementById("hpq-reset").click();
+  out.reset = {readout: readout(), heightsQ: heights("q")};
+  return out;
+}
 function inspect(frame) {
   var doc = frame.contentDocument, win = frame.contentWindow;
   var root = doc.documentElement, width = root.clientWidth;
@@ -107,6 +174,7 @@ function inspect(frame) {
   if (ns) {
     out.noscriptShown = doc.body.innerText.indexOf(ns.textContent.trim().slice(0, 20)) >= 0;
   }
+  out.hpq = probeBars(doc, win);
   if (out.playShown) {
     var line = function () {
       var p = doc.querySelector("#play-output polyline[data-loss=mse]");
@@ -184,6 +252,7 @@ def probe(browser: str, report: ReportFiles, profile: Path) -> dict[str, Any]:
             [
                 browser,
                 *FLAGS,
+                *CONSOLE,
                 "--window-size=1400,1000",
                 f"--user-data-dir={profile}",
                 "--dump-dom",
@@ -201,6 +270,8 @@ def probe(browser: str, report: ReportFiles, profile: Path) -> dict[str, Any]:
     found: dict[str, Any] = json.loads(html_lib.unescape(match.group(1)))
     for name, frame in found.items():
         assert "error" not in frame, (name, frame)
+    # what the pages wrote to the console: uncaught errors and console.* calls
+    found["console"] = re.findall(r"INFO:CONSOLE[^\]]*\] (.*)", proc.stderr)
     return found
 
 
@@ -264,7 +335,7 @@ def test_legends_are_legible_at_360_px(
 ) -> None:
     """They were about 5 px tall on a phone: 7-8 pt in a panel shown ~330 px wide."""
     figures = probed[lang][frame]["svgText"]
-    assert len(figures) == 10
+    assert len(figures) == 16
     for fig in figures:
         assert fig["legend"], fig["file"]  # every figure has a legend
         assert min(fig["legend"]) >= 9, (fig["file"], min(fig["legend"]))
@@ -294,6 +365,77 @@ def test_without_javascript_the_sliders_give_way_to_a_note(
         assert f["noscriptShown"]
         assert "Measured in this run" in f["text"]
     assert not probed["en"]["wide"]["noscriptShown"]
+
+
+# -- the teaching parts (issue 18) ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("lang", ["en", "zh"])
+def test_no_console_errors(probed: dict[str, dict[str, Any]], lang: str) -> None:
+    """Nothing written to the console by any frame: no uncaught error, no console.error.
+    (The sandboxed frames' "Blocked script execution" is the harness turning JavaScript off.)"""
+    messages = probed[lang]["console"]
+    blocked = [m for m in messages if m.startswith('"Blocked script execution')]
+    assert len(blocked) == 2  # one per frame without scripts: the log is being read
+    assert [m for m in messages if m not in blocked] == []
+
+
+def _nats(x: float) -> str:
+    return f"{x:.3f}"
+
+
+@pytest.mark.parametrize("lang", ["en", "zh"])
+@pytest.mark.parametrize("frame", ["wide", "narrow"])
+def test_dragging_a_bar_changes_the_drawing(
+    probed: dict[str, dict[str, Any]], lang: str, frame: str
+) -> None:
+    bars = probed[lang][frame]["hpq"]
+    assert bars["bars"] == 8 and bars["howtoShown"] and bars["buttonsShown"]
+    # the script starts from the library's numbers: its sums give the same three values
+    lib = bars["library"]
+    for value in (lib["h"], lib["kl"], lib["hpq"]):
+        assert _nats(value) in bars["readout"], (value, bars["readout"])
+    dragged = bars["dragged"]
+    assert dragged["heightsQ"][0] > 2 * bars["heightsQ"][0]  # the bar followed the pointer
+    assert 0.7 < dragged["valuesQ"][0] < 0.9
+    assert sum(dragged["valuesQ"]) == pytest.approx(1, abs=2e-3)  # the others made room
+    assert all(h < h0 for h, h0 in zip(dragged["heightsQ"][1:], bars["heightsQ"][1:], strict=True))
+    assert dragged["readout"] != bars["readout"]
+    assert dragged["klWidth"] != bars["klWidth"]  # the KL part of the bar below moved too
+
+
+@pytest.mark.parametrize("lang", ["en", "zh"])
+def test_the_bars_work_from_the_keyboard(probed: dict[str, dict[str, Any]], lang: str) -> None:
+    bars = probed[lang]["wide"]["hpq"]
+    assert bars["focused"] and bars["tabindex"] == "0"  # reachable with Tab
+    keys = bars["keys"]
+    assert keys["up"][2] == pytest.approx(keys["before"][2] + 0.06, abs=1e-3)  # 3 × 0.02
+    assert sum(keys["up"]) == pytest.approx(1, abs=2e-3)
+    assert keys["readout"] != bars["dragged"]["readout"]
+    assert keys["home"][2] == pytest.approx(0.01, abs=1e-3)  # Home: the smallest allowed
+    # q = p: the code is the best one, KL(p‖q) = 0 and H(p, q) = H(p)
+    equal = bars["equal"]
+    assert equal["valuesQ"] == equal["valuesP"]
+    assert equal["klWidth"] == 0
+    kl = "KL(p‖q) = 0.000"
+    assert kl in equal["readout"]
+    # back to the example: the library's numbers again
+    assert bars["reset"]["readout"] == bars["readout"]
+    assert bars["reset"]["heightsQ"] == pytest.approx(bars["heightsQ"], abs=0.01)
+
+
+@pytest.mark.parametrize("frame", ["wide_nojs", "narrow_nojs"])
+def test_without_javascript_the_bars_show_the_librarys_example(
+    probed: dict[str, dict[str, Any]], frame: str
+) -> None:
+    bars = probed["en"][frame]["hpq"]
+    assert bars["bars"] == 8 and all(h > 10 for h in bars["heightsP"] + bars["heightsQ"])
+    assert bars["width"] > 250 and bars["height"] > 150  # drawn, readable at 360 px
+    assert not bars["howtoShown"] and not bars["buttonsShown"]  # no dead controls
+    lib = bars["library"]
+    for value in (lib["h"], lib["kl"], lib["hpq"]):
+        assert _nats(value) in bars["readout"]
+    assert bars["klWidth"] > 0
 
 
 def test_the_chinese_page_shows_the_articles_terms(probed: dict[str, dict[str, Any]]) -> None:

@@ -217,7 +217,7 @@ SCRIPT = r"""
       evt.preventDefault();
       active = {which: which, i: i, id: evt.pointerId};
       try { r.setPointerCapture(evt.pointerId); } catch (e) { /* no such pointer: no capture */ }
-      r.focus();
+      r.focus({preventScroll: true});  // a click must not scroll the bar away from the pointer
       set(which, i, valueAt(evt));
     });
     r.addEventListener("pointermove", function (evt) {
