@@ -9,9 +9,8 @@ The grid is
   :mod:`crossentropy.torch.distributed` on a gloo process group of 1, 2 and 3 ranks (13
   classes sharded contiguously and unevenly, ``WIDTHS``);
 - **impl**: ``"torch"`` (float64) and ``"triton"`` (Triton's interpreter on CPU tensors, float32:
-  Triton refuses float64; ``Tuning.triton_block`` small so every row crosses chunk boundaries). The
-  vocabulary-parallel per-token statistics take no ``impl`` (a test below pins that), so they
-  have ``"torch"`` cells only;
+  Triton refuses float64; ``Tuning.triton_block`` small so every row crosses chunk boundaries),
+  for every function (a test below pins that each takes ``impl``);
 - **form**: logits, or ``hidden @ weight.T + bias`` (``chunk_size=3``: a ragged last chunk of
   the 7 rows);
 - **quantity**: the loss, or the per-token statistics;
@@ -142,17 +141,13 @@ def _loss_impls() -> tuple[str, ...]:
     return ("torch", "triton") if _triton_ok() else ("torch",)
 
 
-def _stats_impls(world: int) -> tuple[str, ...]:
-    return _loss_impls() if world == 0 else ("torch",)
-
-
 def _cells(world: int) -> Iterator[tuple[str, str, str, str, dict[str, Any], int]]:
     """(impl, form, quantity, option name, options, seed) of one backend's cells."""
     for impl in _loss_impls():
         for form in FORMS:
             for i, (name, opts) in enumerate(LOSS_OPTIONS.items()):
                 yield impl, form, "loss", name, opts, 100 + i
-    for impl in _stats_impls(world):
+    for impl in _loss_impls():
         for form in FORMS:
             for i, (name, opts) in enumerate(STATS_OPTIONS.items()):
                 yield impl, form, "stats", name, opts, 200 + i
@@ -299,8 +294,7 @@ def _call(
     common: dict[str, Any] = {"ignore_index": ignore_index, "softcap": cap}
     if world:
         common["vocab_size"] = C
-    if quantity == "loss" or not world:
-        common["impl"] = impl
+    common["impl"] = impl
     if quantity == "loss":
         common.update(
             reduction=opts.get("reduction", "mean"),
@@ -448,15 +442,21 @@ def test_parity_with_the_float64_reference(
     assert not failures, "\n".join(failures)
 
 
-def test_vocab_parallel_token_stats_take_no_impl() -> None:
-    """The vocabulary-parallel per-token statistics have no ``impl`` (torch kernels only): the
-    grid has no Triton cells for them. If one gains it, this fails, and the grid should cover
-    it. The single-process ones take it, and the grid covers both."""
+def test_every_function_takes_impl() -> None:
+    """Every function of the grid takes ``impl``, so the grid has a Triton cell for each: the
+    vocabulary-parallel ones run the same kernels as the single-process ones."""
     import crossentropy.torch as ct
 
-    for fn in (ct.vocab_parallel_token_stats, ct.vocab_parallel_linear_token_stats):
-        assert "impl" not in inspect.signature(fn).parameters, fn.__name__
-    for fn in (ct.token_stats, ct.linear_token_stats):
+    for fn in (
+        ct.cross_entropy,
+        ct.linear_cross_entropy,
+        ct.token_stats,
+        ct.linear_token_stats,
+        ct.vocab_parallel_cross_entropy,
+        ct.vocab_parallel_linear_cross_entropy,
+        ct.vocab_parallel_token_stats,
+        ct.vocab_parallel_linear_token_stats,
+    ):
         assert "impl" in inspect.signature(fn).parameters, fn.__name__
 
 
@@ -466,14 +466,13 @@ def test_grid_summary() -> None:
         pytest.skip("the summary needs every backend's parity test in the same run")
     loss = len(_loss_impls()) * len(FORMS) * len(LOSS_OPTIONS)
     for backend, world in BACKENDS.items():
-        stats = len(_stats_impls(world)) * len(FORMS) * len(STATS_OPTIONS)
+        stats = len(_loss_impls()) * len(FORMS) * len(STATS_OPTIONS)
         assert len(list(_cells(world))) == loss + stats == COMPARED[backend], backend
     total = sum(COMPARED.values())
     print(
         f"\nparity grid: {total} cells = {len(BACKENDS)} backends x "
-        f"{len(_loss_impls())} impls x {len(FORMS)} forms x {len(LOSS_OPTIONS)} loss option "
-        f"sets + (single process: {len(_stats_impls(0))} impls; vocab-parallel: 1) x "
-        f"{len(FORMS)} forms x {len(STATS_OPTIONS)} token-stats option sets"
+        f"{len(_loss_impls())} impls x {len(FORMS)} forms x ({len(LOSS_OPTIONS)} loss + "
+        f"{len(STATS_OPTIONS)} token-stats option sets)"
     )
     for dtype, worst in sorted(WORST.items()):
         (a, a_at), (r, r_at) = worst["abs"], worst["rel"]

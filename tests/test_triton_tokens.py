@@ -19,6 +19,7 @@ import crossentropy.torch as cet  # noqa: E402
 from conftest import tol  # noqa: E402
 from crossentropy.torch import _triton as TR  # noqa: E402
 from crossentropy.torch import _triton_tokens as TT  # noqa: E402
+from crossentropy.torch._rows import token_finish  # noqa: E402
 from crossentropy.torch._types import OP_VERSION  # noqa: E402
 
 pytestmark = pytest.mark.skipif(
@@ -43,6 +44,18 @@ ULP = {torch.float32: 0.0, torch.bfloat16: 2.0**-7, torch.float16: 2.0**-10}
 @pytest.fixture(autouse=True)
 def small_chunks(tuned):
     tuned(triton_block=BLOCK)
+
+
+def _finish(parts, t, ignore):
+    """The kernel's partial sums finished as the autograd Function does:
+    ``(logprob, entropy, lse, argmax, lse_lo)``."""
+    m, s, spread, zy, argmax = parts
+    logprob, entropy, lse, lse_lo = token_finish(m, s, spread, zy, t != ignore)
+    return logprob, entropy, lse, argmax, lse_lo
+
+
+def _row_stats(x, t, ignore, **kw):
+    return _finish(TT.token_row_stats(x, t, **kw), t, ignore)
 
 
 def _case(shape, dtype, seed, *, scale=3.0, special=True):
@@ -103,7 +116,7 @@ def _close(got, exact, tol):
 @pytest.mark.parametrize("shape", SHAPES)
 def test_stats_match_float64(shape, dtype, cap):
     x, t = _case(shape, dtype, seed=shape[1] + 3)
-    logprob, entropy, lse, argmax, lse_lo = TT.token_row_stats(x, t, IGNORE, softcap=cap)
+    logprob, entropy, lse, argmax, lse_lo = _row_stats(x, t, IGNORE, softcap=cap)
     assert [o.dtype for o in (logprob, entropy, lse, argmax, lse_lo)] == [torch.float32] * 3 + [
         torch.int64,
         torch.float32,
@@ -137,10 +150,10 @@ def test_stats_ties_and_nan_follow_torch_argmax():
     x[4] = float("-inf")
     x[5, v - 1] = float("inf")
     t = torch.full((6,), IGNORE)
-    got = TT.token_row_stats(x, t, IGNORE)
+    got = _row_stats(x, t, IGNORE)
     assert got[3].tolist() == x.argmax(dim=-1).tolist() == [5, BLOCK + 2, 0, 7, 0, v - 1]
     for bf in (torch.bfloat16, torch.float16):
-        assert torch.equal(TT.token_row_stats(x.to(bf), t, IGNORE)[3], x.argmax(dim=-1))
+        assert torch.equal(_row_stats(x.to(bf), t, IGNORE)[3], x.argmax(dim=-1))
     assert torch.isnan(got[2][3]) and got[2][5].item() == float("inf")  # as logsumexp
 
 
@@ -157,18 +170,11 @@ def test_stats_strided_rows_and_out(dtype):
     ]
     for view in views:
         assert not view.is_contiguous()
-        outs = (
-            torch.zeros(rows),
-            torch.zeros(rows),
-            torch.zeros(rows),
-            torch.zeros(rows, dtype=torch.int64),
-            torch.zeros(rows),
-        )
-        got = TT.token_row_stats(
-            view[2:], t[2:], IGNORE, softcap=CAP, out=tuple(o[2:] for o in outs)
-        )
-        assert all(a.data_ptr() == o[2:].data_ptr() for a, o in zip(got, outs, strict=True))
+        outs = (*(torch.zeros(rows) for _ in range(4)), torch.zeros(rows, dtype=torch.int64))
+        parts = TT.token_row_stats(view[2:], t[2:], softcap=CAP, out=tuple(o[2:] for o in outs))
+        assert all(a.data_ptr() == o[2:].data_ptr() for a, o in zip(parts, outs, strict=True))
         assert all(bool((o[:2] == 0).all()) for o in outs)
+        got = _finish(parts, t[2:], IGNORE)
         for a, exact in zip(got[:3], ref[:3], strict=True):
             _close(a, exact[2:], STATS_TOL)
         assert torch.equal(got[3], ref[3][2:])
@@ -182,7 +188,7 @@ def test_stats_large_and_confident_logits(offset):
     x = torch.randn(6, 2 * BLOCK + 3, generator=g) * 3 + offset
     x[::2, 4] += 25.0  # confident rows: p ≈ 1 at column 4
     t = torch.randint(0, x.shape[1], (6,), generator=g)
-    lp, ent, lse, _, lo = TT.token_row_stats(x, t, IGNORE)
+    lp, ent, lse, _, lo = _row_stats(x, t, IGNORE)
     ref = _reference(x.double(), t, None)
     _close(lp, ref[0], STATS_TOL)
     _close(lse, ref[2], STATS_TOL)
@@ -230,7 +236,7 @@ def _check_g(g, exact, dtype):
 
 
 def _vjp(x, t, ups, cap, **kw):
-    stats = TT.token_row_stats(x, t, IGNORE, softcap=cap)
+    stats = _row_stats(x, t, IGNORE, softcap=cap)
     return TT.token_vjp(x, t, IGNORE, stats[2], stats[1], *ups, softcap=cap, lse_lo=stats[4], **kw)
 
 
@@ -257,7 +263,7 @@ def test_vjp_each_upstream(which, cap):
     ups = _upstreams(8, which, seed=8)
     exact = _reference_vjp(x, t, ups, cap)
     _check_g(_vjp(x, t, ups, cap), exact, torch.float32)
-    stats = TT.token_row_stats(x, t, IGNORE, softcap=cap)
+    stats = _row_stats(x, t, IGNORE, softcap=cap)
     g = TT.token_vjp(x, t, IGNORE, stats[2], stats[1], *ups, softcap=cap)
     scale = exact.abs().max()
     assert (g.double() - exact).abs().max() <= 2e-5 * scale
@@ -324,13 +330,13 @@ def test_refusals():
     x = torch.randn(3, 5, dtype=torch.float64)
     t = torch.tensor([0, 1, 2])
     with pytest.raises(TypeError, match="float64 runs on the torch path"):
-        TT.token_row_stats(x, t, IGNORE)
+        TT.token_row_stats(x, t)
     with pytest.raises(TypeError, match="float64 runs on the torch path"):
         TT.token_vjp(x, t, IGNORE, t.double(), t.double(), None, None, t.double())
     with pytest.raises(ValueError, match="rows"):
-        TT.token_row_stats(torch.randn(3, 0), t, IGNORE)
+        TT.token_row_stats(torch.randn(3, 0), t)
     with pytest.raises(ValueError, match="out must"):
-        TT.token_row_stats(x.float(), t, IGNORE, out=(torch.empty(3),) * 5)
+        TT.token_row_stats(x.float(), t, out=(torch.empty(3),) * 5)
     with pytest.raises(ValueError, match="out must"):
         TT.token_vjp(x.float(), t, IGNORE, t.float(), t.float(), None, None, t.float(), out=x)
 
@@ -338,7 +344,7 @@ def test_refusals():
 def test_no_rows():
     x = torch.randn(0, 5)
     t = torch.zeros(0, dtype=torch.int64)
-    assert all(o.shape == (0,) for o in TT.token_row_stats(x, t, IGNORE))
+    assert all(o.shape == (0,) for o in TT.token_row_stats(x, t))
     assert TT.token_vjp(x, t, IGNORE, x[:, 0], x[:, 0], x[:, 0], None, None).shape == (0, 5)
 
 
@@ -407,9 +413,9 @@ def test_same_block_knob(tuned):
     """``Tuning.triton_block`` sets these kernels' chunk too: a whole-row chunk gives the same
     statistics as chunks of 16 classes, to float32 rounding."""
     x, t = _case((7, 3 * BLOCK + 5), torch.float32, seed=30)
-    small = TT.token_row_stats(x, t, IGNORE)
+    small = _row_stats(x, t, IGNORE)
     tuned(triton_block=64)
-    whole = TT.token_row_stats(x, t, IGNORE)
+    whole = _row_stats(x, t, IGNORE)
     for a, b in zip(small[:3], whole[:3], strict=True):
         torch.testing.assert_close(a, b, rtol=2e-6, atol=2e-6, equal_nan=True)
     assert torch.equal(small[3], whole[3])

@@ -4,9 +4,10 @@ r"""Triton kernels of the per-token statistics (:mod:`.tokens`): the CUDA path o
 Two passes over rows of logits ``(R, C)`` (any row stride, any class stride), the torch-op
 path's :func:`.tokens._stats_columns` and :func:`.tokens._vjp_columns` in one launch each:
 
-- :func:`token_row_stats`: ``logprob`` (0 where ``target == ignore_index``), ``entropy``,
-  ``lse``, ``argmax`` and ``lse_lo``, the exact rounding error of ``lse = m + log s``
-  (backward takes ``log p = (z − lse) − lse_lo``, see :func:`.tokens._rounding_error`);
+- :func:`token_row_stats`: the row's partial sums ``m``, ``s``, ``E``, the target's logit and
+  the argmax, which :func:`._rows.token_finish` turns into the statistics (after
+  :func:`._shard.combine_token_partials` has added up the ranks' shards, when the vocabulary
+  is split);
 - :func:`token_vjp`: ``G = a (e_y − p) − b p ⊙ (log p + H) + c p`` from the saved ``lse``,
   ``lse_lo`` and entropy ``H`` and the per-row upstream ``a, b, c`` of ``logprob``,
   ``entropy``, ``lse`` (each optional: a ``constexpr`` switch, the term is not compiled in).
@@ -15,9 +16,8 @@ One program per row, the row read in chunks of ``BLOCK`` classes (:func:`._trito
 ``Tuning.triton_block`` sets it for these kernels too). The statistics are
 *online*: a running max ``m`` (NaN left out), ``s = Σ e^{x−m}`` and ``E = Σ e^{x−m}(m − x)``
 (both of non-negative terms), rescaled when the max grows to ``m'``: ``s ← α s`` and
-``E ← α (E + (m' − m) s)`` with ``α = e^{m − m'}``. Then ``lse = m + log s`` and
-``H = log s + E / s``, the torch path's accurate form (no cancellation), and
-``logprob = (z_y − m) − log s``. ``argmax`` is the first index of the max, or of the first NaN
+``E ← α (E + (m' − m) s)`` with ``α = e^{m − m'}`` (``m`` taken as 0 where it is infinite).
+``argmax`` is the first index of the max, or of the first NaN
 in a row that has one (``torch.argmax``). Everything accumulates in float32; float64 is refused
 (Triton kernels take float16, bfloat16 and float32; float64 stays on the torch path).
 
@@ -54,25 +54,24 @@ _LOG_FLOOR = -256.0
 def _stats_kernel(
     X,
     T,
-    LP_out,
-    H_out,
-    LSE_out,
-    LO_out,
+    M_out,
+    S_out,
+    E_out,
+    ZY_out,
     AM_out,
     stride_row,
     stride_col,
     V,
-    ignore_index,
+    offset,
     cap,
     inv_cap,
     SOFTCAP: tl.constexpr,
     BLOCK: tl.constexpr,
 ):
-    """``logprob, entropy, lse, lse_lo, argmax`` of one row, online over chunks of classes."""
+    """The partial sums ``m, s, E, z_y, argmax`` of one row, online over chunks of classes."""
     r = tl.program_id(0).to(tl.int64)
     x_ptr = X + r * stride_row
-    t = tl.load(T + r).to(tl.int64)
-    keep = t != ignore_index
+    t = tl.load(T + r).to(tl.int64) - offset  # the target's column in this row, if any
     zero = tl.sum(tl.zeros([BLOCK], dtype=tl.float32), 0)
     m = zero - float("inf")  # running max of the non-NaN logits
     s = zero  # Σ e^{x − ref}
@@ -86,7 +85,7 @@ def _stats_kernel(
         x = tl.load(x_ptr + cols * stride_col, mask=mask, other=float("-inf")).to(tl.float32)
         if SOFTCAP:  # masked lanes back to -inf (the cap maps -inf to -c)
             x = tl.where(mask, cap * _tanh(x * inv_cap), float("-inf"))
-        zy += tl.sum(tl.where((cols == t) & keep, x, 0.0), 0)
+        zy += tl.sum(tl.where((cols == t) & mask, x, 0.0), 0)
         nan = x != x
         first_nan = tl.minimum(first_nan, tl.min(tl.where(nan, cols, V), 0))
         xm = tl.where(nan, float("-inf"), x)
@@ -104,17 +103,10 @@ def _stats_kernel(
         eu += tl.sum(tl.where(e > 0.0, e * (ref - x), 0.0), 0)
         s += tl.sum(e, 0)
         m = m_new
-    ref = tl.where((m == float("inf")) | (m == float("-inf")), 0.0, m)
-    log_s = tl.log(s)
-    lse = ref + log_s
-    # TwoSum: the exact rounding error of lse = ref + log s, 0 where it is not finite
-    b = lse - ref
-    lo = (ref - (lse - b)) + (log_s - b)
-    lo = tl.where(lo - lo == 0.0, lo, 0.0)
-    tl.store(LP_out + r, tl.where(keep, (zy - ref) - log_s, 0.0))
-    tl.store(H_out + r, log_s + eu / s)  # NaN for a row of only -inf logits (s = 0)
-    tl.store(LSE_out + r, lse)
-    tl.store(LO_out + r, lo)
+    tl.store(M_out + r, m)
+    tl.store(S_out + r, s)
+    tl.store(E_out + r, eu)
+    tl.store(ZY_out + r, zy)
     tl.store(AM_out + r, tl.where(first_nan < V, first_nan, best))
 
 
@@ -135,6 +127,7 @@ def _vjp_kernel(
     g_stride_col,
     V,
     ignore_index,
+    offset,
     cap,
     inv_cap,
     log_floor,
@@ -188,7 +181,7 @@ def _vjp_kernel(
         else:
             g = tl.exp(u) * row
         if HAS_A:
-            g = tl.where((cols == t) & keep, g + a, g)
+            g = tl.where((cols + offset == t) & keep, g + a, g)
         if SOFTCAP:  # the chain factor of every column, the target's too
             g = g * (1.0 - th * th)
         tl.store(g_ptr + cols * g_stride_col, g.to(g_ptr.dtype.element_ty), mask=mask)
@@ -218,36 +211,32 @@ def _rows(a: Tensor) -> Tensor:
 def token_row_stats(
     logits: Tensor,
     target: Tensor,
-    ignore_index: int,
     *,
+    class_offset: int = 0,
     softcap: float | None = None,
     out: tuple[Tensor, Tensor, Tensor, Tensor, Tensor] | None = None,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-    """``(logprob, entropy, lse, argmax, lse_lo)`` of the rows of ``logits`` (R, C) (of
-    ``s·tanh(z / s)`` with ``softcap=s``) in one launch: float32, argmax int64.
+    """The partial sums ``(m, s, E, z_y, argmax)`` of the rows of ``logits`` (R, C) (of
+    ``s·tanh(z / s)`` with ``softcap=s``) in one launch, as :func:`.tokens._stats_columns`:
+    float32, argmax int64 (a column of ``logits``).
 
-    ``target`` (R,) holds a class in ``[0, C)`` or ``ignore_index`` (logprob 0) per row
-    (checked by the caller). ``out``: five contiguous (R,) tensors to write (float32 ×3, int64,
-    float32, in the order returned), e.g. slices of the whole batch's outputs."""
+    ``target`` (R,) holds global class indices; the row's class ``target − class_offset`` is
+    its target column if it lies in ``[0, C)`` (``z_y`` is 0 otherwise). ``out``: five
+    contiguous (R,) tensors to write (float32 ×4, int64, in the order returned), e.g. slices
+    of the whole batch's outputs."""
     _check_logits(logits)
     cap, inv_cap, on = _softcap_args(softcap)
     n, v = logits.shape
     dev = logits.device
+    dtypes = (torch.float32,) * 4 + (torch.int64,)
     if out is None:
-        f32 = torch.float32
-        out = (
-            torch.empty(n, dtype=f32, device=dev),
-            torch.empty(n, dtype=f32, device=dev),
-            torch.empty(n, dtype=f32, device=dev),
-            torch.empty(n, dtype=torch.int64, device=dev),
-            torch.empty(n, dtype=f32, device=dev),
-        )
-    logprob, entropy, lse, argmax, lse_lo = out
-    for o, dt in zip(out, (torch.float32,) * 3 + (torch.int64, torch.float32), strict=True):
+        out = tuple(torch.empty(n, dtype=dt, device=dev) for dt in dtypes)  # type: ignore[assignment]
+    assert out is not None
+    for o, dt in zip(out, dtypes, strict=True):
         if o.dtype != dt or o.shape != (n,) or not o.is_contiguous():
             raise ValueError(
                 "crossentropy Triton kernels: out must be five contiguous (R,) tensors "
-                f"(float32 ×3, int64, float32), got {o.dtype} of shape {tuple(o.shape)}"
+                f"(float32 ×4, int64), got {o.dtype} of shape {tuple(o.shape)}"
             )
     t = target.reshape(-1).contiguous()
     if n:
@@ -255,15 +244,11 @@ def token_row_stats(
         _stats_kernel[(n,)](
             logits,
             t,
-            logprob,
-            entropy,
-            lse,
-            lse_lo,
-            argmax,
+            *out,
             logits.stride(0),
             logits.stride(1),
             v,
-            int(ignore_index),
+            int(class_offset),
             cap,
             inv_cap,
             SOFTCAP=on,
@@ -286,13 +271,15 @@ def token_vjp(
     softcap: float | None = None,
     lse_lo: Tensor | None = None,
     out: Tensor | None = None,
+    class_offset: int = 0,
 ) -> Tensor:
     """``G = ∂L/∂z`` of the rows of ``logits`` (R, C) for ``L = Σ a·logprob + b·entropy +
     c·lse`` (``a, b, c`` = ``d_logprob, d_entropy, d_lse``, each (R,) or ``None``: no term),
     from the forward's ``lse``, ``entropy`` and ``lse_lo`` (``None``: ``log p = z − lse``).
     With ``softcap=s`` the statistics are those of ``z' = s·tanh(z / s)`` and ``G`` is w.r.t.
-    ``z``. Written into ``out`` (R, C) (any strides, any floating dtype but float64; may be
-    ``logits`` itself) or a new tensor like ``logits``."""
+    ``z``. ``target`` holds global class indices, column ``j`` being class
+    ``class_offset + j``. Written into ``out`` (R, C) (any strides, any floating dtype but
+    float64; may be ``logits`` itself) or a new tensor like ``logits``."""
     _check_logits(logits)
     cap, inv_cap, on = _softcap_args(softcap)
     n, v = logits.shape
@@ -328,6 +315,7 @@ def token_vjp(
             out.stride(1),
             v,
             int(ignore_index),
+            int(class_offset),
             cap,
             inv_cap,
             _LOG_FLOOR,

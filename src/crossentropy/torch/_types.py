@@ -8,6 +8,7 @@ import contextlib
 import dataclasses
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -18,6 +19,7 @@ __all__ = [
     "LinearGrads",
     "Options",
     "RowStats",
+    "Shard",
     "Tuning",
     "compute_dtype",
     "override_tuning",
@@ -29,8 +31,26 @@ __all__ = [
 #: token-statistics ops in :mod:`.tokens`). Compiled-graph caches (inductor's, on disk) key on
 #: op names, not on what an op returns: bump this whenever any op's arguments, outputs or
 #: meaning change, or a cache written by the previous version would be replayed against the
-#: new one. 4: one version for every op; the token ops' ``lse_lo`` output and ``impl``.
-OP_VERSION = 4
+#: new one. 4: one version for every op; the token ops' ``lse_lo`` output and ``impl``. 5: the
+#: token ops return a shard's partial sums and take its class offset.
+OP_VERSION = 5
+
+
+@dataclass(frozen=True)
+class Shard:
+    """Where one rank's slice of the vocabulary sits: classes ``[start, stop)`` of ``vocab``,
+    in a ``torch.distributed`` process ``group`` (``None``: the default group).
+
+    The autograd Functions take ``shard=None`` in one process: the whole vocabulary is local
+    and combining the row statistics across ranks (:mod:`._shard`) is nothing to do.
+    """
+
+    group: Any
+    rank: int
+    widths: tuple[int, ...]
+    start: int
+    stop: int
+    vocab: int
 
 
 @dataclass(frozen=True)

@@ -52,7 +52,6 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 from torch import Tensor
 
 from .._validation import fail
@@ -77,8 +76,8 @@ from ._modes import (
     no_autocast,
     transforms_active,
 )
-from ._rows import softcapped
-from ._types import Options
+from ._shard import combine_row_stats, refuse_double_backward
+from ._types import Options, Shard
 from .tokens import TokenStats
 
 __all__ = [
@@ -131,17 +130,6 @@ _INT64_MIN = -(2**63)
 # ---------------------------------------------------------------------------------------------
 # Validation: local checks, one all-gather, the same global checks on every rank
 # ---------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class _Layout:
-    """Where this rank's shard sits in the global vocabulary."""
-
-    rank: int
-    widths: tuple[int, ...]
-    start: int
-    stop: int
-    vocab: int
 
 
 def _float_bits(x: float) -> int:
@@ -283,8 +271,8 @@ def _handshake(fn: str, group: Any, row: Sequence[int], error: Exception | None)
 
 
 def _check_table(
-    fn: str, table: list[list[int]], rank: int, *, logits_arg: str, weight_arg: str
-) -> _Layout:
+    fn: str, table: list[list[int]], group: Any, rank: int, *, logits_arg: str, weight_arg: str
+) -> Shard:
     """The checks every rank runs on the same gathered table: same result on every rank.
 
     The target is checked on every rank: each rank's own range (before the digests, so that
@@ -357,7 +345,7 @@ def _check_table(
         shown = f"different sample weights on ranks {differ}"
         fail(fn, "sample_weight", "be identical on every rank", shown)
     start = sum(widths[:rank])
-    return _Layout(rank, widths, start, start + widths[rank], vocab)
+    return Shard(group, rank, widths, start, start + widths[rank], vocab)
 
 
 @dataclass(frozen=True)
@@ -387,7 +375,7 @@ def _validate(
     softcap: Any = None,
     logits_arg: str,
     weight_arg: str = "weight",
-) -> _Layout:
+) -> Shard:
     """Local checks, one all-gather of the handshake rows, then the same global checks."""
     rank, _ = _check_group(fn, group)
     row = [0] * len(_COLUMNS)
@@ -426,7 +414,7 @@ def _validate(
         error = exc
         row = [0] * len(_COLUMNS)
     table = _handshake(fn, group, row, error)
-    return _check_table(fn, table, rank, logits_arg=logits_arg, weight_arg=weight_arg)
+    return _check_table(fn, table, group, rank, logits_arg=logits_arg, weight_arg=weight_arg)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -448,11 +436,6 @@ class _Saved:
     unweighted: Tensor | None  # ℓ_i before s_i (0 if ignored): d loss / d s_i, if s is given
 
 
-def _finite(m: Tensor) -> Tensor:
-    """The row max with -inf (an empty or fully masked shard row) replaced by 0, to shift by."""
-    return torch.where(m == float("-inf"), torch.zeros_like(m), m)
-
-
 def _shard_stats(
     compute: Callable[[], _kernels.RowStats],
     rows: int,
@@ -461,7 +444,8 @@ def _shard_stats(
     cdtype: torch.dtype,
     device: torch.device,
 ) -> _kernels.RowStats:
-    """The shard's statistics; an empty shard, or a row that is -inf on this shard, adds 0."""
+    """The shard's statistics; an empty shard adds 0 (a row that is -inf on this shard:
+    :func:`._shard.combine_row_stats`)."""
     if width == 0:
         zeros = torch.zeros(rows, dtype=cdtype, device=device)
         return _kernels.RowStats(
@@ -471,19 +455,15 @@ def _shard_stats(
             torch.zeros(rows, dtype=torch.bool, device=device),
             zeros if with_sum else None,
         )
-    stats = compute()
-    # exp(-inf - (-inf)) is NaN in the kernel: such a row's shard holds no probability mass.
-    sumexp = torch.where(stats.max == float("-inf"), 0.0, stats.sumexp)
-    return dataclasses.replace(stats, sumexp=sumexp)
+    return compute()
 
 
 def _reduce_stats(
     local: _kernels.RowStats,
     target: Tensor,
-    layout: _Layout,
+    shard: Shard,
     class_weight: Tensor | None,
     opts: Options,
-    group: Any,
     sample_weight: Tensor | None,
 ) -> tuple[Tensor, _Saved]:
     """All-reduce the shards' statistics; return the per-row losses and backward's state.
@@ -493,47 +473,16 @@ def _reduce_stats(
     The z-loss and the sample weights need nothing more: ``lse`` is global, and ``s`` is
     replicated.
     """
-    big = local.max.clone()
-    dist.all_reduce(big, op=dist.ReduceOp.MAX, group=group)
-    shift = _finite(big)
     eps = opts.label_smoothing
     target64 = target.to(torch.int64)
     valid = target64 != opts.ignore_index
-    columns = [local.sumexp * torch.exp(local.max - shift), local.target_logit]
-    if local.sum_logits is not None:
-        columns.append(local.sum_logits)
-    if class_weight is not None:
-        local_index = (target64 - layout.start).clamp(0, max(layout.stop - layout.start - 1, 0))
-        owned = local.has_target & valid
-        picked = class_weight[local_index] if class_weight.numel() else torch.zeros_like(big)
-        columns.append(torch.where(owned, picked, 0.0))
-    packed = torch.stack(columns, dim=1).reshape(-1)
-    if class_weight is not None:
-        packed = torch.cat([packed, class_weight.sum().reshape(1)])
-    dist.all_reduce(packed, op=dist.ReduceOp.SUM, group=group)
-
-    rows = big.shape[0]
-    per_row = packed[: rows * len(columns)].reshape(rows, len(columns))
-    # Every target is in [0, V) or ignore_index (checked): which rows have a target column
-    # somewhere is known without communicating.
-    has_target = (target64 >= 0) & (target64 < layout.vocab)
-    stats = _kernels.RowStats(
-        shift,
-        per_row[:, 0],
-        per_row[:, 1],
-        has_target,
-        per_row[:, 2] if local.sum_logits is not None else None,
-    )
+    stats, picked, total = combine_row_stats(local, target64, valid, class_weight, shard)
     lse = _rows.row_lse(stats)
-    if class_weight is None:
-        target_weight = torch.ones_like(lse)
-        weight_total: float | Tensor = float(layout.vocab)
-    else:
-        target_weight = per_row[:, -1]
-        weight_total = packed[-1]
+    target_weight = torch.ones_like(lse) if picked is None else picked
+    weight_total: float | Tensor = float(shard.vocab) if total is None else total
     # the single-process row losses, over the *global* vocabulary: 0 for ignored rows
     per_row_loss = _rows.index_losses(
-        stats, lse, valid, target_weight, eps, layout.vocab, weight_total, opts.z_loss
+        stats, lse, valid, target_weight, eps, shard.vocab, weight_total, opts.z_loss
     )
     loss, unweighted = per_row_loss, None
     if sample_weight is not None:  # ignored rows: 0 whatever their sample weight
@@ -560,7 +509,7 @@ def _row_scale(grad: Tensor, saved: _Saved, opts: Options) -> Tensor:
 
 
 def _coefficients(
-    row_scale: Tensor, saved: _Saved, layout: _Layout, opts: Options
+    row_scale: Tensor, saved: _Saved, shard: Shard, opts: Options
 ) -> _kernels.GradCoefficients:
     """The gradient pass's per-row coefficients for the row scales of :func:`_row_scale`."""
     if saved.sample_weight is not None:  # s_i scales row i's loss, hence its gradient
@@ -570,7 +519,7 @@ def _coefficients(
         row_scale,
         saved.target_weight,
         label_smoothing=opts.label_smoothing,
-        num_classes=layout.vocab,
+        num_classes=shard.vocab,
         weight_total=saved.weight_total,
         z_loss=opts.z_loss,
     )
@@ -625,24 +574,6 @@ def _autocast_options(opts: Options, x: Tensor, autocast: bool) -> Options:
     return dataclasses.replace(opts, out_dtype=autocast_dtype(x.dtype)) if autocast else opts
 
 
-def _refuse_double_backward(fn: str) -> None:
-    """Raise our error, before any collective, for a backward with ``create_graph=True``.
-
-    Autograd runs a backward with grad mode on exactly when it builds a graph of it. The
-    backward passes here write into preallocated buffers (``out=``), which autograd cannot
-    differentiate; raising first replaces torch's internal error with a clear one, on every
-    rank that runs the backward, and no rank is left waiting in an all-reduce.
-    """
-    if torch.is_grad_enabled():
-        fail(
-            fn,
-            "backward",
-            "run with create_graph=False (double backward is not supported)",
-            "create_graph=True",
-            RuntimeError,
-        )
-
-
 class _VocabParallelCrossEntropy(torch.autograd.Function):
     """Loss of the gathered logits; backward gives each rank its shard's gradient (no comm)."""
 
@@ -653,7 +584,7 @@ class _VocabParallelCrossEntropy(torch.autograd.Function):
         target: Tensor,
         class_weight: Tensor | None,
         sample_weight: Tensor | None,
-        layout: _Layout,
+        shard: Shard,
         opts: Options,
         group: Any,
     ) -> Tensor:
@@ -666,7 +597,7 @@ class _VocabParallelCrossEntropy(torch.autograd.Function):
             lambda: _kernels.logits_row_stats(
                 logits_shard,
                 target,
-                class_offset=layout.start,
+                class_offset=shard.start,
                 class_weight=w,
                 with_sum=with_sum,
                 softcap=opts.softcap,
@@ -678,29 +609,29 @@ class _VocabParallelCrossEntropy(torch.autograd.Function):
             cdtype,
             logits_shard.device,
         )
-        loss, saved = _reduce_stats(local, target, layout, w, opts, group, sw)
+        loss, saved = _reduce_stats(local, target, shard, w, opts, sw)
         ctx.save_for_backward(logits_shard, target, sample_weight)
-        ctx.state = (saved, w, layout, opts)
+        ctx.state = (saved, w, shard, opts)
         out_dtype = opts.out_dtype or logits_shard.dtype
         return _rows.reduce(loss, opts.reduction, saved.denominator).to(out_dtype)
 
     @staticmethod
     def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
-        _refuse_double_backward("vocab_parallel_cross_entropy")
+        refuse_double_backward("vocab_parallel_cross_entropy")
         logits_shard, target, sample_weight = ctx.saved_tensors
-        saved, w, layout, opts = ctx.state
+        saved, w, shard, opts = ctx.state
         row_scale = _row_scale(grad, saved, opts)
         if logits_shard.shape[1] == 0:
             d_logits = torch.zeros_like(logits_shard)
         else:
-            coef = _coefficients(row_scale, saved, layout, opts)
+            coef = _coefficients(row_scale, saved, shard, opts)
             # p = exp(x − M) e^{−(lse − M)}: accurate for large logits (see logits_grad)
             d_logits = _kernels.logits_grad(
                 logits_shard,
                 target,
                 _grad_lse_rel(saved),
                 coef,
-                class_offset=layout.start,
+                class_offset=shard.start,
                 class_weight=w,
                 ref=saved.stats.max,
                 softcap=opts.softcap,
@@ -722,7 +653,7 @@ class _VocabParallelLinearCrossEntropy(torch.autograd.Function):
         target: Tensor,
         class_weight: Tensor | None,
         sample_weight: Tensor | None,
-        layout: _Layout,
+        shard: Shard,
         opts: Options,
         group: Any,
         chunk_size: int | None,
@@ -737,7 +668,7 @@ class _VocabParallelLinearCrossEntropy(torch.autograd.Function):
                 weight_shard,
                 target,
                 bias=bias_shard,
-                class_offset=layout.start,
+                class_offset=shard.start,
                 class_weight=w,
                 with_sum=with_sum,
                 chunk_rows=chunk_size,
@@ -750,17 +681,17 @@ class _VocabParallelLinearCrossEntropy(torch.autograd.Function):
             cdtype,
             hidden.device,
         )
-        loss, saved = _reduce_stats(local, target, layout, w, opts, group, sw)
+        loss, saved = _reduce_stats(local, target, shard, w, opts, sw)
         ctx.save_for_backward(hidden, weight_shard, bias_shard, target, sample_weight)
-        ctx.state = (saved, w, layout, opts, group, chunk_size)
+        ctx.state = (saved, w, shard, opts, group, chunk_size)
         out_dtype = opts.out_dtype or hidden.dtype
         return _rows.reduce(loss, opts.reduction, saved.denominator).to(out_dtype)
 
     @staticmethod
     def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
-        _refuse_double_backward("vocab_parallel_linear_cross_entropy")
+        refuse_double_backward("vocab_parallel_linear_cross_entropy")
         hidden, weight_shard, bias_shard, target, sample_weight = ctx.saved_tensors
-        saved, w, layout, opts, group, chunk_size = ctx.state
+        saved, w, shard, opts, group, chunk_size = ctx.state
         need_h, need_w, need_b = ctx.needs_input_grad[:3]
         cdtype = saved.lse.dtype
         row_scale = _row_scale(grad, saved, opts)
@@ -776,9 +707,9 @@ class _VocabParallelLinearCrossEntropy(torch.autograd.Function):
                 weight_shard,
                 target,
                 _grad_lse_rel(saved),
-                _coefficients(row_scale, saved, layout, opts),
+                _coefficients(row_scale, saved, shard, opts),
                 bias=bias_shard,
-                class_offset=layout.start,
+                class_offset=shard.start,
                 class_weight=w,
                 chunk_rows=chunk_size,
                 need_hidden=need_h,
@@ -809,350 +740,6 @@ class _VocabParallelLinearCrossEntropy(torch.autograd.Function):
 # ---------------------------------------------------------------------------------------------
 # Per-token statistics: log-probability of the target, entropy, log-sum-exp, argmax
 # ---------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class _TokenShard:
-    """One shard's per-row statistics for the token statistics, in compute dtype.
-
-    The reference point of the sums is ``m̃ = m`` (``0`` where ``m = −inf``: a row with no
-    finite logit on this shard, which then adds nothing).
-    """
-
-    max: Tensor  # m_r: the shard's row max (−inf for an empty or fully masked shard row)
-    sumexp: Tensor  # Σ_{c ≠ y} e^{x_c − m̃}: the target column excluded, as in RowStats
-    target_logit: Tensor  # x_y if y lies in the shard, else 0
-    has_target: Tensor  # y lies in the shard
-    spread: Tensor  # Σ_c e^{x_c − m̃} (m̃ − x_c) ≥ 0, every column (the entropy's sum)
-    argmax: Tensor  # global index of the shard's first largest logit (int64)
-
-
-@dataclass(frozen=True)
-class _TokenSaved:
-    """What the token statistics' backward needs besides the inputs: O(N) numbers."""
-
-    ref: Tensor  # M: the global row max (0 for a row of only −inf)
-    lse_rel: Tensor  # lse − M = log S
-    entropy: Tensor  # H
-    other: Tensor  # q = Σ_{c ≠ y} p_c (the target's 1 − p_y without cancellation)
-    valid: Tensor  # target != ignore_index
-
-
-def _token_block(
-    z: Tensor, target: Tensor, start: int
-) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
-    """:class:`_TokenShard`'s fields for a block of rows ``z`` (R, V_r) of (softcapped,
-    compute-dtype) logits whose first column is the global class ``start``. ``z`` is not
-    written to."""
-    idx, inside = _local_target(target, start, z.shape[1])
-    arg = z.argmax(dim=-1)  # the first largest column, as torch.argmax
-    m = z.gather(-1, arg.unsqueeze(-1))
-    d = z - _finite(m)  # ≤ 0: the shift by the max keeps exp from overflowing
-    e = d.exp()
-    xt = torch.where(inside, z.gather(-1, idx).squeeze(-1), 0.0)
-    # Σ e^{x − m̃} (m̃ − x): a −inf logit adds 0 · (the largest float) = 0, not 0 · inf = NaN
-    spread = (d.neg_().clamp_(max=torch.finfo(d.dtype).max) * e).sum(dim=-1)
-    # the target column left out of Σ e^{x − m̃}: Σ_{c≠y} p_c keeps its relative precision
-    e.scatter_(-1, idx, torch.where(inside.unsqueeze(-1), 0.0, e.gather(-1, idx)))
-    return m.squeeze(-1), e.sum(dim=-1), xt, inside, spread, arg + start
-
-
-def _local_target(target: Tensor, start: int, width: int) -> tuple[Tensor, Tensor]:
-    """(the target's column in the shard, clamped to a valid one; whether it is in the shard)."""
-    local = target - start
-    inside = (local >= 0) & (local < width)
-    return torch.where(inside, local, 0).unsqueeze(-1), inside
-
-
-def _token_shard(
-    logits_of: Callable[[int, int], Tensor],
-    target: Tensor,
-    rows: int,
-    width: int,
-    step: int,
-    start: int,
-    softcap: float | None,
-    cdtype: torch.dtype,
-    device: torch.device,
-) -> _TokenShard:
-    """The shard's :class:`_TokenShard`, ``step`` rows at a time; ``logits_of(a, b)`` gives rows
-    ``a:b`` of the shard's logits in compute dtype."""
-    fields = [torch.zeros(rows, dtype=cdtype, device=device) for _ in range(6)]
-    fields[0].fill_(float("-inf"))
-    fields[3] = fields[3].to(torch.bool)
-    fields[5] = torch.full((rows,), start, dtype=torch.int64, device=device)
-    if width:
-        for a in range(0, rows, step):
-            b = min(rows, a + step)
-            z, _ = softcapped(logits_of(a, b), softcap)
-            for out, value in zip(fields, _token_block(z, target[a:b], start), strict=True):
-                out[a:b] = value
-            del z
-    return _TokenShard(*fields)
-
-
-def _reduce_token_stats(
-    local: _TokenShard, target: Tensor, layout: _Layout, ignore_index: int, group: Any
-) -> tuple[tuple[Tensor, Tensor, Tensor, Tensor], _TokenSaved]:
-    """All-reduce the shards' statistics: ``(logprob, entropy, lse, argmax)`` of every row.
-
-    Three collectives of O(N) numbers: MAX of the row maxima ``m_r``, then one SUM of
-    ``e^{m̃_r − M} Σ_{c≠y} e^{x_c − m̃_r}``, the target logit and the entropy's sum
-    ``e^{m̃_r − M} [u_r + (M − m̃_r) s_r]`` (packed together), and one MIN of the argmax
-    candidates.
-    """
-    big = local.max.clone()
-    dist.all_reduce(big, op=dist.ReduceOp.MAX, group=group)
-    shift = _finite(big)
-    ref = _finite(local.max)
-    present = local.max != float("-inf")  # a shard row without a finite logit adds nothing
-    scale = torch.exp(ref - shift)
-    # s_r = Σ_c e^{x_c − m̃_r}, every column; shifting the entropy's sum from m̃_r to M:
-    # Σ e^{x − M} (M − x) = e^{m̃_r − M} [Σ e^{x − m̃_r} (m̃_r − x) + (M − m̃_r) s_r], all ≥ 0
-    everything = local.sumexp + torch.where(
-        local.has_target, torch.exp(local.target_logit - ref), 0.0
-    )
-    spread = scale * (local.spread + (shift - ref) * everything)
-    columns = [
-        torch.where(present, scale * local.sumexp, 0.0),
-        local.target_logit,
-        torch.where(present, spread, 0.0),
-    ]
-    packed = torch.stack(columns, dim=1).reshape(-1)
-    dist.all_reduce(packed, op=dist.ReduceOp.SUM, group=group)
-    # The global argmax: the smallest index among the shards whose max is the global one
-    # (shards lie in rank order; each shard gives its first largest column), a NaN first,
-    # as torch.argmax. Candidates in [-V, V]: a NaN's index - V, a max's index, else V.
-    vocab = layout.vocab
-    candidate = torch.where(
-        torch.isnan(local.max),
-        local.argmax - vocab,
-        torch.where(local.max == big, local.argmax, torch.full_like(local.argmax, vocab)),
-    )
-    dist.all_reduce(candidate, op=dist.ReduceOp.MIN, group=group)
-    argmax = torch.where(candidate < 0, candidate + vocab, candidate.remainder(vocab))
-
-    rows = big.shape[0]
-    per_row = packed.reshape(rows, len(columns))
-    # Every target is in [0, V) or ignore_index (checked): known without communicating.
-    has_target = (target >= 0) & (target < vocab)
-    stats = _kernels.RowStats(shift, per_row[:, 0], per_row[:, 1], has_target)
-    lse_rel = _rows.row_lse_rel(stats)  # log S, S = Σ_c e^{x_c − M}
-    total = stats.sumexp + _rows.target_exp(stats)
-    entropy = lse_rel + per_row[:, 2] / total  # H = lse − Σ p x = log S + Σ e^{x−M}(M−x) / S
-    valid = target != ignore_index
-    logprob = torch.where(valid, -_rows.row_nll(stats), 0.0)
-    # An ignored row of only -inf logits (S = 0: log S = -inf, H and q NaN) has no distribution:
-    # saved as log S = H = q = 0, its every p = exp(-inf) is 0 and its gradient 0, not NaN.
-    dead = ~valid & (lse_rel == float("-inf"))
-    saved = _TokenSaved(
-        shift,
-        torch.where(dead, 0.0, lse_rel),
-        torch.where(dead, 0.0, entropy),
-        torch.where(dead, 0.0, _rows.other_prob(stats)),
-        valid,
-    )
-    return (logprob, entropy, shift + lse_rel, argmax), saved
-
-
-def _token_grad_block(
-    z: Tensor,
-    target: Tensor,
-    start: int,
-    saved: _TokenSaved,
-    rows: slice,
-    upstream: tuple[Tensor | None, Tensor | None, Tensor | None],
-    softcap: float | None,
-) -> Tensor:
-    """``G = a (e_y − p) − b p ⊙ (log p + H) + c p`` for a block of rows ``z`` (compute dtype,
-    not written to), times ``1 − t²`` with softcap; ``a, b, c`` the upstream gradients of
-    logprob, entropy and lse (None: not used by the loss)."""
-    zc, t = softcapped(z, softcap)
-    d_logprob, d_entropy, d_lse = (None if u is None else u[rows] for u in upstream)
-    entropy = saved.entropy[rows].unsqueeze(-1)
-    # log p = (x − M) − log S: relative to the exact max, accurate for large logits
-    log_p = (zc - saved.ref[rows].unsqueeze(-1)).sub_(saved.lse_rel[rows].unsqueeze(-1))
-    p = log_p.exp()
-    # 0 · log 0 = 0 for a −inf logit: log p = 0 where p = 0 (a clamp to the most negative float
-    # would overflow to −inf once multiplied by an upstream gradient > 1, and 0 · inf = NaN)
-    log_p.masked_fill_(p == 0, 0.0)
-    idx, inside = _local_target(target, start, z.shape[1])
-    a = None if d_logprob is None else torch.where(saved.valid[rows], d_logprob, 0.0)
-    base = torch.zeros_like(saved.ref[rows]) if d_lse is None else d_lse.clone()  # c
-    # the target column, written separately: a (1 − p_y) = a q without cancellation
-    p_y, log_p_y = p.gather(-1, idx).squeeze(-1), log_p.gather(-1, idx).squeeze(-1)
-    g_y = base.clone()
-    if d_entropy is not None:
-        g_y -= d_entropy * (log_p_y + entropy.squeeze(-1))
-    g_y *= p_y
-    if a is not None:
-        g_y += a * saved.other[rows]
-        base -= a
-    if d_entropy is None:
-        g = p.mul_(base.unsqueeze(-1))
-    else:
-        coef = log_p.add_(entropy).mul_(-d_entropy.unsqueeze(-1)).add_(base.unsqueeze(-1))
-        g = p.mul_(coef)
-    g.scatter_(-1, idx, torch.where(inside, g_y, g.gather(-1, idx).squeeze(-1)).unsqueeze(-1))
-    if t is not None:
-        g.mul_(t.mul_(t).neg_().add_(1.0))  # ∂x'/∂x = 1 − t²
-    return g
-
-
-def _upstream_in(
-    upstream: tuple[Tensor | None, Tensor | None, Tensor | None], cdtype: torch.dtype
-) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
-    a, b, c = (None if u is None else u.to(cdtype) for u in upstream)
-    return a, b, c
-
-
-class _VocabParallelTokenStats(torch.autograd.Function):
-    """Token statistics of the gathered logits; backward gives each rank its shard's gradient
-    (no communication)."""
-
-    @staticmethod
-    def forward(  # type: ignore[override]
-        ctx: Any,
-        logits_shard: Tensor,
-        target: Tensor,
-        layout: _Layout,
-        ignore_index: int,
-        softcap: float | None,
-        group: Any,
-    ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        cdtype = _kernels.compute_dtype(logits_shard.dtype)
-        rows, width = logits_shard.shape
-        local = _token_shard(
-            lambda a, b: logits_shard[a:b].to(cdtype),
-            target,
-            rows,
-            width,
-            _kernels.default_block_rows(width),
-            layout.start,
-            softcap,
-            cdtype,
-            logits_shard.device,
-        )
-        out, saved = _reduce_token_stats(local, target, layout, ignore_index, group)
-        ctx.save_for_backward(logits_shard, target)
-        ctx.state = (saved, layout, softcap)
-        ctx.mark_non_differentiable(out[3])
-        ctx.set_materialize_grads(False)  # an unused output's gradient stays None
-        return out
-
-    @staticmethod
-    def backward(  # type: ignore[override]
-        ctx: Any,
-        d_logprob: Tensor | None,
-        d_entropy: Tensor | None,
-        d_lse: Tensor | None,
-        _d_argmax: Tensor | None,
-    ) -> tuple[Tensor | None, ...]:
-        _refuse_double_backward("vocab_parallel_token_stats")
-        logits_shard, target = ctx.saved_tensors
-        saved, layout, softcap = ctx.state
-        rows, width = logits_shard.shape
-        d_logits = torch.zeros_like(logits_shard)
-        upstream = (d_logprob, d_entropy, d_lse)
-        if width and any(u is not None for u in upstream):
-            cdtype = saved.ref.dtype
-            ups = _upstream_in(upstream, cdtype)
-            step = _kernels.default_block_rows(width)
-            for a in range(0, rows, step):
-                sl = slice(a, min(rows, a + step))
-                z = logits_shard[sl].to(cdtype)
-                d_logits[sl] = _token_grad_block(
-                    z, target[sl], layout.start, saved, sl, ups, softcap
-                )
-        return d_logits, None, None, None, None, None
-
-
-class _VocabParallelLinearTokenStats(torch.autograd.Function):
-    """The fused linear form: each chunk of logits computed in forward and again in backward,
-    never all at once; backward all-reduces ``d hidden``."""
-
-    @staticmethod
-    def forward(  # type: ignore[override]
-        ctx: Any,
-        hidden: Tensor,
-        weight_shard: Tensor,
-        bias_shard: Tensor | None,
-        target: Tensor,
-        layout: _Layout,
-        ignore_index: int,
-        softcap: float | None,
-        group: Any,
-        chunk_size: int | None,
-    ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        cdtype = _kernels.compute_dtype(hidden.dtype)
-        rows, width = hidden.shape[0], weight_shard.shape[0]
-        step = chunk_size or _kernels.default_chunk_rows(width, hidden.element_size())
-        local = _token_shard(
-            lambda a, b: F.linear(hidden[a:b], weight_shard, bias_shard).to(cdtype),
-            target,
-            rows,
-            width,
-            step,
-            layout.start,
-            softcap,
-            cdtype,
-            hidden.device,
-        )
-        out, saved = _reduce_token_stats(local, target, layout, ignore_index, group)
-        ctx.save_for_backward(hidden, weight_shard, bias_shard, target)
-        ctx.state = (saved, layout, softcap, group, step)
-        ctx.mark_non_differentiable(out[3])
-        ctx.set_materialize_grads(False)
-        return out
-
-    @staticmethod
-    def backward(  # type: ignore[override]
-        ctx: Any,
-        d_logprob: Tensor | None,
-        d_entropy: Tensor | None,
-        d_lse: Tensor | None,
-        _d_argmax: Tensor | None,
-    ) -> tuple[Tensor | None, ...]:
-        _refuse_double_backward("vocab_parallel_linear_token_stats")
-        hidden, weight_shard, bias_shard, target = ctx.saved_tensors
-        saved, layout, softcap, group, step = ctx.state
-        need_h, need_w, need_b = ctx.needs_input_grad[:3]
-        cdtype = saved.ref.dtype
-        rows, width = hidden.shape[0], weight_shard.shape[0]
-        dev = hidden.device
-        d_hidden = torch.zeros(hidden.shape, dtype=cdtype, device=dev) if need_h else None
-        d_weight = torch.zeros(weight_shard.shape, dtype=cdtype, device=dev) if need_w else None
-        d_bias = torch.zeros(width, dtype=cdtype, device=dev) if need_b else None
-        upstream = (d_logprob, d_entropy, d_lse)
-        if width and any(u is not None for u in upstream):
-            ups = _upstream_in(upstream, cdtype)
-            for a in range(0, rows, step):
-                sl = slice(a, min(rows, a + step))
-                z = F.linear(hidden[sl], weight_shard, bias_shard).to(cdtype)
-                g = _token_grad_block(z, target[sl], layout.start, saved, sl, ups, softcap)
-                del z
-                gl = g.to(weight_shard.dtype)  # the matmuls in the inputs' dtype, as F.linear
-                if d_hidden is not None:
-                    d_hidden[sl] = gl @ weight_shard
-                if d_weight is not None:  # a sum over every row: accumulated in compute dtype
-                    d_weight.addmm_(g.t(), hidden[sl].to(cdtype))
-                if d_bias is not None:
-                    d_bias += g.sum(dim=0)
-        if d_hidden is not None:
-            # hidden is replicated on every rank: its gradient is the sum of every shard's part
-            # (every rank runs this all-reduce, even with no class or no upstream gradient)
-            dist.all_reduce(d_hidden, op=dist.ReduceOp.SUM, group=group)
-        return (
-            None if d_hidden is None else d_hidden.to(hidden.dtype),
-            None if d_weight is None else d_weight.to(weight_shard.dtype),
-            None if d_bias is None or bias_shard is None else d_bias.to(bias_shard.dtype),
-            None,
-            None,
-            None,
-            None,
-            None,
-            None,
-        )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1331,8 +918,7 @@ def vocab_parallel_cross_entropy(
 
     >>> import torch
     >>> import torch.distributed as dist
-    >>> import torch.nn.functional as F
-    >>> from crossentropy.torch import vocab_parallel_cross_entropy
+    >>>     >>> from crossentropy.torch import vocab_parallel_cross_entropy
     >>> dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
     >>> logits = torch.tensor([[2.0, 1.0, 0.1], [0.5, 2.5, 0.3]])
     >>> target = torch.tensor([0, 1])
@@ -1366,7 +952,7 @@ def vocab_parallel_cross_entropy(
         check_impl(fn, impl, x)
         return _Local(x.shape[1], x.shape[0], x.dtype, t, sample_weight=s)
 
-    layout = _validate(
+    shard = _validate(
         fn,
         group,
         local,
@@ -1385,7 +971,7 @@ def vocab_parallel_cross_entropy(
     opts = _autocast_options(opts, logits_shard, autocast)
     with no_autocast(logits_shard):  # the kernels accumulate in float32 themselves
         out: Tensor = _VocabParallelCrossEntropy.apply(  # type: ignore[no-untyped-call]
-            logits_shard, target, weight, sample_weight, layout, opts, group
+            logits_shard, target, weight, sample_weight, shard, opts, group
         )
     return out
 
@@ -1486,8 +1072,7 @@ def vocab_parallel_linear_cross_entropy(
     --------
     >>> import torch
     >>> import torch.distributed as dist
-    >>> import torch.nn.functional as F
-    >>> from crossentropy.torch import vocab_parallel_linear_cross_entropy
+    >>>     >>> from crossentropy.torch import vocab_parallel_linear_cross_entropy
     >>> dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
     >>> hidden = torch.tensor([[1.0, -1.0], [0.5, 2.0]])
     >>> w = torch.tensor([[0.3, 0.1], [-0.2, 0.4], [0.7, -0.5]])
@@ -1535,7 +1120,7 @@ def vocab_parallel_linear_cross_entropy(
         grad = torch.is_grad_enabled() and h.requires_grad
         return _Local(w.shape[0], h.shape[0], h.dtype, t, h.shape[1], grad, s)
 
-    layout = _validate(
+    shard = _validate(
         fn,
         group,
         local,
@@ -1559,7 +1144,7 @@ def vocab_parallel_linear_cross_entropy(
             target,
             class_weight,
             sample_weight,
-            layout,
+            shard,
             opts,
             group,
             chunk_size,
@@ -1575,6 +1160,7 @@ def vocab_parallel_token_stats(
     ignore_index: int = -100,
     vocab_size: int | None = None,
     softcap: float | None = None,
+    impl: str = "auto",
 ) -> TokenStats:
     r"""Per-token statistics of logits split over the vocabulary across the ranks of ``group``.
 
@@ -1602,6 +1188,10 @@ def vocab_parallel_token_stats(
     softcap : float, optional
         ``c > 0``: the statistics are those of ``x' = c tanh(x / c)`` (Gemma 2's final logit
         softcapping), applied to each shard elementwise; see :doc:`/guide/options`.
+    impl : {"auto", "torch", "triton"}
+        Kernels for the per-shard passes, those of :func:`crossentropy.torch.token_stats`:
+        ``"auto"`` runs Triton on CUDA tensors when it is installed and torch ops otherwise;
+        ``"triton"`` also runs on CPU tensors under ``TRITON_INTERPRET=1`` (tests).
 
     Returns
     -------
@@ -1635,8 +1225,9 @@ def vocab_parallel_token_stats(
         \log p_y = x_y - \mathrm{lse}, \qquad
         H = \mathrm{lse} - \sum_j p_j x_j = \log S + \frac{1}{S} \sum_j e^{x_j - M} (M - x_j).
 
-    Rank :math:`r` computes, relative to its own row max :math:`m_r`, :math:`s_r = \sum_{j \in
-    r} e^{x_j - m_r}` (the target column left out, as the cross-entropy does) and
+    Rank :math:`r` runs the passes of :func:`crossentropy.torch.token_stats` on its columns
+    (the same autograd Function and kernels, given this rank's shard), which give, relative to
+    its own row max :math:`m_r`, :math:`s_r = \sum_{j \in r} e^{x_j - m_r}` and
     :math:`u_r = \sum_{j \in r} e^{x_j - m_r} (m_r - x_j)`; after one all-reduce (MAX) of
     the :math:`m_r`, one all-reduce (SUM) of :math:`e^{m_r - M} s_r`, the target logit and
 
@@ -1644,23 +1235,23 @@ def vocab_parallel_token_stats(
 
         \sum_{j \in r} e^{x_j - M} (M - x_j) = e^{m_r - M} \big[u_r + (M - m_r)\, s_r\big]
 
-    (every term :math:`\ge 0`: no cancellation) gives :math:`S`, :math:`\log p_y` (as
-    :math:`-\log1p(\cdot)` for a confident row) and :math:`H` on every rank, and one
-    all-reduce (MIN) of each shard's candidate index gives the argmax. Per call each rank
-    sends the 14-integer handshake, ``N`` maxima, ``3 N`` sums and ``N`` indices. Backward,
-    for upstream gradients :math:`a, b, c` of ``logprob``, ``entropy``, ``lse``:
+    (every term :math:`\ge 0`: no cancellation) gives :math:`S`, :math:`\log p_y` and
+    :math:`H` on every rank, exactly as one process finishes its own sums, and one all-reduce
+    (MIN) of each shard's candidate index gives the argmax. Per call each rank sends the
+    14-integer handshake, ``N`` maxima, ``3 N`` sums and ``N`` indices. Backward, for upstream
+    gradients :math:`a, b, c` of ``logprob``, ``entropy``, ``lse``:
 
     .. math::
 
         \frac{\partial L}{\partial x_j} = a\,([j = y] - p_j) - b\, p_j (\log p_j + H)
             + c\, p_j,
 
-    which each rank evaluates on its own columns from the global :math:`M`, :math:`\log S`
-    and :math:`H` (the target's :math:`a (1 - p_y)` as :math:`a \sum_{j \ne y} p_j`), times
-    :math:`1 - (x'_j / c)^2` with ``softcap``. Without softcap, ``-inf`` logits (a masked
-    vocabulary, even a whole shard's row) add nothing and get zero gradient; with it, a
-    ``-inf`` logit becomes :math:`-c`, as in the single-process functions. The per-shard
-    passes run in torch ops (row blocks of about 2M elements), also on CUDA.
+    which each rank evaluates on its own columns from the global :math:`\mathrm{lse}` (with
+    its rounding error) and :math:`H`, times :math:`1 - (x'_j / c)^2` with ``softcap``.
+    Without softcap, ``-inf`` logits (a masked vocabulary, even a whole shard's row) add
+    nothing and get zero gradient; with it, a ``-inf`` logit becomes :math:`-c`, as in the
+    single-process functions. The per-shard passes run in torch ops (tiles of about 2M
+    elements), or on the Triton kernels (``impl``).
 
     Every rank of ``group`` must make the call, in the same order as its other collectives.
 
@@ -1687,11 +1278,12 @@ def vocab_parallel_token_stats(
         _check_float_dtype(fn, "logits_shard", x)
         if x.ndim == 0:
             fail(fn, "logits_shard", "have shape (*, V_shard), at least 1-D", "shape ()")
+        check_impl(fn, impl, x)
         what = "logits_shard's shape without the classes"
         t = _tokens._check_target(fn, target, x, "logits_shard", what)
         return _Local(x.shape[-1], t.numel(), x.dtype, t)  # t's shape is in its digest
 
-    layout = _validate(
+    shard = _validate(
         fn,
         group,
         local,
@@ -1703,13 +1295,17 @@ def vocab_parallel_token_stats(
     shape = tuple(target.shape)
     rows = target.numel()
     with no_autocast(logits_shard):  # statistics in float32 whatever autocast says
-        out = _VocabParallelTokenStats.apply(  # type: ignore[no-untyped-call]
+        out = _tokens._TokenStats.apply(  # type: ignore[no-untyped-call]
             logits_shard.reshape(rows, logits_shard.shape[-1]),
+            None,
+            None,
             target.reshape(rows).to(torch.int64),
-            layout,
             ignore_index,
+            0,
             check_softcap(fn, softcap),
-            group,
+            fn,
+            impl,
+            shard,
         )
     return _tokens._finish(out, shape)
 
@@ -1725,6 +1321,7 @@ def vocab_parallel_linear_token_stats(
     vocab_size: int | None = None,
     chunk_size: int | None = None,
     softcap: float | None = None,
+    impl: str = "auto",
 ) -> TokenStats:
     r""":func:`vocab_parallel_token_stats` of ``hidden @ W.T + b`` with ``W`` split over the
     vocabulary across ranks, without materialising the logits.
@@ -1746,7 +1343,7 @@ def vocab_parallel_linear_token_stats(
         Global class indices, identical on every rank.
     bias_shard : Tensor, shape (V_r,), optional
         This rank's part of the output layer's bias.
-    group, ignore_index, vocab_size, softcap
+    group, ignore_index, vocab_size, softcap, impl
         As in :func:`vocab_parallel_token_stats`.
     chunk_size : int, optional
         Rows of ``hidden`` projected at a time. Default: about 48 MiB of logits
@@ -1809,11 +1406,12 @@ def vocab_parallel_linear_token_stats(
             fn, h, weight_shard, bias_shard, weight_arg="weight_shard", bias_arg="bias_shard"
         )
         check_chunk_size(fn, chunk_size)
+        check_impl(fn, impl, h)
         t = _tokens._check_target(fn, target, h, "hidden", "hidden's shape without the features")
         grad = torch.is_grad_enabled() and h.requires_grad
         return _Local(w.shape[0], t.numel(), h.dtype, t, h.shape[-1], grad)
 
-    layout = _validate(
+    shard = _validate(
         fn,
         group,
         local,
@@ -1825,15 +1423,16 @@ def vocab_parallel_linear_token_stats(
     shape = tuple(target.shape)
     rows = target.numel()
     with no_autocast(hidden):  # the inputs were cast above, as F.linear casts them
-        out = _VocabParallelLinearTokenStats.apply(  # type: ignore[no-untyped-call]
+        out = _tokens._TokenStats.apply(  # type: ignore[no-untyped-call]
             hidden.reshape(rows, hidden.shape[-1]),
             weight_shard,
             bias_shard,
             target.reshape(rows).to(torch.int64),
-            layout,
             ignore_index,
+            check_chunk_size(fn, chunk_size) or 0,
             check_softcap(fn, softcap),
-            group,
-            check_chunk_size(fn, chunk_size),
+            fn,
+            impl,
+            shard,
         )
     return _tokens._finish(out, shape)

@@ -84,8 +84,9 @@ from ._modes import (
     transforms_active,
 )
 from ._ops import check_targets
-from ._rows import softcapped
-from ._types import OP_VERSION, tuning
+from ._rows import softcapped, token_finish
+from ._shard import combine_token_partials, reduce_sum, refuse_double_backward
+from ._types import OP_VERSION, Shard, tuning
 
 __all__ = ["TokenStats", "linear_token_stats", "token_stats"]
 
@@ -261,12 +262,6 @@ def _first_max(t: Tensor, m: Tensor, tmp: Tensor, rev: Tensor | None) -> Tensor:
     return first
 
 
-def _target_index(target: Tensor, ignore_index: int) -> tuple[Tensor, Tensor]:
-    """(the class to gather per row, 0 for ignored rows; which rows are kept)."""
-    keep = target != ignore_index
-    return torch.where(keep, target, 0), keep
-
-
 def _in_tile(idx: Tensor, c0: int, c1: int) -> tuple[Tensor, Tensor]:
     """(``idx − c0`` clamped into the tile ``[c0, c1)`` as a (1, R) index; whether it lies
     there)."""
@@ -275,46 +270,32 @@ def _in_tile(idx: Tensor, c0: int, c1: int) -> tuple[Tensor, Tensor]:
     return local.clamp(0, c1 - c0 - 1).unsqueeze(0), inside
 
 
-def _rounding_error(m: Tensor, log_s: Tensor, lse: Tensor) -> Tensor:
-    """``(m + log s) − lse`` exactly, for ``lse = m + log s`` rounded (Knuth's TwoSum); 0
-    where ``lse`` is not finite.
-
-    Backward's ``log p = (z − lse) − lse_lo`` is then ``(z − m) − log s`` as accurately as if
-    ``m`` and ``log s`` had been kept (``z − lse`` is exact near the max). With ``lse`` alone the
-    rounding (half an ulp of ``lse``: ~1e-6 at 20, 3e-5 at 1000 in float32) is a relative error
-    of every ``p``, and near the max of a confident row most of ``log p``: the entropy's
-    gradient there, ``−p (log p + H)``, is a difference of that size."""
-    b = lse - m
-    err = (m - (lse - b)) + (log_s - b)
-    return torch.where(torch.isfinite(err), err, 0.0)
-
-
 def _stats_columns(
     zt: Tensor,
     target: Tensor,
-    ignore_index: int,
     out: tuple[Tensor, ...],
     softcap: float | None,
     work: Tensor | None,
     tmp: Tensor,
+    class_offset: int = 0,
 ) -> None:
-    """The statistics of the rows of the logits, given as a column view ``zt`` (C, R) with
+    """The partial sums of the rows of the logits, given as a column view ``zt`` (C, R) with
     ``C ≥ 1``, into ``out``; of ``z' = s·tanh(z / s)`` with ``softcap=s``.
 
     Two sweeps over tiles of classes, as a two-pass log-sum-exp: the first finds each row's
-    max ``m`` (and argmax, and the target's logit), the second sums ``e = exp(u)``,
-    ``u = z − m``: ``s = Σ e`` and ``E = Σ e u``. Then ``lse = m + log s``,
-    ``logprob = (z_y − m) − log s`` and the entropy ``H = log s − E / s`` (two non-negative
-    terms: no cancellation); the fifth output is ``lse``'s rounding error
-    (:func:`_rounding_error`), for backward. A tile is processed in place when ``work`` is
-    ``None`` (``zt`` is a compute-dtype buffer of ours; it is overwritten), else copied into
-    ``work`` (flat, compute dtype) in each sweep (once if there is one tile).
+    max ``m`` (and argmax, and the target's logit ``z_y``: the column ``target −
+    class_offset``, 0 where that is not a column), the second sums ``e = exp(u)``, ``u = z − r``
+    (``r = m``, or 0 where ``m`` is not finite): ``s = Σ e`` and ``spread = −Σ e u ≥ 0``.
+    :func:`._rows.token_finish` turns ``(m, s, spread, z_y, argmax)`` into the statistics. A
+    tile is processed in place when ``work`` is ``None`` (``zt`` is a compute-dtype buffer of
+    ours; it is overwritten), else copied into ``work`` (flat, compute dtype) in each sweep
+    (once if there is one tile).
     """
-    logprob, entropy, lse, argmax, lse_lo = out
+    m_out, s_out, spread_out, zy_out, argmax = out
     classes, rows = zt.shape
     step = _tiles(classes, rows)
     cdt, dev = tmp.dtype, tmp.device
-    idx, keep = _target_index(target, ignore_index)
+    idx = target - class_offset
     rev = _reversed_classes(min(step, classes), cdt, dev)
 
     def load(c0: int, c1: int) -> Tensor:
@@ -356,13 +337,11 @@ def _stats_columns(
         eu_t = e.mul_(u).nansum(dim=0)
         s, eu = (s_t, eu_t) if s is None or eu is None else (s + s_t, eu + eu_t)
     assert s is not None and eu is not None
-    log_s = s.log()
+    m_out.copy_(mx)
+    s_out.copy_(s)
+    torch.neg(eu, out=spread_out)
+    zy_out.copy_(zy)
     argmax.copy_(best)
-    torch.add(m, log_s, out=lse)
-    lse_lo.copy_(_rounding_error(m, log_s, lse))
-    logprob.copy_(torch.where(keep, (zy - m) - log_s, 0.0))
-    # NaN (a row of only -inf logits: s = 0) stays NaN.
-    torch.sub(log_s, eu / s, out=entropy)
 
 
 def _vjp_columns(
@@ -378,10 +357,12 @@ def _vjp_columns(
     tmp: Tensor,
     tmp2: Tensor,
     lse_lo: Tensor | None = None,
+    class_offset: int = 0,
 ) -> None:
     """``G = ∂L/∂z`` of the logits ``src`` into ``dst``, both column views (C, R) (``dst`` may
-    be ``src``), from the saved ``lse`` (with its rounding error ``lse_lo``: ``log p = (z − lse)
-    − lse_lo``) and ``entropy``, tile by tile of classes:
+    be ``src``; column ``j`` is class ``class_offset + j``), from the saved ``lse`` (with its
+    rounding error ``lse_lo``: ``log p = (z − lse) − lse_lo``) and ``entropy``, tile by tile of
+    classes:
     ``G = p ⊙ (c − a − b (log p + H))`` plus ``a`` at the target, for the upstream ``a, b, c``
     of ``logprob``, ``entropy``, ``lse`` (``None``: no term).
 
@@ -396,7 +377,8 @@ def _vjp_columns(
     """
     classes, rows = src.shape
     step = _tiles(classes, rows)
-    idx, keep = _target_index(target, ignore_index)
+    keep = target != ignore_index
+    idx = target - class_offset
     # An ignored row of only -inf logits (lse = -inf, entropy NaN: no distribution) gets G = 0
     # for any upstream: with lse and H taken as 0 its every p = exp(-inf) is 0 (z − lse would
     # be NaN, and 0 · NaN reaches d hidden and d weight).
@@ -483,24 +465,34 @@ def _forward_impl(
     softcap: float | None,
     fn: str,
     impl: str = "torch",
+    shard_offset: int | None = None,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-    """``(logprob, entropy, lse, argmax, lse_lo)`` of the rows of the logits ``x`` (R, C), or of
-    ``x @ weight.T + bias`` for hidden states ``x`` (R, D), softcapped if ``softcap``: chunk by
-    chunk of logits (one reused buffer), each chunk tile by tile, or on the Triton kernels where
-    :func:`._backend.select` sends ``x`` (:func:`_triton_forward`). ``lse_lo`` is the rounding
-    error of ``lse``, for backward (:func:`_rounding_error`)."""
+    """The partial sums ``(m, s, spread, z_y, argmax)`` (:func:`_stats_columns`) of the rows of
+    the logits ``x`` (R, C), or of ``x @ weight.T + bias`` for hidden states ``x`` (R, D),
+    softcapped if ``softcap``: chunk by chunk of logits (one reused buffer), each chunk tile by
+    tile, or on the Triton kernels where :func:`._backend.select` sends ``x``
+    (:func:`_triton_forward`).
+
+    ``shard_offset``: ``None`` for a whole vocabulary (the targets are checked against it), or
+    the global index of the first class of a vocabulary shard (the caller checked the targets
+    against the whole vocabulary; ``argmax`` is a column of the shard, and a shard of no class
+    gives ``m = -inf``, ``s = spread = z_y = 0``)."""
     num_classes = x.shape[-1] if weight is None else weight.shape[0]
-    check_targets(target, num_classes, ignore_index, fn)
+    if shard_offset is None:
+        check_targets(target, num_classes, ignore_index, fn)
+    offset = shard_offset or 0
     rows, cdt, dev = x.shape[0], K.compute_dtype(x.dtype), x.device
     out = (
-        x.new_empty(rows, dtype=cdt),
-        x.new_empty(rows, dtype=cdt),
-        x.new_empty(rows, dtype=cdt),
-        x.new_empty(rows, dtype=torch.int64),
-        x.new_empty(rows, dtype=cdt),
+        x.new_full((rows,), float("-inf"), dtype=cdt),
+        x.new_zeros(rows, dtype=cdt),
+        x.new_zeros(rows, dtype=cdt),
+        x.new_zeros(rows, dtype=cdt),
+        x.new_zeros(rows, dtype=torch.int64),
     )
+    if num_classes == 0:
+        return out
     if select(x, impl) is not None:
-        return _triton_forward(x, weight, bias, target, ignore_index, chunk_size, softcap, out)
+        return _triton_forward(x, weight, bias, target, offset, chunk_size, softcap, out)
     if weight is None:  # the caller's logits: never written, each block copied into ``work``
         step = _row_blocks(num_classes)
         size = min(rows, step) * num_classes
@@ -509,7 +501,7 @@ def _forward_impl(
             r1 = min(rows, r0 + step)
             w = block[: (r1 - r0) * num_classes].view(r1 - r0, num_classes).copy_(x[r0:r1])
             rows_out = tuple(o[r0:r1] for o in out)
-            _stats_columns(w.t(), target[r0:r1], ignore_index, rows_out, softcap, None, tmp)
+            _stats_columns(w.t(), target[r0:r1], rows_out, softcap, None, tmp, offset)
         return out
     step = max(1, min(rows, _chunk_rows(num_classes, cdt, chunk_size)))
     buf = x.new_empty(num_classes * step)  # the one chunk of logits, reused
@@ -520,7 +512,7 @@ def _forward_impl(
         r1 = min(rows, r0 + step)
         zt = _linear_logits_t(x[r0:r1], weight, bias, buf)
         rows_out = tuple(o[r0:r1] for o in out)
-        _stats_columns(zt, target[r0:r1], ignore_index, rows_out, softcap, work, tmp)
+        _stats_columns(zt, target[r0:r1], rows_out, softcap, work, tmp, offset)
     return out
 
 
@@ -537,7 +529,7 @@ def _triton_forward(
     weight: Tensor | None,
     bias: Tensor | None,
     target: Tensor,
-    ignore_index: int,
+    offset: int,
     chunk_size: int,
     softcap: float | None,
     out: tuple[Tensor, Tensor, Tensor, Tensor, Tensor],
@@ -548,15 +540,15 @@ def _triton_forward(
     from . import _triton_tokens as TT
 
     if weight is None:
-        return TT.token_row_stats(x, target, ignore_index, softcap=softcap, out=out)
+        return TT.token_row_stats(x, target, class_offset=offset, softcap=softcap, out=out)
     rows, num_classes = x.shape[0], weight.shape[0]
-    step = max(1, min(rows, _chunk_rows(num_classes, out[0].dtype, chunk_size)))
+    step = max(1, min(rows, _chunk_rows(num_classes, out[1].dtype, chunk_size)))
     buf = x.new_empty(num_classes * step)
     for r0 in range(0, rows, step):
         r1 = min(rows, r0 + step)
         z = _linear_logits(x[r0:r1], weight, bias, buf)
         rows_out = tuple(o[r0:r1] for o in out)
-        TT.token_row_stats(z, target[r0:r1], ignore_index, softcap=softcap, out=rows_out)  # type: ignore[arg-type]
+        TT.token_row_stats(z, target[r0:r1], class_offset=offset, softcap=softcap, out=rows_out)  # type: ignore[arg-type]
     return out
 
 
@@ -568,11 +560,13 @@ _forward_op = torch.library.custom_op(
 
 
 @_forward_op.register_fake
-def _(x, weight, bias, target, ignore_index, chunk_size, softcap, fn, impl="torch"):  # type: ignore[no-untyped-def]
+def _(  # type: ignore[no-untyped-def]
+    x, weight, bias, target, ignore_index, chunk_size, softcap, fn, impl="torch", shard_offset=None
+):
     rows, cdt = x.shape[0], K.compute_dtype(x.dtype)
     f = x.new_empty(rows, dtype=cdt)
     i = x.new_empty(rows, dtype=torch.int64)
-    return f, torch.empty_like(f), torch.empty_like(f), i, torch.empty_like(f)
+    return f, torch.empty_like(f), torch.empty_like(f), torch.empty_like(f), i
 
 
 def _backward_impl(
@@ -593,16 +587,26 @@ def _backward_impl(
     need_bias: bool,
     lse_lo: Tensor | None = None,
     impl: str = "torch",
+    shard_offset: int | None = None,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Gradients w.r.t. ``x`` (logits or hidden states), ``weight`` and ``bias`` of
     ``Σ a·logprob + b·entropy + c·lse``, recomputing each chunk of logits into one reused
     buffer and turning it into ``G`` in place, tile by tile. Returned in the inputs' dtypes; a
     gradient not needed is an empty tensor. ``lse_lo``: the forward's rounding error of
     ``lse`` (``None``: ``lse`` alone, without the correction). ``impl``:
-    the Triton kernels where :func:`._backend.select` sends ``x`` (:func:`_triton_backward`)."""
+    the Triton kernels where :func:`._backend.select` sends ``x`` (:func:`_triton_backward`).
+    ``shard_offset`` as in :func:`_forward_impl`: ``lse``, ``entropy`` and ``lse_lo`` are then
+    the whole vocabulary's, and ``x`` (``weight``) holds the shard's classes."""
     rows, cdt, dev = x.shape[0], K.compute_dtype(x.dtype), x.device
     num_classes = x.shape[-1] if weight is None else weight.shape[0]
+    offset = shard_offset or 0
     ups = [None if d is None else d.to(cdt) for d in (d_logprob, d_entropy, d_lse)]
+    if num_classes == 0:  # a shard of no class: its logits have no gradient to give
+        return (
+            torch.zeros_like(x) if need_x else x.new_empty(0),
+            torch.zeros_like(weight) if need_weight and weight is not None else x.new_empty(0),
+            torch.zeros_like(bias) if need_bias and bias is not None else x.new_empty(0),
+        )
     if select(x, impl) is not None:
         return _triton_backward(
             x,
@@ -617,6 +621,7 @@ def _backward_impl(
             softcap,
             (need_x, need_weight, need_bias),
             lse_lo,
+            offset,
         )
     direct = x.dtype == cdt
     if weight is None:
@@ -649,6 +654,7 @@ def _backward_impl(
                 tmp,
                 tmp2,
                 None if lse_lo is None else lse_lo[r0:r1],
+                offset,
             )
         return dx, x.new_empty(0), x.new_empty(0)
     need_bias = need_bias and bias is not None
@@ -677,6 +683,7 @@ def _backward_impl(
             tmp,
             tmp2,
             None if lse_lo is None else lse_lo[r0:r1],
+            offset,
         )
         if need_x:
             torch.mm(zt.t(), weight, out=dx[r0:r1])
@@ -710,6 +717,7 @@ def _triton_backward(
     softcap: float | None,
     need: tuple[bool, bool, bool],
     lse_lo: Tensor | None,
+    offset: int,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """:func:`_backward_impl` on the Triton kernels (:mod:`._triton_tokens`): ``G`` of the
     caller's logits in one launch into ``d x``; or, chunk by chunk, the logits recomputed
@@ -733,6 +741,7 @@ def _triton_backward(
             softcap=softcap,
             lse_lo=None if lse_lo is None else lse_lo[r0:r1],
             out=out,
+            class_offset=offset,
         )
 
     if weight is None:
@@ -796,6 +805,7 @@ def _(  # type: ignore[no-untyped-def]
     need_bias,
     lse_lo=None,
     impl="torch",
+    shard_offset=None,
 ):
     dx = torch.empty_like(x) if need_x else x.new_empty(0)
     dw = torch.empty_like(weight) if need_weight and weight is not None else x.new_empty(0)
@@ -808,9 +818,12 @@ def _(  # type: ignore[no-untyped-def]
 
 class _TokenStats(torch.autograd.Function):
     """``token_stats`` of the logits ``x`` (R, C) (``weight is None``), or of
-    ``x @ weight.T + bias`` for hidden states ``x`` (R, D). Saves the inputs and three numbers
-    per row (``lse``, its rounding error, ``entropy``); backward recomputes the logits chunk by
-    chunk."""
+    ``x @ weight.T + bias`` for hidden states ``x`` (R, D), over the whole vocabulary
+    (``shard=None``) or over a vocabulary split across the ranks of ``shard.group``, ``x``
+    (``weight``, ``bias``) holding this rank's classes: the same passes, with the ranks'
+    partial sums combined in between (:mod:`._shard`). Saves the inputs and three numbers per
+    row (``lse``, its rounding error, ``entropy``); backward recomputes the logits chunk by
+    chunk, and on a shard all-reduces ``d hidden`` (``hidden`` is replicated)."""
 
     @staticmethod
     def forward(  # type: ignore[override]
@@ -824,13 +837,19 @@ class _TokenStats(torch.autograd.Function):
         softcap: float | None,
         fn: str,
         impl: str,
+        shard: Shard | None = None,
     ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        offset = None if shard is None else shard.start
         with no_autocast(x):
-            logprob, entropy, lse, argmax, lse_lo = _forward_op(
-                x, weight, bias, target, ignore_index, chunk_size, softcap, fn, impl
+            parts = _forward_op(
+                x, weight, bias, target, ignore_index, chunk_size, softcap, fn, impl, offset
             )
+        if shard is not None:
+            parts = combine_token_partials(parts, shard)
+        m, s, spread, zy, argmax = parts
+        logprob, entropy, lse, lse_lo = token_finish(m, s, spread, zy, target != ignore_index)
         ctx.save_for_backward(x, weight, bias, target, lse, entropy, lse_lo)
-        ctx.options = (ignore_index, chunk_size, softcap, impl)
+        ctx.options = (ignore_index, chunk_size, softcap, impl, fn, shard)
         ctx.mark_non_differentiable(argmax)
         ctx.set_materialize_grads(False)  # an unused output's gradient stays None
         return logprob, entropy, lse, argmax
@@ -844,12 +863,16 @@ class _TokenStats(torch.autograd.Function):
         _d_argmax: Tensor | None,
     ) -> tuple[Tensor | None, ...]:
         x, weight, bias, target, lse, entropy, lse_lo = ctx.saved_tensors
-        ignore_index, chunk_size, softcap, impl = ctx.options
+        ignore_index, chunk_size, softcap, impl, fn, shard = ctx.options
         need = ctx.needs_input_grad[:3]
-        none = (None,) * 6
-        if (d_logprob is None and d_entropy is None and d_lse is None) or not any(need):
+        none = (None,) * 7
+        # On a shard, d hidden is all-reduced: every rank that runs this backward takes part.
+        gather = shard is not None and weight is not None and need[0]
+        if shard is not None:
+            refuse_double_backward(fn)
+        elif (d_logprob is None and d_entropy is None and d_lse is None) or not any(need):
             return (None, None, None, *none)
-        if differentiable_backward():  # create_graph=True or a vmapped backward
+        elif differentiable_backward():  # create_graph=True or a vmapped backward
             return (*_differentiable_grads(ctx, d_logprob, d_entropy, d_lse), *none)
         with no_autocast(x):
             dx, dw, db = _backward_op(
@@ -870,7 +893,10 @@ class _TokenStats(torch.autograd.Function):
                 need[2],
                 lse_lo,
                 impl,
+                None if shard is None else shard.start,
             )
+        if gather:  # the ranks' parts summed in compute dtype, then rounded once
+            dx = reduce_sum(dx.to(lse.dtype), shard).to(x.dtype)
         return (
             dx if need[0] else None,
             dw if need[1] and weight is not None else None,
@@ -885,7 +911,7 @@ def _differentiable_grads(
     """The closed-form VJP in differentiable torch ops on the materialised logits (double
     backward: every higher derivative is autograd's)."""
     x, weight, bias, target, *_ = ctx.saved_tensors
-    ignore_index, _, softcap, _ = ctx.options
+    ignore_index, _, softcap, *_ = ctx.options
     need = ctx.needs_input_grad[:3]
     cdt = K.compute_dtype(x.dtype)
     with no_autocast(x):
