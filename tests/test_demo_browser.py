@@ -451,17 +451,24 @@ def test_screenshots(
     target.mkdir(parents=True, exist_ok=True)
     profile = tmp_path_factory.mktemp("profile-shots")
     shots = {
-        "desktop.png": ("en", 1280, 2400),
-        "narrow-360.png": ("en", 360, 2600),
-        "zh.png": ("zh", 1280, 2400),
+        "desktop.png": ("en", 1280, 2400, ""),
+        "narrow-360.png": ("en", 360, 2600, ""),
+        "zh.png": ("zh", 1280, 2400, ""),
     }
-    for name, (lang, width, height) in shots.items():
+    # the teaching parts (issue 18), each from its heading: desktop, 360 px and Chinese
+    for anchor in ("nielsen", "cost_origin", "canonical_link", "hpq-play", "hidden_layer"):
+        shots[f"teaching-desktop-{anchor}.png"] = ("en", 1280, 1500, anchor)
+    for anchor in ("nielsen", "hpq-play", "hidden_layer"):
+        shots[f"teaching-360-{anchor}.png"] = ("en", 360, 2200, anchor)
+        shots[f"teaching-zh-{anchor}.png"] = ("zh", 1280, 1500, anchor)
+    for name, (lang, width, height, anchor) in shots.items():
         path = target / name
         # Headless Chromium lays a window out at least 500 px wide: a frame of exactly the
         # width wanted shows the page as a phone would.
         frame = reports[lang].index.parent / f"shot-{width}.html"
+        src = f"index.html#{anchor}" if anchor else "index.html"
         frame.write_text(
-            f"<!DOCTYPE html><body style='margin:0'><iframe src='index.html' "
+            f"<!DOCTYPE html><body style='margin:0'><iframe src='{src}' "
             f"style='width:{width}px;height:{height}px;border:0;display:block'></iframe>",
             encoding="utf-8",
         )

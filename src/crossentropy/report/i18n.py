@@ -1125,7 +1125,7 @@ ZH: dict[str, str] = {
     "h.verdict_holds": "这里交叉熵下隐藏层的梯度没有缩小（从 c = 0 到 c = {cmax} 为 {ce_fall} 倍；均方误差 {mse_fall} 倍）。",
     "fig.hidden_grad_title": "起点的梯度与隐藏层饱和程度",
     "fig.offset": "隐藏偏置 c（单元从 z₁ ≈ ±c 出发）",
-    "fig.grad_norm": "梯度范数（对数坐标）",
+    "fig.grad_norm": "梯度范数（对数）",
     "fig.hidden_layer": "隐藏层，{loss}",
     "fig.output_layer": "输出层，{loss}",
     "fig.mean_sp": "σ'(z₁) 的平均",
