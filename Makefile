@@ -8,12 +8,12 @@ STAMP  := $(VENV)/.installed
 .PHONY: install test test-fast test-integrations lint typecheck demo bench bench-gpu docs clean
 
 # Extras: test (pytest, hypothesis), dev (ruff, mypy and the docs tools: tests/test_docs.py
-# builds the site), transformers (tests/test_transformers_*.py) and TRL for its trainer test.
+# builds the site), transformers (tests/test_transformers_*.py), TRL and PEFT for its tests.
 # -c constraints.txt keeps torch at the pinned CPU build and pins transformers and TRL.
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install --quiet --upgrade pip
-	$(PIP) install --quiet -c constraints.txt -e '.[torch,demo,test,dev,transformers]' trl
+	$(PIP) install --quiet -c constraints.txt -e '.[torch,demo,test,dev,transformers]' trl peft
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -36,7 +36,7 @@ test-fast: lint typecheck
 
 # The Hugging Face integration tests (tests/test_transformers_*.py, the trainer ones included)
 # against each transformers version below, each in its own venv under .venv-integrations/:
-# the one constraints.txt pins (with TRL) and the oldest the [transformers] extra allows.
+# the one constraints.txt pins (with TRL; PEFT in both) and the oldest the [transformers] extra allows.
 INTEGRATIONS := .venv-integrations
 TRANSFORMERS_PINNED := $(shell sed -n 's/^transformers==//p' constraints.txt)
 TRANSFORMERS_VERSIONS := $(TRANSFORMERS_PINNED) 4.57.6
@@ -50,7 +50,7 @@ test-integrations:
 	    grep -v -E '^(transformers|trl)==' constraints.txt > $$venv/constraints.txt; \
 	    if [ "$$v" = "$(TRANSFORMERS_PINNED)" ]; then more="trl==$$(sed -n 's/^trl==//p' constraints.txt)"; else more=""; fi; \
 	    $$venv/bin/python -m pip install --quiet -c $$venv/constraints.txt -e '.[torch,test]' \
-	      "transformers==$$v" accelerate $$more || exit 1; \
+	      "transformers==$$v" accelerate peft $$more || exit 1; \
 	    touch $$venv/.installed; \
 	  fi; \
 	  echo "== transformers $$v"; \

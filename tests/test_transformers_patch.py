@@ -461,3 +461,46 @@ def test_causal_lm_loss_as_the_model_loss_function(monkeypatch: pytest.MonkeyPat
     torch.testing.assert_close(fresh(**inputs).loss, expected)
     with pytest.raises(TypeError, match="make_causal_lm_loss: options must be among"):
         cx.make_causal_lm_loss(temperature=2.0)
+
+
+# ---------------------------------------------------------------------------------------------
+# PEFT
+# ---------------------------------------------------------------------------------------------
+
+
+def test_a_peft_model_is_patched_through_its_base_model() -> None:
+    peft = pytest.importorskip("peft")
+    config = peft.LoraConfig(
+        r=4, target_modules=["q_proj", "v_proj"], lora_dropout=0.0, init_lora_weights=False
+    )
+    stock = peft.get_peft_model(build("llama"), config)
+    model = copy.deepcopy(stock)
+    assert cx.patch(model) is model
+    assert cx.is_patched(model) and cx.is_patched(model.get_base_model())
+    inputs = batch()
+    want_out, want, want_grads = loss_and_grads(stock, **inputs)
+    got_out, got, got_grads = loss_and_grads(model, **inputs)
+    assert got_out.logits is None
+    assert (
+        {n for n in got_grads if "lora_" in n} == {n for n in want_grads if "lora_" in n} != set()
+    )
+    torch.testing.assert_close(got, want.double(), **STOCK)
+    assert_same_grads(got_grads, want_grads)
+    cx.unpatch(model)
+    assert not cx.is_patched(model)
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [
+        {"target_modules": ["q_proj", "lm_head"]},
+        {"target_modules": ["q_proj"], "modules_to_save": ["lm_head"]},
+    ],
+    ids=["lora-on-lm_head", "modules_to_save"],
+)
+def test_refuses_a_peft_adapted_output_layer(settings: dict[str, Any]) -> None:
+    peft = pytest.importorskip("peft")
+    model = peft.get_peft_model(build("llama"), peft.LoraConfig(r=4, **settings))
+    with pytest.raises(cx.UnsupportedModelError, match="wrapped by PEFT"):
+        cx.patch(model)
+    assert not cx.is_patched(model)
