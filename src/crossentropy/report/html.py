@@ -87,6 +87,7 @@ td.num, th.num { text-align: right; font-variant-numeric: tabular-nums; white-sp
 .eq math { font-size: 1.12rem; margin: .35rem 0; }
 .check { font-size: .8rem; color: #1b5e3b; font-variant-numeric: tabular-nums; }
 .check.bad { color: #b3261e; }
+.check .n { white-space: nowrap; }
 .check.def { color: #6b7480; }
 .note { color: #4b5560; font-size: .92rem; }
 .play { border: 1px solid #cfd8e3; border-radius: 8px; padding: .4rem 1rem 1rem; margin: 1.2rem 0;
@@ -125,6 +126,7 @@ code { background: #f1f3f5; padding: 0 .25rem; border-radius: 3px; overflow-wrap
   h1 { font-size: 1.45rem; }
   .line { grid-template-columns: minmax(0, 1fr); gap: 0; }
   .check { margin-bottom: .3rem; }
+  .play { padding: .3rem .5rem .8rem; }
   .eq math { font-size: .98rem; }
   /* the summary as one card per part: three columns do not fit a phone */
   table.summary thead { display: none; }
@@ -349,11 +351,13 @@ def origin_html(results: DemoResults, t: Texts) -> str:
     cells = {
         "want": (
             o.grad_error < LINK_TOLERANCE,
-            f"{t('o.check_grad')} {sci(o.grad_error)}<br>{t('o.check_fd')} {sci(o.fd_error)}",
+            f'{escape(t("o.check_grad"))} <span class="n">{sci(o.grad_error)}</span><br>'
+            f'{escape(t("o.check_fd"))} <span class="n">{sci(o.fd_error)}</span>',
         ),
         "integral": (
             o.constant_spread["cross_entropy"] < INTEGRAL_TOLERANCE,
-            f"{t('o.check_integral')} {sci(o.constant_spread['cross_entropy'])}",
+            f"{escape(t('o.check_integral'))} "
+            f'<span class="n">{sci(o.constant_spread["cross_entropy"])}</span>',
         ),
     }
     body = []

@@ -419,7 +419,6 @@ EN: dict[str, str] = {
         "{p_identities}) — and what cross-entropy does not fix (part {p_hidden})."
     ),
     "page.numbers": "The numbers behind the figures",
-    "page.source_says": "{who}",
     "who.nielsen": "Nielsen, chapter 3",
     # -- Nielsen's neuron ----------------------------------------------------------------------
     "n.short": "Nielsen's neuron",
@@ -494,9 +493,8 @@ EN: dict[str, str] = {
         "compared with the library's losses."
     ),
     "o.steps": "The integration, step by step",
-    "o.want": "what we want",
-    "o.check_grad": "library ∂L/∂z − (a − y) ≤",
-    "o.check_integral": "integral − library BCE constant to",
+    "o.check_grad": "library ∂L/∂z vs a − y:",
+    "o.check_integral": "integral − library BCE varies by",
     "o.check_fd": "vs finite differences",
     "o.alt": "the numerical integral of a − y over b lies on the library's binary cross-entropy for three targets",
     "o.h.loss": "gradient asked for",
@@ -967,7 +965,6 @@ ZH: dict[str, str] = {
         "以及交叉熵解决不了的问题（第 {p_hidden} 部分）。"
     ),
     "page.numbers": "图背后的数字",
-    "page.source_says": "{who}",
     "who.nielsen": "Nielsen，第 3 章",
     "n.short": "Nielsen 的神经元",
     "n.title": "错得最厉害时学得最慢：Nielsen 的神经元",
@@ -1023,9 +1020,8 @@ ZH: dict[str, str] = {
         "本次运行对两个积分都做了数值计算（b 从 {lo} 到 {hi}，{num} 个点，梯形法），并与库里的损失对照。"
     ),
     "o.steps": "积分，一步一步",
-    "o.want": "想要的",
-    "o.check_grad": "库的 ∂L/∂z − (a − y) ≤",
-    "o.check_integral": "积分 − 库的 BCE 为常数，误差",
+    "o.check_grad": "库的 ∂L/∂z 对比 a − y：",
+    "o.check_integral": "积分 − 库的 BCE 的变化：",
     "o.check_fd": "对比有限差分",
     "o.alt": "a − y 对 b 的数值积分与库里三种目标下的二元交叉熵重合",
     "o.h.loss": "要求的梯度",
