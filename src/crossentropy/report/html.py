@@ -107,9 +107,10 @@ details.numbers[open] > summary { margin-bottom: .2rem; }
 .intro { font-size: 1.05rem; }
 .intro p:first-of-type { margin-top: .3rem; }
 .hpq { max-width: 560px; margin: .6rem auto 0; }
-.hpq svg { display: block; width: 100%; height: auto; touch-action: none; user-select: none;
+.hpq svg { display: block; width: 100%; height: auto; user-select: none;
            -webkit-user-select: none; }
-.hpq .hit { fill: transparent; cursor: ns-resize; }
+/* a finger on a bar drags it; elsewhere on the drawing it still scrolls the page */
+.hpq .hit { fill: transparent; cursor: ns-resize; touch-action: none; }
 .hpq .hit:focus { outline: none; stroke: #1d232a; stroke-width: 2; stroke-dasharray: 4 3; }
 .hpq .hit:focus-visible { outline: none; }
 .hpq-buttons[hidden] { display: none; }
