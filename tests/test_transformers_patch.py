@@ -12,6 +12,7 @@ comparison uses float32-level tolerances (``STOCK``); the patched side is float6
 from __future__ import annotations
 
 import copy
+import functools
 import inspect
 import re
 import subprocess
@@ -19,6 +20,8 @@ import sys
 from typing import Any
 
 import pytest
+
+from conftest import tol
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
@@ -47,7 +50,8 @@ COMMON = {
 #: family -> (config class, its settings beyond COMMON). Each stands for what it exercises:
 #: Gemma 2 caps its logits (final_logit_softcapping) and ties its embeddings, Qwen3 is tied
 #: here too, Qwen2 has attention biases, Mixtral is a MoE that returns router logits and adds
-#: its load-balancing loss, Cohere scales its logits (logit_scale).
+#: its load-balancing loss, Cohere multiplies its logits (logit_scale), Granite divides them
+#: (logits_scaling).
 FAMILIES: dict[str, tuple[str, dict[str, Any]]] = {
     "llama": ("LlamaConfig", {}),
     "mistral": ("MistralConfig", {"sliding_window": None}),
@@ -68,6 +72,7 @@ FAMILIES: dict[str, tuple[str, dict[str, Any]]] = {
         },
     ),
     "cohere-scale": ("CohereConfig", {"logit_scale": 0.5, "tie_word_embeddings": False}),
+    "granite-scaling": ("GraniteConfig", {"logits_scaling": 4.0, "tie_word_embeddings": False}),
 }
 
 
@@ -210,11 +215,27 @@ def test_unpatch_restores_the_stock_forward(stock: Any, patched: Any) -> None:
     assert cx.unpatch(patched) is patched
     assert not cx.is_patched(patched)
     assert "forward" not in vars(patched)
+    assert "forward" not in vars(patched.lm_head)
     inputs = batch()
     out = patched(**inputs)
     assert out.logits is not None
     torch.testing.assert_close(out.loss, stock(**inputs).loss, rtol=0, atol=0)
     assert cx.unpatch(patched) is patched  # unpatching an unpatched model changes nothing
+
+
+def test_a_deep_copy_of_a_patched_model_computes_with_its_own_weights(patched: Any) -> None:
+    # (TRL's reference models, EMA copies: the copy's forward must not run the original)
+    inputs = batch()
+    twin = copy.deepcopy(patched)
+    assert cx.is_patched(twin)
+    with torch.no_grad():
+        twin.lm_head.weight.mul_(2.0)
+    twin_loss = twin(**inputs).loss
+    assert not torch.allclose(twin_loss, patched(**inputs).loss)
+    twin_loss.backward()
+    assert twin.lm_head.weight.grad is not None and patched.lm_head.weight.grad is None
+    cx.unpatch(twin)
+    torch.testing.assert_close(twin(**inputs).loss.double(), twin_loss, **STOCK)
 
 
 def test_gradient_accumulation_equals_one_big_batch(stock: Any, patched: Any) -> None:
@@ -260,6 +281,24 @@ def test_logits_to_keep_scores_the_kept_positions(stock: Any, patched: Any) -> N
 def stock_logits_and_targets(model: Any, inputs: dict[str, Any]) -> tuple[Any, Any]:
     out = model(**{k: v for k, v in inputs.items() if k != "labels"})
     return out.logits.reshape(-1, VOCAB), shifted(inputs["labels"]).reshape(-1)
+
+
+def test_compiled_under_bf16_autocast() -> None:
+    stock = build("llama").float()
+    model = cx.patch(copy.deepcopy(stock))
+    compiled = torch.compile(model, backend="aot_eager")
+    inputs = batch()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = compiled(**inputs)
+        want = stock(**inputs)
+    assert got.logits is None and got.loss.dtype == torch.float32
+    torch.testing.assert_close(got.loss, want.loss, **tol(torch.bfloat16))
+    got.loss.backward()
+    want.loss.backward()
+    for (name, p), q in zip(model.named_parameters(), stock.parameters(), strict=True):
+        # bf16 matmuls: compare each gradient as a whole, relative to its size
+        err = (p.grad - q.grad).norm() / q.grad.norm()
+        assert err < 2e-2, (name, err.item())
 
 
 def test_label_smoothing_and_z_loss_pass_through() -> None:
@@ -387,6 +426,17 @@ def test_refuses_an_unknown_architecture(cls: type, reason: str) -> None:
     model = cls(transformers.LlamaConfig(**COMMON))
     with pytest.raises(cx.UnsupportedModelError, match=reason):
         cx.patch(model)
+
+
+def test_unpatch_refuses_when_the_forward_was_wrapped_again() -> None:
+    model = cx.patch(build("llama"))
+    inner = model.forward
+    model.forward = functools.wraps(inner)(lambda *a, **k: inner(*a, **k))  # a trainer's wrapper
+    with pytest.raises(cx.UnsupportedModelError, match="was replaced after patch"):
+        cx.unpatch(model)
+    model.forward = inner
+    cx.unpatch(model)
+    assert not cx.is_patched(model)
 
 
 def test_refuses_a_custom_loss_function() -> None:

@@ -24,6 +24,7 @@ import ast
 import functools
 import inspect
 import textwrap
+import types
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -54,6 +55,7 @@ __all__ = [
 OPTIONS = frozenset({"label_smoothing", "z_loss", "softcap", "class_weight", "chunk_size", "impl"})
 
 _STATE = "_crossentropy_patch"
+_SINK = "_crossentropy_sink"
 
 
 class UnsupportedModelError(ValueError):
@@ -73,9 +75,12 @@ class _Plan:
 
 @dataclass
 class _State:
-    original: Any  # the instance's own ``forward`` before patching, or None
+    """Kept on the model (so ``copy.deepcopy`` copies it with the model)."""
+
+    original: Any  # the instance's own ``forward`` before patching (a wrapper), or None
     options: dict[str, Any]
     plan: _Plan
+    wrapper: Any = None  # the bound method patch() set as the instance's ``forward``
 
 
 # ---------------------------------------------------------------------------------------------
@@ -303,10 +308,11 @@ def _head_name(model: nn.Module) -> str:
             "hidden @ weight.T + bias of one weight, so the fused loss would be wrong; leave "
             "the output layer out of the adapter's target_modules"
         )
-    if type(head) is not nn.Linear or "forward" in vars(head):
+    replaced = "forward" in vars(head) and not _ours(vars(head)["forward"])
+    if type(head) is not nn.Linear or replaced:
         raise UnsupportedModelError(
             f"patch: the output layer of {type(model).__name__} is a {type(head).__name__}"
-            f"{' with a replaced forward' if 'forward' in vars(head) else ''}, not a plain "
+            f"{' with a replaced forward' if replaced else ''}, not a plain "
             "torch.nn.Linear (quantised, offloaded or adapted): its logits cannot be computed "
             "from its weight alone"
         )
@@ -429,59 +435,79 @@ def _fused_loss(
     return _reduce(_as_float(loss), num_items_in_batch)
 
 
-def _make_forward(model: nn.Module, original: Callable[..., Any]) -> Callable[..., Any]:
-    signature = inspect.signature(original)
+def _head_forward(self: nn.Linear, input: torch.Tensor) -> torch.Tensor:
+    """The output layer's forward while the model is patched: ``nn.Linear``'s, except inside
+    the patched forward with labels, where it hands its input (the final hidden states) to the
+    loss and returns an empty ``(..., 0)`` tensor, so whatever the model's forward does to the
+    logits it does to nothing. (Set once at patch time, not swapped per call: a compiled
+    forward sees one module.)"""
+    sink = getattr(self, _SINK, None)
+    if sink is None:
+        return nn.functional.linear(input, self.weight, self.bias)
+    sink.append(input)
+    return input.new_zeros((*input.shape[:-1], 0))
+
+
+def _ours(forward: Any) -> bool:
+    return getattr(forward, "__func__", None) is _head_forward
+
+
+def _stock(model: nn.Module, state: _State) -> Callable[..., Any]:
+    """The forward the patch wraps: the instance's own wrapper, or the class's forward."""
+    if state.original is not None:
+        return state.original  # type: ignore[no-any-return]
+    return types.MethodType(type(model).forward, model)
+
+
+def _make_forward(cls_forward: Callable[..., Any]) -> Callable[..., Any]:
+    """The patched forward, a function to bind to the model (a bound method, so a deep copy of
+    the model is bound to the copy). It carries the class forward's signature: Trainer and
+    generate() read it."""
+    signature = inspect.signature(cls_forward)
     positional = [
         p.name
         for p in signature.parameters.values()
         if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
-    ]
+    ][1:]  # without self
     labels_at = positional.index("labels") if "labels" in positional else len(positional)
 
-    @functools.wraps(original)
-    def forward(*args: Any, **kwargs: Any) -> Any:
+    @functools.wraps(cls_forward)
+    def forward(self: nn.Module, *args: Any, **kwargs: Any) -> Any:
+        state: _State = getattr(self, _STATE)
+        original = _stock(self, state)
         has_labels = kwargs.get("labels") is not None or (
             len(args) > labels_at and args[labels_at] is not None
         )
         if not has_labels and kwargs.get("shift_labels") is None:
             return original(*args, **kwargs)  # the stock forward, as it was
-        bound = signature.bind(*args, **kwargs)
-        call = {
-            name: value
-            for name, value in bound.arguments.items()
-            if signature.parameters[name].kind is not inspect.Parameter.VAR_KEYWORD
-        }
-        for name, value in bound.arguments.items():
+        bound = signature.bind(self, *args, **kwargs)
+        call: dict[str, Any] = {}
+        for name, value in list(bound.arguments.items())[1:]:
             if signature.parameters[name].kind is inspect.Parameter.VAR_KEYWORD:
                 call.update(value)
-        state: _State = getattr(model, _STATE)
+            else:
+                call[name] = value
         labels = call.pop("labels", None)
         shift_labels = call.pop("shift_labels", None)
         num_items_in_batch = call.pop("num_items_in_batch", None)
         ignore_index = call.pop("ignore_index", -100)
         return_dict = call.pop("return_dict", None)
         if return_dict is None:
-            return_dict = getattr(model.config, "return_dict", True)
-        head = getattr(model, state.plan.head)
+            return_dict = getattr(self.config, "return_dict", True)
+        head = getattr(self, state.plan.head)
         captured: list[torch.Tensor] = []
-
-        def hand_back(hidden: torch.Tensor, *rest: Any, **more: Any) -> torch.Tensor:
-            captured.append(hidden)
-            # Whatever the forward does to the logits it does to an empty tensor: nothing.
-            return hidden.new_zeros((*hidden.shape[:-1], 0))
-
-        head.forward = hand_back
+        setattr(head, _SINK, captured)  # the output layer hands its input over (_head_forward)
         try:
             out = original(**call, return_dict=True)
         finally:
-            del head.forward
+            setattr(head, _SINK, None)
         if len(captured) != 1:
             raise UnsupportedModelError(
-                f"patch: unknown architecture: {type(model).__name__}'s forward called its "
+                f"patch: unknown architecture: {type(self).__name__}'s forward called its "
                 f"output layer {len(captured)} times (once expected)"
             )
         loss = _fused_loss(
-            model,
+            self,
             state.plan,
             state.options,
             captured[0],
@@ -493,12 +519,16 @@ def _make_forward(model: nn.Module, original: Callable[..., Any]) -> Callable[..
         aux_loss = getattr(out, "aux_loss", None)
         if state.plan.aux_coef_attr is not None and aux_loss is not None:
             # As the stock forward: loss += coef · aux_loss, when it returns router logits.
-            loss = loss + _get(model, state.plan.aux_coef_attr) * aux_loss.to(loss.device)
+            loss = loss + _get(self, state.plan.aux_coef_attr) * aux_loss.to(loss.device)
         fields = {key: value for key, value in out.items() if key not in ("loss", "logits")}
         result = type(out)(loss=loss, **fields)
         return result if return_dict else result.to_tuple()
 
     return forward
+
+
+#: One patched forward per class forward (its signature is read once).
+_forward_for = functools.cache(_make_forward)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -558,24 +588,39 @@ def patch(model: Any, **options: Any) -> Any:
     if state is not None:  # patched before: keep the stock forward, take the new options
         state.options, state.plan = dict(options), plan
         return model
-    original = vars(target).get("forward")
-    stock = target.forward
-    setattr(target, _STATE, _State(original, dict(options), plan))
-    target.forward = _make_forward(target, stock)
+    state = _State(vars(target).get("forward"), dict(options), plan)
+    state.wrapper = types.MethodType(_forward_for(type(target).forward), target)
+    setattr(target, _STATE, state)
+    target.forward = state.wrapper
+    head_module = getattr(target, head)
+    head_module.forward = types.MethodType(_head_forward, head_module)
+    setattr(head_module, _SINK, None)
     return model
 
 
 def unpatch(model: Any) -> Any:
     """Restore the forward :func:`patch` replaced; a model that is not patched is returned
-    unchanged."""
+    unchanged. Refused (:class:`UnsupportedModelError`) when something wrapped the forward
+    again after :func:`patch` (a trainer's own head, say): removing the patch would remove that
+    too."""
     target = _target(model)
     state = getattr(target, _STATE, None)
     if state is None:
         return model
+    current = vars(target).get("forward")
+    if current != state.wrapper:
+        raise UnsupportedModelError(
+            f"unpatch: {type(target).__name__}.forward was replaced after patch() (now "
+            f"{getattr(current, '__qualname__', current)!r}); undo that first"
+        )
     if state.original is None:
         del target.forward
     else:
         target.forward = state.original
+    head = getattr(target, state.plan.head)
+    if _ours(vars(head).get("forward")):
+        del head.forward
+    vars(head).pop(_SINK, None)
     delattr(target, _STATE)
     return model
 
