@@ -175,6 +175,21 @@ function inspect(frame) {
     out.noscriptShown = doc.body.innerText.indexOf(ns.textContent.trim().slice(0, 20)) >= 0;
   }
   out.hpq = probeBars(doc, win);
+  // the folded tables: closed at first, then opened as a reader would
+  var folds = doc.querySelectorAll("details.numbers");
+  out.folds = {count: folds.length, closed: [], open: [], shownClosed: 0, shownOpen: 0};
+  function shown(d) { return d.querySelector("table").checkVisibility() ? 1 : 0; }
+  Array.prototype.forEach.call(folds, function (d) {
+    out.folds.closed.push(d.getBoundingClientRect().height);
+    out.folds.shownClosed += shown(d);
+  });
+  Array.prototype.forEach.call(folds, function (d) { d.open = true; });
+  Array.prototype.forEach.call(folds, function (d) {
+    out.folds.open.push(d.getBoundingClientRect().height);
+    out.folds.shownOpen += shown(d);
+  });
+  out.folds.scrollWidth = root.scrollWidth;
+  Array.prototype.forEach.call(folds, function (d) { d.open = false; });
   if (out.playShown) {
     var line = function () {
       var p = doc.querySelector("#play-output polyline[data-loss=mse]");
@@ -365,6 +380,20 @@ def test_without_javascript_the_sliders_give_way_to_a_note(
         assert f["noscriptShown"]
         assert "Measured in this run" in f["text"]
     assert not probed["en"]["wide"]["noscriptShown"]
+
+
+@pytest.mark.parametrize("lang", ["en", "zh"])
+@pytest.mark.parametrize("frame", list(FRAMES))
+def test_the_folded_tables_open_without_widening_the_page(
+    probed: dict[str, dict[str, Any]], reports: dict[str, ReportFiles], lang: str, frame: str
+) -> None:
+    folds = probed[lang][frame]["folds"]
+    assert folds["count"] == sum(1 for s in reports[lang].sections if s.tables)
+    # folded: one line each, the tables not drawn; opened, every table is shown
+    assert folds["shownClosed"] == 0 and all(h < 60 for h in folds["closed"])
+    assert folds["shownOpen"] == folds["count"]
+    assert all(o > c + 60 for o, c in zip(folds["open"], folds["closed"], strict=True))
+    assert folds["scrollWidth"] <= FRAMES[frame][0]  # wide tables scroll in their own box
 
 
 # -- the teaching parts (issue 18) ---------------------------------------------------------------
