@@ -13,9 +13,12 @@ The patch is generic: it reads the model's own forward (its source, once per cla
 what happens between the output layer and the loss, accepts what it can reproduce exactly
 (``final_logit_softcapping``, ``logit_scale``, ``logits_scaling``, a MoE auxiliary loss added
 with a coefficient) and refuses anything else with :class:`UnsupportedModelError`. At run time
-the stock forward runs unchanged, with the output layer swapped for one that hands back its
-input: every model-specific argument (caches, router logits, ``logits_to_keep``, attention
-variants) keeps the meaning that version of transformers gives it.
+the stock forward runs unchanged, except that in a call with labels the output layer hands its
+input (the final hidden states) to the loss instead of computing the logits: every
+model-specific argument (caches, router logits, ``logits_to_keep``, attention variants) keeps
+the meaning that version of transformers gives it. The decoder is found with
+``get_decoder()`` or ``base_model_prefix`` only to check that there is one: the model's own
+forward calls it.
 """
 
 from __future__ import annotations
