@@ -142,12 +142,21 @@ def shifted(labels: torch.Tensor) -> torch.Tensor:
     return F.pad(labels, (0, 1), value=-100)[:, 1:]
 
 
-CASES = ["padding", "num_items_in_batch", "shift_labels", "num_items_and_shift_labels"]
+CASES = [
+    "padding",
+    "num_items_in_batch",
+    "shift_labels",
+    "num_items_and_shift_labels",
+    "ignore_index",
+]
 
 
 @pytest.mark.parametrize("case", CASES)
 def test_loss_and_every_gradient_equal_stock(stock: Any, patched: Any, case: str) -> None:
     inputs: dict[str, Any] = batch()
+    if case == "ignore_index":
+        inputs["labels"] = inputs["labels"].masked_fill(inputs["labels"] == -100, -1)
+        inputs["ignore_index"] = -1
     if case.startswith("num_items"):
         inputs["num_items_in_batch"] = torch.tensor(37)  # e.g. the tokens of a larger batch
     if "shift_labels" in case:
@@ -480,6 +489,9 @@ def test_causal_lm_loss_equals_for_causal_lm_loss(case: str) -> None:
     logits = torch.randn(3, SEQ, VOCAB, generator=g, dtype=torch.float32, requires_grad=True)
     labels = batch()["labels"]
     kwargs: dict[str, Any] = {}
+    if case == "ignore_index":
+        labels = labels.masked_fill(labels == -100, -1)
+        kwargs["ignore_index"] = -1
     if case.startswith("num_items"):
         kwargs["num_items_in_batch"] = torch.tensor(41)
     if "shift_labels" in case:
