@@ -277,3 +277,21 @@ def test_metrics_carry_the_teaching_numbers(
     assert m["code_length"]["entropy"] == results.code.entropy
     assert m["hidden_layer"]["offsets"] == list(results.hidden.offsets)
     assert [v["section"] for v in m["verdicts"]] == [key for key, _ in ORDER]
+
+
+@pytest.mark.parametrize("lang", LANGUAGES)
+def test_the_sources_are_credited(reports: dict[str, ReportFiles], lang: str) -> None:
+    html = html_of(reports, lang)
+    footer = unescape(html[html.index("<footer>") : html.index("</footer>")])
+    for name in (
+        "Michael Nielsen",
+        "Neural Networks and Deep Learning",
+        "Chris Olah",
+        "Visual Information Theory",
+        "Dive into Deep Learning",
+    ):
+        assert name in footer, name
+    # every reference names the part that uses it, by its number on this page
+    number = {key: k for k, (key, _) in enumerate(ORDER, start=1)}
+    for key in ("nielsen", "cost_origin", "hidden_layer", "identities", "canonical_link"):
+        assert re.search(rf"(?:part|第) {number[key]}(?!\d)", footer), key

@@ -673,7 +673,8 @@ def render_html(
 <h2>{escape(t("page.glossary"))}</h2>
 <dl class="glossary">{glossary}</dl>
 </section>
-<footer>{escape(t("page.footer", versions=version_text))}</footer>
+<footer><p>{escape(t("page.credits", **PARTS))}</p>
+<p>{escape(t("page.footer", versions=version_text))}</p></footer>
 <script>{SCRIPT}</script>
 </body>
 </html>

@@ -419,6 +419,13 @@ EN: dict[str, str] = {
         "{p_identities}) — and what cross-entropy does not fix (part {p_hidden})."
     ),
     "page.numbers": "The numbers behind the figures",
+    "page.credits": (
+        "Also drawn on, with thanks: Michael Nielsen, Neural Networks and Deep Learning, "
+        "chapter 3 (2015) — the single neuron of part {p_nielsen}, the integration of part "
+        "{p_origin} and the caveat of part {p_hidden}; Chris Olah, “Visual Information Theory” "
+        "(2015) — the bars of part {p_identities}; Zhang, Lipton, Li and Smola, Dive into Deep "
+        "Learning — the softmax Hessian of part {p_link}."
+    ),
     "who.nielsen": "Nielsen, chapter 3",
     # -- Nielsen's neuron ----------------------------------------------------------------------
     "n.short": "Nielsen's neuron",
@@ -965,6 +972,12 @@ ZH: dict[str, str] = {
         "以及交叉熵解决不了的问题（第 {p_hidden} 部分）。"
     ),
     "page.numbers": "图背后的数字",
+    "page.credits": (
+        "本页还参考了以下材料，在此致谢：Michael Nielsen《Neural Networks and Deep Learning》第 3 章（2015）"
+        "——第 {p_nielsen} 部分的单个神经元、第 {p_origin} 部分的积分和第 {p_hidden} 部分的提醒；"
+        "Chris Olah《Visual Information Theory》（2015）——第 {p_identities} 部分的柱子；"
+        "Zhang、Lipton、Li、Smola《动手学深度学习》（Dive into Deep Learning）——第 {p_link} 部分的 softmax Hessian。"
+    ),
     "who.nielsen": "Nielsen，第 3 章",
     "n.short": "Nielsen 的神经元",
     "n.title": "错得最厉害时学得最慢：Nielsen 的神经元",
