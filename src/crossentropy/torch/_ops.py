@@ -20,6 +20,17 @@ Every op takes class-index targets and options as plain arguments, checks the ta
 the host on CPU (free there; a device-side ``torch._assert_async`` elsewhere, so no host sync),
 and returns compute-dtype statistics: float32 for float16/bfloat16/float32, float64 for float64.
 
+Two kinds of ops, as the pipeline has two ways through (:mod:`.functional`):
+
+- the fused sweeps (:func:`index_forward`, :func:`linear_forward`): loss and gradient in one
+  pass, when the whole vocabulary is local and the row scales are known (``"mean"``/``"sum"``
+  with a gradient to take);
+- the passes (:func:`index_stats` / :func:`linear_stats`, then :func:`index_grad` /
+  :func:`linear_grad`): the rows' statistics, which the autograd glue combines across ranks
+  (nothing to do in one process) and turns into losses and per-row gradient coefficients, and
+  the gradient from those coefficients. They take ``shard_offset``, the global index of their
+  first class, so the vocabulary-parallel functions run them on a shard.
+
 For float16 the fused gradient is stored multiplied by a power of two ``pre`` (returned as a
 0-d tensor) chosen from the row scales so that its largest possible entry is about ``2**14``:
 ``(p − y) / N`` of a large batch would otherwise flush to zero in float16 before a loss scaler
@@ -37,10 +48,12 @@ from ._types import OP_VERSION, Options
 
 __all__ = [
     "classes_last",
-    "index_backward",
     "index_forward",
-    "linear_backward",
+    "index_grad",
+    "index_stats",
     "linear_forward",
+    "linear_grad",
+    "linear_stats",
     "prob_backward",
     "prob_forward",
 ]
@@ -93,26 +106,17 @@ def index_forward(
     ignore_index: int,
     reduction: str,
     label_smoothing: float,
-    with_grad: bool,
     impl: str,
     sample_weight: Tensor | None,
     z_loss: float,
     softcap: float | None,
-) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-    """Loss, per-row normaliser ``norm`` and ``q = Σ_{c≠y} p_c``, and (``with_grad``,
-    ``"mean"``/``"sum"``) the gradient ``∂ loss / ∂ logits · pre`` in the logits' dtype and
-    ``pre`` (0-d).
-
-    ``loss`` is 0-d or of the rows' shape, in compute dtype. ``norm`` stacks the row's reference
-    point ``m`` and ``lse − m`` (shape ``(2, *rows)``): a later gradient pass computes
-    ``p = exp(x − m) e^{−(lse − m)}``, accurate for large logits, where ``exp(x − lse)`` with a
-    rounded ``lse`` would not be. Without ``with_grad`` the gradient output is an empty tensor
-    and ``pre`` is 1. (After a fused sweep, backward never needs ``norm``: a second backward
-    runs the sweep again.)
+) -> tuple[Tensor, Tensor, Tensor]:
+    """The fused sweep (``"mean"``/``"sum"``, the whole vocabulary local): the loss (0-d,
+    compute dtype), the gradient ``∂ loss / ∂ logits · pre`` in the logits' dtype and ``pre``
+    (0-d; a power of two for float16, else 1), in one pass over the logits.
 
     ``sample_weight`` (rows' shape, any floating dtype), ``z_loss`` and ``softcap`` as in
-    :func:`crossentropy.torch.cross_entropy`; ``norm`` and ``q`` are then those of the
-    softcapped logits.
+    :func:`crossentropy.torch.cross_entropy`.
     """
     return _index_forward(
         logits,
@@ -121,7 +125,6 @@ def index_forward(
         ignore_index,
         reduction,
         label_smoothing,
-        with_grad,
         None,
         sample_weight,
         z_loss,
@@ -136,24 +139,23 @@ def index_forward_inplace(
     weight: Tensor | None,
     sample_weight: Tensor | None,
     opts: Options,
-) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+) -> tuple[Tensor, Tensor]:
     """:func:`index_forward` writing the gradient into ``logits`` itself (eager only, so it
-    takes the :class:`._types.Options` whole): returns ``(loss, lse, q, pre)``."""
-    loss, lse, q, _, pre = _index_forward(
+    takes the :class:`._types.Options` whole): returns ``(loss, pre)``."""
+    loss, _, pre = _index_forward(
         logits,
         target,
         weight,
         opts.ignore_index,
         opts.reduction,
         opts.label_smoothing,
-        True,
         logits,
         sample_weight,
         opts.z_loss,
         opts.softcap,
         opts.impl,
     )
-    return loss, lse, q, pre
+    return loss, pre
 
 
 def _index_forward(
@@ -163,17 +165,15 @@ def _index_forward(
     ignore_index: int,
     reduction: str,
     eps: float,
-    with_grad: bool,
     out: Tensor | None,
     sample_weight: Tensor | None,
     z: float,
     cap: float | None,
     impl: str,
-) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+) -> tuple[Tensor, Tensor, Tensor]:
     num_classes = logits.shape[1] if logits.dim() >= 2 else logits.shape[0]
     check_targets(target, num_classes, ignore_index, "cross_entropy")
     cdt = K.compute_dtype(logits.dtype)
-    x = classes_last(logits)
     w, total, valid, tw, scale = _rows.row_weights(
         target, weight, ignore_index, reduction, num_classes, cdt
     )
@@ -182,117 +182,155 @@ def _index_forward(
     sw = None
     if sample_weight is not None:
         sw = sample_weight.to(cdt, copy=out is not None)
-    fused = with_grad and reduction != "none"
-    pre = torch.ones((), dtype=cdt, device=logits.device)
-    if fused:
-        rs = _rows.sample_scale(scale, valid, sw)
-        zb = _rows.zlse_bound(logits, z, cap, num_classes)
-        pre = _rows.prescale(
-            logits.dtype, rs, tw, w, eps, num_classes, total, _rows.FP16_TARGET, zb
-        )
-        grad = torch.empty_like(logits) if out is None else out
-        stats, _ = K.logits_fused(
-            x,
-            target,
-            rs * pre,
-            tw,
-            label_smoothing=eps,
-            weight_total=total,
-            class_weight=w,
-            out=classes_last(grad),
-            z_loss=z,
-            softcap=cap,
-            impl=impl,
-        )
-    else:
-        grad = logits.new_empty((0,))
-        stats = K.logits_row_stats(
-            x, target, class_weight=w, with_sum=bool(eps), softcap=cap, impl=impl
-        )
+    rs = _rows.sample_scale(scale, valid, sw)
+    zb = _rows.zlse_bound(logits, z, cap, num_classes)
+    pre = _rows.prescale(logits.dtype, rs, tw, w, eps, num_classes, total, _rows.FP16_TARGET, zb)
+    grad = torch.empty_like(logits) if out is None else out
+    stats, _ = K.logits_fused(
+        classes_last(logits),
+        target,
+        rs * pre,
+        tw,
+        label_smoothing=eps,
+        weight_total=total,
+        class_weight=w,
+        out=classes_last(grad),
+        z_loss=z,
+        softcap=cap,
+        impl=impl,
+    )
     lse = K.row_lse(stats)
     loss = _rows.index_losses(stats, lse, valid, tw, eps, num_classes, total, z, sw)
-    norm = torch.stack([stats.max, K.row_lse_rel(stats)])
-    return _rows.reduce(loss, reduction, tw.sum()), norm, K.other_prob(stats), grad, pre
+    return _rows.reduce(loss, reduction, tw.sum()), grad, pre
 
 
 @index_forward.register_fake
 def _(  # type: ignore[no-untyped-def]
-    logits,
-    target,
-    weight,
-    ignore_index,
-    reduction,
-    label_smoothing,
-    with_grad,
-    impl,
-    sample_weight,
-    z_loss,
-    softcap,
+    logits, target, weight, ignore_index, reduction, label_smoothing, impl, sample_weight, z, cap
 ):
     cdt = K.compute_dtype(logits.dtype)
-    rows = _rows_shape(logits)
-    loss = logits.new_empty(rows if reduction == "none" else (), dtype=cdt)
-    fused = with_grad and reduction != "none"
-    grad = torch.empty_like(logits) if fused else logits.new_empty((0,))
     return (
-        loss,
-        logits.new_empty((2, *rows), dtype=cdt),
-        logits.new_empty(rows, dtype=cdt),
-        grad,
+        logits.new_empty((), dtype=cdt),
+        torch.empty_like(logits),
         logits.new_empty((), dtype=cdt),
     )
 
 
-@torch.library.custom_op(f"crossentropy::index_backward_v{OP_VERSION}", mutates_args=())
-def index_backward(
+def _stats_tuple(stats: K.RowStats) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """A :class:`._types.RowStats` as an op's outputs (``sum_logits`` empty when absent)."""
+    s = stats.sum_logits
+    return (
+        stats.max,
+        stats.sumexp,
+        stats.target_logit,
+        stats.has_target,
+        stats.max.new_empty((0,)) if s is None else s,
+    )
+
+
+def _no_classes(x: Tensor, rows: tuple[int, ...], with_sum: bool) -> tuple[Tensor, ...]:
+    """The statistics of a shard of no class (an uneven split): it adds nothing."""
+    cdt = K.compute_dtype(x.dtype)
+    zeros = x.new_zeros(rows, dtype=cdt)
+    return (
+        x.new_full(rows, float("-inf"), dtype=cdt),
+        zeros,
+        torch.zeros_like(zeros),
+        x.new_zeros(rows, dtype=torch.bool),
+        x.new_zeros(rows if with_sum else (0,), dtype=cdt),
+    )
+
+
+def _fake_stats(x: Tensor, rows: tuple[int, ...], with_sum: bool) -> tuple[Tensor, ...]:
+    cdt = K.compute_dtype(x.dtype)
+    f = x.new_empty(rows, dtype=cdt)
+    return (
+        f,
+        torch.empty_like(f),
+        torch.empty_like(f),
+        x.new_empty(rows, dtype=torch.bool),
+        x.new_empty(rows if with_sum else (0,), dtype=cdt),
+    )
+
+
+@torch.library.custom_op(f"crossentropy::index_stats_v{OP_VERSION}", mutates_args=())
+def index_stats(
     logits: Tensor,
     target: Tensor,
     weight: Tensor | None,
-    norm: Tensor,
-    q: Tensor,
-    row_grad: Tensor,
     ignore_index: int,
-    label_smoothing: float,
+    with_sum: bool,
     impl: str,
-    z_loss: float,
     softcap: float | None,
-) -> Tensor:
-    """``∂/∂ logits`` of ``Σ_i row_grad_i ℓ_i`` (one pass, from the saved ``norm`` and ``q``;
-    ``row_grad`` includes any sample weights)."""
+    shard_offset: int | None,
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """The statistics pass: the rows' :class:`._types.RowStats` fields, compute dtype
+    (``sum_logits`` empty without ``with_sum``).
+
+    ``weight``: the classes' weights (compute dtype), or ``None``. ``shard_offset``: ``None``
+    for the whole vocabulary (the targets are checked against it), or the global index of the
+    first class of a vocabulary shard (the caller checked the targets against the whole
+    vocabulary)."""
     num_classes = logits.shape[1] if logits.dim() >= 2 else logits.shape[0]
-    cdt = K.compute_dtype(logits.dtype)
-    rw = _rows.row_weights(target, weight, ignore_index, "sum", num_classes, cdt)
-    coef, pre = _rows.backward_coefficients(
-        logits.dtype,
-        rw,
-        q,
-        row_grad,
-        label_smoothing,
-        num_classes,
-        _rows.FP16_TARGET,
-        z_loss,
-        norm[0] + norm[1],
+    if shard_offset is None:
+        check_targets(target, num_classes, ignore_index, "cross_entropy")
+    elif num_classes == 0:
+        return _no_classes(logits, _rows_shape(logits), with_sum)  # type: ignore[return-value]
+    stats = K.logits_row_stats(
+        classes_last(logits),
+        target,
+        class_offset=shard_offset or 0,
+        class_weight=weight,
+        with_sum=with_sum,
+        softcap=softcap,
+        impl=impl,
     )
+    return _stats_tuple(stats)
+
+
+@index_stats.register_fake
+def _(logits, target, weight, ignore_index, with_sum, impl, softcap, shard_offset):  # type: ignore[no-untyped-def]
+    return _fake_stats(logits, _rows_shape(logits), with_sum)
+
+
+@torch.library.custom_op(f"crossentropy::index_grad_v{OP_VERSION}", mutates_args=())
+def index_grad(
+    logits: Tensor,
+    target: Tensor,
+    weight: Tensor | None,
+    ref: Tensor,
+    lse_rel: Tensor,
+    p_scale: Tensor,
+    smooth_scale: Tensor | None,
+    target_grad: Tensor,
+    impl: str,
+    softcap: float | None,
+    shard_offset: int,
+) -> Tensor:
+    """The gradient pass: ``∂/∂ logits`` for the per-row coefficients
+    (:class:`._types.GradCoefficients`) and ``p = e^{x − ref} e^{−lse_rel}``, in the logits'
+    dtype; ``logits`` holds classes ``shard_offset …`` of the vocabulary."""
+    if logits.numel() == 0:
+        return torch.zeros_like(logits)
     grad = torch.empty_like(logits)
     K.logits_grad(
         classes_last(logits),
         target,
-        norm[1],
-        coef,
-        class_weight=rw.w,
+        lse_rel,
+        K.GradCoefficients(p_scale, smooth_scale, target_grad),
+        class_offset=shard_offset,
+        class_weight=weight,
         out=classes_last(grad),
-        ref=norm[0],
+        ref=ref,
         softcap=softcap,
         impl=impl,
     )
-    if logits.dtype == torch.float16:
-        grad = (grad.to(cdt) / pre).to(logits.dtype)
     return grad
 
 
-@index_backward.register_fake
+@index_grad.register_fake
 def _(  # type: ignore[no-untyped-def]
-    logits, target, weight, norm, q, row_grad, ignore_index, label_smoothing, impl, z_loss, softcap
+    logits, target, weight, ref, lse_rel, p, smooth, tgrad, impl, softcap, shard_offset
 ):
     return torch.empty_like(logits)
 
@@ -403,15 +441,17 @@ def _grads_out(
     weight: Tensor,
     bias: Tensor | None,
     need: tuple[bool, bool, bool],
-    pre: Tensor,
+    pre: Tensor | None = None,
 ) -> tuple[Tensor, Tensor, Tensor]:
+    """The gradients as the ops return them: empty where not needed; float16's divided by
+    ``pre``."""
     empty = _empty_like_grads(hidden, weight, bias, (False, False, False))
     out = []
     for k, (got, e) in enumerate(zip((g.hidden, g.weight, g.bias), empty, strict=True)):
         if got is None or not need[k]:
             out.append(e)
         else:
-            out.append(got if hidden.dtype != torch.float16 else got.div_(pre))
+            out.append(got if pre is None or hidden.dtype != torch.float16 else got.div_(pre))
     return out[0], out[1], out[2]
 
 
@@ -433,11 +473,12 @@ def linear_forward(
     sample_weight: Tensor | None,
     z_loss: float,
     softcap: float | None,
-) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
-    """Loss of ``hidden @ weight.T + bias`` (rows of ``hidden`` (R, D)), per-row ``norm`` and
-    ``q``, and for ``"mean"``/``"sum"`` with any ``need_*`` the three gradients in compute
-    dtype (empty where not needed). ``chunk_size`` 0 means the default. ``sample_weight``,
-    ``z_loss`` and ``softcap`` as in :func:`index_forward`."""
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """The fused sweep of ``hidden @ weight.T + bias`` (rows of ``hidden`` (R, D);
+    ``"mean"``/``"sum"``, the whole vocabulary local): the loss (0-d, compute dtype) and the
+    three gradients in compute dtype (empty where not needed), each chunk of logits computed
+    once (three matmuls). ``chunk_size`` 0 means the default. ``sample_weight``, ``z_loss``
+    and ``softcap`` as in :func:`index_forward`."""
     eps = label_smoothing
     num_classes = weight.shape[0]
     check_targets(target, num_classes, ignore_index, "linear_cross_entropy")
@@ -447,47 +488,33 @@ def linear_forward(
     )
     sw = None if sample_weight is None else sample_weight.to(cdt)
     need = (need_hidden, need_weight, need_bias and bias is not None)
-    chunk = chunk_size or None
-    if reduction != "none" and any(need):
-        rs = _rows.sample_scale(scale, valid, sw)
-        zb = _rows.linear_zlse_bound(hidden, weight, bias, z_loss, softcap)
-        pre = _rows.prescale(hidden.dtype, rs, tw, w, eps, num_classes, total, 1.0, zb)
-        stats, g = K.linear_fused(
-            hidden,
-            weight,
-            target,
-            rs * pre,
-            tw,
-            bias=bias,
-            label_smoothing=eps,
-            weight_total=total,
-            class_weight=w,
-            chunk_rows=chunk,
-            need_hidden=need[0],
-            need_weight=need[1],
-            need_bias=need[2],
-            z_loss=z_loss,
-            softcap=softcap,
-            impl=impl,
-        )
-        grads = _grads_out(g, hidden, weight, bias, need, pre)
-    else:
-        stats = K.linear_row_stats(
-            hidden,
-            weight,
-            target,
-            bias=bias,
-            class_weight=w,
-            with_sum=bool(eps),
-            chunk_rows=chunk,
-            softcap=softcap,
-            impl=impl,
-        )
-        grads = _empty_like_grads(hidden, weight, bias, (False, False, False))
+    rs = _rows.sample_scale(scale, valid, sw)
+    zb = _rows.linear_zlse_bound(hidden, weight, bias, z_loss, softcap)
+    pre = _rows.prescale(hidden.dtype, rs, tw, w, eps, num_classes, total, 1.0, zb)
+    stats, g = K.linear_fused(
+        hidden,
+        weight,
+        target,
+        rs * pre,
+        tw,
+        bias=bias,
+        label_smoothing=eps,
+        weight_total=total,
+        class_weight=w,
+        chunk_rows=chunk_size or None,
+        need_hidden=need[0],
+        need_weight=need[1],
+        need_bias=need[2],
+        z_loss=z_loss,
+        softcap=softcap,
+        impl=impl,
+    )
     lse = K.row_lse(stats)
     loss = _rows.index_losses(stats, lse, valid, tw, eps, num_classes, total, z_loss, sw)
-    norm = torch.stack([stats.max, K.row_lse_rel(stats)])
-    return (_rows.reduce(loss, reduction, tw.sum()), norm, K.other_prob(stats), *grads)
+    return (
+        _rows.reduce(loss, reduction, tw.sum()),
+        *_grads_out(g, hidden, weight, bias, need, pre),
+    )
 
 
 @linear_forward.register_fake
@@ -499,7 +526,7 @@ def _(  # type: ignore[no-untyped-def]
     class_weight,
     ignore_index,
     reduction,
-    label_smoothing,  # type: ignore[no-untyped-def]
+    label_smoothing,
     chunk_size,
     need_hidden,
     need_weight,
@@ -510,85 +537,120 @@ def _(  # type: ignore[no-untyped-def]
     softcap,
 ):
     cdt = K.compute_dtype(hidden.dtype)
-    rows = (hidden.shape[0],)
-    fused = reduction != "none" and (need_hidden or need_weight or (need_bias and bias is not None))
-    need = (need_hidden, need_weight, need_bias) if fused else (False, False, False)
     return (
-        hidden.new_empty(rows if reduction == "none" else (), dtype=cdt),
-        hidden.new_empty((2, *rows), dtype=cdt),
-        hidden.new_empty(rows, dtype=cdt),
-        *_empty_like_grads(hidden, weight, bias, need),
+        hidden.new_empty((), dtype=cdt),
+        *_empty_like_grads(hidden, weight, bias, (need_hidden, need_weight, need_bias)),
     )
 
 
-@torch.library.custom_op(f"crossentropy::linear_backward_v{OP_VERSION}", mutates_args=())
-def linear_backward(
+@torch.library.custom_op(f"crossentropy::linear_stats_v{OP_VERSION}", mutates_args=())
+def linear_stats(
     hidden: Tensor,
     weight: Tensor,
     bias: Tensor | None,
     target: Tensor,
     class_weight: Tensor | None,
-    norm: Tensor,
-    q: Tensor,
-    row_grad: Tensor,
     ignore_index: int,
-    label_smoothing: float,
+    with_sum: bool,
+    chunk_size: int,
+    impl: str,
+    softcap: float | None,
+    shard_offset: int | None,
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """:func:`index_stats` of ``hidden @ weight.T + bias`` (rows of ``hidden`` (R, D)), chunk
+    by chunk of rows (``chunk_size`` 0: ``Tuning.linear_stats_chunk_bytes`` of logits)."""
+    if shard_offset is None:
+        check_targets(target, weight.shape[0], ignore_index, "linear_cross_entropy")
+    elif weight.shape[0] == 0:
+        return _no_classes(hidden, (hidden.shape[0],), with_sum)  # type: ignore[return-value]
+    stats = K.linear_row_stats(
+        hidden,
+        weight,
+        target,
+        bias=bias,
+        class_offset=shard_offset or 0,
+        class_weight=class_weight,
+        with_sum=with_sum,
+        chunk_rows=chunk_size or None,
+        softcap=softcap,
+        impl=impl,
+    )
+    return _stats_tuple(stats)
+
+
+@linear_stats.register_fake
+def _(  # type: ignore[no-untyped-def]
+    hidden, weight, bias, target, cw, ignore_index, with_sum, chunk, impl, softcap, offset
+):
+    return _fake_stats(hidden, (hidden.shape[0],), with_sum)
+
+
+@torch.library.custom_op(f"crossentropy::linear_grad_v{OP_VERSION}", mutates_args=())
+def linear_grad(
+    hidden: Tensor,
+    weight: Tensor,
+    bias: Tensor | None,
+    target: Tensor,
+    class_weight: Tensor | None,
+    ref: Tensor,
+    lse_rel: Tensor,
+    p_scale: Tensor,
+    smooth_scale: Tensor | None,
+    target_grad: Tensor,
     chunk_size: int,
     need_hidden: bool,
     need_weight: bool,
     need_bias: bool,
     impl: str,
-    z_loss: float,
     softcap: float | None,
+    shard_offset: int,
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """Gradients of ``Σ_i row_grad_i ℓ_i`` w.r.t. hidden, weight and bias (compute dtype),
-    recomputing each chunk of logits (four matmuls); ``row_grad`` includes any sample
-    weights."""
-    eps = label_smoothing
-    num_classes = weight.shape[0]
-    cdt = K.compute_dtype(hidden.dtype)
-    rw = _rows.row_weights(target, class_weight, ignore_index, "sum", num_classes, cdt)
-    coef, pre = _rows.backward_coefficients(
-        hidden.dtype, rw, q, row_grad, eps, num_classes, 1.0, z_loss, norm[0] + norm[1]
-    )
+    """:func:`index_grad` of ``hidden @ weight.T + bias``, recomputing each chunk of logits
+    (four matmuls): the gradients w.r.t. hidden, weight and bias in compute dtype (empty where
+    not needed; on a shard, ``d hidden`` is this shard's part)."""
     need = (need_hidden, need_weight, need_bias and bias is not None)
+    if weight.shape[0] == 0:  # a shard of no class: nothing to give
+        cdt = K.compute_dtype(hidden.dtype)
+        zeros = (hidden.new_zeros(x.shape, dtype=cdt) for x in (hidden, weight, weight[:, 0]))
+        return _grads_out(K.LinearGrads(*zeros), hidden, weight, bias, need)
     g = K.linear_grad(
         hidden,
         weight,
         target,
-        norm[1],
-        coef,
+        lse_rel,
+        K.GradCoefficients(p_scale, smooth_scale, target_grad),
         bias=bias,
-        class_weight=rw.w,
+        class_offset=shard_offset,
+        class_weight=class_weight,
         chunk_rows=chunk_size or None,
         need_hidden=need[0],
         need_weight=need[1],
         need_bias=need[2],
-        ref=norm[0],
+        ref=ref,
         softcap=softcap,
         impl=impl,
     )
-    return _grads_out(g, hidden, weight, bias, need, pre)
+    return _grads_out(g, hidden, weight, bias, need)
 
 
-@linear_backward.register_fake
+@linear_grad.register_fake
 def _(  # type: ignore[no-untyped-def]
     hidden,
     weight,
     bias,
     target,
     class_weight,
-    norm,
-    q,
-    row_grad,
-    ignore_index,
-    label_smoothing,
+    ref,
+    lse_rel,
+    p_scale,
+    smooth_scale,
+    target_grad,
     chunk_size,
     need_hidden,
     need_weight,
     need_bias,
     impl,
-    z_loss,
     softcap,
+    shard_offset,
 ):
     return _empty_like_grads(hidden, weight, bias, (need_hidden, need_weight, need_bias))

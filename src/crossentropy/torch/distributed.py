@@ -24,6 +24,12 @@ sum of exponentials, the target logit, the entropy's sum) and ``N`` argmax candi
 
 Nothing of size ``N x V`` ever crosses the network.
 
+The computation is the single-process one (:mod:`.functional`, :mod:`.tokens`): the same
+autograd Functions and kernels, given this rank's :class:`._types.Shard` (where its classes
+lie), run the statistics pass on the shard's columns; :mod:`._shard` adds up the ranks' partial
+sums with the all-reduces above; the per-row losses, gradient coefficients and gradient pass
+follow as in one process, where the combining step is skipped.
+
 Validation happens in that one handshake, on every call. Each rank first runs its local
 checks (types, dtypes, shapes, devices, options) and summarises its own target:
 its minimum and maximum over the rows that are not ``ignore_index``, and a BLAKE2b digest of
@@ -55,7 +61,6 @@ import torch.distributed as dist
 from torch import Tensor
 
 from .._validation import fail
-from . import _kernels, _rows
 from . import tokens as _tokens
 from ._checks import (
     check_chunk_size,
@@ -76,8 +81,8 @@ from ._modes import (
     no_autocast,
     transforms_active,
 )
-from ._shard import combine_row_stats, refuse_double_backward
 from ._types import Options, Shard
+from .functional import _CrossEntropyIndex, _LinearCrossEntropy
 from .tokens import TokenStats
 
 __all__ = [
@@ -418,134 +423,7 @@ def _validate(
 
 
 # ---------------------------------------------------------------------------------------------
-# The computation: the shared kernels' per-row statistics, reduced across the ranks
-# ---------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class _Saved:
-    """What backward needs besides the inputs: O(N) numbers."""
-
-    stats: _kernels.RowStats  # global statistics of each row
-    lse: Tensor  # global log-sum-exp of each row
-    valid: Tensor  # target != ignore_index
-    target_weight: Tensor  # class weight of the row's target (1 without class weights)
-    weight_total: float | Tensor  # sum of the class weights over the global vocabulary
-    denominator: Tensor  # of the mean: kept rows, or their total target weight
-    sample_weight: Tensor | None  # s_i (compute dtype), if given
-    unweighted: Tensor | None  # ℓ_i before s_i (0 if ignored): d loss / d s_i, if s is given
-
-
-def _shard_stats(
-    compute: Callable[[], _kernels.RowStats],
-    rows: int,
-    width: int,
-    with_sum: bool,
-    cdtype: torch.dtype,
-    device: torch.device,
-) -> _kernels.RowStats:
-    """The shard's statistics; an empty shard adds 0 (a row that is -inf on this shard:
-    :func:`._shard.combine_row_stats`)."""
-    if width == 0:
-        zeros = torch.zeros(rows, dtype=cdtype, device=device)
-        return _kernels.RowStats(
-            torch.full((rows,), float("-inf"), dtype=cdtype, device=device),
-            zeros,
-            zeros,
-            torch.zeros(rows, dtype=torch.bool, device=device),
-            zeros if with_sum else None,
-        )
-    return compute()
-
-
-def _reduce_stats(
-    local: _kernels.RowStats,
-    target: Tensor,
-    shard: Shard,
-    class_weight: Tensor | None,
-    opts: Options,
-    sample_weight: Tensor | None,
-) -> tuple[Tensor, _Saved]:
-    """All-reduce the shards' statistics; return the per-row losses and backward's state.
-
-    Two collectives of O(N) numbers: MAX of the row maxima, then one SUM of the rescaled sums
-    of exponentials, target logits, smoothing terms and target weights (packed together).
-    The z-loss and the sample weights need nothing more: ``lse`` is global, and ``s`` is
-    replicated.
-    """
-    eps = opts.label_smoothing
-    target64 = target.to(torch.int64)
-    valid = target64 != opts.ignore_index
-    stats, picked, total = combine_row_stats(local, target64, valid, class_weight, shard)
-    lse = _rows.row_lse(stats)
-    target_weight = torch.ones_like(lse) if picked is None else picked
-    weight_total: float | Tensor = float(shard.vocab) if total is None else total
-    # the single-process row losses, over the *global* vocabulary: 0 for ignored rows
-    per_row_loss = _rows.index_losses(
-        stats, lse, valid, target_weight, eps, shard.vocab, weight_total, opts.z_loss
-    )
-    loss, unweighted = per_row_loss, None
-    if sample_weight is not None:  # ignored rows: 0 whatever their sample weight
-        loss = torch.where(valid, per_row_loss * sample_weight, 0.0)
-        unweighted = per_row_loss
-    denominator = torch.where(valid, target_weight, 0.0).sum()  # s does not change it
-    saved = _Saved(
-        stats, lse, valid, target_weight, weight_total, denominator, sample_weight, unweighted
-    )
-    return loss, saved
-
-
-def _row_scale(grad: Tensor, saved: _Saved, opts: Options) -> Tensor:
-    """``∂(reduced loss)/∂ℓ_i`` times the upstream gradient ``grad``; 0 for ignored rows."""
-    if opts.reduction == "none":
-        scale = grad.to(saved.lse.dtype)
-    else:
-        # "mean" divides by D = Σ_kept w_y whatever its sign (negative class weights are
-        # allowed): D = 0 with kept rows gives inf/NaN as in PyTorch; with no kept row the
-        # where below selects 0 for every row, so its 0/0 never reaches a gradient.
-        d = saved.denominator if opts.reduction == "mean" else 1.0
-        scale = (grad.to(saved.lse.dtype) / d).expand(saved.lse.shape)
-    return torch.where(saved.valid, scale, 0.0)
-
-
-def _coefficients(
-    row_scale: Tensor, saved: _Saved, shard: Shard, opts: Options
-) -> _kernels.GradCoefficients:
-    """The gradient pass's per-row coefficients for the row scales of :func:`_row_scale`."""
-    if saved.sample_weight is not None:  # s_i scales row i's loss, hence its gradient
-        row_scale = torch.where(saved.valid, row_scale * saved.sample_weight, 0.0)
-    return _rows.index_target_coefficients(
-        saved.stats,
-        row_scale,
-        saved.target_weight,
-        label_smoothing=opts.label_smoothing,
-        num_classes=shard.vocab,
-        weight_total=saved.weight_total,
-        z_loss=opts.z_loss,
-    )
-
-
-def _grad_lse_rel(saved: _Saved) -> Tensor:
-    """``lse − M`` for the gradient pass (``p = e^{x − M} e^{−(lse − M)}``), 0 on ignored rows.
-
-    An ignored row has a zero probability scale, but a row of only ``-inf`` logits has
-    ``lse − M = log 0 = -inf``: ``0 · e^{+inf}`` would be NaN. With 0 there its gradient is
-    ``0 · e^{x − M} = 0`` (any ignored row's already was)."""
-    return torch.where(saved.valid, _rows.row_lse_rel(saved.stats), 0.0)
-
-
-def _sample_weight_grad(
-    row_scale: Tensor, saved: _Saved, sample_weight: Tensor | None, needed: bool
-) -> Tensor | None:
-    """``d loss / d s_i = scale_i ℓ_i`` (the unweighted row loss; 0 for ignored rows): the
-    same on every rank, as ``s`` is replicated (no all-reduce)."""
-    if not needed or sample_weight is None or saved.unweighted is None:
-        return None
-    return (row_scale * saved.unweighted).to(sample_weight.dtype)
-
-
-# ---------------------------------------------------------------------------------------------
-# autograd Functions
+# The computation: the single-process autograd Functions, given this rank's Shard
 # ---------------------------------------------------------------------------------------------
 
 
@@ -572,174 +450,6 @@ def _autocast_options(opts: Options, x: Tensor, autocast: bool) -> Options:
     """Under autocast the loss is float32 for half-precision inputs, as ``F.cross_entropy``'s
     (computed in float32, never rounded to the input's dtype on the way)."""
     return dataclasses.replace(opts, out_dtype=autocast_dtype(x.dtype)) if autocast else opts
-
-
-class _VocabParallelCrossEntropy(torch.autograd.Function):
-    """Loss of the gathered logits; backward gives each rank its shard's gradient (no comm)."""
-
-    @staticmethod
-    def forward(  # type: ignore[override]
-        ctx: Any,
-        logits_shard: Tensor,
-        target: Tensor,
-        class_weight: Tensor | None,
-        sample_weight: Tensor | None,
-        shard: Shard,
-        opts: Options,
-        group: Any,
-    ) -> Tensor:
-        cdtype = _kernels.compute_dtype(logits_shard.dtype)
-        rows, width = logits_shard.shape
-        w = None if class_weight is None else class_weight.to(cdtype)
-        sw = None if sample_weight is None else sample_weight.detach().to(cdtype)
-        with_sum = opts.label_smoothing > 0
-        local = _shard_stats(
-            lambda: _kernels.logits_row_stats(
-                logits_shard,
-                target,
-                class_offset=shard.start,
-                class_weight=w,
-                with_sum=with_sum,
-                softcap=opts.softcap,
-                impl=opts.impl,
-            ),
-            rows,
-            width,
-            with_sum,
-            cdtype,
-            logits_shard.device,
-        )
-        loss, saved = _reduce_stats(local, target, shard, w, opts, sw)
-        ctx.save_for_backward(logits_shard, target, sample_weight)
-        ctx.state = (saved, w, shard, opts)
-        out_dtype = opts.out_dtype or logits_shard.dtype
-        return _rows.reduce(loss, opts.reduction, saved.denominator).to(out_dtype)
-
-    @staticmethod
-    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
-        refuse_double_backward("vocab_parallel_cross_entropy")
-        logits_shard, target, sample_weight = ctx.saved_tensors
-        saved, w, shard, opts = ctx.state
-        row_scale = _row_scale(grad, saved, opts)
-        if logits_shard.shape[1] == 0:
-            d_logits = torch.zeros_like(logits_shard)
-        else:
-            coef = _coefficients(row_scale, saved, shard, opts)
-            # p = exp(x − M) e^{−(lse − M)}: accurate for large logits (see logits_grad)
-            d_logits = _kernels.logits_grad(
-                logits_shard,
-                target,
-                _grad_lse_rel(saved),
-                coef,
-                class_offset=shard.start,
-                class_weight=w,
-                ref=saved.stats.max,
-                softcap=opts.softcap,
-                impl=opts.impl,
-            )
-        d_sample = _sample_weight_grad(row_scale, saved, sample_weight, ctx.needs_input_grad[3])
-        return d_logits, None, None, d_sample, None, None, None
-
-
-class _VocabParallelLinearCrossEntropy(torch.autograd.Function):
-    """The fused linear form: logits recomputed chunk by chunk, never all at once."""
-
-    @staticmethod
-    def forward(  # type: ignore[override]
-        ctx: Any,
-        hidden: Tensor,
-        weight_shard: Tensor,
-        bias_shard: Tensor | None,
-        target: Tensor,
-        class_weight: Tensor | None,
-        sample_weight: Tensor | None,
-        shard: Shard,
-        opts: Options,
-        group: Any,
-        chunk_size: int | None,
-    ) -> Tensor:
-        cdtype = _kernels.compute_dtype(hidden.dtype)
-        w = None if class_weight is None else class_weight.to(cdtype)
-        sw = None if sample_weight is None else sample_weight.detach().to(cdtype)
-        with_sum = opts.label_smoothing > 0
-        local = _shard_stats(
-            lambda: _kernels.linear_row_stats(
-                hidden,
-                weight_shard,
-                target,
-                bias=bias_shard,
-                class_offset=shard.start,
-                class_weight=w,
-                with_sum=with_sum,
-                chunk_rows=chunk_size,
-                softcap=opts.softcap,
-                impl=opts.impl,
-            ),
-            hidden.shape[0],
-            weight_shard.shape[0],
-            with_sum,
-            cdtype,
-            hidden.device,
-        )
-        loss, saved = _reduce_stats(local, target, shard, w, opts, sw)
-        ctx.save_for_backward(hidden, weight_shard, bias_shard, target, sample_weight)
-        ctx.state = (saved, w, shard, opts, group, chunk_size)
-        out_dtype = opts.out_dtype or hidden.dtype
-        return _rows.reduce(loss, opts.reduction, saved.denominator).to(out_dtype)
-
-    @staticmethod
-    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
-        refuse_double_backward("vocab_parallel_linear_cross_entropy")
-        hidden, weight_shard, bias_shard, target, sample_weight = ctx.saved_tensors
-        saved, w, shard, opts, group, chunk_size = ctx.state
-        need_h, need_w, need_b = ctx.needs_input_grad[:3]
-        cdtype = saved.lse.dtype
-        row_scale = _row_scale(grad, saved, opts)
-        if weight_shard.shape[0] == 0:
-            grads = _kernels.LinearGrads(
-                torch.zeros(hidden.shape, dtype=cdtype, device=hidden.device) if need_h else None,
-                torch.zeros_like(weight_shard, dtype=cdtype) if need_w else None,
-                torch.zeros(0, dtype=cdtype, device=hidden.device) if need_b else None,
-            )
-        else:
-            grads = _kernels.linear_grad(
-                hidden,
-                weight_shard,
-                target,
-                _grad_lse_rel(saved),
-                _coefficients(row_scale, saved, shard, opts),
-                bias=bias_shard,
-                class_offset=shard.start,
-                class_weight=w,
-                chunk_rows=chunk_size,
-                need_hidden=need_h,
-                need_weight=need_w,
-                need_bias=need_b,
-                ref=saved.stats.max,
-                softcap=opts.softcap,
-                impl=opts.impl,
-            )
-        d_hidden = grads.hidden
-        if d_hidden is not None:
-            # hidden is replicated on every rank: its gradient is the sum of every shard's part
-            dist.all_reduce(d_hidden, op=dist.ReduceOp.SUM, group=group)
-        return (
-            None if d_hidden is None else d_hidden.to(hidden.dtype),
-            None if grads.weight is None else grads.weight.to(weight_shard.dtype),
-            None if grads.bias is None else grads.bias.to(bias_shard.dtype),
-            None,
-            None,
-            _sample_weight_grad(row_scale, saved, sample_weight, ctx.needs_input_grad[5]),
-            None,
-            None,
-            None,
-            None,
-        )
-
-
-# ---------------------------------------------------------------------------------------------
-# Per-token statistics: log-probability of the target, entropy, log-sum-exp, argmax
-# ---------------------------------------------------------------------------------------------
 
 
 # ---------------------------------------------------------------------------------------------
@@ -970,8 +680,8 @@ def vocab_parallel_cross_entropy(
     autocast = autocast_on(logits_shard)
     opts = _autocast_options(opts, logits_shard, autocast)
     with no_autocast(logits_shard):  # the kernels accumulate in float32 themselves
-        out: Tensor = _VocabParallelCrossEntropy.apply(  # type: ignore[no-untyped-call]
-            logits_shard, target, weight, sample_weight, shard, opts, group
+        out: Tensor = _CrossEntropyIndex.apply(  # type: ignore[no-untyped-call]
+            logits_shard, target.to(torch.int64), weight, sample_weight, opts, False, shard
         )
     return out
 
@@ -1137,17 +847,16 @@ def vocab_parallel_linear_cross_entropy(
     opts = _options(fn, ignore_index, reduction, label_smoothing, impl, z_loss, softcap)
     opts = _autocast_options(opts, hidden, autocast)
     with no_autocast(hidden):  # the inputs were cast above, as F.linear casts them
-        out: Tensor = _VocabParallelLinearCrossEntropy.apply(  # type: ignore[no-untyped-call]
+        out: Tensor = _LinearCrossEntropy.apply(  # type: ignore[no-untyped-call]
             hidden,
             weight_shard,
             bias_shard,
-            target,
+            target.to(torch.int64),
             class_weight,
             sample_weight,
+            dataclasses.replace(opts, chunk_size=chunk_size or 0),
+            (False, False, False),
             shard,
-            opts,
-            group,
-            chunk_size,
         )
     return out
 

@@ -64,7 +64,8 @@ from ._modes import (
     no_autocast,
     transforms_active,
 )
-from ._types import Options, tuning
+from ._shard import combine_row_stats, reduce_sum, refuse_double_backward
+from ._types import Options, Shard, tuning
 
 __all__ = ["cross_entropy", "linear_cross_entropy"]
 
@@ -89,14 +90,17 @@ def _scaled(g: Tensor, factor: Tensor, *, inplace: bool) -> Tensor:
 # --------------------------------------------------------------------------- autograd
 
 
+def _out_dtype(opts: Options, x: Tensor) -> torch.dtype:
+    return x.dtype if opts.out_dtype is None else opts.out_dtype
+
+
 def _index_op(
     logits: Tensor,
     target: Tensor,
     weight: Tensor | None,
     sw: Tensor | None,
     opts: Options,
-    with_grad: bool,
-) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+) -> tuple[Tensor, Tensor, Tensor]:
     """:func:`._ops.index_forward` with ``opts`` unpacked (autocast off around the kernels)."""
     with no_autocast(logits):
         return _ops.index_forward(
@@ -106,7 +110,6 @@ def _index_op(
             opts.ignore_index,
             opts.reduction,
             opts.label_smoothing,
-            with_grad,
             opts.impl,
             sw,
             opts.z_loss,
@@ -114,8 +117,95 @@ def _index_op(
         )
 
 
+# The passes' way through: statistics → combine across ranks (one process: nothing) → losses
+# and, in backward, per-row coefficients → gradient. The saved per-row numbers travel as one
+# stacked tensor (``_ROWS``) beside the mean's denominator, the class weights' total and the
+# unweighted row losses (for ``d sample_weight``).
+_ROWS = ("ref", "lse_rel", "lse", "q", "tw")
+
+
+def _row_losses(
+    parts: tuple[Tensor, ...],
+    target: Tensor,
+    w: Tensor | None,
+    sw: Tensor | None,
+    opts: Options,
+    num_classes: int,
+    shard: Shard | None,
+) -> tuple[Tensor, list[Tensor]]:
+    """The reduced loss from a statistics pass's outputs (this rank's, combined across the
+    shard's ranks), and what backward keeps: ``[rows, denominator, total, unweighted]``
+    (:data:`_ROWS` stacked; ``unweighted`` only with sample weights)."""
+    m, sumexp, xt, has, sum_logits = parts
+    stats = K.RowStats(m, sumexp, xt, has, sum_logits if opts.label_smoothing else None)
+    valid = target != opts.ignore_index
+    if shard is None:
+        vocab = num_classes
+        total: Tensor | float = float(vocab) if w is None else w.sum()
+        _, tw, _ = _rows.row_scales(target, w, opts.ignore_index, "sum", m.dtype)
+    else:
+        vocab = shard.vocab
+        stats, picked, wsum = combine_row_stats(stats, target, valid, w, shard)
+        tw = valid.to(m.dtype) if picked is None else torch.where(valid, picked, 0.0)
+        total = float(vocab) if wsum is None else wsum
+    lse = _rows.row_lse(stats)
+    eps = opts.label_smoothing
+    per_row = _rows.index_losses(stats, lse, valid, tw, eps, vocab, total, opts.z_loss)
+    loss = per_row if sw is None else torch.where(valid, per_row * sw, 0.0)
+    denom = tw.sum()
+    # lse − M is 0 on ignored rows: a row of only -inf logits has log 0 there, and its
+    # gradient (row scale 0) must be 0 · e^{x − M} = 0, not 0 · e^{+inf}
+    rows = torch.stack(
+        [
+            stats.max,
+            torch.where(valid, _rows.row_lse_rel(stats), 0.0),
+            lse,
+            _rows.other_prob(stats),
+            tw,
+        ]
+    )
+    total_t = torch.as_tensor(total, dtype=m.dtype, device=m.device)
+    keep = [rows, denom, total_t] + ([] if sw is None else [per_row])
+    return _rows.reduce(loss, opts.reduction, denom), keep
+
+
+def _row_coefficients(
+    grad_out: Tensor,
+    kept: list[Tensor],
+    target: Tensor,
+    w: Tensor | None,
+    sw: Tensor | None,
+    opts: Options,
+    dtype: torch.dtype,
+    bound: float,
+    vocab: int,
+) -> tuple[K.GradCoefficients, Tensor, Tensor, Tensor]:
+    """The gradient pass's per-row coefficients for the upstream ``grad_out``, the float16
+    ``pre`` they are multiplied by, ``ref`` and ``lse − ref``, and ``d sample_weight``'s
+    rows (the row scale times the unweighted row loss; empty without sample weights)."""
+    rows, denom, total, *unweighted = kept
+    ref, lse_rel, lse, q, tw = rows.unbind(0)
+    cdt = rows.dtype
+    valid = target != opts.ignore_index
+    g = grad_out.to(cdt)
+    if opts.reduction == "mean":  # 1 / D, as F: D = 0 with kept rows gives inf/NaN there
+        scale = torch.where(valid, 1.0 / denom, 0.0) * g
+    elif opts.reduction == "sum":
+        scale = valid.to(cdt) * g
+    else:
+        scale = torch.where(valid, g, 0.0)
+    rw = _rows.RowWeights(w, total, valid, tw, scale)
+    rg = _rows.sample_scale(scale, valid, sw)
+    eps = opts.label_smoothing
+    coef, pre = _rows.backward_coefficients(dtype, rw, q, rg, eps, vocab, bound, opts.z_loss, lse)
+    d_sample = scale * unweighted[0] if unweighted else scale.new_empty((0,))
+    return coef, pre, torch.stack([ref, lse_rel]), d_sample
+
+
 class _CrossEntropyIndex(torch.autograd.Function):
-    """Class-index targets (see the module docstring for the backward modes)."""
+    """Class-index targets (see the module docstring for the backward modes), over the whole
+    vocabulary (``shard=None``) or over this rank's shard of a vocabulary split across the
+    ranks of ``shard.group`` (the passes, with the statistics combined across ranks)."""
 
     @staticmethod
     def forward(  # type: ignore[override]
@@ -126,52 +216,86 @@ class _CrossEntropyIndex(torch.autograd.Function):
         sample_weight: Tensor | None,
         opts: Options,
         fused: bool,
+        shard: Shard | None = None,
     ) -> Tensor:
-        loss, lse, q, grad, pre = _index_op(logits, target, weight, sample_weight, opts, fused)
         ctx.compiled = compiling()
-        ctx.opts, ctx.fused, ctx.grad, ctx.pre = opts, fused, None, None
-        saved = [logits, target, weight, sample_weight, lse, q, pre]
-        if fused and ctx.compiled:
-            saved.append(grad)
-        elif fused:
-            ctx.grad, ctx.pre = grad, pre
+        ctx.opts, ctx.fused, ctx.shard, ctx.grad, ctx.pre = opts, fused, shard, None, None
+        saved = [logits, target, weight, sample_weight]
+        if fused:
+            loss, grad, pre = _index_op(logits, target, weight, sample_weight, opts)
+            saved.append(pre)
+            if ctx.compiled:
+                saved.append(grad)
+            else:
+                ctx.grad, ctx.pre = grad, pre
+        else:
+            cdt = K.compute_dtype(logits.dtype)
+            w, sw = _cast(weight, cdt), _cast(sample_weight, cdt, detach=True)
+            with no_autocast(logits):
+                parts = _ops.index_stats(
+                    logits,
+                    target,
+                    w,
+                    opts.ignore_index,
+                    bool(opts.label_smoothing),
+                    opts.impl,
+                    opts.softcap,
+                    None if shard is None else shard.start,
+                )
+            classes = logits.shape[1] if logits.dim() >= 2 else logits.shape[0]
+            loss, kept = _row_losses(parts, target, w, sw, opts, classes, shard)
+            saved += kept
+            ctx.vocab = classes if shard is None else shard.vocab
         ctx.save_for_backward(*saved)
-        return loss.to(opts.out_dtype)
+        return loss.to(_out_dtype(opts, logits))
 
     @staticmethod
     def backward(ctx: Any, grad_out: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
-        none = (None,) * 5
+        none = (None,) * 3
+        if ctx.shard is not None:
+            refuse_double_backward("vocab_parallel_cross_entropy")
         if ctx.grad is not None and not differentiable_backward():
             # first eager backward: the forward's buffer, handed out once. It reads none of
             # the saved inputs, so (as with F) the logits may have changed in place since.
             grad, ctx.grad = ctx.grad, None
-            return (_scaled(grad, grad_out / ctx.pre, inplace=True), *none)
-        logits, target, weight, sw, lse, q, pre, *kept = ctx.saved_tensors
+            return (_scaled(grad, grad_out / ctx.pre, inplace=True), None, None, None, *none)
+        logits, target, weight, sample_weight, *kept = ctx.saved_tensors
         opts: Options = ctx.opts
         if differentiable_backward():  # create_graph=True or a torch.func transform
-            return (R.index_grad(logits, target, weight, sw, opts, grad_out), *none)
-        if ctx.fused and kept:  # compiled: functional
-            return (_scaled(kept[0], grad_out / pre, inplace=False), *none)
-        if ctx.fused:  # a second backward (retained graph): the same sweep again
-            grad = _index_op(logits, target, weight, sw, opts, True)[3]
-            return (_scaled(grad, grad_out / pre, inplace=True), *none)
+            g = R.index_grad(logits, target, weight, sample_weight, opts, grad_out)
+            return (g, None, None, None, *none)
+        if ctx.fused:
+            pre, *grad = kept
+            if grad:  # compiled: functional
+                return (_scaled(grad[0], grad_out / pre, inplace=False), None, None, None, *none)
+            # a second backward (retained graph): the same sweep again
+            grad = _index_op(logits, target, weight, sample_weight, opts)[1]
+            return (_scaled(grad, grad_out / pre, inplace=True), None, None, None, *none)
         cdt = K.compute_dtype(logits.dtype)
-        valid, _, scale = _rows.row_scales(target, weight, opts.ignore_index, opts.reduction, cdt)
-        row_grad = _rows.sample_scale(grad_out.to(cdt) * scale, valid, _cast(sw, cdt))
-        g = _ops.index_backward(
-            logits,
-            target,
-            weight,
-            lse,
-            q,
-            row_grad,
-            opts.ignore_index,
-            opts.label_smoothing,
-            opts.impl,
-            opts.z_loss,
-            opts.softcap,
+        w, sw = _cast(weight, cdt), _cast(sample_weight, cdt, detach=True)
+        coef, pre, norm, d_sample = _row_coefficients(
+            grad_out, kept, target, w, sw, opts, logits.dtype, _rows.FP16_TARGET, ctx.vocab
         )
-        return (g, *none)
+        with no_autocast(logits):
+            g = _ops.index_grad(
+                logits,
+                target,
+                w,
+                norm[0],
+                norm[1],
+                coef.p_scale,
+                coef.smooth_scale,
+                coef.target_grad,
+                opts.impl,
+                opts.softcap,
+                0 if ctx.shard is None else ctx.shard.start,
+            )
+        if logits.dtype == torch.float16:
+            g = (g.to(cdt) / pre).to(logits.dtype)
+        ds = None
+        if ctx.needs_input_grad[3] and sample_weight is not None:
+            ds = d_sample.to(sample_weight.dtype)
+        return (g, None, None, ds, *none)
 
 
 class _CrossEntropyInplace(torch.autograd.Function):
@@ -193,7 +317,7 @@ class _CrossEntropyInplace(torch.autograd.Function):
         # ``logits`` is the storage's base tensor; ``geometry`` the caller's view of all of it.
         view = logits if geometry is None else logits.as_strided(*geometry)
         with no_autocast(logits):
-            loss, _, _, pre = _ops.index_forward_inplace(view, target, weight, sample_weight, opts)
+            loss, pre = _ops.index_forward_inplace(view, target, weight, sample_weight, opts)
         ctx.mark_dirty(logits)
         ctx.grad, ctx.pre = logits, pre
         ctx.set_materialize_grads(False)
@@ -292,8 +416,10 @@ class _CrossEntropyProb(torch.autograd.Function):
 # --------------------------------------------------------------------------- arguments
 
 
-def _cast(x: Tensor | None, dtype: torch.dtype) -> Tensor | None:
-    return None if x is None else x.to(dtype)
+def _cast(x: Tensor | None, dtype: torch.dtype, *, detach: bool = False) -> Tensor | None:
+    if x is None:
+        return None
+    return (x.detach() if detach else x).to(dtype)
 
 
 def _legacy_reduction(size_average: object, reduce: object, reduction: object) -> object:
@@ -680,14 +806,17 @@ def _linear_op(
 
 
 class _LinearCrossEntropy(torch.autograd.Function):
-    """``cross_entropy(hidden @ weight.T + bias, target)`` in row chunks.
+    """``cross_entropy(hidden @ weight.T + bias, target)`` in row chunks, over the whole
+    vocabulary (``shard=None``) or over this rank's shard of it (``weight``, ``bias`` hold
+    the shard's classes; ``hidden`` is replicated and its gradient all-reduced).
 
-    ``"mean"``/``"sum"`` with a gradient needed: each chunk of logits is computed once, turned
-    into its gradient in place and folded into ``d hidden``, ``d weight``, ``d bias`` during the
-    forward (three matmuls in all); the first backward rescales them. A second backward through
-    a retained graph, and ``"none"``, recompute each chunk (four matmuls); ``create_graph=True``
-    materialises the logits and differentiates the closed form with torch ops. Without any
-    input that needs a gradient the forward runs the statistics pass alone (one matmul).
+    ``"mean"``/``"sum"`` with a gradient needed, whole vocabulary: each chunk of logits is
+    computed once, turned into its gradient in place and folded into ``d hidden``,
+    ``d weight``, ``d bias`` during the forward (three matmuls in all); the first backward
+    rescales them. A second backward through a retained graph reruns that sweep. Otherwise
+    (``"none"``, no gradient, a shard) the statistics pass runs alone in forward (one matmul)
+    and backward recomputes each chunk (four matmuls in all); ``create_graph=True``
+    materialises the logits and differentiates the closed form with torch ops.
     """
 
     @staticmethod
@@ -701,27 +830,52 @@ class _LinearCrossEntropy(torch.autograd.Function):
         sample_weight: Tensor | None,
         opts: Options,
         needs: tuple[bool, bool, bool],
+        shard: Shard | None = None,
     ) -> Tensor:
-        loss, lse, q, dh, dw, db = _linear_op(
-            hidden, weight, bias, target, class_weight, sample_weight, opts, needs
-        )
-        fused = opts.reduction != "none" and any(needs)
+        fused = shard is None and opts.reduction != "none" and any(needs)
         ctx.compiled = compiling()
-        ctx.opts, ctx.fused, ctx.needs, ctx.grads = opts, fused, needs, None
-        saved = [hidden, weight, bias, target, class_weight, sample_weight, lse, q]
-        if fused and ctx.compiled:
-            saved += [dh, dw, db]
-        elif fused:
-            ctx.grads = (dh, dw, db)
+        ctx.opts, ctx.fused, ctx.needs, ctx.shard, ctx.grads = opts, fused, needs, shard, None
+        saved = [hidden, weight, bias, target, class_weight, sample_weight]
+        if fused:
+            loss, dh, dw, db = _linear_op(
+                hidden, weight, bias, target, class_weight, sample_weight, opts, needs
+            )
+            if ctx.compiled:
+                saved += [dh, dw, db]
+            else:
+                ctx.grads = (dh, dw, db)
+        else:
+            cdt = K.compute_dtype(hidden.dtype)
+            cw, sw = _cast(class_weight, cdt), _cast(sample_weight, cdt, detach=True)
+            with no_autocast(hidden):
+                parts = _ops.linear_stats(
+                    hidden,
+                    weight,
+                    bias,
+                    target,
+                    cw,
+                    opts.ignore_index,
+                    bool(opts.label_smoothing),
+                    opts.chunk_size,
+                    opts.impl,
+                    opts.softcap,
+                    None if shard is None else shard.start,
+                )
+            loss, kept = _row_losses(parts, target, cw, sw, opts, weight.shape[0], shard)
+            saved += kept
+            ctx.vocab = weight.shape[0] if shard is None else shard.vocab
         ctx.save_for_backward(*saved)
-        return loss.to(opts.out_dtype)
+        return loss.to(_out_dtype(opts, hidden))
 
     @staticmethod
     def backward(ctx: Any, grad_out: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
-        hidden, weight, bias, target, cw, sw, lse, q, *kept = ctx.saved_tensors
+        shard: Shard | None = ctx.shard
+        if shard is not None:
+            refuse_double_backward("vocab_parallel_linear_cross_entropy")
+        hidden, weight, bias, target, cw, sw, *kept = ctx.saved_tensors
         opts: Options = ctx.opts
         need = ctx.needs_input_grad[:3]
-        none = (None,) * 5
+        ds = None
         dtypes = (hidden.dtype, weight.dtype, None if bias is None else bias.dtype)
         if differentiable_backward():  # create_graph=True or a torch.func transform
             cdt = K.compute_dtype(hidden.dtype)
@@ -733,43 +887,53 @@ class _LinearCrossEntropy(torch.autograd.Function):
                 gz.sum(dim=0) if bias is not None and need[2] else None,
             )
         elif ctx.fused:
-            if kept:
+            if ctx.compiled:
                 raw, inplace = tuple(kept), False
             else:
                 raw, inplace, ctx.grads = ctx.grads, True, None
                 if raw is None:  # a second backward (retained graph): the same sweep again
-                    raw = _linear_op(hidden, weight, bias, target, cw, sw, opts, ctx.needs)[3:]
+                    raw = _linear_op(hidden, weight, bias, target, cw, sw, opts, ctx.needs)[1:]
             grads = tuple(  # type: ignore[assignment]
                 _scaled(g, grad_out, inplace=inplace) if n and have else None
                 for g, n, have in zip(raw, need, ctx.needs, strict=True)
             )
         else:
             cdt = K.compute_dtype(hidden.dtype)
-            valid, _, scale = _rows.row_scales(target, cw, opts.ignore_index, opts.reduction, cdt)
-            dh, dw, db = _ops.linear_backward(
-                hidden,
-                weight,
-                bias,
-                target,
-                cw,
-                lse,
-                q,
-                _rows.sample_scale(grad_out.to(cdt) * scale, valid, _cast(sw, cdt)),
-                opts.ignore_index,
-                opts.label_smoothing,
-                opts.chunk_size,
-                need[0],
-                need[1],
-                bias is not None and need[2],
-                opts.impl,
-                opts.z_loss,
-                opts.softcap,
+            w, s = _cast(cw, cdt), _cast(sw, cdt, detach=True)
+            coef, pre, norm, d_sample = _row_coefficients(
+                grad_out, kept, target, w, s, opts, hidden.dtype, 1.0, ctx.vocab
             )
+            with no_autocast(hidden):
+                dh, dw, db = _ops.linear_grad(
+                    hidden,
+                    weight,
+                    bias,
+                    target,
+                    w,
+                    norm[0],
+                    norm[1],
+                    coef.p_scale,
+                    coef.smooth_scale,
+                    coef.target_grad,
+                    opts.chunk_size,
+                    need[0],
+                    need[1],
+                    bias is not None and need[2],
+                    opts.impl,
+                    opts.softcap,
+                    0 if shard is None else shard.start,
+                )
+            if hidden.dtype == torch.float16:
+                dh, dw, db = (t.div_(pre) for t in (dh, dw, db))
+            if shard is not None and need[0]:  # hidden is replicated: every shard's part
+                dh = reduce_sum(dh, shard)
             grads = (
                 dh if need[0] else None,
                 dw if need[1] else None,
                 db if bias is not None and need[2] else None,
             )
+            if ctx.needs_input_grad[5] and sw is not None:
+                ds = d_sample.to(sw.dtype)
         out = tuple(
             None if g is None or d is None else g.reshape(shape).to(d)
             for g, d, shape in zip(
@@ -779,7 +943,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
                 strict=True,
             )
         )
-        return (*out, *none)
+        return (*out, None, None, ds, None, None, None)
 
 
 def linear_cross_entropy(
