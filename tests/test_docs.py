@@ -72,7 +72,7 @@ MODULES = [
     "crossentropy.torch.distributed",
     "crossentropy.torch.tokens",
 ]
-GUIDE = ["why", "choosing", "numpy", "torch", "options", "distributed", "numerics"]
+GUIDE = ["why", "choosing", "numpy", "torch", "options", "distributed", "training", "numerics"]
 PAGES = [
     "index.html",
     "install.html",
@@ -83,6 +83,7 @@ PAGES = [
     "guide/torch.html",
     "guide/options.html",
     "guide/distributed.html",
+    "guide/training.html",
     "guide/numerics.html",
     "api/index.html",
     "api/core.html",

@@ -24,10 +24,10 @@ sum of exponentials, the target logit, the entropy's sum) and ``N`` argmax candi
 
 Nothing of size ``N x V`` ever crosses the network.
 
-The computation is the single-process one (:mod:`.functional`, :mod:`.tokens`): the same
-autograd Functions and kernels, given this rank's :class:`._types.Shard` (where its classes
-lie), run the statistics pass on the shard's columns; :mod:`._shard` adds up the ranks' partial
-sums with the all-reduces above; the per-row losses, gradient coefficients and gradient pass
+The computation is the single-process one (``functional.py``, ``tokens.py``): the same
+autograd Functions and kernels, given this rank's ``Shard`` (where its classes lie), run the
+statistics pass on the shard's columns; ``_shard.py`` adds up the ranks' partial sums with the
+all-reduces above; the per-row losses, gradient coefficients and gradient pass
 follow as in one process, where the combining step is skipped.
 
 Validation happens in that one handshake, on every call. Each rank first runs its local
