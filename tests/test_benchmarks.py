@@ -25,13 +25,18 @@ SECTIONS = {
     "gpu": ["per-token statistics, RL loss", "z_loss"],
     "lm": ["`linear_token_stats`", "`cross_entropy(z_loss=1e-4, softcap=30.0)`"],
     "forward": ["`cross_entropy` forward only", "`linear_token_stats` forward only"],
+    "causal_lm": ["### fp32", "### bf16 autocast", "crossentropy.transformers.patch(model)"],
 }
+# Benchmarks of an optional integration: skipped without it.
+NEEDS = {"causal_lm": "transformers"}
 
 
 @pytest.mark.parametrize(
-    "name", ["core", "torch", "distributed", "gpu", "lm", "forward", "precision"]
+    "name", ["core", "torch", "distributed", "gpu", "lm", "forward", "precision", "causal_lm"]
 )
 def test_benchmark_quick_run_writes_a_table(name: str, tmp_path: Path) -> None:
+    if name in NEEDS:
+        pytest.importorskip(NEEDS[name])
     env = {**os.environ, "CROSSENTROPY_BENCH_RESULTS": str(tmp_path)}
     proc = subprocess.run(
         [sys.executable, str(BENCHMARKS / f"bench_{name}.py"), "--quick"],
