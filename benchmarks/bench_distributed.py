@@ -244,7 +244,7 @@ def main() -> int:
         "Peak memory: per rank, above its inputs (its shard of logits, or `hidden` and its "
         "`weight_shard`), counting the returned gradients; the largest over the ranks. "
         "Bytes: the payload this rank hands to `all_gather`/`all_reduce` per forward and per "
-        "backward (fp32; the 112-byte handshake is int64). "
+        "backward (fp32; the 120-byte handshake is int64). "
         "Time: wall time of that one measured fwd+bwd (slowest rank; fresh gradient pages "
         "included), with the ranks sharing 2 cores: not a scaling measurement.",
         "",
@@ -306,8 +306,8 @@ def main() -> int:
         )
         sections += [title, "", table, "", note, ""]
     expected = (
-        "Forward bytes per rank are `8·14` (handshake) `+ 4·N` (row max) `+ 4·2N` (sum of "
-        "exponentials, target logit) = `112 + 12 N` without label smoothing or class weights, "
+        "Forward bytes per rank are `8·15` (handshake) `+ 4·N` (row max) `+ 4·2N` (sum of "
+        "exponentials, target logit) = `120 + 12 N` without label smoothing or class weights, "
         "whatever V and P; the linear form's backward adds `4·N·D` for `d hidden`."
     )
     sections += [expected, ""]

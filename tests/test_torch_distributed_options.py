@@ -707,13 +707,13 @@ def test_bad_options_raise_the_same_error_on_every_rank(ranks: Any) -> None:
 
 
 def test_the_options_add_no_communication(ranks: Any) -> None:
-    """With z_loss, softcap and sample weights: the 14-int handshake, N maxima and 2N sums
+    """With z_loss, softcap and sample weights: the 15-int handshake, N maxima and 2N sums
     in forward; nothing in the logits form's backward, d hidden (N x D) in the linear one's."""
     _, results = ranks
     for res in results:
         for row in res["comm"]:
             n, f64 = row["n"], 8
-            assert row["forward"] == {"all_gather": 14 * f64, "all_reduce": 3 * n * f64}, row
+            assert row["forward"] == {"all_gather": 15 * f64, "all_reduce": 3 * n * f64}, row
             backward = {"all_reduce": n * 4 * f64} if row["form"] == "linear" else {}
             assert row["backward"] == backward, row
 

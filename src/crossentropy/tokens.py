@@ -47,6 +47,7 @@ a language model), unlike :func:`crossentropy.cross_entropy`, which follows
 
 from __future__ import annotations
 
+import math
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -62,7 +63,13 @@ from ._validation import (
     fail,
     float_array,
 )
-from .categorical import _check_softcap, _softcap_into, _softcap_slope_into
+from .categorical import (
+    SOFTCAP_RANGE,
+    _check_softcap,
+    _real_number,
+    _softcap_into,
+    _softcap_slope_into,
+)
 
 __all__ = ["TokenStats", "token_stats", "token_stats_vjp"]
 
@@ -179,12 +186,35 @@ def _blocks(n_rows: int, n_cols: int, itemsize: int) -> list[tuple[int, int]]:
 
 
 def _scratch(
-    blocks: list[tuple[int, int]], n_cols: int, dtype: np.dtype[Any], cap: float | None
+    blocks: list[tuple[int, int]], n_cols: int, dtype: np.dtype[Any], need: bool
 ) -> FloatArray:
-    """One block of scratch for the softcapped logits (and then their slope); empty without
-    a softcap."""
-    n = 0 if cap is None or not blocks else blocks[0][1] - blocks[0][0]
+    """One block of scratch for the softcapped or tempered logits (and then the slope of the
+    softcap); empty when ``need`` is false."""
+    n = 0 if not need or not blocks else blocks[0][1] - blocks[0][0]
     return np.empty((n, n_cols), dtype=dtype)
+
+
+def _check_temperature(temperature: object, fn: str) -> float:
+    """A finite real ``> 0`` in float32's normal range (``z / T`` stays finite there)."""
+    what = "be a finite float > 0"
+    t = _real_number(temperature, fn, "temperature", what)
+    if not (math.isfinite(t) and t > 0.0):  # also rejects NaN
+        fail(fn, "temperature", what, t)
+    if not SOFTCAP_RANGE[0] <= t <= SOFTCAP_RANGE[1]:
+        fail(fn, "temperature", "be in [2**-126, 2**127] (float32's normal range)", t)
+    return t
+
+
+def _tempered(
+    xb: FloatArray, cap: float | None, temperature: float, scratch: FloatArray
+) -> FloatArray:
+    """The block's logits as the statistics see them: ``c tanh(z / c)`` with a softcap, then
+    divided by the temperature (into ``scratch``; ``xb`` itself when there is nothing to do)."""
+    if cap is not None:
+        xb = _softcap_into(xb, cap, scratch)
+    if temperature != 1.0:
+        xb = np.divide(xb, temperature, out=scratch)
+    return xb
 
 
 def token_stats(
@@ -194,6 +224,7 @@ def token_stats(
     ignore_index: int = -100,
     axis: int = -1,
     softcap: float | None = None,
+    temperature: float = 1.0,
 ) -> TokenStats:
     r"""Per-token log-probability of the target, entropy, log-sum-exp and argmax of the logits.
 
@@ -214,6 +245,10 @@ def token_stats(
         ``None`` or finite and ``> 0``: every statistic is then of :math:`z' = c \tanh(z / c)`
         (:math:`c` = ``softcap``), ``argmax`` included (logits that the softcap rounds to the
         same value tie, and the first wins). ``±inf`` logits become ``±c``.
+    temperature : float, default 1.0
+        Finite and ``> 0``: every statistic is of the logits divided by :math:`T` (after the
+        softcap, if any), :math:`z'' = z' / T`, as a sampler with temperature :math:`T`
+        draws from (the RL frameworks' ``logits / temperature``).
 
     Returns
     -------
@@ -298,6 +333,7 @@ def token_stats(
     """
     prep = _prepare(logits, target, ignore_index, axis, "token_stats")
     cap = _check_softcap(softcap, "token_stats")
+    temp = _check_temperature(temperature, "token_stats")
     x = prep.rows
     n_rows, n_cols = x.shape
     logprob = np.zeros(n_rows, dtype=x.dtype)
@@ -305,11 +341,9 @@ def token_stats(
     lse = np.empty(n_rows, dtype=x.dtype)
     argmax = np.empty(n_rows, dtype=np.int64)
     blocks = _blocks(n_rows, n_cols, x.dtype.itemsize)
-    capped = _scratch(blocks, n_cols, x.dtype, cap)
+    scratch = _scratch(blocks, n_cols, x.dtype, cap is not None or temp != 1.0)
     for r0, r1 in blocks:
-        xb = x[r0:r1]
-        if cap is not None:
-            xb = _softcap_into(xb, cap, capped[: r1 - r0])  # z', one block at a time
+        xb = _tempered(x[r0:r1], cap, temp, scratch[: r1 - r0])  # one block at a time
         log_p, lse[r0:r1] = _log_softmax_block(xb)
         p = np.exp(log_p)
         with np.errstate(invalid="ignore"):
@@ -343,6 +377,7 @@ def token_stats_vjp(
     ignore_index: int = -100,
     axis: int = -1,
     softcap: float | None = None,
+    temperature: float = 1.0,
 ) -> FloatArray:
     r"""Vector-Jacobian product of :func:`token_stats`: d logits from upstream gradients.
 
@@ -352,7 +387,7 @@ def token_stats_vjp(
 
     Parameters
     ----------
-    logits, target, ignore_index, axis, softcap
+    logits, target, ignore_index, axis, softcap, temperature
         As in :func:`token_stats`.
     d_logprob, d_entropy, d_lse : array_like of float, broadcastable to ``target``'s shape, optional
         Upstream gradients of the three differentiable outputs; ``None`` (an output the loss
@@ -391,6 +426,8 @@ def token_stats_vjp(
     With ``softcap`` the row above is of :math:`z' = c \tanh(z/c)` and is then multiplied by
     :math:`\partial z'/\partial z = 1 - (z'/c)^2`, entry by entry (the chain rule through the
     elementwise softcap).
+    With ``temperature`` :math:`T` the row is of :math:`z' / T` and is then divided by
+    :math:`T`.
 
     Examples
     --------
@@ -421,6 +458,7 @@ def token_stats_vjp(
     fn = "token_stats_vjp"
     prep = _prepare(logits, target, ignore_index, axis, fn)
     cap = _check_softcap(softcap, fn)
+    temp = _check_temperature(temperature, fn)
     a = _upstream(d_logprob, prep.sample_shape, "d_logprob", fn)
     b = _upstream(d_entropy, prep.sample_shape, "d_entropy", fn)
     c = _upstream(d_lse, prep.sample_shape, "d_lse", fn)
@@ -432,11 +470,9 @@ def token_stats_vjp(
     if a is b is c is None:
         return _back(grad, prep)
     blocks = _blocks(n_rows, n_cols, x.dtype.itemsize)
-    capped = _scratch(blocks, n_cols, x.dtype, cap)
+    scratch = _scratch(blocks, n_cols, x.dtype, cap is not None or temp != 1.0)
     for r0, r1 in blocks:
-        xb = x[r0:r1]
-        if cap is not None:
-            xb = _softcap_into(xb, cap, capped[: r1 - r0])
+        xb = _tempered(x[r0:r1], cap, temp, scratch[: r1 - r0])
         log_p, lse_b = _log_softmax_block(xb)
         # an ignored row of only -inf logits has no distribution (log p NaN): taking its log p
         # as -inf (every p = 0) gives it a zero gradient, for any upstream, instead of NaN
@@ -457,8 +493,10 @@ def token_stats_vjp(
             rows, cols = np.arange(r1 - r0), prep.labels[r0:r1]
             p_y = p[rows, cols]
             gb[rows, cols] = a[r0:r1] * (1 - p_y) + p_y * rest[rows, cols]
+        if temp != 1.0:
+            gb /= temp  # d (z' / T) / d z'
         if cap is not None:
-            gb *= _softcap_slope_into(x[r0:r1], cap, capped[: r1 - r0])  # d z' / d z
+            gb *= _softcap_slope_into(x[r0:r1], cap, scratch[: r1 - r0])  # d z' / d z
     return _back(grad, prep)
 
 

@@ -238,6 +238,19 @@ def check_softcap(fn: str, softcap: object) -> float | None:
     return c
 
 
+def check_temperature(fn: str, temperature: object) -> float:
+    """A finite real ``> 0`` in float32's normal range (``z / T`` of the token statistics)."""
+    value = _real(fn, "temperature", temperature)
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        fail(fn, "temperature", "be a finite float > 0", describe(temperature), TypeError)
+    t = _to_float(value)
+    if not (t > 0.0 and t != float("inf")):
+        fail(fn, "temperature", "be a finite float > 0", t)
+    if not SOFTCAP_RANGE[0] <= t <= SOFTCAP_RANGE[1]:
+        fail(fn, "temperature", "be in [2**-126, 2**127] (float32's normal range)", t)
+    return t
+
+
 def check_sample_weight(
     fn: str,
     sample_weight: object,

@@ -65,7 +65,9 @@ def _stats_kernel(
     offset,
     cap,
     inv_cap,
+    temperature,
     SOFTCAP: tl.constexpr,
+    TEMPER: tl.constexpr,
     BLOCK: tl.constexpr,
 ):
     """The partial sums ``m, s, E, z_y, argmax`` of one row, online over chunks of classes."""
@@ -85,6 +87,8 @@ def _stats_kernel(
         x = tl.load(x_ptr + cols * stride_col, mask=mask, other=float("-inf")).to(tl.float32)
         if SOFTCAP:  # masked lanes back to -inf (the cap maps -inf to -c)
             x = tl.where(mask, cap * _tanh(x * inv_cap), float("-inf"))
+        if TEMPER:
+            x = x / temperature
         zy += tl.sum(tl.where((cols == t) & mask, x, 0.0), 0)
         nan = x != x
         first_nan = tl.minimum(first_nan, tl.min(tl.where(nan, cols, V), 0))
@@ -130,12 +134,14 @@ def _vjp_kernel(
     offset,
     cap,
     inv_cap,
+    temperature,
     log_floor,
     HAS_LO: tl.constexpr,
     HAS_A: tl.constexpr,
     HAS_B: tl.constexpr,
     HAS_C: tl.constexpr,
     SOFTCAP: tl.constexpr,
+    TEMPER: tl.constexpr,
     BLOCK: tl.constexpr,
 ):
     """``G = p ⊙ (c − a − b (log p + H))`` plus ``a`` at the target, for one row (times
@@ -171,6 +177,8 @@ def _vjp_kernel(
         if SOFTCAP:
             th = _tanh(x * inv_cap)
             x = cap * th
+        if TEMPER:
+            x = x / temperature
         u = x - lse
         if HAS_LO:
             u = u - lo  # log p
@@ -184,6 +192,8 @@ def _vjp_kernel(
             g = tl.where((cols + offset == t) & keep, g + a, g)
         if SOFTCAP:  # the chain factor of every column, the target's too
             g = g * (1.0 - th * th)
+        if TEMPER:
+            g = g / temperature
         tl.store(g_ptr + cols * g_stride_col, g.to(g_ptr.dtype.element_ty), mask=mask)
 
 
@@ -215,9 +225,11 @@ def token_row_stats(
     class_offset: int = 0,
     softcap: float | None = None,
     out: tuple[Tensor, Tensor, Tensor, Tensor, Tensor] | None = None,
+    temperature: float = 1.0,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     """The partial sums ``(m, s, E, z_y, argmax)`` of the rows of ``logits`` (R, C) (of
-    ``s·tanh(z / s)`` with ``softcap=s``) in one launch, as :func:`.tokens._stats_columns`:
+    ``s·tanh(z / s)`` with ``softcap=s``; then divided by ``temperature``) in one launch, as
+    :func:`.tokens._stats_columns`:
     float32, argmax int64 (a column of ``logits``).
 
     ``target`` (R,) holds global class indices; the row's class ``target − class_offset`` is
@@ -251,7 +263,9 @@ def token_row_stats(
             int(class_offset),
             cap,
             inv_cap,
+            float(temperature),
             SOFTCAP=on,
+            TEMPER=temperature != 1.0,
             BLOCK=blk,
             num_warps=_warps(blk),
         )
@@ -272,14 +286,15 @@ def token_vjp(
     lse_lo: Tensor | None = None,
     out: Tensor | None = None,
     class_offset: int = 0,
+    temperature: float = 1.0,
 ) -> Tensor:
     """``G = ∂L/∂z`` of the rows of ``logits`` (R, C) for ``L = Σ a·logprob + b·entropy +
     c·lse`` (``a, b, c`` = ``d_logprob, d_entropy, d_lse``, each (R,) or ``None``: no term),
     from the forward's ``lse``, ``entropy`` and ``lse_lo`` (``None``: ``log p = z − lse``).
-    With ``softcap=s`` the statistics are those of ``z' = s·tanh(z / s)`` and ``G`` is w.r.t.
-    ``z``. ``target`` holds global class indices, column ``j`` being class
-    ``class_offset + j``. Written into ``out`` (R, C) (any strides, any floating dtype but
-    float64; may be ``logits`` itself) or a new tensor like ``logits``."""
+    With ``softcap=s`` the statistics are those of ``z' = s·tanh(z / s)`` (then divided by
+    ``temperature``) and ``G`` is w.r.t. ``z``. ``target`` holds global class indices, column
+    ``j`` being class ``class_offset + j``. Written into ``out`` (R, C) (any strides, any
+    floating dtype but float64; may be ``logits`` itself) or a new tensor like ``logits``."""
     _check_logits(logits)
     cap, inv_cap, on = _softcap_args(softcap)
     n, v = logits.shape
@@ -318,12 +333,14 @@ def token_vjp(
             int(class_offset),
             cap,
             inv_cap,
+            float(temperature),
             _LOG_FLOOR,
             HAS_LO=lse_lo is not None,
             HAS_A=d_logprob is not None,
             HAS_B=d_entropy is not None,
             HAS_C=d_lse is not None,
             SOFTCAP=on,
+            TEMPER=temperature != 1.0,
             BLOCK=blk,
             num_warps=_warps(blk),
         )

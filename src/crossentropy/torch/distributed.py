@@ -10,7 +10,7 @@ and only those cross the network.
 
 Per call of the cross-entropy, each rank sends
 
-- one all-gather of a 14-integer handshake (shard width, rows, the function, dtype and
+- one all-gather of a 15-integer handshake (shard width, rows, the function, dtype and
   reduction, a 64-bit BLAKE2b digest of the target's bytes and the target's range on this
   rank, the options), which fixes the shard offsets and validates the input on every rank
   before any collective that could hang on bad input;
@@ -70,6 +70,7 @@ from ._checks import (
     check_projection,
     check_sample_weight,
     check_softcap,
+    check_temperature,
     check_tensor,
     check_z_loss,
     python_scalar,
@@ -118,6 +119,7 @@ _COLUMNS = (
     "z_loss",
     "softcap",  # 0 for None (a softcap is > 0)
     "sample_digest",  # 0 without sample weights
+    "temperature",
 )
 #: The fields packed into the ``flags`` column: (name, bit offset, bit width).
 _FLAGS = (
@@ -309,6 +311,7 @@ def _check_table(
     same("hidden_grad", "hidden", grads, "have the same requires_grad")
     same("z_loss", "z_loss", [_bits_float(b) for b in col["z_loss"]])
     same("softcap", "softcap", [_bits_float(b) if b else None for b in col["softcap"]])
+    same("temperature", "temperature", [_bits_float(b) for b in col["temperature"]])
     same("sample_weight", "sample_weight", given("sample_weight"), "be given (or None)")
     same("rows", logits_arg, list(col["rows"]), "have the same number of rows")
     widths = tuple(col["width"])
@@ -378,6 +381,7 @@ def _validate(
     has_weight: bool = False,
     z_loss: Any = 0.0,
     softcap: Any = None,
+    temperature: Any = 1.0,
     logits_arg: str,
     weight_arg: str = "weight",
 ) -> Shard:
@@ -389,6 +393,7 @@ def _validate(
         z, cap = _check_options(
             fn, reduction, ignore_index, label_smoothing, vocab_size, z_loss, softcap
         )
+        temp = check_temperature(fn, temperature)
         local = local_checks()
         digest, tmin, tmax = _target_summary(local.target, ignore_index)
         flags = _pack_flags(
@@ -414,6 +419,7 @@ def _validate(
             _float_bits(z),
             0 if cap is None else _float_bits(cap),
             _sample_digest(local.sample_weight),
+            _float_bits(temp),
         ]
     except Exception as exc:  # carried to every rank: none may be left waiting
         error = exc
@@ -604,7 +610,7 @@ def vocab_parallel_cross_entropy(
     m_r}`, its part of :math:`\sum_j w_j x_{ij}` and, on the rank owning the target column,
     :math:`x_{i t_i}` and :math:`w_{t_i}`. One all-reduce (MAX) of the maxima and one
     all-reduce (SUM) of the rescaled sums give :math:`\ell_i` on every rank: per call each
-    rank sends one 14-integer handshake, ``N`` maxima and at most ``4 N + 1`` sums —
+    rank sends one 15-integer handshake, ``N`` maxima and at most ``4 N + 1`` sums —
     O(N), never O(N V). Label smoothing uses the global ``V`` and ``W`` (Megatron-LM uses
     the local shard's size, so its loss differs per rank). All rows ignored: ``"mean"``
     is NaN as in PyTorch, ``"sum"`` is 0, the gradient is 0 (no 0/0 anywhere else).
@@ -870,6 +876,7 @@ def vocab_parallel_token_stats(
     vocab_size: int | None = None,
     softcap: float | None = None,
     impl: str = "auto",
+    temperature: float = 1.0,
 ) -> TokenStats:
     r"""Per-token statistics of logits split over the vocabulary across the ranks of ``group``.
 
@@ -901,6 +908,9 @@ def vocab_parallel_token_stats(
         Kernels for the per-shard passes, those of :func:`crossentropy.torch.token_stats`:
         ``"auto"`` runs Triton on CUDA tensors when it is installed and torch ops otherwise;
         ``"triton"`` also runs on CPU tensors under ``TRITON_INTERPRET=1`` (tests).
+    temperature : float, default 1.0
+        ``T > 0``: the statistics of ``x' / T`` (after the softcap), as in
+        :func:`crossentropy.torch.token_stats`; the same on every rank (checked).
 
     Returns
     -------
@@ -947,7 +957,7 @@ def vocab_parallel_token_stats(
     (every term :math:`\ge 0`: no cancellation) gives :math:`S`, :math:`\log p_y` and
     :math:`H` on every rank, exactly as one process finishes its own sums, and one all-reduce
     (MIN) of each shard's candidate index gives the argmax. Per call each rank sends the
-    14-integer handshake, ``N`` maxima, ``3 N`` sums and ``N`` indices. Backward, for upstream
+    15-integer handshake, ``N`` maxima, ``3 N`` sums and ``N`` indices. Backward, for upstream
     gradients :math:`a, b, c` of ``logprob``, ``entropy``, ``lse``:
 
     .. math::
@@ -999,6 +1009,7 @@ def vocab_parallel_token_stats(
         ignore_index=ignore_index,
         vocab_size=vocab_size,
         softcap=softcap,
+        temperature=temperature,
         logits_arg="logits_shard",
     )
     shape = tuple(target.shape)
@@ -1015,6 +1026,7 @@ def vocab_parallel_token_stats(
             fn,
             impl,
             shard,
+            check_temperature(fn, temperature),
         )
     return _tokens._finish(out, shape)
 
@@ -1031,6 +1043,7 @@ def vocab_parallel_linear_token_stats(
     chunk_size: int | None = None,
     softcap: float | None = None,
     impl: str = "auto",
+    temperature: float = 1.0,
 ) -> TokenStats:
     r""":func:`vocab_parallel_token_stats` of ``hidden @ W.T + b`` with ``W`` split over the
     vocabulary across ranks, without materialising the logits.
@@ -1052,7 +1065,7 @@ def vocab_parallel_linear_token_stats(
         Global class indices, identical on every rank.
     bias_shard : Tensor, shape (V_r,), optional
         This rank's part of the output layer's bias.
-    group, ignore_index, vocab_size, softcap, impl
+    group, ignore_index, vocab_size, softcap, impl, temperature
         As in :func:`vocab_parallel_token_stats`.
     chunk_size : int, optional
         Rows of ``hidden`` projected at a time. Default: about 48 MiB of logits
@@ -1127,6 +1140,7 @@ def vocab_parallel_linear_token_stats(
         ignore_index=ignore_index,
         vocab_size=vocab_size,
         softcap=softcap,
+        temperature=temperature,
         logits_arg="hidden",
     )
     shape = tuple(target.shape)
@@ -1143,5 +1157,6 @@ def vocab_parallel_linear_token_stats(
             fn,
             impl,
             shard,
+            check_temperature(fn, temperature),
         )
     return _tokens._finish(out, shape)

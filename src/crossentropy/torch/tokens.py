@@ -74,6 +74,7 @@ from ._checks import (
     check_impl,
     check_projection,
     check_softcap,
+    check_temperature,
     check_tensor,
 )
 from ._modes import (
@@ -278,9 +279,11 @@ def _stats_columns(
     work: Tensor | None,
     tmp: Tensor,
     class_offset: int = 0,
+    temperature: float = 1.0,
 ) -> None:
     """The partial sums of the rows of the logits, given as a column view ``zt`` (C, R) with
-    ``C ≥ 1``, into ``out``; of ``z' = s·tanh(z / s)`` with ``softcap=s``.
+    ``C ≥ 1``, into ``out``; of ``z' = s·tanh(z / s)`` with ``softcap=s``, divided by
+    ``temperature``.
 
     Two sweeps over tiles of classes, as a two-pass log-sum-exp: the first finds each row's
     max ``m`` (and argmax, and the target's logit ``z_y``: the column ``target −
@@ -298,12 +301,17 @@ def _stats_columns(
     idx = target - class_offset
     rev = _reversed_classes(min(step, classes), cdt, dev)
 
+    scaled = softcap is not None or temperature != 1.0
+
     def load(c0: int, c1: int) -> Tensor:
         t = zt[c0:c1]
         if work is not None:
             t = _like(work, t).copy_(t)
-        if softcap is not None and (work is not None or first_sweep):
-            t.div_(softcap).tanh_().mul_(softcap)
+        if scaled and (work is not None or first_sweep):
+            if softcap is not None:
+                t.div_(softcap).tanh_().mul_(softcap)
+            if temperature != 1.0:
+                t.div_(temperature)
         return t
 
     first_sweep = True
@@ -358,6 +366,7 @@ def _vjp_columns(
     tmp2: Tensor,
     lse_lo: Tensor | None = None,
     class_offset: int = 0,
+    temperature: float = 1.0,
 ) -> None:
     """``G = ∂L/∂z`` of the logits ``src`` into ``dst``, both column views (C, R) (``dst`` may
     be ``src``; column ``j`` is class ``class_offset + j``), from the saved ``lse`` (with its
@@ -407,11 +416,14 @@ def _vjp_columns(
         if not (direct and src is dst):
             w.copy_(src[c0:c1])
         if softcap is None:
-            u = w.sub_(lse)
+            u = (w if temperature == 1.0 else w.div_(temperature)).sub_(lse)
             p_buf = tmp
         else:
             t = w.div_(softcap).tanh_()
-            u = torch.mul(t, softcap, out=_like(tmp, t)).sub_(lse)
+            u = torch.mul(t, softcap, out=_like(tmp, t))
+            if temperature != 1.0:
+                u.div_(temperature)
+            u.sub_(lse)
             t.square_().neg_().add_(1.0)  # w: ∂z'/∂z = 1 − t²
             p_buf = tmp2
         if lse_lo is not None:
@@ -429,6 +441,8 @@ def _vjp_columns(
             g.scatter_add_(0, local, torch.where(inside, a, 0.0).unsqueeze(0))
         if softcap is not None:
             w.mul_(g)
+        if temperature != 1.0:
+            w.div_(temperature)  # ∂(z' / T)/∂z'
         if not direct:
             dst[c0:c1].copy_(w)
 
@@ -466,12 +480,13 @@ def _forward_impl(
     fn: str,
     impl: str = "torch",
     shard_offset: int | None = None,
+    temperature: float = 1.0,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     """The partial sums ``(m, s, spread, z_y, argmax)`` (:func:`_stats_columns`) of the rows of
     the logits ``x`` (R, C), or of ``x @ weight.T + bias`` for hidden states ``x`` (R, D),
-    softcapped if ``softcap``: chunk by chunk of logits (one reused buffer), each chunk tile by
-    tile, or on the Triton kernels where :func:`._backend.select` sends ``x``
-    (:func:`_triton_forward`).
+    softcapped if ``softcap``, divided by ``temperature``: chunk by chunk of logits (one reused
+    buffer), each chunk tile by tile, or on the Triton kernels where :func:`._backend.select`
+    sends ``x`` (:func:`_triton_forward`).
 
     ``shard_offset``: ``None`` for a whole vocabulary (the targets are checked against it), or
     the global index of the first class of a vocabulary shard (the caller checked the targets
@@ -492,7 +507,9 @@ def _forward_impl(
     if num_classes == 0:
         return out
     if select(x, impl) is not None:
-        return _triton_forward(x, weight, bias, target, offset, chunk_size, softcap, out)
+        return _triton_forward(
+            x, weight, bias, target, offset, chunk_size, softcap, temperature, out
+        )
     if weight is None:  # the caller's logits: never written, each block copied into ``work``
         step = _row_blocks(num_classes)
         size = min(rows, step) * num_classes
@@ -501,7 +518,7 @@ def _forward_impl(
             r1 = min(rows, r0 + step)
             w = block[: (r1 - r0) * num_classes].view(r1 - r0, num_classes).copy_(x[r0:r1])
             rows_out = tuple(o[r0:r1] for o in out)
-            _stats_columns(w.t(), target[r0:r1], rows_out, softcap, None, tmp, offset)
+            _stats_columns(w.t(), target[r0:r1], rows_out, softcap, None, tmp, offset, temperature)
         return out
     step = max(1, min(rows, _chunk_rows(num_classes, cdt, chunk_size)))
     buf = x.new_empty(num_classes * step)  # the one chunk of logits, reused
@@ -512,7 +529,7 @@ def _forward_impl(
         r1 = min(rows, r0 + step)
         zt = _linear_logits_t(x[r0:r1], weight, bias, buf)
         rows_out = tuple(o[r0:r1] for o in out)
-        _stats_columns(zt, target[r0:r1], rows_out, softcap, work, tmp, offset)
+        _stats_columns(zt, target[r0:r1], rows_out, softcap, work, tmp, offset, temperature)
     return out
 
 
@@ -532,6 +549,7 @@ def _triton_forward(
     offset: int,
     chunk_size: int,
     softcap: float | None,
+    temperature: float,
     out: tuple[Tensor, Tensor, Tensor, Tensor, Tensor],
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     """:func:`_forward_impl` on the Triton kernels (:mod:`._triton_tokens`): the caller's logits
@@ -540,7 +558,9 @@ def _triton_forward(
     from . import _triton_tokens as TT
 
     if weight is None:
-        return TT.token_row_stats(x, target, class_offset=offset, softcap=softcap, out=out)
+        return TT.token_row_stats(
+            x, target, class_offset=offset, softcap=softcap, out=out, temperature=temperature
+        )
     rows, num_classes = x.shape[0], weight.shape[0]
     step = max(1, min(rows, _chunk_rows(num_classes, out[1].dtype, chunk_size)))
     buf = x.new_empty(num_classes * step)
@@ -548,7 +568,14 @@ def _triton_forward(
         r1 = min(rows, r0 + step)
         z = _linear_logits(x[r0:r1], weight, bias, buf)
         rows_out = tuple(o[r0:r1] for o in out)
-        TT.token_row_stats(z, target[r0:r1], class_offset=offset, softcap=softcap, out=rows_out)  # type: ignore[arg-type]
+        TT.token_row_stats(
+            z,
+            target[r0:r1],
+            class_offset=offset,
+            softcap=softcap,
+            out=rows_out,  # type: ignore[arg-type]
+            temperature=temperature,
+        )
     return out
 
 
@@ -561,7 +588,17 @@ _forward_op = torch.library.custom_op(
 
 @_forward_op.register_fake
 def _(  # type: ignore[no-untyped-def]
-    x, weight, bias, target, ignore_index, chunk_size, softcap, fn, impl="torch", shard_offset=None
+    x,
+    weight,
+    bias,
+    target,
+    ignore_index,
+    chunk_size,
+    softcap,
+    fn,
+    impl="torch",
+    shard_offset=None,
+    temperature=1.0,
 ):
     rows, cdt = x.shape[0], K.compute_dtype(x.dtype)
     f = x.new_empty(rows, dtype=cdt)
@@ -588,6 +625,7 @@ def _backward_impl(
     lse_lo: Tensor | None = None,
     impl: str = "torch",
     shard_offset: int | None = None,
+    temperature: float = 1.0,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Gradients w.r.t. ``x`` (logits or hidden states), ``weight`` and ``bias`` of
     ``Σ a·logprob + b·entropy + c·lse``, recomputing each chunk of logits into one reused
@@ -622,6 +660,7 @@ def _backward_impl(
             (need_x, need_weight, need_bias),
             lse_lo,
             offset,
+            temperature,
         )
     direct = x.dtype == cdt
     if weight is None:
@@ -655,6 +694,7 @@ def _backward_impl(
                 tmp2,
                 None if lse_lo is None else lse_lo[r0:r1],
                 offset,
+                temperature,
             )
         return dx, x.new_empty(0), x.new_empty(0)
     need_bias = need_bias and bias is not None
@@ -684,6 +724,7 @@ def _backward_impl(
             tmp2,
             None if lse_lo is None else lse_lo[r0:r1],
             offset,
+            temperature,
         )
         if need_x:
             torch.mm(zt.t(), weight, out=dx[r0:r1])
@@ -718,6 +759,7 @@ def _triton_backward(
     need: tuple[bool, bool, bool],
     lse_lo: Tensor | None,
     offset: int,
+    temperature: float,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """:func:`_backward_impl` on the Triton kernels (:mod:`._triton_tokens`): ``G`` of the
     caller's logits in one launch into ``d x``; or, chunk by chunk, the logits recomputed
@@ -742,6 +784,7 @@ def _triton_backward(
             lse_lo=None if lse_lo is None else lse_lo[r0:r1],
             out=out,
             class_offset=offset,
+            temperature=temperature,
         )
 
     if weight is None:
@@ -806,6 +849,7 @@ def _(  # type: ignore[no-untyped-def]
     lse_lo=None,
     impl="torch",
     shard_offset=None,
+    temperature=1.0,
 ):
     dx = torch.empty_like(x) if need_x else x.new_empty(0)
     dw = torch.empty_like(weight) if need_weight and weight is not None else x.new_empty(0)
@@ -838,18 +882,29 @@ class _TokenStats(torch.autograd.Function):
         fn: str,
         impl: str,
         shard: Shard | None = None,
+        temperature: float = 1.0,
     ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         offset = None if shard is None else shard.start
         with no_autocast(x):
             parts = _forward_op(
-                x, weight, bias, target, ignore_index, chunk_size, softcap, fn, impl, offset
+                x,
+                weight,
+                bias,
+                target,
+                ignore_index,
+                chunk_size,
+                softcap,
+                fn,
+                impl,
+                offset,
+                temperature,
             )
         if shard is not None:
             parts = combine_token_partials(parts, shard)
         m, s, spread, zy, argmax = parts
         logprob, entropy, lse, lse_lo = token_finish(m, s, spread, zy, target != ignore_index)
         ctx.save_for_backward(x, weight, bias, target, lse, entropy, lse_lo)
-        ctx.options = (ignore_index, chunk_size, softcap, impl, fn, shard)
+        ctx.options = (ignore_index, chunk_size, softcap, impl, fn, shard, temperature)
         ctx.mark_non_differentiable(argmax)
         ctx.set_materialize_grads(False)  # an unused output's gradient stays None
         return logprob, entropy, lse, argmax
@@ -863,9 +918,9 @@ class _TokenStats(torch.autograd.Function):
         _d_argmax: Tensor | None,
     ) -> tuple[Tensor | None, ...]:
         x, weight, bias, target, lse, entropy, lse_lo = ctx.saved_tensors
-        ignore_index, chunk_size, softcap, impl, fn, shard = ctx.options
+        ignore_index, chunk_size, softcap, impl, fn, shard, temperature = ctx.options
         need = ctx.needs_input_grad[:3]
-        none = (None,) * 7
+        none = (None,) * 8
         # On a shard, d hidden is all-reduced: every rank that runs this backward takes part.
         gather = shard is not None and weight is not None and need[0]
         if shard is not None:
@@ -894,6 +949,7 @@ class _TokenStats(torch.autograd.Function):
                 lse_lo,
                 impl,
                 None if shard is None else shard.start,
+                temperature,
             )
         if gather:  # the ranks' parts summed in compute dtype, then rounded once
             dx = reduce_sum(dx.to(lse.dtype), shard).to(x.dtype)
@@ -911,13 +967,13 @@ def _differentiable_grads(
     """The closed-form VJP in differentiable torch ops on the materialised logits (double
     backward: every higher derivative is autograd's)."""
     x, weight, bias, target, *_ = ctx.saved_tensors
-    ignore_index, _, softcap, *_ = ctx.options
+    ignore_index, _, softcap, *_, temperature = ctx.options
     need = ctx.needs_input_grad[:3]
     cdt = K.compute_dtype(x.dtype)
     with no_autocast(x):
         z, t = softcapped((x if weight is None else F.linear(x, weight, bias)).to(cdt), softcap)
         ups = [None if d is None else d.to(cdt) for d in (d_logprob, d_entropy, d_lse)]
-        g = _vjp_rows(z, target, ignore_index, *ups)
+        g = _vjp_rows(z / temperature, target, ignore_index, *ups) / temperature
         if t is not None:
             g = g * (1 - t * t)  # ∂z'/∂z of the softcap
         if weight is None:
@@ -957,6 +1013,7 @@ def _reference(
     t: Tensor,
     ignore: int,
     softcap: float | None,
+    temperature: float = 1.0,
 ) -> tuple[Tensor, ...]:
     """The plain composition (``torch.func`` transforms): every op has its batching and jvp
     rules."""
@@ -965,6 +1022,7 @@ def _reference(
 
     def call() -> Tensor:
         z, _ = softcapped((x if weight is None else F.linear(x, weight, bias)).to(cdt), softcap)
+        z = z / temperature
         return torch.stack(_reference_rows(z, t, ignore)[:3]), z.argmax(dim=-1)  # type: ignore[return-value]
 
     with no_autocast(x):
@@ -979,6 +1037,7 @@ def token_stats(
     ignore_index: int = -100,
     softcap: float | None = None,
     impl: str = "auto",
+    temperature: float = 1.0,
 ) -> TokenStats:
     r"""Per-token log-probability of ``target``, entropy, log-sum-exp and argmax of ``logits``.
 
@@ -1002,6 +1061,10 @@ def token_stats(
         always torch ops; ``"triton"`` always Triton (CUDA tensors, or CPU tensors in Triton's
         interpreter with ``TRITON_INTERPRET=1``). Double backward and ``torch.func``
         transforms use torch ops whatever ``impl``.
+    temperature : float, default 1.0
+        ``T > 0``: every statistic is that of ``z' / T`` (after the softcap), the distribution
+        a sampler with temperature ``T`` draws from (RL frameworks' ``logits / temperature``),
+        with exact gradients (the chain rule's ``1 / T``); the logits are not copied.
 
     Returns
     -------
@@ -1076,12 +1139,13 @@ def token_stats(
     ignore = check_ignore_index(fn, ignore_index)
     impl = check_impl(fn, impl, x)
     cap = check_softcap(fn, softcap)
+    temp = check_temperature(fn, temperature)
     lead = tuple(t.shape)
     x2 = x.reshape(-1, x.shape[-1])
     t1 = t.reshape(-1).to(torch.int64)
     if transforms_active():
-        return _finish(_reference(fn, x2, None, None, t1, ignore, cap), lead)
-    out = _TokenStats.apply(x2, None, None, t1, ignore, 0, cap, fn, impl)  # type: ignore[no-untyped-call]
+        return _finish(_reference(fn, x2, None, None, t1, ignore, cap, temp), lead)
+    out = _TokenStats.apply(x2, None, None, t1, ignore, 0, cap, fn, impl, None, temp)  # type: ignore[no-untyped-call]
     return _finish(out, lead)
 
 
@@ -1095,6 +1159,7 @@ def linear_token_stats(
     chunk_size: int | None = None,
     softcap: float | None = None,
     impl: str = "auto",
+    temperature: float = 1.0,
 ) -> TokenStats:
     r""":func:`token_stats` of ``hidden @ weight.T + bias`` without materialising the logits.
 
@@ -1118,6 +1183,8 @@ def linear_token_stats(
     impl : {"auto", "torch", "triton"}, default "auto"
         As in :func:`token_stats`: on Triton, each chunk of logits (computed row-major,
         ``h Wᵀ``, by the same matmul in the inputs' dtype) goes through the Triton kernels.
+    temperature : float, default 1.0
+        As in :func:`token_stats`: the statistics of ``z' / T``, chunk by chunk.
 
     Returns
     -------
@@ -1194,11 +1261,12 @@ def linear_token_stats(
     chunk = check_chunk_size(fn, chunk_size) or 0
     impl = check_impl(fn, impl, h)
     cap = check_softcap(fn, softcap)
+    temp = check_temperature(fn, temperature)
     lead = tuple(t.shape)
     # rows given, not -1: with no features (D = 0) the row count cannot be inferred
     h2 = h.reshape(t.numel(), h.shape[-1])
     t1 = t.reshape(-1).to(torch.int64)
     if transforms_active():
-        return _finish(_reference(fn, h2, w, b, t1, ignore, cap), lead)
-    out = _TokenStats.apply(h2, w, b, t1, ignore, chunk, cap, fn, impl)  # type: ignore[no-untyped-call]
+        return _finish(_reference(fn, h2, w, b, t1, ignore, cap, temp), lead)
+    out = _TokenStats.apply(h2, w, b, t1, ignore, chunk, cap, fn, impl, None, temp)  # type: ignore[no-untyped-call]
     return _finish(out, lead)
