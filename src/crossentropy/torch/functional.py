@@ -40,8 +40,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .._validation import fail
+from . import _dtensor, _ops, _rows
 from . import _kernels as K
-from . import _ops, _rows
 from . import _reference as R
 from ._checks import (
     check_chunk_size,
@@ -645,6 +645,22 @@ def cross_entropy(
         except (RuntimeError, IndexError, ValueError, TypeError):
             pass
     fn = "cross_entropy"
+    if _dtensor.any_dtensor(input, target, weight, sample_weight):
+        if inplace_backward:
+            fail(fn, "inplace_backward", "be False with DTensor inputs", "True")
+        return _dtensor.cross_entropy(  # type: ignore[no-any-return]
+            fn,
+            input,
+            target,
+            weight,
+            ignore_index,
+            _legacy_reduction(size_average, reduce, reduction),  # type: ignore[arg-type]
+            label_smoothing,
+            z_loss,
+            softcap,
+            sample_weight,
+            impl,
+        )
     x = check_tensor(fn, "input", input, floating=True)
     if x.dim() == 0:
         fail(fn, "input", "have at least 1 dimension (classes)", "shape ()")
@@ -1027,6 +1043,29 @@ def linear_cross_entropy(
     tensor(1.0094, grad_fn=<NllLossBackward0>)
     """
     fn = "linear_cross_entropy"
+    if _dtensor.any_dtensor(hidden, weight, bias):
+        from .distributed import vocab_parallel_linear_cross_entropy
+
+        lin = _dtensor.linear(fn, hidden, weight, bias)
+        loss = vocab_parallel_linear_cross_entropy(
+            lin.hidden.reshape(-1, lin.hidden.shape[-1]),
+            lin.weight,
+            target.reshape(-1),
+            lin.bias,
+            group=lin.group,
+            class_weight=_dtensor.class_slice(class_weight, lin),
+            ignore_index=ignore_index,
+            reduction=reduction,
+            label_smoothing=label_smoothing,
+            z_loss=z_loss,
+            softcap=softcap,
+            sample_weight=None if sample_weight is None else sample_weight.reshape(-1),
+            vocab_size=lin.vocab,
+            chunk_size=chunk_size,
+            impl=impl,
+        )
+        shape = tuple(target.shape) if reduction == "none" else ()
+        return lin.wrap(loss.reshape(shape), shape)  # type: ignore[no-any-return]
     h = check_tensor(fn, "hidden", hidden, floating=True)
     if h.dim() == 0:
         fail(fn, "hidden", "have at least 1 dimension (features)", "shape ()")

@@ -65,6 +65,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .._validation import fail
+from . import _dtensor
 from . import _kernels as K
 from . import _reference as R
 from ._backend import select
@@ -1130,6 +1131,10 @@ def token_stats(
             [ 0.0000,  0.0000,  0.0000]])
     """
     fn = "token_stats"
+    if _dtensor.any_dtensor(logits, target):
+        return TokenStats(
+            *_dtensor.token_stats(fn, logits, target, ignore_index, softcap, impl, temperature)
+        )
     x = check_tensor(fn, "logits", logits, floating=True)
     if x.dim() == 0:
         fail(fn, "logits", "have shape (*, C) with at least 1 dimension (classes)", "shape ()")
@@ -1246,6 +1251,24 @@ def linear_token_stats(
     (torch.Size([3, 2]), torch.Size([3, 2]))
     """
     fn = "linear_token_stats"
+    if _dtensor.any_dtensor(hidden, weight, bias):
+        from .distributed import vocab_parallel_linear_token_stats
+
+        lin = _dtensor.linear(fn, hidden, weight, bias)
+        out = vocab_parallel_linear_token_stats(
+            lin.hidden,
+            lin.weight,
+            target,
+            lin.bias,
+            group=lin.group,
+            ignore_index=ignore_index,
+            vocab_size=lin.vocab,
+            chunk_size=chunk_size,
+            softcap=softcap,
+            impl=impl,
+            temperature=temperature,
+        )
+        return TokenStats(*(lin.wrap(o, tuple(target.shape)) for o in out))
     h = check_tensor(fn, "hidden", hidden, floating=True)
     if h.dim() == 0:
         fail(fn, "hidden", "have at least 1 dimension (features)", "shape ()")

@@ -1,0 +1,402 @@
+r"""DTensor inputs (``torch.distributed.tensor``): the public functions take logits, or an
+output layer's weight, that are DTensors, and run the path their placements call for.
+
+A DTensor's placement on each dimension of its device mesh says how that mesh dimension splits
+it. For logits ``(N, C, d…)`` (or ``(*, C)`` for the token statistics):
+
+- ``Shard(class dim)``: the classes are split across that mesh dimension's ranks (tensor
+  parallelism, the output of a ``ColwiseParallel`` layer with ``Shard(-1)`` output). The call
+  runs the vocabulary-parallel path over that mesh dimension's process group: the same
+  autograd Functions and kernels as one process, the ranks' row statistics combined by a few
+  all-reduces of ``O(rows)`` numbers, the logits never gathered;
+- ``Shard(0)``: the rows are split (data parallelism). Each rank computes its rows; a
+  ``"mean"`` divides by the all-reduced global denominator (the summed weights of the kept
+  targets), so the result is the mean over the global batch, not a mean of means;
+- ``Replicate()``: nothing to do on that mesh dimension.
+
+Any combination over a 2-D (data x tensor) mesh works. ``Partial`` logits are refused.
+
+Results are DTensors on the logits' mesh: a per-row result (``reduction="none"``, the token
+statistics) is ``Shard(0)`` on the row-sharding mesh dimensions and ``Replicate()`` elsewhere;
+a reduced loss is ``Partial()`` (a sum still to be taken) on the row-sharding dimensions and
+``Replicate()`` elsewhere: ``loss.full_tensor()`` is the global value, and ``loss.backward()``
+gives every rank its logits' gradient.
+
+Row-aligned arguments (``target``, ``sample_weight``) may be DTensors on the same mesh (any
+placement: they are redistributed to the logits' rows) or plain tensors holding every row
+(the global tensor, replicated, as ``loss_parallel`` takes it) or only this rank's rows. Class
+weights may be plain (all ``C`` of them) or DTensors.
+
+For the linear forms, a ``weight`` (and ``bias``) that is a DTensor sharded over its rows
+(``Shard(0)``: the classes, as ``ColwiseParallel`` shards an output layer) on a 1-D mesh, with
+``hidden`` replicated (a plain tensor, or a ``Replicate()`` DTensor), runs the
+vocabulary-parallel linear path without gathering the weight.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import Tensor
+
+from .._validation import fail
+
+__all__ = ["Linear", "any_dtensor", "class_slice", "cross_entropy", "linear", "token_stats"]
+
+
+def _dtensor_type() -> type | None:
+    try:
+        from torch.distributed.tensor import DTensor
+    except ImportError:  # a torch built without distributed support
+        return None
+    return DTensor
+
+
+def any_dtensor(*xs: object) -> bool:
+    """Whether any argument is a DTensor."""
+    kind = _dtensor_type()
+    return kind is not None and any(isinstance(x, kind) for x in xs)
+
+
+def _is_dtensor(x: Any) -> bool:
+    return any_dtensor(x)
+
+
+@dataclass(frozen=True)
+class _Layout:
+    """How a DTensor's mesh splits it: the mesh dimension splitting the classes (or None), the
+    mesh dimensions splitting the rows, and this rank's classes ``[start, stop)``."""
+
+    mesh: Any
+    placements: tuple[Any, ...]
+    class_dim: int | None
+    batch_dims: tuple[int, ...]
+    start: int
+    stop: int
+
+    def rows(self) -> list[Any]:
+        """Placements of a per-row tensor: ``Shard(0)`` where the rows are split."""
+        from torch.distributed.tensor import Replicate, Shard
+
+        return [Shard(0) if i in self.batch_dims else Replicate() for i in range(self.mesh.ndim)]
+
+    def reduced(self) -> list[Any]:
+        """Placements of a reduced loss: a pending sum where the rows are split."""
+        from torch.distributed.tensor import Partial, Replicate
+
+        return [Partial() if i in self.batch_dims else Replicate() for i in range(self.mesh.ndim)]
+
+
+def _layout(fn: str, arg: str, x: Any, class_dim: int) -> _Layout:
+    """The layout of DTensor logits whose classes lie on ``class_dim``; our error for any
+    other placement."""
+    from torch.distributed.tensor._utils import compute_local_shape_and_global_offset
+
+    expected = (
+        f"be a DTensor sharded over its rows (Shard(0)) or its classes (Shard({class_dim})), "
+        "or replicated, on each mesh dimension"
+    )
+    if x.ndim < 2:
+        fail(fn, arg, "have rows and classes (at least 2 dimensions) as a DTensor", x.ndim)
+    class_mesh, batch = None, []
+    for i, p in enumerate(x.placements):
+        if p.is_replicate():
+            continue
+        if not p.is_shard():
+            fail(fn, arg, expected, f"placements {tuple(x.placements)}")
+        dim = p.dim % x.ndim
+        if dim == class_dim and class_mesh is None:
+            class_mesh = i
+        elif dim == 0 and dim != class_dim:
+            batch.append(i)
+        else:
+            fail(fn, arg, expected, f"placements {tuple(x.placements)}")
+    start, stop = 0, x.shape[class_dim]
+    if class_mesh is not None:
+        local, offset = compute_local_shape_and_global_offset(x.shape, x.device_mesh, x.placements)
+        start, stop = offset[class_dim], offset[class_dim] + local[class_dim]
+    return _Layout(x.device_mesh, tuple(x.placements), class_mesh, tuple(batch), start, stop)
+
+
+def _rows_local(
+    fn: str, arg: str, a: Any, lay: _Layout, global_rows: Sequence[int], local_rows: Sequence[int]
+) -> Any:
+    """This rank's rows of a row-aligned plain tensor (holding every row, or only this rank's);
+    a DTensor is checked (its global shape: the same check on every rank) and returned as it
+    is, for :func:`_redistribute` once every rank has passed its checks."""
+    if a is None or not isinstance(a, Tensor):
+        return a  # the public function's own checks name a bad type
+    if _is_dtensor(a):
+        mesh = getattr(a, "device_mesh", None)
+        if mesh != lay.mesh:
+            fail(fn, arg, "be on the logits' device mesh", f"mesh {mesh}")
+        if tuple(a.shape) != tuple(global_rows):
+            fail(fn, arg, f"have shape {tuple(global_rows)}", f"shape {tuple(a.shape)}")
+        return a
+    from torch.distributed.tensor import DTensor, Replicate
+
+    if tuple(a.shape) == tuple(local_rows):
+        return a
+    if tuple(a.shape) != tuple(global_rows):
+        fail(
+            fn,
+            arg,
+            f"have shape {tuple(global_rows)} (every row) or the shape of this rank's rows",
+            f"shape {tuple(a.shape)}",
+        )
+    whole = DTensor.from_local(a, lay.mesh, [Replicate()] * lay.mesh.ndim, run_check=False)
+    return whole.redistribute(lay.mesh, lay.rows()).to_local()  # a slice: no communication
+
+
+def _redistribute(a: Any, lay: _Layout) -> Any:
+    """A DTensor argument as this rank's rows (a collective when its placements differ)."""
+    return a.redistribute(lay.mesh, lay.rows()).to_local() if _is_dtensor(a) else a
+
+
+def _agree(fn: str, lay: _Layout, error: Exception | None) -> None:
+    """Raise on every rank of the mesh if any rank failed, with the same type and message
+    (one all-gather of an integer per mesh dimension, the messages only on failure), before
+    the next collective: no rank is left waiting in it."""
+    from .distributed import _handshake
+
+    for i in range(lay.mesh.ndim):
+        try:
+            _handshake(fn, lay.mesh.get_group(i), [0 if error else 1], error)
+        except Exception as exc:  # this mesh dimension's first error, now on each of its ranks
+            error = exc
+    if error is not None:
+        raise error
+
+
+def _whole(a: Any) -> Any:
+    """A class-weight argument as a plain tensor of every class."""
+    return a.full_tensor() if _is_dtensor(a) else a
+
+
+def _global_sum(x: Tensor, lay: _Layout) -> Tensor:
+    """``x`` summed over the row-sharding mesh dimensions (a copy; no gradient)."""
+    total = x.detach().clone()
+    for i in lay.batch_dims:
+        dist.all_reduce(total, op=dist.ReduceOp.SUM, group=lay.mesh.get_group(i))
+    return total
+
+
+def _wrap(local: Tensor, lay: _Layout, placements: list[Any], shape: Sequence[int]) -> Any:
+    """``local`` as this rank's part of a DTensor of the global ``shape`` (uneven row shards
+    included)."""
+    from torch.distributed.tensor import DTensor
+
+    size = torch.Size(shape)
+    stride = torch.empty(size, device="meta").stride()
+    return DTensor.from_local(
+        local, lay.mesh, placements, run_check=False, shape=size, stride=stride
+    )
+
+
+def cross_entropy(
+    fn: str,
+    input: Any,
+    target: Any,
+    weight: Any,
+    ignore_index: int,
+    reduction: str,
+    label_smoothing: float,
+    z_loss: float,
+    softcap: float | None,
+    sample_weight: Any,
+    impl: str,
+) -> Any:
+    """:func:`crossentropy.torch.cross_entropy` of DTensor logits (see the module docstring)."""
+    from . import distributed, functional
+
+    if not _is_dtensor(input):
+        fail(fn, "input", "be a DTensor when target or weight is one", type(input).__name__)
+    if reduction not in ("mean", "sum", "none"):
+        fail(fn, "reduction", "be 'mean', 'sum' or 'none'", repr(reduction))
+    lay = _layout(fn, "input", input, 1)
+    xl = input.to_local()
+    rows_global = (input.shape[0], *input.shape[2:])
+    rows_local = (xl.shape[0], *xl.shape[2:])
+    prob = isinstance(target, Tensor) and target.is_floating_point()
+    if prob and lay.class_dim is not None:
+        fail(
+            fn,
+            "target",
+            "hold class indices when the classes are sharded (probability targets over a "
+            "sharded vocabulary are not supported)",
+            f"dtype {target.dtype}",
+            NotImplementedError,
+        )
+    error: Exception | None = None
+    try:  # checks of this rank's own arguments: no collective
+        if prob:
+            tl = _rows_local(fn, "target", target, lay, input.shape, xl.shape)
+        else:
+            tl = _rows_local(fn, "target", target, lay, rows_global, rows_local)
+        sw = _rows_local(fn, "sample_weight", sample_weight, lay, rows_global, rows_local)
+    except Exception as exc:
+        error = exc
+    _agree(fn, lay, error)
+    tl, sw, w = _redistribute(tl, lay), _redistribute(sw, lay), _whole(weight)
+    local_red = "none" if reduction == "none" else "sum"
+    options: dict[str, Any] = dict(
+        ignore_index=ignore_index,
+        label_smoothing=label_smoothing,
+        z_loss=z_loss,
+        softcap=softcap,
+        impl=impl,
+    )
+    try:
+        if lay.class_dim is not None:
+            x2 = (xl.movedim(1, -1) if xl.dim() > 2 else xl).reshape(-1, xl.shape[1])
+            per = distributed.vocab_parallel_cross_entropy(
+                x2,
+                tl.reshape(-1),
+                group=lay.mesh.get_group(lay.class_dim),
+                weight=None if w is None else w[lay.start : lay.stop],
+                reduction=local_red,
+                vocab_size=input.shape[1],
+                sample_weight=None if sw is None else sw.reshape(-1),
+                **options,
+            )
+            if reduction == "none":
+                per = per.reshape(rows_local)
+        else:
+            per = functional.cross_entropy(
+                xl, tl, w, reduction=local_red, sample_weight=sw, **options
+            )
+    except Exception as exc:
+        error = exc
+    _agree(fn, lay, error)
+    if reduction == "none":
+        return _wrap(per, lay, lay.rows(), rows_global)
+    if reduction == "mean":
+        if prob:
+            count = per.new_tensor(float(torch.Size(rows_global).numel()))
+        else:
+            kept = tl != ignore_index
+            if w is None:
+                local_d = kept.sum().to(per.dtype)
+            else:
+                picked = w.to(per.dtype)[torch.where(kept, tl, 0).to(torch.int64)]
+                local_d = torch.where(kept, picked, 0.0).sum()
+            count = _global_sum(local_d, lay)
+        per = per / count
+    return _wrap(per, lay, lay.reduced(), ())
+
+
+def token_stats(
+    fn: str,
+    logits: Any,
+    target: Any,
+    ignore_index: int,
+    softcap: float | None,
+    impl: str,
+    temperature: float,
+) -> tuple[Any, Any, Any, Any]:
+    """:func:`crossentropy.torch.token_stats` of DTensor logits ``(*, C)``: the four
+    statistics as DTensors of the rows."""
+    from . import distributed, tokens
+
+    if not _is_dtensor(logits):
+        fail(fn, "logits", "be a DTensor when target is one", type(logits).__name__)
+    if logits.ndim != 2:
+        fail(fn, "logits", "have shape (N, C) as a DTensor", f"shape {tuple(logits.shape)}")
+    lay = _layout(fn, "logits", logits, 1)
+    xl = logits.to_local()
+    error: Exception | None = None
+    try:
+        tl = _rows_local(fn, "target", target, lay, logits.shape[:1], xl.shape[:1])
+    except Exception as exc:
+        error = exc
+    _agree(fn, lay, error)
+    tl = _redistribute(tl, lay)
+    kw: dict[str, Any] = dict(
+        ignore_index=ignore_index, softcap=softcap, impl=impl, temperature=temperature
+    )
+    try:
+        if lay.class_dim is not None:
+            group = lay.mesh.get_group(lay.class_dim)
+            out = distributed.vocab_parallel_token_stats(
+                xl, tl, group=group, vocab_size=logits.shape[1], **kw
+            )
+        else:
+            out = tokens.token_stats(xl, tl, **kw)
+    except Exception as exc:
+        error = exc
+    _agree(fn, lay, error)
+    rows = lay.rows()
+    return tuple(_wrap(o, lay, rows, logits.shape[:1]) for o in out)  # type: ignore[return-value]
+
+
+@dataclass(frozen=True)
+class Linear:
+    """The local pieces of a linear form whose weight is a DTensor."""
+
+    hidden: Tensor
+    weight: Tensor  # this rank's rows (classes [start, stop))
+    bias: Tensor | None
+    group: Any
+    start: int
+    stop: int
+    vocab: int
+    mesh: Any
+
+    def wrap(self, local: Tensor, shape: Sequence[int]) -> Any:
+        """A result (the same on every rank) as a replicated DTensor on the weight's mesh."""
+        from torch.distributed.tensor import Replicate
+
+        lay = _Layout(self.mesh, (), None, (), 0, 0)
+        return _wrap(local, lay, [Replicate()], shape)
+
+
+def linear(fn: str, hidden: Any, weight: Any, bias: Any) -> Linear:
+    """The local pieces of a linear form whose ``weight`` (and ``bias``) is a DTensor, with the
+    weight ``Shard(0)`` on a 1-D mesh and ``hidden`` replicated."""
+    from torch.distributed.tensor import DTensor
+    from torch.distributed.tensor._utils import compute_local_shape_and_global_offset
+
+    if not isinstance(weight, DTensor):
+        fail(fn, "weight", "be a DTensor when hidden or bias is one", type(weight).__name__)
+    mesh = weight.device_mesh
+    placements = tuple(weight.placements)
+    first: Any = placements[0]
+    if mesh.ndim != 1 or not (first.is_shard() and first.dim % 2 == 0):
+        fail(
+            fn,
+            "weight",
+            "be a DTensor sharded over its rows (Shard(0), the classes) on a 1-D mesh, as "
+            "ColwiseParallel shards an output layer (inside an FSDP2 module's forward, its "
+            "parameters are already whole: pass them as they are)",
+            f"placements {placements} on a {mesh.ndim}-D mesh",
+        )
+    if isinstance(hidden, DTensor):
+        if not all(p.is_replicate() for p in hidden.placements) or hidden.device_mesh != mesh:
+            fail(fn, "hidden", "be replicated on the weight's mesh", f"{hidden.placements}")
+        hidden = hidden.to_local()
+    if bias is not None:
+        if not isinstance(bias, DTensor) or tuple(bias.placements) != placements:
+            fail(fn, "bias", "be a DTensor sharded like weight (Shard(0))", type(bias).__name__)
+        bias = bias.to_local()
+    local, offset = compute_local_shape_and_global_offset(weight.shape, mesh, placements)
+    start = offset[0]
+    return Linear(
+        hidden,
+        weight.to_local(),
+        bias,
+        mesh.get_group(0),
+        start,
+        start + local[0],
+        weight.shape[0],
+        mesh,
+    )
+
+
+def class_slice(w: Any, lin: Linear) -> Any:
+    """This rank's slice of class weights given whole (plain, or a DTensor)."""
+    w = _whole(w)
+    return None if w is None else w[lin.start : lin.stop]
