@@ -26,28 +26,12 @@ loss's gradients against the same loss composed in float64 from the materialised
 
 from __future__ import annotations
 
-import inspect
 import math
 from typing import NamedTuple
 
 import torch
 
-from crossentropy.torch import TokenStats, linear_token_stats
-
-
-def token_stats_at(
-    hidden: torch.Tensor,
-    weight: torch.Tensor,
-    tokens: torch.Tensor,
-    bias: torch.Tensor | None,
-    temperature: float,
-) -> TokenStats:
-    """``linear_token_stats`` of ``(hidden @ weight.T + bias) / temperature``."""
-    if "temperature" in inspect.signature(linear_token_stats).parameters:
-        return linear_token_stats(hidden, weight, tokens, bias, temperature=temperature)
-    # A version without the keyword: (h Wᵀ + b) / T = (h / T) Wᵀ + b / T, gradients exact.
-    scaled_bias = None if bias is None else bias / temperature
-    return linear_token_stats(hidden / temperature, weight, tokens, scaled_bias)
+from crossentropy.torch import linear_token_stats
 
 
 class PolicyLoss(NamedTuple):
@@ -96,7 +80,7 @@ def grpo_loss(
     per completion); ``mask`` is true on completion tokens (false on prompt and padding).
     The policy-gradient term is the mean over kept tokens (token-level, as DAPO).
     """
-    out = token_stats_at(hidden, weight, tokens, bias, temperature)
+    out = linear_token_stats(hidden, weight, tokens, bias, temperature=temperature)
     keep = entropy_quantile_mask(out.entropy, mask, top_q)
     ratio = torch.exp(out.logprob - old_logprob)
     clipped = ratio.clamp(1.0 - clip_eps, 1.0 + clip_eps)
@@ -158,7 +142,8 @@ def main() -> None:
         probs = torch.softmax((hidden @ weight.T) / temperature, dim=-1)
         tokens = torch.multinomial(probs.reshape(-1, vocab), 1).reshape(batch, seq)
         behaviour = weight + 0.02 * torch.randn_like(weight)
-        old_logprob = token_stats_at(hidden, behaviour, tokens, bias, temperature).logprob
+        old = linear_token_stats(hidden, behaviour, tokens, bias, temperature=temperature)
+        old_logprob = old.logprob
     rewards = torch.randn(prompts, group)
     advantage = group_advantages(rewards).reshape(batch, 1)
 
