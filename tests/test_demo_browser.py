@@ -71,9 +71,15 @@ function measureFigures(doc, win) {
                 left: r.left - frame.left, right: r.right - frame.left,
                 top: r.top - frame.top, bottom: r.bottom - frame.top};
       });
+    // every text of the figure: titles, axis labels, legends, ticks
+    var texts = Array.prototype.map.call(svg.querySelectorAll("text"), function (t) {
+      var r = t.getBoundingClientRect();
+      return {text: t.textContent.trim(), left: r.left - frame.left, right: r.right - frame.left,
+              top: r.top - frame.top, bottom: r.bottom - frame.top};
+    });
     doc.body.removeChild(holder);
     return {file: img.getAttribute("data-file"), width: frame.width, height: frame.height,
-            legend: heights, ticks: ticks};
+            legend: heights, ticks: ticks, texts: texts};
   });
 }
 function probeBars(doc, win) {
@@ -97,12 +103,18 @@ function probeBars(doc, win) {
   }
   var readout = function () { return doc.getElementById("hpq-readout").textContent; };
   var box = svg.getBoundingClientRect();
+  var aria = Array.prototype.map.call(svg.querySelectorAll("rect.hit"), function (r) {
+    return {role: r.getAttribute("role"), tabindex: r.getAttribute("tabindex"),
+            label: r.getAttribute("aria-label"), min: r.getAttribute("aria-valuemin"),
+            max: r.getAttribute("aria-valuemax"), now: r.getAttribute("aria-valuenow"),
+            orientation: r.getAttribute("aria-orientation")};
+  });
   var out = {bars: svg.querySelectorAll("rect.bar").length, width: box.width,
              height: box.height, heightsP: heights("p"), heightsQ: heights("q"),
              klWidth: Number(doc.getElementById("hpq-kl").getAttribute("width")),
              readout: readout(),
              library: JSON.parse(doc.getElementById("hpq-data").textContent).library,
-             howtoShown: !doc.getElementById("hpq-howto").hidden,
+             aria: aria, howtoShown: !doc.getElementById("hpq-howto").hidden,
              buttonsShown: doc.getElementById("hpq-buttons").getBoundingClientRect().height > 0};
   if (!out.howtoShown) { return out; }
   // drag q's first bar up to about 0.8, by pointer events at its screen position
@@ -133,6 +145,10 @@ function probeBars(doc, win) {
   out.keys = {before: before, up: values("p"), readout: readout(), heightsP: heights("p")};
   press("Home");
   out.keys.home = values("p");
+  press("End");
+  out.keys.end = values("p");
+  out.keys.endMax = Number(key.getAttribute("aria-valuemax"));
+  out.keys.endNow = Number(key.getAttribute("aria-valuenow"));
   doc.getElementById("hpq-equal").click();
   out.equal = {readout: readout(), valuesQ: values("q"), valuesP: values("p"),
                klWidth: Number(doc.getElementById("hpq-kl").getAttribute("width"))};
@@ -175,6 +191,10 @@ function inspect(frame) {
     out.noscriptShown = doc.body.innerText.indexOf(ns.textContent.trim().slice(0, 20)) >= 0;
   }
   out.hpq = probeBars(doc, win);
+  // what the page fetched: nothing (it is one file; the figures are data URIs)
+  out.resources = win.performance.getEntriesByType("resource").map(function (e) {
+    return e.name;
+  });
   // the folded tables: closed at first, then opened as a reader would
   var folds = doc.querySelectorAll("details.numbers");
   out.folds = {count: folds.length, closed: [], open: [], shownClosed: 0, shownOpen: 0};
@@ -519,3 +539,62 @@ def test_screenshots(
         data = path.read_bytes()
         assert data[:8] == b"\x89PNG\r\n\x1a\n"
         assert int.from_bytes(data[16:20], "big") == width
+
+
+# -- found by a hostile review of the teaching page --------------------------------------------
+
+
+@pytest.mark.parametrize("lang", ["en", "zh"])
+@pytest.mark.parametrize("frame", ["narrow", "wide"])
+def test_no_text_of_a_figure_is_cut_off(
+    probed: dict[str, dict[str, Any]], lang: str, frame: str
+) -> None:
+    """Every title, axis label, legend entry and tick inside its figure: the y labels of five
+    figures ("∂L/∂z (library)", "|∂L/∂z| (log scale)", "gradient norm (log scale)", …) began a
+    few pixels left of the figure's edge, where the browser cut them."""
+    for fig in probed[lang][frame]["svgText"]:
+        assert len(fig["texts"]) > 5, fig["file"]
+        for text in fig["texts"]:
+            assert text["left"] >= 0 and text["right"] <= fig["width"], (fig["file"], text)
+            assert text["top"] >= 0 and text["bottom"] <= fig["height"], (fig["file"], text)
+
+
+@pytest.mark.parametrize("lang", ["en", "zh"])
+@pytest.mark.parametrize("frame", list(FRAMES))
+def test_the_page_fetches_nothing(probed: dict[str, dict[str, Any]], lang: str, frame: str) -> None:
+    """Offline by construction: no stylesheet, font, script or image is requested."""
+    assert probed[lang][frame]["resources"] == []
+
+
+@pytest.mark.parametrize("lang", ["en", "zh"])
+@pytest.mark.parametrize("frame", ["wide", "narrow"])
+def test_the_bars_are_announced_as_sliders_with_their_real_range(
+    probed: dict[str, dict[str, Any]], lang: str, frame: str
+) -> None:
+    """Each bar is a named vertical slider whose aria-valuemax is the largest value it can
+    take (the other three keep 0.01 each): it said 1 while End stopped at 0.97."""
+    bars = probed[lang][frame]["hpq"]
+    assert len(bars["aria"]) == 8
+    labels = [a["label"] for a in bars["aria"]]
+    assert len(set(labels)) == 8 and all(labels)  # each bar has a name of its own
+    for a in bars["aria"]:
+        assert a["role"] == "slider" and a["tabindex"] == "0"
+        assert a["orientation"] == "vertical"
+        assert float(a["min"]) == pytest.approx(0.01)
+        assert float(a["max"]) == pytest.approx(1 - 3 * 0.01)
+        assert float(a["min"]) <= float(a["now"]) <= float(a["max"])
+    keys = bars["keys"]
+    assert keys["end"][2] == pytest.approx(keys["endMax"], abs=1e-3)  # End: the largest allowed
+    assert keys["endNow"] == pytest.approx(keys["endMax"], abs=1e-3)
+    assert sum(keys["end"]) == pytest.approx(1, abs=1e-9)
+
+
+@pytest.mark.parametrize("frame", ["wide_nojs", "narrow_nojs"])
+def test_without_javascript_the_bars_are_not_announced_as_controls(
+    probed: dict[str, dict[str, Any]], frame: str
+) -> None:
+    """Without the script a bar cannot move: it is named, but no slider and no tab stop."""
+    bars = probed["en"][frame]["hpq"]
+    assert len(bars["aria"]) == 8
+    for a in bars["aria"]:
+        assert a["label"] and a["role"] is None and a["tabindex"] is None

@@ -70,14 +70,24 @@ def test_the_mildly_wrong_start_learns_at_once_under_both_costs(nielsen: object)
     assert 5 * mild.epochs_to_drop < bad.epochs_to_drop  # badly wrong learns slower: MSE
 
 
-def test_nielsens_figures_are_reproduced(nielsen: object) -> None:
-    """His quadratic-cost animations end at outputs 0.09 and 0.20 after 300 epochs."""
+def test_nielsens_runs_match_a_plain_python_loop(nielsen: object) -> None:
+    """Every epoch of every run against gradient descent written out with ``math`` alone: the
+    setup (x = 1, y = 0, both starts, 300 epochs) is Nielsen's, every number the library's."""
     from crossentropy.experiments.teaching import NielsenNeuron
 
     assert isinstance(nielsen, NielsenNeuron)
-    assert nielsen.epochs == 300
-    assert round(float(nielsen.run("w0.6_b0.9", "mse").output[-1]), 2) == 0.09
-    assert round(float(nielsen.run("w2_b2", "mse").output[-1]), 2) == 0.20
+    assert nielsen.epochs == 300 and len(nielsen.runs) == 6
+    for run in nielsen.runs:
+        w, b = run.w0, run.b0
+        for epoch in range(nielsen.epochs + 1):
+            a = 1 / (1 + math.exp(-(w + b)))
+            cost = a * a / 2 if run.loss == "mse" else -math.log1p(-a)
+            assert run.output[epoch] == pytest.approx(a, rel=1e-12, abs=1e-15)
+            assert run.cost[epoch] == pytest.approx(cost, rel=1e-11)
+            assert run.weight[epoch] == pytest.approx(w, abs=1e-12)
+            assert run.bias[epoch] == pytest.approx(b, abs=1e-12)
+            g = a * a * (1 - a) if run.loss == "mse" else a  # ∂C/∂z with y = 0
+            w, b = w - run.learning_rate * g, b - run.learning_rate * g
 
 
 def test_nielsens_neuron_steps_by_the_articles_gradients(nielsen: object) -> None:

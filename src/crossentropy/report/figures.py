@@ -59,6 +59,9 @@ LEGEND_SIZE = 9
 # Sans) and room for a browser's wider fallback font. The label is centred on the axes' right
 # end: with 0.15 in it was cut off at the figure's edge.
 RIGHT = 0.3
+# Room in inches kept between any text and the figure's edge: a browser's font may set a label
+# a little wider than matplotlib measured it.
+TEXT_PAD = 0.06
 # Fonts a browser is likely to have for CJK text; the SVG names them after matplotlib's own.
 CSS_FONTS = (
     "'DejaVu Sans', 'Helvetica Neue', Arial, 'Noto Sans CJK SC', 'Source Han Sans SC', "
@@ -132,7 +135,28 @@ def _figure(
     return fig
 
 
+def _keep_text_inside(fig: Figure) -> None:
+    """Move the axes in from an edge where a label, tick or title would stick out of the
+    figure (a y label left of wide tick labels such as "−0.75" or "10⁻⁶" was cut off at the
+    left edge). Fixed margins stay where they fit: one text layout, no layout engine."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    renderer = FigureCanvasAgg(fig).get_renderer()  # type: ignore[no-untyped-call]
+    box = fig.get_tightbbox(renderer)  # inches
+    width, height = fig.get_figwidth(), fig.get_figheight()
+    left = max(0.0, TEXT_PAD - box.x0) / width
+    right = max(0.0, box.x1 - (width - TEXT_PAD)) / width
+    bottom = max(0.0, TEXT_PAD - box.y0) / height
+    top = max(0.0, box.y1 - (height - TEXT_PAD)) / height
+    if left == right == bottom == top == 0.0:
+        return
+    for ax in fig.axes:
+        x0, y0, x1, y1 = ax.get_position().extents
+        ax.set_position((x0 + left, y0 + bottom, x1 - x0 - left - right, y1 - y0 - bottom - top))
+
+
 def _save_svg(fig: Figure, path: Path) -> Path:
+    _keep_text_inside(fig)
     fig.savefig(path, format="svg", metadata={"Date": None, "Creator": None})
     text = path.read_text(encoding="utf-8")
     text = re.sub(r"font-family: [^;\"]*", f"font-family: {CSS_FONTS}", text)
@@ -153,7 +177,10 @@ def draw_anatomy(r: GradientAnatomy, out: Path, t: Texts) -> tuple[Path, ...]:
         ax.plot(r.z, r.sigmoid_prime, color=COLOR["sigma_prime"], ls=":", lw=1.6, label="σ'(z)")
         ax.axhline(0, color="black", lw=0.6)
         ax.set(xlabel=t("fig.z"), ylabel="∂L/∂z", title=t("fig.anatomy_linear"))
-        ax.legend(loc="lower right")
+        # headroom above the curves (they stay below σ'(0) = ¼) for a legend no curve crosses
+        ax.set_ylim(-1.08, 1.02)
+        ax.set_yticks([-1.0, -0.75, -0.5, -0.25, 0.0, 0.25])
+        ax.legend(loc="upper right", borderaxespad=0.3)
         first = _save_svg(fig, out / "gradient_anatomy_linear.svg")
 
         fig = _figure()
@@ -167,11 +194,13 @@ def draw_anatomy(r: GradientAnatomy, out: Path, t: Texts) -> tuple[Path, ...]:
                     color=COLOR[loss],
                     ls=DASH[loss],
                     lw=width,
-                    label=f"{t('loss.' + loss)}, y = {y:g}",
+                    label=t("fig.loss_y", loss=t("loss." + loss), y=f"{y:g}"),
                 )
         ax.set(xlabel=t("fig.z"), ylabel=t("fig.abs_dz_log"), title=t("fig.anatomy_log"))
-        ax.set_ylim(1e-6, 3)
-        ax.legend(loc="lower center", ncol=2)
+        # headroom above the curves (at most 1) for a legend no curve crosses
+        ax.set_ylim(1e-6, 1e3)
+        ax.set_yticks([1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1, 1.0])
+        ax.legend(loc="upper center", ncol=2, borderaxespad=0.3)
         second = _save_svg(fig, out / "gradient_anatomy_log.svg")
     return first, second
 
@@ -199,7 +228,7 @@ def _neuron_axes(
                 outcome = t("fig.still_wrong", n=r.steps)
             else:  # a single panel has half the room: "7 steps" (its title says to what)
                 outcome = t("fig.steps_n" if columns == 1 else "fig.right_after", n=n)
-            label = f"{t('loss.' + loss)}, z₀ = {z0:g}: {outcome}"
+            label = t("fig.loss_z0_outcome", loss=t("loss." + loss), z0=f"{z0:g}", outcome=outcome)
             style = {
                 "color": COLOR[loss],
                 "ls": DASH[loss],
@@ -214,7 +243,7 @@ def _neuron_axes(
                 # |∂L/∂z| along the run: a − y for cross-entropy, (a − y)σ'(z) for MSE
                 a = run.output
                 grad = np.abs(a - r.y) * (1.0 if loss == "cross_entropy" else a * (1 - a))
-                short = f"{t('loss.' + loss)}, z₀ = {z0:g}"
+                short = t("fig.loss_z0", loss=t("loss." + loss), z0=f"{z0:g}")
                 bottom.semilogy(steps, grad, label=short, **style)
     if top is not None:
         top.axhline(0.5, color="black", lw=0.7, ls=":")
@@ -222,7 +251,7 @@ def _neuron_axes(
         top.set_xlim(0, r.steps)
         # above the curves, in headroom of its own: no curve passes under the legend. A panel
         # of its own (the page's) has one column of legible entries; the README's wide PNG two.
-        top.set_ylim(-0.02, 1.55 if columns == 1 else 1.34)
+        top.set_ylim(-0.02, 1.62 if columns == 1 else 1.34)
         top.set_yticks([0, 0.2, 0.4, 0.6, 0.8, 1.0])
         top.legend(
             loc="upper center",
@@ -296,7 +325,12 @@ def draw_race(r: Race, out: Path, t: Texts) -> tuple[Path, ...]:
                     color=COLOR[loss],
                     ls=DASH[loss],
                     lw=2,
-                    label=f"{t('loss.' + loss)} (η = {run.learning_rate:g}): {reached}",
+                    label=t(
+                        "fig.race_run",
+                        loss=t("loss." + loss),
+                        lr=f"{run.learning_rate:g}",
+                        reached=reached,
+                    ),
                 )
                 if n is not None:
                     ax.plot([n], [run.val_accuracy[n]], "o", color=COLOR[loss], ms=6)
@@ -439,7 +473,7 @@ def draw_identities(
 
 def draw_nielsen(r: NielsenNeuron, out: Path, t: Texts) -> tuple[Path, ...]:
     """Cost per epoch of Nielsen's neuron: the quadratic cost from both starts, then
-    cross-entropy from both starts (at η = 0.15, and dotted at Nielsen's own 0.005)."""
+    cross-entropy from both starts (at η = 0.15, and dotted at a 30 times smaller 0.005)."""
     from ..experiments.teaching import NIELSEN_CE_RATE, NIELSEN_RATE
 
     epochs = np.arange(r.epochs + 1)

@@ -437,10 +437,11 @@ def hpq_svg(c: CodeLength, t: Texts) -> str:
                 f'<text class="value" data-dist="{which}" data-i="{i}" x="{x + g["bar"] / 2:g}" '
                 f'y="{g["bottom"] - h - 4:.2f}" font-size="10" text-anchor="middle" '
                 f'fill="#1d232a">{v:.3f}</text>'
+                # a slider only once the script runs (it adds the role, the values and the
+                # tab stop): without JavaScript nothing announces a control that does nothing
                 f'<rect class="hit" data-dist="{which}" data-i="{i}" x="{x - 2:g}" '
                 f'y="{g["top"] - 14}" width="{g["bar"] + 4}" height="{scale + 14}" '
-                f'role="slider" aria-label="{escape(label)}" aria-valuemin="{g["min"]}" '
-                f'aria-valuemax="1" aria-valuenow="{v:.3f}" aria-orientation="vertical"/>'
+                f'aria-label="{escape(label)}"/>'
             )
     for i in range(c.outcomes):
         x = g["left"] + i * g["group"] + (8 + g["bar"] + 2)
@@ -531,7 +532,15 @@ def _claims(t: Texts) -> str:
     keys = {
         1: ("identities",),
         2: ("identities",),
-        3: ("nielsen", "gradient_anatomy", "saturated_neuron", "fair_race", "derivation_checks"),
+        3: (
+            "nielsen",
+            "gradient_anatomy",
+            "saturated_neuron",
+            "cost_origin",
+            "fair_race",
+            "derivation_checks",
+            "hidden_layer",
+        ),
         4: ("canonical_link", "derivation_checks"),
     }
     sep = "、" if t.lang == "zh" else ", "

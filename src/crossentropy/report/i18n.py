@@ -34,8 +34,8 @@ EN: dict[str, str] = {
     ),
     "page.run": (
         "{mode} run, seed {seed}: {seconds} s of computation with crossentropy {version}. "
-        "Every number and every curve below was computed in this run by the library's "
-        "closed-form gradients; none is typed in by hand."
+        "Every measured number and every curve below was computed in this run by the library; "
+        "none is typed in by hand."
     ),
     "page.mode.quick": "A quick",
     "page.mode.full": "A full",
@@ -129,6 +129,10 @@ EN: dict[str, str] = {
     "fig.identity_samples": "digits test sample (the {n} worst predicted, then the {m} best)",
     "fig.nats": "nats",
     "fig.identity_title": "Cross-entropy = entropy + KL divergence, per sample",
+    "fig.loss_y": "{loss}, y = {y}",
+    "fig.loss_z0": "{loss}, z₀ = {z0}",
+    "fig.loss_z0_outcome": "{loss}, z₀ = {z0}: {outcome}",
+    "fig.race_run": "{loss} (η = {lr}): {reached}",
     # -- derivation steps (figure labels and table rows) ------------------------------------
     "step.sigmoid_prime": "σ'(z) = a(1 − a)",
     "step.mse_da": "MSE: ∂L/∂a = a − y",
@@ -376,11 +380,13 @@ EN: dict[str, str] = {
     "g.z": "pre-activation (logit) z: the neuron's input to the sigmoid, z = wx + b.",
     "g.saturated": "saturated: |z| so large that σ(z) is almost 0 or 1 and σ'(z) almost 0; "
     "“confidently wrong” when it is on the wrong side.",
-    "g.mse": "MSE (均方误差): mean squared error. Parts {p_nielsen} to {p_link} use the "
-    "article's (a − y)²/2 for one sample (Nielsen's quadratic cost); part {p_race} averages over "
-    "the training samples: the mean of (a − y)² (breast cancer, and the hidden-layer network of "
-    "part {p_hidden}) and of ‖a − y‖², summed over the 10 classes (digits). The ½ only rescales "
-    "the gradient, which each loss's tuned learning rate absorbs.",
+    "g.mse": "MSE (均方误差): mean squared error. Parts {p_nielsen} to {p_link} and part "
+    "{p_checks} use the article's (a − y)²/2 for one sample (Nielsen's quadratic cost). Part "
+    "{p_race} averages over the training samples: the mean of (a − y)² (breast cancer) and of "
+    "‖a − y‖², summed over the 10 classes (digits); there the missing ½ only doubles the "
+    "gradient, which each loss's own tuned learning rate absorbs. The hidden-layer network of "
+    "part {p_hidden} also uses the mean of (a − y)², at the same η as cross-entropy: its gradient "
+    "is twice that of the ½ form, a factor in MSE's favour.",
     "g.ce": "cross-entropy (交叉熵): also called log-loss; binary cross-entropy (BCE) for "
     "two classes.",
     "g.lr": "learning rate η: how far one gradient-descent step moves the weights.",
@@ -411,7 +417,7 @@ EN: dict[str, str] = {
     ),
     "page.intro_2": (
         "Michael Nielsen opens chapter 3 of Neural Networks and Deep Learning with this neuron; "
-        "part {p_nielsen} reproduces his two runs. Then: where the slowness comes from (parts "
+        "part {p_nielsen} reruns it from his two starts. Then: where the slowness comes from (parts "
         "{p_anatomy} and {p_neuron}), where cross-entropy comes from and why its gradient is "
         "simply a − y (parts {p_origin} and {p_link}), how much it matters on real data (part "
         "{p_race}), every step of the article's derivations checked (part {p_checks}), "
@@ -426,7 +432,7 @@ EN: dict[str, str] = {
         "(2015) — the bars of part {p_identities}; Zhang, Lipton, Li and Smola, Dive into Deep "
         "Learning — the softmax Hessian of part {p_link}."
     ),
-    "who.nielsen": "Nielsen, chapter 3",
+    "who.nielsen": "Nielsen, chapter 3, in our words",
     # -- Nielsen's neuron ----------------------------------------------------------------------
     "n.short": "Nielsen's neuron",
     "n.title": "Learning slowest when most wrong: Nielsen's neuron",
@@ -436,17 +442,18 @@ EN: dict[str, str] = {
         "fastest at the start, when it is most wrong."
     ),
     "n.explain": (
-        "Nielsen's example, reproduced exactly (Michael Nielsen, Neural Networks and Deep "
-        "Learning, chapter 3, 2015): one neuron, input x = 1, target y = 0, gradient descent "
-        "for {epochs} epochs at learning rate η = {lr}; with a single training input an epoch "
-        "is one step. Start 1: w = 0.6, b = 0.9, so a₀ = {a_mild}, a little wrong. Start 2: "
-        "w = b = 2, so a₀ = {a_bad}, badly wrong. Under the quadratic cost C = (y − a)²/2 the "
-        "second start sits on a plateau: {plateau} epochs pass before its cost has fallen by "
-        "a tenth, and its fastest epoch is epoch {steepest} (as Nielsen puts it, for the first "
-        "150 or so epochs the weights and bias hardly change). {ce_fastest} "
-        "The solid lines use the same η = {lr} for both costs; "
-        "Nielsen's own cross-entropy figures used η = {ce_lr} (dotted), since the two costs' "
-        "rates are not comparable — the shape of the curve, not its speed, is the point."
+        "Nielsen's setup, rerun here with the library's gradients (Michael Nielsen, Neural "
+        "Networks and Deep Learning, chapter 3, 2015): one neuron, input x = 1, target y = 0, "
+        "gradient descent for {epochs} epochs at learning rate η = {lr}; with a single training "
+        "input an epoch is one step. Start 1: w = 0.6, b = 0.9, so a₀ = {a_mild}, a little "
+        "wrong. Start 2: w = b = 2, so a₀ = {a_bad}, badly wrong. Under the quadratic cost "
+        "C = (y − a)²/2 the second start sits on a plateau: {plateau} epochs pass before its cost "
+        "has fallen by a tenth; its weight moves by {moved_first} in the first {span} epochs and "
+        "by {moved_next} in the next {span} (the bias moves with it), and its fastest epoch is "
+        "epoch {steepest}. {ce_fastest} The solid lines use the same η = {lr} for both costs. "
+        "The two costs' learning rates are not comparable, so the dotted lines rerun "
+        "cross-entropy at a rate {slower} times smaller, η = {ce_lr}: its cost still falls "
+        "fastest at the start — the shape of the curve, not its speed, is the point."
     ),
     "n.alt1": "quadratic cost per epoch from Nielsen's two starts: the w = b = 2 start stays flat for {plateau} epochs",
     "n.ce_first": "Under cross-entropy both starts learn fastest in their very first epoch.",
@@ -460,20 +467,17 @@ EN: dict[str, str] = {
     "n.h.a0": "a₀",
     "n.h.c0": "C₀",
     "n.h.final": "a after {n} epochs",
-    "n.h.nielsen": "Nielsen's figure",
     "n.h.drop": "epochs until C < 0.9·C₀",
     "n.h.steepest": "fastest epoch",
     "n.table_caption": (
-        "x = 1, y = 0. “Fastest epoch”: the epoch in which the cost fell most. Nielsen's figure "
-        "gives the output after 300 epochs of the quadratic cost; the cross-entropy figures in "
-        "his chapter are animations without a final number."
+        "x = 1, y = 0. “Fastest epoch”: the epoch in which the cost fell most. Only the setup "
+        "is Nielsen's; every number is this run's."
     ),
     "n.verdict": (
         "From w = b = 2 the quadratic cost needed {plateau} epochs to lose a tenth of its "
         "starting value, cross-entropy {ce_drop} at the same η = {lr} ({ce_drop_slow} at "
-        "Nielsen's η = {ce_lr}); from w = 0.6, b = 0.9 the quadratic cost needed only "
-        "{mild_drop}. After {epochs} epochs the quadratic cost's outputs are {out_mild} and "
-        "{out_bad}; Nielsen's figures show {ref_mild} and {ref_bad}."
+        "η = {ce_lr}); from w = 0.6, b = 0.9 the quadratic cost needed only {mild_drop}. After "
+        "{epochs} epochs this run's quadratic-cost outputs are {out_mild} and {out_bad}."
     ),
     "fig.epoch": "epoch",
     "fig.cost": "cost C",
@@ -658,7 +662,7 @@ ZH: dict[str, str] = {
     ),
     "page.run": (
         "{mode}，随机种子 {seed}：计算用时 {seconds} 秒，crossentropy {version}。"
-        "下面的每个数字、每条曲线都是本次运行中由库里的闭式梯度算出来的，没有一个是手填的。"
+        "下面每个测得的数字、每条曲线都是本次运行中由库算出来的，没有一个是手填的。"
     ),
     "page.mode.quick": "快速运行",
     "page.mode.full": "完整运行",
@@ -743,6 +747,10 @@ ZH: dict[str, str] = {
     "fig.identity_samples": "手写数字测试样本（预测最差的 {n} 个，然后是最好的 {m} 个）",
     "fig.nats": "奈特",
     "fig.identity_title": "交叉熵 = 熵 + KL 散度（逐个样本）",
+    "fig.loss_y": "{loss}，y = {y}",
+    "fig.loss_z0": "{loss}，z₀ = {z0}",
+    "fig.loss_z0_outcome": "{loss}，z₀ = {z0}：{outcome}",
+    "fig.race_run": "{loss}（η = {lr}）：{reached}",
     "step.sigmoid_prime": "σ'(z) = a(1 − a)",
     "step.mse_da": "均方误差：∂L/∂a = a − y",
     "step.mse_dz": "均方误差：∂L/∂z = (a − y)σ'(z)",
@@ -916,7 +924,7 @@ ZH: dict[str, str] = {
         "−(1/n)·log（似然）。对数单调递增、1/n 为正，所以使交叉熵最小的模型正是使似然最大的模型：两者是同一个准则。"
         "恒等式 3 给出信息论的视角：对任意目标分布 p，H(p, q) = H(p) + KL(p‖q)；H(p) 只属于目标，"
         "任何模型都改变不了它，所以最小化交叉熵就是最小化模型相对目标的 KL 散度，只有 q = p 时它才为 0。"
-        "标签为 one-hot 时 H(p) = 0，交叉熵就是散度本身。每个恒等式都在训练好的模型对测试集的预测上、对照真实测试标签检验。"
+        "标签为独热向量时 H(p) = 0，交叉熵就是散度本身。每个恒等式都在训练好的模型对测试集的预测上、对照真实测试标签检验。"
     ),
     "s5.alt": "每个测试样本的熵与 KL 散度堆叠，等于交叉熵",
     "s5.h.identity": "恒等式",
@@ -941,10 +949,11 @@ ZH: dict[str, str] = {
     "g.sigmoid": "sigmoid σ(z) = 1/(1 + e^(−z))：把任意实数压到 (0, 1) 之间；斜率 σ'(z) = a(1 − a) 最大为 ¼。",
     "g.z": "激活前的值（logit）z：sigmoid 的输入，z = wx + b。",
     "g.saturated": "饱和：|z| 太大，σ(z) 几乎为 0 或 1，σ'(z) 几乎为 0；落在错误一侧时就是“自信地错了”。",
-    "g.mse": "均方误差（MSE）：第 {p_nielsen} 至 {p_link} 部分取原文单个样本的 (a − y)²/2（即 Nielsen 的二次代价）；"
-    "第 {p_race} 部分对训练样本取平均：乳腺癌（以及第 {p_hidden} 部分的单隐藏层网络）上是 (a − y)² 的平均，"
-    "手写数字上是 ‖a − y‖²（对 10 个类别求和）的平均。"
-    "½ 只改变梯度的尺度，各自调好的学习率会把它吸收掉。",
+    "g.mse": "均方误差（MSE）：第 {p_nielsen} 至 {p_link} 部分和第 {p_checks} 部分取原文单个样本的 (a − y)²/2"
+    "（即 Nielsen 的二次代价）。第 {p_race} 部分对训练样本取平均：乳腺癌上是 (a − y)² 的平均，"
+    "手写数字上是 ‖a − y‖²（对 10 个类别求和）的平均；少了 ½ 只让梯度加倍，各自调好的学习率会把它吸收掉。"
+    "第 {p_hidden} 部分的单隐藏层网络同样用 (a − y)² 的平均，并与交叉熵用同一个 η：它的梯度是 ½ 形式的两倍，"
+    "这个因子对均方误差有利。",
     "g.ce": "交叉熵（cross-entropy）：也叫对数损失（log-loss）；两类时称二元交叉熵（BCE）。",
     "g.lr": "学习率 η：每一步梯度下降移动权重的幅度。",
     "g.softmax": "softmax：把 m 个数变成 m 个概率，aⱼ = e^(zⱼ)/Σₖ e^(zₖ)。",
@@ -955,7 +964,7 @@ ZH: dict[str, str] = {
     "g.likelihood": "似然函数：把模型看作变量时，模型给观测到的标签的概率。",
     "g.fd": "有限差分：用 (f(x + h) − f(x − h)) / 2h 估计斜率，不需要微积分的检验方法。",
     "g.autograd": "自动求导：PyTorch 的自动微分，一个独立的参考。",
-    "g.smoothing": "标签平滑 ε：目标取 (1 − ε)·one-hot + ε/m，而不是 one-hot。",
+    "g.smoothing": "标签平滑 ε：目标取 (1 − ε)·独热向量 + ε/m，而不是独热向量。",
     "g.vanishing": "梯度消失：梯度被一个接近 0 的因子缩小，学习几乎停止。",
     "page.intro_title": "从这里开始：错得越厉害，本该学得越快",
     "page.intro_1": (
@@ -965,7 +974,7 @@ ZH: dict[str, str] = {
         "而这个斜率几乎为零。这个神经元恰恰在错得最厉害的时候学得最慢。"
     ),
     "page.intro_2": (
-        "Michael Nielsen 在《Neural Networks and Deep Learning》第 3 章开头用的正是这个神经元；第 {p_nielsen} 部分重现了他的两次运行。"
+        "Michael Nielsen 在《Neural Networks and Deep Learning》第 3 章开头用的正是这个神经元；第 {p_nielsen} 部分从他的两个起点重新运行了它。"
         "接下来：慢从哪里来（第 {p_anatomy}、{p_neuron} 部分），交叉熵从哪里来、为什么它的梯度恰好是 a − y"
         "（第 {p_origin}、{p_link} 部分），在真实数据上差别有多大（第 {p_race} 部分），原文推导的每一步都经过检验"
         "（第 {p_checks} 部分），交叉熵作为似然、作为编码长度，还有可以拖动的柱子（第 {p_identities} 部分）——"
@@ -976,26 +985,27 @@ ZH: dict[str, str] = {
         "本页还参考了以下材料，在此致谢：Michael Nielsen《Neural Networks and Deep Learning》第 3 章（2015）"
         "——第 {p_nielsen} 部分的单个神经元、第 {p_origin} 部分的积分和第 {p_hidden} 部分的提醒；"
         "Chris Olah《Visual Information Theory》（2015）——第 {p_identities} 部分的柱子；"
-        "Zhang、Lipton、Li、Smola《动手学深度学习》（Dive into Deep Learning）——第 {p_link} 部分的 softmax Hessian。"
+        "Zhang、Lipton、Li、Smola《动手学深度学习》（Dive into Deep Learning）——第 {p_link} 部分的 softmax 交叉熵的黑塞矩阵。"
     ),
-    "who.nielsen": "Nielsen，第 3 章",
+    "who.nielsen": "Nielsen，第 3 章（大意）",
     "n.short": "Nielsen 的神经元",
     "n.title": "错得最厉害时学得最慢：Nielsen 的神经元",
     "n.claim": "用二次代价训练的 sigmoid 神经元，从错得很厉害的地方出发时，比从只错一点的地方出发学得更慢；"
     "换成交叉熵代价，它在一开始、也就是错得最厉害的时候学得最快。",
     "n.explain": (
-        "原样重现 Nielsen 的例子（Michael Nielsen，《Neural Networks and Deep Learning》第 3 章，2015）："
-        "一个神经元，输入 x = 1，目标 y = 0，学习率 η = {lr}，梯度下降 {epochs} 个 epoch；只有一个训练样本，"
-        "所以一个 epoch 就是一步。起点 1：w = 0.6，b = 0.9，a₀ = {a_mild}，只错一点。起点 2：w = b = 2，"
-        "a₀ = {a_bad}，错得很厉害。用二次代价 C = (y − a)²/2 时，第二个起点停在平台上：过了 {plateau} 个 epoch，"
-        "代价才下降十分之一，下降最快的是第 {steepest} 个 epoch（Nielsen 也说，前 150 个左右的 epoch 里权重和偏置几乎不变）。"
-        "{ce_fastest}实线两种代价用同一个 η = {lr}；Nielsen 自己的交叉熵图用的是 η = {ce_lr}（点线），"
-        "因为两种代价的学习率本来就不可比——要看的是曲线的形状，而不是快慢。"
+        "Nielsen 的设置，这里用库里的梯度重新运行（Michael Nielsen，《Neural Networks and Deep Learning》第 3 章，2015）："
+        "一个神经元，输入 x = 1，目标 y = 0，学习率 η = {lr}，梯度下降 {epochs} 轮；只有一个训练样本，"
+        "所以一轮就是一步。起点 1：w = 0.6，b = 0.9，a₀ = {a_mild}，只错一点。起点 2：w = b = 2，"
+        "a₀ = {a_bad}，错得很厉害。用二次代价 C = (y − a)²/2 时，第二个起点停在平台上：过了 {plateau} 轮，"
+        "代价才下降十分之一；权重在前 {span} 轮只移动了 {moved_first}，在接下来的 {span} 轮移动了 {moved_next}"
+        "（偏置随之同样移动），下降最快的是第 {steepest} 轮。{ce_fastest}实线两种代价用同一个 η = {lr}。"
+        "两种代价的学习率本来就不可比，所以点线用小 {slower} 倍的 η = {ce_lr} 重新运行交叉熵："
+        "它的代价仍然是一开始下降最快——要看的是曲线的形状，而不是快慢。"
     ),
-    "n.alt1": "Nielsen 两个起点下每个 epoch 的二次代价：w = b = 2 的起点平坦了 {plateau} 个 epoch",
-    "n.ce_first": "用交叉熵时，两个起点都在第一个 epoch 学得最快。",
-    "n.ce_later": "用交叉熵时，下降最快的 epoch 分别是第 {mild} 和第 {bad} 个。",
-    "n.alt2": "Nielsen 两个起点下每个 epoch 的交叉熵代价：两者都是一开始下降最快",
+    "n.alt1": "Nielsen 两个起点下每一轮的二次代价：w = b = 2 的起点平坦了 {plateau} 轮",
+    "n.ce_first": "用交叉熵时，两个起点都在第一轮学得最快。",
+    "n.ce_later": "用交叉熵时，下降最快的分别是第 {mild} 和第 {bad} 轮。",
+    "n.alt2": "Nielsen 两个起点下每一轮的交叉熵代价：两者都是一开始下降最快",
     "n.start.w0.6_b0.9": "w = 0.6，b = 0.9",
     "n.start.w2_b2": "w = b = 2",
     "n.h.start": "起点",
@@ -1003,20 +1013,18 @@ ZH: dict[str, str] = {
     "n.h.lr": "η",
     "n.h.a0": "a₀",
     "n.h.c0": "C₀",
-    "n.h.final": "{n} 个 epoch 后的 a",
-    "n.h.nielsen": "Nielsen 图中的值",
-    "n.h.drop": "C < 0.9·C₀ 所需 epoch 数",
-    "n.h.steepest": "下降最快的 epoch",
+    "n.h.final": "{n} 轮后的 a",
+    "n.h.drop": "C < 0.9·C₀ 所需轮数",
+    "n.h.steepest": "下降最快的一轮",
     "n.table_caption": (
-        "x = 1，y = 0。“下降最快的 epoch”：代价下降最多的那个 epoch。Nielsen 的图给出了二次代价 300 个 epoch 后的输出；"
-        "他这一章里交叉熵的图是动画，没有给出最终数字。"
+        "x = 1，y = 0。“下降最快的一轮”：代价下降最多的那一轮。只有设置来自 Nielsen，所有数字都来自本次运行。"
     ),
     "n.verdict": (
-        "从 w = b = 2 出发，二次代价要 {plateau} 个 epoch 才下降十分之一，交叉熵在同一个 η = {lr} 下只要 {ce_drop} 个"
-        "（在 Nielsen 的 η = {ce_lr} 下要 {ce_drop_slow} 个）；从 w = 0.6，b = 0.9 出发，二次代价只要 {mild_drop} 个。"
-        "{epochs} 个 epoch 后二次代价的输出是 {out_mild} 和 {out_bad}；Nielsen 图中是 {ref_mild} 和 {ref_bad}。"
+        "从 w = b = 2 出发，二次代价要 {plateau} 轮才下降十分之一，交叉熵在同一个 η = {lr} 下只要 {ce_drop} 轮"
+        "（在 η = {ce_lr} 下要 {ce_drop_slow} 轮）；从 w = 0.6，b = 0.9 出发，二次代价只要 {mild_drop} 轮。"
+        "{epochs} 轮后，本次运行中二次代价的输出是 {out_mild} 和 {out_bad}。"
     ),
-    "fig.epoch": "epoch",
+    "fig.epoch": "训练轮次",
     "fig.cost": "代价 C",
     "fig.nielsen_quadratic": "二次代价 C = (y − a)²/2，η = {lr}",
     "fig.nielsen_ce": "交叉熵代价",
@@ -1034,7 +1042,7 @@ ZH: dict[str, str] = {
     ),
     "o.steps": "积分，一步一步",
     "o.check_grad": "库的 ∂L/∂z 对比 a − y：",
-    "o.check_integral": "积分 − 库的 BCE 的变化：",
+    "o.check_integral": "积分 − 库的二元交叉熵，变化幅度：",
     "o.check_fd": "对比有限差分",
     "o.alt": "a − y 对 b 的数值积分与库里三种目标下的二元交叉熵重合",
     "o.h.loss": "要求的梯度",
@@ -1048,7 +1056,7 @@ ZH: dict[str, str] = {
     "o.verdict_bad": "积分没有还原出库里的损失：",
     "fig.origin_title": "∫ (a − y) db 落在二元交叉熵上",
     "fig.bias": "偏置 b（x = 1，w = 0，所以 z = b）",
-    "fig.origin_lib": "库的 BCE，y = {y}",
+    "fig.origin_lib": "库的二元交叉熵，y = {y}",
     "fig.origin_int": "∫(a − y) db + 常数",
     "l.short": "为什么是 a − y",
     "l.title": "为什么是 a − y：相互匹配的输出与损失",
@@ -1066,14 +1074,14 @@ ZH: dict[str, str] = {
     "l.pair.softmax_ce": "softmax + 交叉熵",
     "l.pair.identity_mse": "线性输出 + ½‖a − y‖²",
     "l.pair.sigmoid_mse": "sigmoid + ½(a − y)²（打乱的配对）",
-    "l.pair.hessian": "softmax + 交叉熵：对 z 的 Hessian = diag(a) − aaᵀ",
+    "l.pair.hessian": "softmax + 交叉熵：对 z 的黑塞矩阵 = diag(a) − aaᵀ",
     "l.h.pair": "输出 + 损失",
     "l.h.gap": "max |∂L/∂z − (a − y)|",
     "l.h.fd": "max |库 − 有限差分|",
-    "l.table_caption": "随机批次，种子 {seed}；float64；中心差分步长 h = 1e-6（Hessian 用 1e-5，对库的梯度做差分）。",
+    "l.table_caption": "随机批次，种子 {seed}；float64；中心差分步长 h = 1e-6（黑塞矩阵用 1e-5，对库的梯度做差分）。",
     "l.verdict": (
         "三个匹配的配对给出的 ∂L/∂z 与 a − y 相差不超过 {gap}，库里损失的有限差分与之相差不超过 {fd}；"
-        "sigmoid 配平方误差与 a − y 最多相差 {mixed}。softmax 交叉熵的有限差分 Hessian 与 diag(a) − aaᵀ 相差不超过 {hess}。"
+        "sigmoid 配平方误差与 a − y 最多相差 {mixed}。softmax 交叉熵由有限差分得到的黑塞矩阵与 diag(a) − aaᵀ 相差不超过 {hess}。"
     ),
     "l.verdict_bad": "并非每个配对都如所述：",
     "fig.link_title": "库的 ∂L/∂z 与 a − y",
@@ -1143,7 +1151,7 @@ ZH: dict[str, str] = {
     "fig.hidden_run": "{loss}，{start}",
     "fig.start.standard": "c = {c}",
     "fig.start.saturated": "c = {c}（饱和）",
-    "g.epoch": "epoch：把训练数据完整过一遍；Nielsen 的例子只有一个训练样本，一个 epoch 就是一步梯度下降。",
+    "g.epoch": "轮（epoch）：把训练数据完整过一遍；Nielsen 的例子只有一个训练样本，一轮就是一步梯度下降。",
     "g.canonical": "典范连接（canonical link）：与输出函数匹配的损失（sigmoid ↔ 二元交叉熵，softmax ↔ 交叉熵，线性 ↔ 平方误差），此时 ∂L/∂z = a − y。",
     "g.hidden": "隐藏层：输入和输出之间的单元；它们自己的 σ'(z) 会乘到每个传到它们的梯度上。",
     "g.code": "编码长度：用为 q 设计的编码传送 p 的结果时，平均需要的奈特（或比特）数；它就是 H(p, q)。",

@@ -9,9 +9,9 @@ from the library's run, looked up.
 
 The bars (``id="hpq-data"``) start at the library's example, drawn by Python into the page; a
 drag or an arrow key changes one probability, rescales the others of that distribution to
-sum 1, and recomputes the three sums :math:`-\\sum p \\ln p`, :math:`\\sum p \\ln(p/q)` and
-:math:`-\\sum p \\ln q` — arithmetic the library's numbers for the example pin (a browser test
-compares them).
+sum 1 (each keeps at least 0.01), and recomputes the three sums :math:`-\\sum p \\ln p`,
+:math:`\\sum p \\ln(p/q)` and :math:`-\\sum p \\ln q`
+— arithmetic the library's numbers for the example pin (a browser test compares them).
 """
 
 SCRIPT = r"""
@@ -175,7 +175,7 @@ SCRIPT = r"""
     each("rect.hit", function (r) {
       var v = dist[r.getAttribute("data-dist")][Number(r.getAttribute("data-i"))];
       r.setAttribute("aria-valuenow", v.toFixed(3));
-      r.setAttribute("aria-valuetext", v.toFixed(2));
+      r.setAttribute("aria-valuetext", v.toFixed(3));
     });
     var s = sums(), width = g.width - g.left - 6;
     var hw = Math.min(s.h * nat, width), kw = Math.max(0, Math.min(s.kl * nat, width - hw));
@@ -189,18 +189,20 @@ SCRIPT = r"""
     readout.textContent = data.text.readout.replace("{h}", fmt(s.h))
       .replace("{kl}", fmt(s.kl)).replace("{hpq}", fmt(s.hpq));
   }
+  var HI = 1 - g.min * (n - 1);  // the others keep at least g.min each
   function set(which, i, value) {
-    var arr = dist[which], hi = 1 - g.min * (n - 1);
-    var v = Math.max(g.min, Math.min(hi, value)), rest = 0, j;
-    for (j = 0; j < n; j++) { if (j !== i) { rest += arr[j]; } }
+    // bar i takes the value asked for (within [g.min, HI]); the others share what is left
+    // above their floor g.min in proportion to what they had above it: each keeps g.min,
+    // the distribution sums to 1, and bar i lands exactly where it was sent
+    var arr = dist[which], v = Math.max(g.min, Math.min(HI, value)), excess = 0, j;
+    for (j = 0; j < n; j++) { if (j !== i) { excess += arr[j] - g.min; } }
+    var room = 1 - v - g.min * (n - 1);
     for (j = 0; j < n; j++) {
       if (j !== i) {
-        arr[j] = Math.max(g.min, rest > 0 ? (1 - v) * arr[j] / rest : (1 - v) / (n - 1));
+        arr[j] = g.min + (excess > 0 ? room * (arr[j] - g.min) / excess : room / (n - 1));
       }
     }
-    var others = 0;
-    for (j = 0; j < n; j++) { if (j !== i) { others += arr[j]; } }
-    arr[i] = 1 - others;  // the distribution sums to 1 exactly
+    arr[i] = v;
     draw();
   }
   function valueAt(evt) {
@@ -212,6 +214,11 @@ SCRIPT = r"""
   var active = null;
   each("rect.hit", function (r) {
     var which = r.getAttribute("data-dist"), i = Number(r.getAttribute("data-i"));
+    // a vertical slider from the keyboard (Tab, arrows, Page Up/Down, Home, End)
+    r.setAttribute("role", "slider");
+    r.setAttribute("aria-orientation", "vertical");
+    r.setAttribute("aria-valuemin", String(g.min));
+    r.setAttribute("aria-valuemax", HI.toFixed(3));
     r.setAttribute("tabindex", "0");
     r.addEventListener("pointerdown", function (evt) {
       evt.preventDefault();
@@ -233,7 +240,7 @@ SCRIPT = r"""
       else if (evt.key === "PageUp") { next = v + 0.1; }
       else if (evt.key === "PageDown") { next = v - 0.1; }
       else if (evt.key === "Home") { next = g.min; }
-      else if (evt.key === "End") { next = 1; }
+      else if (evt.key === "End") { next = HI; }
       if (next !== null) { evt.preventDefault(); set(which, i, next); }
     });
   });

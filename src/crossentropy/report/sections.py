@@ -28,8 +28,6 @@ IDENTITY_TOLERANCE = 1e-9
 INTEGRAL_TOLERANCE = 1e-5  # trapezoids with step 0.005 on a smooth integrand: ~5e-7
 LINK_TOLERANCE = 1e-12  # a − y against the library's closed forms: rounding only
 HESSIAN_TOLERANCE = 1e-6  # central differences of the gradient, h = 1e-5
-NIELSEN_FIGURES = {"w0.6_b0.9": 0.09, "w2_b2": 0.20}
-"""The quadratic cost's output after 300 epochs in Nielsen's figures (chapter 3), to compare."""
 
 ORDER = (
     ("nielsen", "p_nielsen"),
@@ -518,6 +516,8 @@ def _ratio(x: float) -> str:
 
 
 def nielsen_section(r: DemoResults, t: Texts) -> Section:
+    """Nielsen's setup (chapter 3), rerun by the library. Only the setup is his: the page
+    quotes no number from his figures, every number here is this run's."""
     n = r.nielsen
     from ..experiments.teaching import NIELSEN_CE_RATE, NIELSEN_RATE
 
@@ -525,32 +525,30 @@ def nielsen_section(r: DemoResults, t: Texts) -> Section:
     mse_bad, mse_mild = n.run(bad, "mse"), n.run(mild, "mse")
     ce_bad, ce_mild = n.run(bad, "cross_entropy"), n.run(mild, "cross_entropy")
     ce_bad_slow = n.run(bad, "cross_entropy", NIELSEN_CE_RATE)
-    rows = []
-    for run in n.runs:
-        ref = NIELSEN_FIGURES.get(run.start) if run.loss == "mse" else None
-        rows.append(
-            (
-                t("n.start." + run.start),
-                t("loss." + run.loss),
-                f"{run.learning_rate:g}",
-                f"{run.output[0]:.2f}",
-                f"{run.cost[0]:.3f}",
-                f"{run.output[-1]:.2f}",
-                "—" if ref is None else f"{ref:.2f}",
-                steps(run.epochs_to_drop, t),
-                str(run.steepest),
-            )
+    rows = tuple(
+        (
+            t("n.start." + run.start),
+            t("loss." + run.loss),
+            f"{run.learning_rate:g}",
+            f"{run.output[0]:.2f}",
+            f"{run.cost[0]:.3f}",
+            f"{run.output[-1]:.2f}",
+            steps(run.epochs_to_drop, t),
+            str(run.steepest),
         )
-    plateau = mse_bad.epochs_to_drop
-    reproduced = all(
-        round(float(n.run(start, "mse").output[-1]), 2) == ref
-        for start, ref in NIELSEN_FIGURES.items()
+        for run in n.runs
     )
+    plateau = mse_bad.epochs_to_drop
+    # how far the badly wrong start's weight moves in the first third of the epochs, and in
+    # the second: little, then much (with x = 1 the bias moves by the same amount)
+    span = n.epochs // 3
+    moved_first = abs(float(mse_bad.weight[span] - mse_bad.weight[0]))
+    moved_next = abs(float(mse_bad.weight[2 * span] - mse_bad.weight[span]))
     ok = (
-        reproduced
-        and _lt(ce_bad.epochs_to_drop, plateau)
+        _lt(ce_bad.epochs_to_drop, plateau)
         and _lt(mse_mild.epochs_to_drop, plateau)
         and mse_bad.steepest > ce_bad.steepest
+        and moved_first < moved_next
     )
     first = ce_bad.steepest == 0 and ce_mild.steepest == 0
     ce_fastest = (
@@ -567,9 +565,13 @@ def nielsen_section(r: DemoResults, t: Texts) -> Section:
             epochs=n.epochs,
             lr=f"{NIELSEN_RATE:g}",
             ce_lr=f"{NIELSEN_CE_RATE:g}",
+            slower=f"{NIELSEN_RATE / NIELSEN_CE_RATE:g}",
             a_mild=f"{mse_mild.output[0]:.2f}",
             a_bad=f"{mse_bad.output[0]:.2f}",
             plateau=steps(plateau, t),
+            span=span,
+            moved_first=f"{moved_first:.2f}",
+            moved_next=f"{moved_next:.2f}",
             steepest=mse_bad.steepest,
             ce_fastest=ce_fastest,
         ),
@@ -586,11 +588,10 @@ def nielsen_section(r: DemoResults, t: Texts) -> Section:
                     t("n.h.a0"),
                     t("n.h.c0"),
                     t("n.h.final", n=n.epochs),
-                    t("n.h.nielsen"),
                     t("n.h.drop"),
                     t("n.h.steepest"),
                 ),
-                tuple(rows),
+                rows,
                 t("n.table_caption"),
             ),
         ),
@@ -605,8 +606,6 @@ def nielsen_section(r: DemoResults, t: Texts) -> Section:
             epochs=n.epochs,
             out_mild=f"{mse_mild.output[-1]:.2f}",
             out_bad=f"{mse_bad.output[-1]:.2f}",
-            ref_mild=f"{NIELSEN_FIGURES[mild]:.2f}",
-            ref_bad=f"{NIELSEN_FIGURES[bad]:.2f}",
         ),
         status=CONFIRMED if ok else NOT_CONFIRMED,
     )
