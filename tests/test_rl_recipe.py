@@ -170,3 +170,23 @@ def test_example_runs_and_prints_what_the_guide_says(recipe: ModuleType) -> None
     accuracy = float(re.search(r"token accuracy ([\d.]+)", text).group(1))
     assert 0 < accuracy < 1
     assert "close: True" in text
+
+
+def test_the_training_guide_shows_what_the_example_prints(recipe: ModuleType) -> None:
+    page = (ROOT / "docs" / "guide" / "training.rst").read_text()
+    block = re.search(
+        r":pyobject: main\n\n\.\. code-block:: text\n\n((?:   .*\n)+)",
+        page[page.index("examples/rl_grpo.py") :],
+    )
+    assert block is not None, "the guide lost the RL example's output"
+    shown = [line.strip() for line in block.group(1).splitlines()]
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        recipe.main()
+    printed = out.getvalue().splitlines()
+
+    # the last digits of the float32 gradients' error depend on the BLAS; the rest must match
+    def steady(line: str) -> str:
+        return re.sub(r"max relative error \S+,", "max relative error …,", line)
+
+    assert [steady(x) for x in printed] == [steady(x) for x in shown]
