@@ -91,6 +91,11 @@ def sci(x: float) -> str:
     return f"{x:.1e}"
 
 
+def num(x: float) -> str:
+    """``f"{x:g}"`` with a minus sign, as the formulas write it: "−10", not "-10"."""
+    return f"{x:g}".replace("-", "−")
+
+
 def steps(n: int | None, t: Texts | None = None) -> str:
     return (t("never") if t is not None else "never") if n is None else str(n)
 
@@ -118,7 +123,7 @@ def anatomy_section(r: DemoResults, t: Texts) -> Section:
         m0, b0 = a.at(z, 0.0)
         m1, b1 = a.at(z, 1.0)
         sp = a.sigmoid_prime[int(abs(a.z - z).argmin())]
-        rows.append((f"{z:g}", sci(float(sp)), sci(m0), sci(b0), sci(m1), sci(b1)))
+        rows.append((num(z), sci(float(sp)), sci(m0), sci(b0), sci(m1), sci(b1)))
     fd = a.fd_max_abs_error
     ok = bce / mse > 100 and max(fd.values()) < FD_TOLERANCE
     sp_min = float(a.sigmoid_prime[0])
@@ -128,7 +133,7 @@ def anatomy_section(r: DemoResults, t: Texts) -> Section:
         title=t("s1.title"),
         short=t("s1.short"),
         claim=t("s1.claim"),
-        explain=t("s1.explain", sp=sci(sp_min), z=f"{zmin:g}", **PARTS),
+        explain=t("s1.explain", sp=sci(sp_min), z=num(zmin), **PARTS),
         figures=(
             FigureRef("gradient_anatomy_linear.svg", t("s1.alt1")),
             FigureRef("gradient_anatomy_log.svg", t("s1.alt2")),
@@ -149,7 +154,7 @@ def anatomy_section(r: DemoResults, t: Texts) -> Section:
         ),
         verdict=t(
             "s1.verdict",
-            z=f"{zmin:g}",
+            z=num(zmin),
             mse=sci(mse),
             bce=f"{bce:.3f}",
             ratio=f"{bce / mse:,.0f}",
@@ -642,7 +647,7 @@ def origin_section(r: DemoResults, t: Texts) -> Section:
         short=t("o.short"),
         claim=t("o.claim"),
         who=t("who.nielsen"),
-        explain=t("o.explain", lo=f"{o.b[0]:g}", hi=f"{o.b[-1]:g}", num=o.b.size),
+        explain=t("o.explain", lo=num(float(o.b[0])), hi=num(float(o.b[-1])), num=o.b.size),
         figures=(FigureRef("cost_origin.svg", t("o.alt")),),
         tables=(
             Table(
