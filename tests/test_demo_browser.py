@@ -221,10 +221,14 @@ function inspect(frame) {
     z0.value = "0";
     z0.dispatchEvent(new win.Event("input", {bubbles: true}));
     out.after = line(); out.summaryAfter = summary();
+    out.sliderText = {z0: z0.getAttribute("aria-valuetext"), z0Index: z0.value,
+                      z0Shown: doc.getElementById("play-z0-value").textContent};
     var lr = doc.getElementById("play-lr");
     lr.value = String(Number(lr.max));
     lr.dispatchEvent(new win.Event("input", {bubbles: true}));
     out.afterRate = line();
+    out.sliderText.lr = lr.getAttribute("aria-valuetext");
+    out.sliderText.lrShown = doc.getElementById("play-lr-value").textContent;
   }
   return out;
 }
@@ -598,3 +602,15 @@ def test_without_javascript_the_bars_are_not_announced_as_controls(
     assert len(bars["aria"]) == 8
     for a in bars["aria"]:
         assert a["label"] and a["role"] is None and a["tabindex"] is None
+
+
+@pytest.mark.parametrize("lang", ["en", "zh"])
+def test_the_neuron_sliders_announce_their_values_not_their_indices(
+    probed: dict[str, dict[str, Any]], lang: str
+) -> None:
+    """The range inputs step through grid indices (0, 1, …): a screen reader said "0" for the
+    grid's first start. They carry the value shown beside them as aria-valuetext."""
+    text = probed[lang]["wide"]["sliderText"]
+    assert text["z0Index"] == "0"
+    assert text["z0"] == text["z0Shown"] and "a₀ = " in text["z0"]
+    assert text["lr"] == text["lrShown"] and float(text["lr"]) > 0

@@ -106,6 +106,9 @@ SCRIPT = r"""
     document.getElementById("play-z0-value").textContent =
       String(z) + " (a\u2080 = " + (1 / (1 + Math.exp(-z))).toFixed(4) + ")";
     document.getElementById("play-lr-value").textContent = String(data.lr[il]);
+    // the range inputs step through indices: a screen reader announces the values instead
+    z0.setAttribute("aria-valuetext", document.getElementById("play-z0-value").textContent);
+    lr.setAttribute("aria-valuetext", String(data.lr[il]));
     var out = document.getElementById("play-output");
     frame(out, xmax, 1, [0, 0.25, 0.5, 0.75, 1], true);
     var fac = document.getElementById("play-factor");
