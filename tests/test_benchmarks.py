@@ -26,13 +26,15 @@ SECTIONS = {
     "lm": ["`linear_token_stats`", "`cross_entropy(z_loss=1e-4, softcap=30.0)`"],
     "forward": ["`cross_entropy` forward only", "`linear_token_stats` forward only"],
     "causal_lm": ["### fp32", "### bf16 autocast", "crossentropy.transformers.patch(model)"],
+    "dtensor": ["`crossentropy.torch.cross_entropy`", "`loss_parallel()` + `F.cross_entropy`"],
 }
 # Benchmarks of an optional integration: skipped without it.
 NEEDS = {"causal_lm": "transformers"}
 
 
 @pytest.mark.parametrize(
-    "name", ["core", "torch", "distributed", "gpu", "lm", "forward", "precision", "causal_lm"]
+    "name",
+    ["core", "torch", "distributed", "dtensor", "gpu", "lm", "forward", "precision", "causal_lm"],
 )
 def test_benchmark_quick_run_writes_a_table(name: str, tmp_path: Path) -> None:
     if name in NEEDS:
