@@ -378,3 +378,16 @@ def test_two_runs_write_the_same_report(
     assert a == b
     for path in sorted((first.index.parent / "figures").iterdir()):
         assert path.read_bytes() == (again.index.parent / "figures" / path.name).read_bytes()
+
+
+@pytest.mark.parametrize("lang", LANGUAGES)
+def test_the_hidden_layer_axis_names_everything_drawn_on_it(
+    drawn: dict[str, tuple[ReportFiles, list[tuple[str, Any]]]], lang: str
+) -> None:
+    """The mean σ'(z₁) is drawn on the same log axis as the gradient norms, which was
+    labelled "gradient norm" alone."""
+    t = Texts(lang)
+    fig = next(f for name, f in drawn[lang][1] if name == "hidden_gradients.svg")
+    (ax,) = fig.axes
+    assert t("fig.mean_sp") in [line.get_label() for line in ax.get_lines()]
+    assert "σ'(z₁)" in ax.get_ylabel()
