@@ -125,10 +125,14 @@ function probeBars(doc, win) {
     target.dispatchEvent(new win.PointerEvent(type, {bubbles: true, cancelable: true,
       clientX: x, clientY: y, pointerId: 7, pointerType: "mouse", isPrimary: true}));
   }
+  var live = function () { return doc.getElementById("hpq-readout").getAttribute("aria-live"); };
+  out.liveBefore = live();
   pointer("pointerdown", from);
   pointer("pointermove", (from + to) / 2);
   pointer("pointermove", to);
+  out.liveDragging = live();
   pointer("pointerup", to);
+  out.liveAfter = live();
   out.dragged = {heightsQ: heights("q"), valuesQ: values("q"), readout: readout(),
                  klWidth: Number(doc.getElementById("hpq-kl").getAttribute("width"))};
   // keyboard: Tab reaches a bar (it is focusable), arrows move it, Home sends it to the floor
@@ -614,3 +618,15 @@ def test_the_neuron_sliders_announce_their_values_not_their_indices(
     assert text["z0Index"] == "0"
     assert text["z0"] == text["z0Shown"] and "a₀ = " in text["z0"]
     assert text["lr"] == text["lrShown"] and float(text["lr"]) > 0
+
+
+@pytest.mark.parametrize("lang", ["en", "zh"])
+def test_a_drag_is_announced_once_when_it_ends(
+    probed: dict[str, dict[str, Any]], lang: str
+) -> None:
+    """The sums' live region spoke on every pointer move of a drag; now it is quiet while the
+    bar moves and speaks the final sums when the pointer lets go."""
+    bars = probed[lang]["wide"]["hpq"]
+    assert bars["liveBefore"] == "polite"
+    assert bars["liveDragging"] == "off"
+    assert bars["liveAfter"] == "polite"

@@ -226,6 +226,8 @@ SCRIPT = r"""
     r.addEventListener("pointerdown", function (evt) {
       evt.preventDefault();
       active = {which: which, i: i, id: evt.pointerId};
+      // a drag redraws the sums many times a second: announce them once, when it ends
+      readout.setAttribute("aria-live", "off");
       try { r.setPointerCapture(evt.pointerId); } catch (e) { /* no such pointer: no capture */ }
       r.focus({preventScroll: true});  // a click must not scroll the bar away from the pointer
       set(which, i, valueAt(evt));
@@ -233,7 +235,12 @@ SCRIPT = r"""
     r.addEventListener("pointermove", function (evt) {
       if (active && active.which === which && active.i === i) { set(which, i, valueAt(evt)); }
     });
-    function stop() { active = null; }
+    function stop() {
+      if (active === null) { return; }
+      active = null;
+      readout.setAttribute("aria-live", "polite");
+      draw();  // the final sums, to the live region
+    }
     r.addEventListener("pointerup", stop);
     r.addEventListener("pointercancel", stop);
     r.addEventListener("keydown", function (evt) {
