@@ -611,7 +611,8 @@ def linear_grad(
     need = (need_hidden, need_weight, need_bias and bias is not None)
     if weight.shape[0] == 0:  # a shard of no class: nothing to give
         cdt = K.compute_dtype(hidden.dtype)
-        zeros = (hidden.new_zeros(x.shape, dtype=cdt) for x in (hidden, weight, weight[:, 0]))
+        shapes = (hidden.shape, weight.shape, weight.shape[:1])
+        zeros = (hidden.new_zeros(shape, dtype=cdt) for shape in shapes)
         return _grads_out(K.LinearGrads(*zeros), hidden, weight, bias, need)
     g = K.linear_grad(
         hidden,

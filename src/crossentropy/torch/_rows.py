@@ -280,7 +280,9 @@ def prescale(
     if dtype != torch.float16 or row_grad.numel() == 0:
         return one
     # |g_ic| ≤ |s_i| (a_i + (ε/C) max_c w_c), with a_i = (1 − ε) w_y + (ε/C) W + 2 z w_y lse.
-    wmax = one if weight is None else weight.abs().amax().to(row_grad.dtype)
+    # a vocabulary shard of no class has no weights (and no gradient entries)
+    none = weight is None or weight.numel() == 0
+    wmax = one if none else weight.abs().amax().to(row_grad.dtype)  # type: ignore[union-attr]
     a = (1.0 - eps) * tw.abs() + (eps / num_classes) * (abs(total) + wmax)  # type: ignore[operator]
     if not isinstance(zlse, float) or zlse:
         a = a + tw.abs() * zlse
