@@ -35,7 +35,7 @@ vocabulary-parallel linear path without gathering the weight.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -209,9 +209,11 @@ def cross_entropy(
     softcap: float | None,
     sample_weight: Any,
     impl: str,
+    local: Callable[..., Tensor],
 ) -> Any:
-    """:func:`crossentropy.torch.cross_entropy` of DTensor logits (see the module docstring)."""
-    from . import distributed, functional
+    """:func:`crossentropy.torch.cross_entropy` of DTensor logits (see the module docstring);
+    ``local`` is the single-process function, for the rows of one rank."""
+    from . import distributed
 
     if not _is_dtensor(input):
         fail(fn, "input", "be a DTensor when target or weight is one", type(input).__name__)
@@ -266,9 +268,7 @@ def cross_entropy(
             if reduction == "none":
                 per = per.reshape(rows_local)
         else:
-            per = functional.cross_entropy(
-                xl, tl, w, reduction=local_red, sample_weight=sw, **options
-            )
+            per = local(xl, tl, w, reduction=local_red, sample_weight=sw, **options)
     except Exception as exc:
         error = exc
     _agree(fn, lay, error)
@@ -297,10 +297,11 @@ def token_stats(
     softcap: float | None,
     impl: str,
     temperature: float,
+    local: Callable[..., Any],
 ) -> tuple[Any, Any, Any, Any]:
     """:func:`crossentropy.torch.token_stats` of DTensor logits ``(*, C)``: the four
-    statistics as DTensors of the rows."""
-    from . import distributed, tokens
+    statistics as DTensors of the rows; ``local`` is the single-process function."""
+    from . import distributed
 
     if not _is_dtensor(logits):
         fail(fn, "logits", "be a DTensor when target is one", type(logits).__name__)
@@ -325,7 +326,7 @@ def token_stats(
                 xl, tl, group=group, vocab_size=logits.shape[1], **kw
             )
         else:
-            out = tokens.token_stats(xl, tl, **kw)
+            out = local(xl, tl, **kw)
     except Exception as exc:
         error = exc
     _agree(fn, lay, error)
@@ -400,3 +401,41 @@ def class_slice(w: Any, lin: Linear) -> Any:
     """This rank's slice of class weights given whole (plain, or a DTensor)."""
     w = _whole(w)
     return None if w is None else w[lin.start : lin.stop]
+
+
+def linear_cross_entropy(
+    fn: str, hidden: Any, weight: Any, target: Tensor, bias: Any, **options: Any
+) -> Any:
+    """:func:`crossentropy.torch.linear_cross_entropy` with a DTensor weight: the
+    vocabulary-parallel linear path over the weight's mesh (a replicated DTensor loss)."""
+    from .distributed import vocab_parallel_linear_cross_entropy
+
+    lin = linear(fn, hidden, weight, bias)
+    sample_weight = options.pop("sample_weight", None)
+    loss = vocab_parallel_linear_cross_entropy(
+        lin.hidden.reshape(-1, lin.hidden.shape[-1]),
+        lin.weight,
+        target.reshape(-1),
+        lin.bias,
+        group=lin.group,
+        class_weight=class_slice(options.pop("class_weight", None), lin),
+        sample_weight=None if sample_weight is None else sample_weight.reshape(-1),
+        vocab_size=lin.vocab,
+        **options,
+    )
+    shape = tuple(target.shape) if options.get("reduction", "mean") == "none" else ()
+    return lin.wrap(loss.reshape(shape), shape)
+
+
+def linear_token_stats(
+    fn: str, hidden: Any, weight: Any, target: Tensor, bias: Any, **options: Any
+) -> tuple[Any, ...]:
+    """:func:`crossentropy.torch.linear_token_stats` with a DTensor weight: the four
+    statistics as replicated DTensors."""
+    from .distributed import vocab_parallel_linear_token_stats
+
+    lin = linear(fn, hidden, weight, bias)
+    out = vocab_parallel_linear_token_stats(
+        lin.hidden, lin.weight, target, lin.bias, group=lin.group, vocab_size=lin.vocab, **options
+    )
+    return tuple(lin.wrap(o, tuple(target.shape)) for o in out)

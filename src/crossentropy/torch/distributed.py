@@ -634,7 +634,8 @@ def vocab_parallel_cross_entropy(
 
     >>> import torch
     >>> import torch.distributed as dist
-    >>>     >>> from crossentropy.torch import vocab_parallel_cross_entropy
+    >>> import torch.nn.functional as F
+    >>> from crossentropy.torch import vocab_parallel_cross_entropy
     >>> dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
     >>> logits = torch.tensor([[2.0, 1.0, 0.1], [0.5, 2.5, 0.3]])
     >>> target = torch.tensor([0, 1])
@@ -788,7 +789,8 @@ def vocab_parallel_linear_cross_entropy(
     --------
     >>> import torch
     >>> import torch.distributed as dist
-    >>>     >>> from crossentropy.torch import vocab_parallel_linear_cross_entropy
+    >>> import torch.nn.functional as F
+    >>> from crossentropy.torch import vocab_parallel_linear_cross_entropy
     >>> dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
     >>> hidden = torch.tensor([[1.0, -1.0], [0.5, 2.0]])
     >>> w = torch.tensor([[0.3, 0.1], [-0.2, 0.4], [0.7, -0.5]])

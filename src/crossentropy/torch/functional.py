@@ -660,6 +660,7 @@ def cross_entropy(
             softcap,
             sample_weight,
             impl,
+            cross_entropy,
         )
     x = check_tensor(fn, "input", input, floating=True)
     if x.dim() == 0:
@@ -1044,28 +1045,22 @@ def linear_cross_entropy(
     """
     fn = "linear_cross_entropy"
     if _dtensor.any_dtensor(hidden, weight, bias):
-        from .distributed import vocab_parallel_linear_cross_entropy
-
-        lin = _dtensor.linear(fn, hidden, weight, bias)
-        loss = vocab_parallel_linear_cross_entropy(
-            lin.hidden.reshape(-1, lin.hidden.shape[-1]),
-            lin.weight,
-            target.reshape(-1),
-            lin.bias,
-            group=lin.group,
-            class_weight=_dtensor.class_slice(class_weight, lin),
+        return _dtensor.linear_cross_entropy(  # type: ignore[no-any-return]
+            fn,
+            hidden,
+            weight,
+            target,
+            bias,
+            class_weight=class_weight,
             ignore_index=ignore_index,
             reduction=reduction,
             label_smoothing=label_smoothing,
             z_loss=z_loss,
             softcap=softcap,
-            sample_weight=None if sample_weight is None else sample_weight.reshape(-1),
-            vocab_size=lin.vocab,
+            sample_weight=sample_weight,
             chunk_size=chunk_size,
             impl=impl,
         )
-        shape = tuple(target.shape) if reduction == "none" else ()
-        return lin.wrap(loss.reshape(shape), shape)  # type: ignore[no-any-return]
     h = check_tensor(fn, "hidden", hidden, floating=True)
     if h.dim() == 0:
         fail(fn, "hidden", "have at least 1 dimension (features)", "shape ()")

@@ -1133,7 +1133,9 @@ def token_stats(
     fn = "token_stats"
     if _dtensor.any_dtensor(logits, target):
         return TokenStats(
-            *_dtensor.token_stats(fn, logits, target, ignore_index, softcap, impl, temperature)
+            *_dtensor.token_stats(
+                fn, logits, target, ignore_index, softcap, impl, temperature, token_stats
+            )
         )
     x = check_tensor(fn, "logits", logits, floating=True)
     if x.dim() == 0:
@@ -1252,23 +1254,19 @@ def linear_token_stats(
     """
     fn = "linear_token_stats"
     if _dtensor.any_dtensor(hidden, weight, bias):
-        from .distributed import vocab_parallel_linear_token_stats
-
-        lin = _dtensor.linear(fn, hidden, weight, bias)
-        out = vocab_parallel_linear_token_stats(
-            lin.hidden,
-            lin.weight,
+        out = _dtensor.linear_token_stats(
+            fn,
+            hidden,
+            weight,
             target,
-            lin.bias,
-            group=lin.group,
+            bias,
             ignore_index=ignore_index,
-            vocab_size=lin.vocab,
             chunk_size=chunk_size,
             softcap=softcap,
             impl=impl,
             temperature=temperature,
         )
-        return TokenStats(*(lin.wrap(o, tuple(target.shape)) for o in out))
+        return TokenStats(*out)
     h = check_tensor(fn, "hidden", hidden, floating=True)
     if h.dim() == 0:
         fail(fn, "hidden", "have at least 1 dimension (features)", "shape ()")
