@@ -24,10 +24,12 @@ One training step is ``model.zero_grad(set_to_none=True)``, the forward (under
   for (its entropy and token-accuracy metrics). Left out, with a note, where TRL is missing.
 
 Correctness first: on batch 1 × sequence 64 of the same model, each implementation's loss and
-every parameter's gradient against the stock model run in float64. Times: medians of
-interleaved steps in one process (``_harness.interleaved_times``) after one warm-up step each,
-``torch.set_num_threads(2)``; each row also gives the machine's 1-minute load average read
-after each of its timed steps (median), and each table the cores other processes kept busy.
+every parameter's gradient against the stock model run in float64 (its float64 logits and
+``F.cross_entropy`` of the shifted labels: transformers' own loss would cast them to float32).
+Times: medians of interleaved steps in one process (``_harness.interleaved_times``) after one
+warm-up step each, ``torch.set_num_threads(2)``; each row also gives the machine's 1-minute
+load average read after each of its timed steps (median), and each table the cores other
+processes kept busy.
 Peak memory: one step in a fresh subprocess per implementation, after a warm-up step on a
 small batch, above the model and the inputs, counting the parameters' gradients
 (``_harness.peak_memory_above_inputs``).
@@ -45,6 +47,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _harness import (
@@ -161,7 +164,13 @@ def check(sizes: dict[str, Any], bf16: bool) -> dict[str, tuple[float, float]]:
     base = make_model(sizes["model"])
     ids, labels = make_batch(sizes["model"][0], sizes["check"], min(sizes["prompt"], 8), seed=1)
     ref_model = copy.deepcopy(base).double()
-    ref_loss = float(step(ref_model, _stock_call, ids, labels, bf16=False).detach())
+    # transformers' loss casts the logits to float32: the reference takes its float64 logits
+    # and shifts the labels itself, as ForCausalLMLoss does.
+    logits = ref_model(input_ids=ids).logits
+    vocab = logits.shape[-1]
+    ref = F.cross_entropy(logits[:, :-1].reshape(-1, vocab), labels[:, 1:].reshape(-1))
+    ref.backward()
+    ref_loss = float(ref.detach())
     ref_grads = {n: p.grad for n, p in ref_model.named_parameters()}
     errors = {}
     for name in implementations():
@@ -340,7 +349,8 @@ def main() -> int:
         f"{trl_line}. Peak memory: one step in a fresh subprocess after a warm-up step on "
         "a small batch, above the model and the inputs, counting the parameters' gradients. "
         "The machine is shared: the ratios measured side by side are the numbers to trust, and "
-        "the 1-minute load beside each row says how busy it was.\n"
+        "the 1-minute load average beside each row (this benchmark's two threads included) "
+        "says how busy it was.\n"
     )
     summary = markdown_table(["case", "target", "measured", "status"], targets)
     body = "\n".join([header, "### Targets\n", summary, "", *sections])
