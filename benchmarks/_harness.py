@@ -107,3 +107,55 @@ def machine_line() -> str:
 
     cpu = platform.processor() or platform.machine()
     return f"{cpu}, {os.cpu_count()} cores, Python {platform.python_version()}"
+
+
+# --------------------------------------------------------------------------- process groups
+
+
+def proc_status(key: str) -> int:
+    """A ``/proc/self/status`` size (``VmRSS``, ``VmHWM``, ...) in bytes."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(key + ":"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError(key)
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def run_ranks(script: str, world: int, args: Sequence[object], timeout: float) -> list[dict]:
+    """Run ``script --rank RANK WORLD PORT *args`` as ``world`` processes of one gloo group
+    (one thread each) and return what each printed on its ``RANK_JSON`` line, in rank order;
+    kill them all if one fails or the timeout passes."""
+    port = free_port()
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    procs = [
+        subprocess.Popen(
+            [sys.executable, script, "--rank", *map(str, (r, world, port, *args))],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
+        for r in range(world)
+    ]
+    results = []
+    try:
+        for p in procs:
+            out, err = p.communicate(timeout=timeout)
+            lines = [ln for ln in out.splitlines() if ln.startswith("RANK_JSON ")]
+            if p.returncode or not lines:
+                raise RuntimeError(f"rank failed ({p.returncode}):\n{out}\n{err[-3000:]}")
+            results.append(json.loads(lines[0][len("RANK_JSON ") :]))
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    return results

@@ -21,9 +21,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
-import os
-import socket
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -35,6 +32,8 @@ from _harness import (
     machine_line,
     markdown_table,
     peak_memory_above_inputs,
+    proc_status,
+    run_ranks,
     write_result,
 )
 
@@ -46,14 +45,6 @@ RANK_TIMEOUT = 900.0
 
 
 # --------------------------------------------------------------------------------- one rank
-
-
-def _status(key: str) -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(key + ":"):
-                return int(line.split()[1]) * 1024
-    raise RuntimeError(key)
 
 
 def _rank_main(rank: int, world: int, port: int, form: str, n: int, d: int, v: int) -> None:
@@ -130,7 +121,7 @@ def _rank_main(rank: int, world: int, port: int, form: str, n: int, d: int, v: i
     gc.collect()
     with open("/proc/self/clear_refs", "w") as f:
         f.write("5")
-    base = _status("VmRSS")
+    base = proc_status("VmRSS")
     t0 = time.perf_counter()
     if form == "logits":
         loss = vocab_parallel_cross_entropy(x, target)
@@ -138,7 +129,7 @@ def _rank_main(rank: int, world: int, port: int, form: str, n: int, d: int, v: i
         loss = vocab_parallel_linear_cross_entropy(h, w, target)
     _Phase.apply(loss).backward()
     first = time.perf_counter() - t0
-    peak = _status("VmHWM") - base
+    peak = proc_status("VmHWM") - base
     for name, fn in originals.items():
         setattr(dist, name, fn)
     reset()
@@ -161,42 +152,6 @@ def _rank_main(rank: int, world: int, port: int, form: str, n: int, d: int, v: i
 
 
 # --------------------------------------------------------------------------------- the parent
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _run_world(world: int, form: str, n: int, d: int, v: int) -> list[dict[str, Any]]:
-    port = _free_port()
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    args = [form, str(n), str(d), str(v)]
-    procs = [
-        subprocess.Popen(
-            [sys.executable, __file__, "--rank", str(r), str(world), str(port), *args],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            env=env,
-        )
-        for r in range(world)
-    ]
-    results = []
-    try:
-        for p in procs:
-            out, err = p.communicate(timeout=RANK_TIMEOUT)
-            lines = [ln for ln in out.splitlines() if ln.startswith("RANK_JSON ")]
-            if p.returncode or not lines:
-                raise RuntimeError(f"rank failed ({p.returncode}):\n{out}\n{err}")
-            results.append(json.loads(lines[0][len("RANK_JSON ") :]))
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-                p.wait()
-    return results
 
 
 def _reference_peak(form: str, n: int, d: int, v: int) -> int:
@@ -256,7 +211,7 @@ def main() -> int:
         base_peak = None
         for world in WORLDS:
             print(f"{form}: {world} rank(s), N={n} D={d} V={v}", flush=True)
-            res = _run_world(world, form, n, d, v)
+            res = run_ranks(__file__, world, (form, n, d, v), RANK_TIMEOUT)
             peak = max(r["peak"] for r in res)
             base_peak = base_peak or peak
             fwd = {r["sent"]["forward"] for r in res}

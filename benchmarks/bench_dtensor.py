@@ -23,14 +23,12 @@ import argparse
 import datetime
 import json
 import os
-import socket
-import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _harness import MiB, machine_line, markdown_table, write_result
+from _harness import MiB, machine_line, markdown_table, proc_status, run_ranks, write_result
 
 WORLDS = (1, 2, 4)
 FULL = (4096, 32768)
@@ -39,14 +37,6 @@ RANK_TIMEOUT = 600.0
 #: The functional collectives DTensor (and ``loss_parallel``) call, counted by wrapping them;
 #: the ``torch.distributed`` ones (``c10d`` ops) by a dispatch mode.
 FUNCOL = ("all_reduce", "all_gather_tensor", "all_gather_tensor_autograd", "reduce_scatter_tensor")
-
-
-def _status(key: str) -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(key + ":"):
-                return int(line.split()[1]) * 1024
-    raise RuntimeError(key)
 
 
 def _rank_main(rank: int, world: int, port: int, impl: str, n: int, v: int) -> None:
@@ -125,10 +115,10 @@ def _rank_main(rank: int, world: int, port: int, impl: str, n: int, v: int) -> N
     gc.collect()
     with open("/proc/self/clear_refs", "w") as f:
         f.write("5")
-    base = _status("VmRSS")
+    base = proc_status("VmRSS")
     with Counting():
         loss = step(x, target)
-    peak = _status("VmHWM") - base
+    peak = proc_status("VmHWM") - base
     value = float(loss.full_tensor())
     print(
         "RANK_JSON "
@@ -147,51 +137,6 @@ def _rank_main(rank: int, world: int, port: int, impl: str, n: int, v: int) -> N
     dist.destroy_process_group()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _run_world(world: int, impl: str, n: int, v: int) -> list[dict[str, Any]]:
-    port = _free_port()
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    procs = [
-        subprocess.Popen(
-            [
-                sys.executable,
-                __file__,
-                "--rank",
-                str(r),
-                str(world),
-                str(port),
-                impl,
-                str(n),
-                str(v),
-            ],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            env=env,
-        )
-        for r in range(world)
-    ]
-    results = []
-    try:
-        for p in procs:
-            out, err = p.communicate(timeout=RANK_TIMEOUT)
-            lines = [ln for ln in out.splitlines() if ln.startswith("RANK_JSON ")]
-            if p.returncode or not lines:
-                raise RuntimeError(f"rank failed ({p.returncode}):\n{out}\n{err[-3000:]}")
-            results.append(json.loads(lines[0][len("RANK_JSON ") :]))
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-                p.wait()
-    return results
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true", help="small sizes, for a smoke run")
@@ -202,7 +147,7 @@ def main() -> int:
     for world in WORLDS:
         for impl in ("ours", "loss_parallel"):
             print(f"{impl}: {world} rank(s), N={n} V={v}", flush=True)
-            res = _run_world(world, impl, n, v)
+            res = run_ranks(__file__, world, (impl, n, v), RANK_TIMEOUT)
             peak = max(r["peak"] for r in res)
             firsts.setdefault(impl, peak)
             losses = {round(r["loss"], 6) for r in res}

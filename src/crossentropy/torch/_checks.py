@@ -223,32 +223,32 @@ def check_z_loss(fn: str, z_loss: object) -> float:
     return z
 
 
+def _positive_float32(fn: str, arg: str, value: object, what: str, in_range: str) -> float:
+    """A finite real ``> 0`` in float32's normal range, where the kernels divide by it;
+    ``what`` is the requirement the error states."""
+    real = _real(fn, arg, value)
+    if isinstance(real, bool) or not isinstance(real, (int, float)):
+        fail(fn, arg, what, describe(value), TypeError)
+    c = _to_float(real)
+    if not (c > 0.0 and c != float("inf")):
+        fail(fn, arg, what, c)
+    if not SOFTCAP_RANGE[0] <= c <= SOFTCAP_RANGE[1]:
+        fail(fn, arg, in_range, c)
+    return c
+
+
 def check_softcap(fn: str, softcap: object) -> float | None:
     """``None`` or a finite real ``> 0`` (the cap ``c`` of ``c tanh(x / c)``)."""
     if softcap is None:
         return None
-    value = _real(fn, "softcap", softcap)
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        fail(fn, "softcap", "be None or a finite float > 0", describe(softcap), TypeError)
-    c = _to_float(value)
-    if not (c > 0.0 and c != float("inf")):
-        fail(fn, "softcap", "be None or a finite float > 0", c)
-    if not SOFTCAP_RANGE[0] <= c <= SOFTCAP_RANGE[1]:
-        fail(fn, "softcap", _SOFTCAP_IN_RANGE, c)
-    return c
+    what = "be None or a finite float > 0"
+    return _positive_float32(fn, "softcap", softcap, what, _SOFTCAP_IN_RANGE)
 
 
 def check_temperature(fn: str, temperature: object) -> float:
     """A finite real ``> 0`` in float32's normal range (``z / T`` of the token statistics)."""
-    value = _real(fn, "temperature", temperature)
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        fail(fn, "temperature", "be a finite float > 0", describe(temperature), TypeError)
-    t = _to_float(value)
-    if not (t > 0.0 and t != float("inf")):
-        fail(fn, "temperature", "be a finite float > 0", t)
-    if not SOFTCAP_RANGE[0] <= t <= SOFTCAP_RANGE[1]:
-        fail(fn, "temperature", "be in [2**-126, 2**127] (float32's normal range)", t)
-    return t
+    in_range = "be in [2**-126, 2**127] (float32's normal range)"
+    return _positive_float32(fn, "temperature", temperature, "be a finite float > 0", in_range)
 
 
 def check_sample_weight(
