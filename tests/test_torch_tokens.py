@@ -18,7 +18,7 @@ from torch.utils._pytree import tree_flatten  # noqa: E402
 from conftest import tol  # noqa: E402
 from crossentropy.tokens import token_stats as np_token_stats  # noqa: E402
 from crossentropy.tokens import token_stats_vjp  # noqa: E402
-from crossentropy.torch import tokens as tokens_mod  # noqa: E402
+from crossentropy.torch import _token_ops as token_ops  # noqa: E402
 from crossentropy.torch._types import OP_VERSION  # noqa: E402
 from crossentropy.torch.tokens import TokenStats, linear_token_stats, token_stats  # noqa: E402
 
@@ -902,10 +902,10 @@ class _Allocations(TorchDispatchMode):
         self._impls = {
             getattr(
                 torch.ops.crossentropy, f"token_stats_forward_v{OP_VERSION}"
-            ).default: tokens_mod._forward_impl,
+            ).default: token_ops._forward_impl,
             getattr(
                 torch.ops.crossentropy, f"token_stats_backward_v{OP_VERSION}"
-            ).default: tokens_mod._backward_impl,
+            ).default: token_ops._backward_impl,
         }
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]

@@ -44,6 +44,12 @@ import torch.distributed as dist
 from torch import Tensor
 
 from .._validation import fail
+from . import distributed
+from .distributed import (
+    _handshake,
+    vocab_parallel_linear_cross_entropy,
+    vocab_parallel_linear_token_stats,
+)
 
 __all__ = ["Linear", "any_dtensor", "class_slice", "cross_entropy", "linear", "token_stats"]
 
@@ -161,8 +167,6 @@ def _agree(fn: str, lay: _Layout, error: Exception | None) -> None:
     """Raise on every rank of the mesh if any rank failed, with the same type and message
     (one all-gather of an integer per mesh dimension, the messages only on failure), before
     the next collective: no rank is left waiting in it."""
-    from .distributed import _handshake
-
     for i in range(lay.mesh.ndim):
         try:
             _handshake(fn, lay.mesh.get_group(i), [0 if error else 1], error)
@@ -213,8 +217,6 @@ def cross_entropy(
 ) -> Any:
     """:func:`crossentropy.torch.cross_entropy` of DTensor logits (see the module docstring);
     ``local`` is the single-process function, for the rows of one rank."""
-    from . import distributed
-
     if not _is_dtensor(input):
         fail(fn, "input", "be a DTensor when target or weight is one", type(input).__name__)
     if reduction not in ("mean", "sum", "none"):
@@ -301,8 +303,6 @@ def token_stats(
 ) -> tuple[Any, Any, Any, Any]:
     """:func:`crossentropy.torch.token_stats` of DTensor logits ``(*, C)``: the four
     statistics as DTensors of the rows; ``local`` is the single-process function."""
-    from . import distributed
-
     if not _is_dtensor(logits):
         fail(fn, "logits", "be a DTensor when target is one", type(logits).__name__)
     if logits.ndim != 2:
@@ -408,8 +408,6 @@ def linear_cross_entropy(
 ) -> Any:
     """:func:`crossentropy.torch.linear_cross_entropy` with a DTensor weight: the
     vocabulary-parallel linear path over the weight's mesh (a replicated DTensor loss)."""
-    from .distributed import vocab_parallel_linear_cross_entropy
-
     lin = linear(fn, hidden, weight, bias)
     sample_weight = options.pop("sample_weight", None)
     loss = vocab_parallel_linear_cross_entropy(
@@ -432,8 +430,6 @@ def linear_token_stats(
 ) -> tuple[Any, ...]:
     """:func:`crossentropy.torch.linear_token_stats` with a DTensor weight: the four
     statistics as replicated DTensors."""
-    from .distributed import vocab_parallel_linear_token_stats
-
     lin = linear(fn, hidden, weight, bias)
     out = vocab_parallel_linear_token_stats(
         lin.hidden, lin.weight, target, lin.bias, group=lin.group, vocab_size=lin.vocab, **options

@@ -61,7 +61,8 @@ import torch.distributed as dist
 from torch import Tensor
 
 from .._validation import fail
-from . import tokens as _tokens
+from . import _token_ops as _tokens
+from ._autograd import _CrossEntropyIndex, _LinearCrossEntropy, _TokenStats
 from ._checks import (
     check_chunk_size,
     check_class_weight,
@@ -82,9 +83,8 @@ from ._modes import (
     no_autocast,
     transforms_active,
 )
+from ._token_ops import TokenStats
 from ._types import Options, Shard
-from .functional import _CrossEntropyIndex, _LinearCrossEntropy
-from .tokens import TokenStats
 
 __all__ = [
     "vocab_parallel_cross_entropy",
@@ -1017,7 +1017,7 @@ def vocab_parallel_token_stats(
     shape = tuple(target.shape)
     rows = target.numel()
     with no_autocast(logits_shard):  # statistics in float32 whatever autocast says
-        out = _tokens._TokenStats.apply(  # type: ignore[no-untyped-call]
+        out = _TokenStats.apply(  # type: ignore[no-untyped-call]
             logits_shard.reshape(rows, logits_shard.shape[-1]),
             None,
             None,
@@ -1148,7 +1148,7 @@ def vocab_parallel_linear_token_stats(
     shape = tuple(target.shape)
     rows = target.numel()
     with no_autocast(hidden):  # the inputs were cast above, as F.linear casts them
-        out = _tokens._TokenStats.apply(  # type: ignore[no-untyped-call]
+        out = _TokenStats.apply(  # type: ignore[no-untyped-call]
             hidden.reshape(rows, hidden.shape[-1]),
             weight_shard,
             bias_shard,
