@@ -40,6 +40,28 @@ def init_group(rank: int, world: int, port: int, timeout_s: float) -> None:
     )
 
 
+def finish_worker(out: Path, results: Any, barrier: bool = True) -> None:
+    """Write a worker's results to ``out`` and end the process without the interpreter's
+    teardown.
+
+    Every spawned worker ends here: after the results are written, the ranks meet at a barrier
+    (so no rank tears the group down while another still uses it), destroy the group and leave
+    with ``os._exit(0)``. The interpreter's own teardown is skipped because gloo's threads
+    occasionally abort there ("terminate called without an active exception", exit code -6,
+    about one spawn in ten on a loaded machine) after every result is written, which would fail
+    a passing run. ``barrier=False`` is for a group a test has left out of step on purpose.
+    """
+    import torch.distributed as dist
+
+    out.write_text(json.dumps(results))
+    if barrier and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
+
+
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))

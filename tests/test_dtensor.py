@@ -8,7 +8,6 @@ tests/test_dtensor.py --worker RANK WORLD PORT OUT``.
 
 from __future__ import annotations
 
-import json
 import sys
 import traceback
 from pathlib import Path
@@ -16,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from _spawn import init_group, spawn_group
+from _spawn import finish_worker, init_group, spawn_group
 
 torch = pytest.importorskip("torch")
 pytest.importorskip("torch.distributed.tensor")
@@ -286,7 +285,7 @@ def _run(rank: int, world: int) -> dict[str, Any]:
 
 def _worker(rank: int, world: int, port: int, out: Path) -> None:
     init_group(rank, world, port, 60.0)
-    out.write_text(json.dumps(_run(rank, world)))
+    finish_worker(out, _run(rank, world))
 
 
 @pytest.fixture(scope="module")

@@ -16,7 +16,6 @@ float64 rounding. This file is also the worker: ``python tests/test_dtensor_trai
 
 from __future__ import annotations
 
-import json
 import sys
 import traceback
 from pathlib import Path
@@ -24,7 +23,7 @@ from typing import Any
 
 import pytest
 
-from _spawn import init_group, spawn_group
+from _spawn import finish_worker, init_group, spawn_group
 
 torch = pytest.importorskip("torch")
 pytest.importorskip("torch.distributed.tensor")
@@ -153,7 +152,7 @@ def _worker(rank: int, world: int, port: int, out: Path) -> None:
         res = _train((2,) if world == 2 else (2, 2), rank)
     except Exception:
         res = {"crash": traceback.format_exc()}
-    out.write_text(json.dumps({"rank": rank, **res}))
+    finish_worker(out, {"rank": rank, **res})
 
 
 @pytest.mark.slow

@@ -25,7 +25,6 @@ runs the scenario named in ``OUT/scenario.txt`` on one rank.
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 import zlib
@@ -37,7 +36,7 @@ os.environ.setdefault("TRITON_INTERPRET", "1")
 import numpy as np
 import pytest
 
-from _spawn import init_group, spawn_group
+from _spawn import finish_worker, init_group, spawn_group
 
 torch = pytest.importorskip("torch")
 F = pytest.importorskip("torch.nn.functional")
@@ -569,17 +568,14 @@ def _run_cases(world: int, rank: int) -> dict[str, Any]:
 
 
 def _worker(rank: int, world: int, port: int, out: Path) -> None:
-    import torch.distributed as dist
 
     torch.set_num_threads(1)
     scenario = (out.parent / "scenario.txt").read_text().strip()
     # a defect reproducer that leaves the other ranks in a collective gives up after 5 s
     init_group(rank, world, port, 5.0 if scenario.startswith("defect") else PG_TIMEOUT)
     results = SCENARIOS[scenario](world, rank)
-    out.write_text(json.dumps({"rank": rank, "results": results}))
-    if scenario.startswith("defect"):
-        os._exit(0)  # a group left out of step by the defect: no teardown handshake
-    dist.destroy_process_group()
+    # a group left out of step by a defect reproducer: no teardown handshake
+    finish_worker(out, {"rank": rank, "results": results}, not scenario.startswith("defect"))
 
 
 def _spawn(scenario: str, world: int, tmp: Path) -> list[dict[str, Any]]:

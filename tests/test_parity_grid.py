@@ -41,7 +41,6 @@ The last test prints the grid's size and its worst absolute and relative error p
 from __future__ import annotations
 
 import inspect
-import json
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -50,7 +49,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from _spawn import init_group, spawn_group
+from _spawn import finish_worker, init_group, spawn_group
 from conftest import tol
 
 torch = pytest.importorskip("torch")
@@ -346,7 +345,6 @@ def _run_all(world: int, rank: int) -> dict[str, dict[str, Any]]:
 
 
 def _worker(rank: int, world: int, port: int, out: Path) -> None:
-    import torch.distributed as dist
 
     from crossentropy.torch import _types
 
@@ -357,8 +355,7 @@ def _worker(rank: int, world: int, port: int, out: Path) -> None:
         _types.override_tuning(triton_block=TRITON_BLOCK).__enter__()
     init_group(rank, world, port, PG_TIMEOUT)
     results = _run_all(world, rank)
-    out.write_text(json.dumps({"rank": rank, "cells": results}))
-    dist.destroy_process_group()
+    finish_worker(out, {"rank": rank, "cells": results})
 
 
 # =============================================================================================

@@ -10,7 +10,6 @@ RANK WORLD PORT OUT``.
 
 from __future__ import annotations
 
-import json
 import math
 import sys
 from pathlib import Path
@@ -20,7 +19,7 @@ import numpy as np
 import pytest
 
 import crossentropy as ce
-from _spawn import init_group, spawn_group
+from _spawn import finish_worker, init_group, spawn_group
 
 TEMPS = [0.35, 1.0, 1.7]
 CAPS = [None, 3.0]
@@ -278,7 +277,7 @@ def _worker_cases(rank: int) -> dict[str, Any]:
 
 def _worker(rank: int, world: int, port: int, out: Path) -> None:
     init_group(rank, world, port, 30.0)
-    out.write_text(json.dumps({"rank": rank, **_worker_cases(rank)}))
+    finish_worker(out, {"rank": rank, **_worker_cases(rank)})
 
 
 @pytest.mark.slow

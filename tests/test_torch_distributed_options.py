@@ -23,7 +23,6 @@ WORLD PORT OUT``.
 from __future__ import annotations
 
 import itertools
-import json
 import math
 import sys
 from collections.abc import Callable, Iterator
@@ -33,7 +32,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from _spawn import init_group, spawn_group
+from _spawn import finish_worker, init_group, spawn_group
 from conftest import tol
 
 torch = pytest.importorskip("torch")
@@ -535,7 +534,6 @@ def _count_bytes(rank: int, world: int) -> list[dict[str, Any]]:
 
 
 def _worker(rank: int, world: int, port: int, out: Path) -> None:
-    import torch.distributed as dist
 
     torch.set_num_threads(1)
     init_group(rank, world, port, PG_TIMEOUT)
@@ -543,8 +541,7 @@ def _worker(rank: int, world: int, port: int, out: Path) -> None:
     results["defaults"] = _defaults_are_bitwise(rank, world)
     results["errors"] = _error_cases(rank, world)
     results["comm"] = _count_bytes(rank, world)
-    out.write_text(json.dumps(results))
-    dist.destroy_process_group()
+    finish_worker(out, results)
 
 
 # =============================================================================================

@@ -17,7 +17,6 @@ WORLD PORT OUT``.
 
 from __future__ import annotations
 
-import json
 import math
 import sys
 from collections.abc import Callable, Iterator
@@ -27,7 +26,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from _spawn import init_group, spawn_group
+from _spawn import finish_worker, init_group, spawn_group
 from conftest import tol
 
 torch = pytest.importorskip("torch")
@@ -479,15 +478,13 @@ def _count_bytes(rank: int, world: int) -> list[dict[str, Any]]:
 
 
 def _worker(rank: int, world: int, port: int, out: Path) -> None:
-    import torch.distributed as dist
 
     torch.set_num_threads(1)
     init_group(rank, world, port, PG_TIMEOUT)
     results: dict[str, Any] = {"rank": rank, **_run_cases(rank, world)}
     results["errors"] = _error_cases(rank, world)
     results["comm"] = _count_bytes(rank, world)
-    out.write_text(json.dumps(results))
-    dist.destroy_process_group()
+    finish_worker(out, results)
 
 
 # =============================================================================================

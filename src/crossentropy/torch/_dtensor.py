@@ -35,6 +35,8 @@ vocabulary-parallel linear path without gathering the weight.
 
 from __future__ import annotations
 
+import hashlib
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -45,8 +47,8 @@ from torch import Tensor
 
 from .._validation import fail
 from . import distributed
+from ._modes import transforms_active
 from .distributed import (
-    _handshake,
     vocab_parallel_linear_cross_entropy,
     vocab_parallel_linear_token_stats,
 )
@@ -62,10 +64,22 @@ def _dtensor_type() -> type | None:
     return DTensor
 
 
+def _unwrapped(x: object) -> object:
+    """``x`` inside any ``torch.func`` wrappers (a DTensor under ``grad`` is wrapped). Wrappers
+    exist only while a transform is active; the check first keeps ``torch.compile`` from
+    tracing the functorch query, which Dynamo cannot."""
+    if not transforms_active():
+        return x
+    functorch = torch._C._functorch
+    while isinstance(x, Tensor) and functorch.is_functorch_wrapped_tensor(x):
+        x = functorch.get_unwrapped(x)
+    return x
+
+
 def any_dtensor(*xs: object) -> bool:
-    """Whether any argument is a DTensor."""
+    """Whether any argument is a DTensor (also inside a ``torch.func`` transform)."""
     kind = _dtensor_type()
-    return kind is not None and any(isinstance(x, kind) for x in xs)
+    return kind is not None and any(isinstance(_unwrapped(x), kind) for x in xs)
 
 
 def _is_dtensor(x: Any) -> bool:
@@ -134,8 +148,10 @@ def _rows_local(
     """This rank's rows of a row-aligned plain tensor (holding every row, or only this rank's);
     a DTensor is checked (its global shape: the same check on every rank) and returned as it
     is, for :func:`_redistribute` once every rank has passed its checks."""
-    if a is None or not isinstance(a, Tensor):
-        return a  # the public function's own checks name a bad type
+    if a is None:
+        return None
+    if not isinstance(a, Tensor):
+        fail(fn, arg, "be a Tensor (or a DTensor)", type(a).__name__, TypeError)
     if _is_dtensor(a):
         mesh = getattr(a, "device_mesh", None)
         if mesh != lay.mesh:
@@ -158,20 +174,100 @@ def _rows_local(
     return whole.redistribute(lay.mesh, lay.rows()).to_local()  # a slice: no communication
 
 
+def _plain_global(a: Any, global_rows: Sequence[int], local_rows: Sequence[int]) -> bool:
+    """A plain tensor holding every row (the same on every rank: compared), not only this
+    rank's rows."""
+    return (
+        isinstance(a, Tensor)
+        and not _is_dtensor(a)
+        and tuple(a.shape) == tuple(global_rows)
+        and tuple(global_rows) != tuple(local_rows)
+    )
+
+
+def _refuse_transforms(fn: str) -> None:
+    if transforms_active():
+        fail(
+            fn,
+            "the call",
+            "not be traced by a torch.func transform with DTensor inputs (their sharded paths "
+            "run collectives); differentiate with torch.autograd",
+            "a call under a torch.func transform",
+            RuntimeError,
+        )
+
+
 def _redistribute(a: Any, lay: _Layout) -> Any:
     """A DTensor argument as this rank's rows (a collective when its placements differ)."""
     return a.redistribute(lay.mesh, lay.rows()).to_local() if _is_dtensor(a) else a
 
 
-def _agree(fn: str, lay: _Layout, error: Exception | None) -> None:
-    """Raise on every rank of the mesh if any rank failed, with the same type and message
-    (one all-gather of an integer per mesh dimension, the messages only on failure), before
-    the next collective: no rank is left waiting in it."""
-    for i in range(lay.mesh.ndim):
-        try:
-            _handshake(fn, lay.mesh.get_group(i), [0 if error else 1], error)
-        except Exception as exc:  # this mesh dimension's first error, now on each of its ranks
-            error = exc
+def _digest(value: object) -> int:
+    """A 63-bit digest of an argument's value (a plain tensor by its bytes, dtype and shape)."""
+    h = hashlib.blake2b(digest_size=8)
+    if _is_dtensor(value):  # one global tensor by construction: its layout, not its values
+        d: Any = value
+        h.update(f"DTensor {d.dtype} {tuple(d.shape)} {tuple(d.placements)}".encode())
+    elif isinstance(value, Tensor):
+        t = value.detach().cpu().contiguous()
+        h.update(f"{t.dtype}{tuple(t.shape)}".encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    else:
+        h.update(repr(value).encode())
+    return int.from_bytes(h.digest(), "little") >> 1
+
+
+def _groups(mesh: Any) -> list[Any]:
+    """Process groups that together span the mesh: the default group when the mesh holds
+    every rank, else one per mesh dimension (in turn)."""
+    if mesh.size() == dist.get_world_size():
+        return [None]
+    return [mesh.get_group(i) for i in range(mesh.ndim)]
+
+
+_KINDS = {
+    "TypeError": TypeError,
+    "ValueError": ValueError,
+    "NotImplementedError": NotImplementedError,
+}
+
+
+def _agree(
+    fn: str, mesh: Any, error: Exception | None, same: Sequence[tuple[str, object]] = ()
+) -> None:
+    """Raise on every rank of the mesh if any rank failed, with the same type and message,
+    before the next collective: no rank is left waiting in it. Also checks that each
+    ``(argument, value)`` of ``same`` is the same on every rank. One all-gather of a few
+    integers; the messages are exchanged only on failure."""
+    row = [0 if error is not None else 1, *(_digest(v) for _, v in same)]
+    for group in _groups(mesh):
+        mine = torch.tensor(row, dtype=torch.int64)
+        parts = [torch.empty_like(mine) for _ in range(dist.get_world_size(group))]
+        dist.all_gather(parts, mine, group=group)
+        table = [p.tolist() for p in parts]
+        if any(r[0] == 0 for r in table):
+            local = None
+            if error is not None:
+                text = str(error).replace(f"vocab_parallel_{fn}:", f"{fn}:")
+                if not re.search(r" on rank \d+$", text):  # a group's error names its rank
+                    text = f"{text} on rank {dist.get_rank()}"
+                local = (type(error).__name__, text)
+            messages: list[Any] = [None] * len(table)
+            dist.all_gather_object(messages, local, group=group)
+            kind, text = next(m for m in messages if m is not None)
+            error = _KINDS.get(kind, RuntimeError)(text)
+            row[0] = 0
+            continue
+        for k, (name, _) in enumerate(same, start=1):
+            values = [r[k] for r in table]
+            if len(set(values)) > 1:
+                differ = [i for i, v in enumerate(values) if v != values[0]]
+                error = ValueError(
+                    f"{fn}: {name} must be the same on every rank, got a different value on "
+                    f"ranks {differ} of the group"
+                )
+                row[0] = 0
+                break
     if error is not None:
         raise error
 
@@ -214,37 +310,52 @@ def cross_entropy(
     sample_weight: Any,
     impl: str,
     local: Callable[..., Tensor],
+    inplace_backward: bool = False,
 ) -> Any:
     """:func:`crossentropy.torch.cross_entropy` of DTensor logits (see the module docstring);
     ``local`` is the single-process function, for the rows of one rank."""
+    _refuse_transforms(fn)
     if not _is_dtensor(input):
         fail(fn, "input", "be a DTensor when target or weight is one", type(input).__name__)
-    if reduction not in ("mean", "sum", "none"):
-        fail(fn, "reduction", "be 'mean', 'sum' or 'none'", repr(reduction))
     lay = _layout(fn, "input", input, 1)
     xl = input.to_local()
     rows_global = (input.shape[0], *input.shape[2:])
     rows_local = (xl.shape[0], *xl.shape[2:])
-    prob = isinstance(target, Tensor) and target.is_floating_point()
-    if prob and lay.class_dim is not None:
-        fail(
-            fn,
-            "target",
-            "hold class indices when the classes are sharded (probability targets over a "
-            "sharded vocabulary are not supported)",
-            f"dtype {target.dtype}",
-            NotImplementedError,
-        )
     error: Exception | None = None
-    try:  # checks of this rank's own arguments: no collective
+    try:  # checks of this rank's own arguments: no collective until every rank has passed
+        if inplace_backward:
+            fail(fn, "inplace_backward", "be False with DTensor inputs", "True")
+        if reduction not in ("mean", "sum", "none"):
+            fail(fn, "reduction", "be 'mean', 'sum' or 'none'", repr(reduction))
+        prob = isinstance(target, Tensor) and target.is_floating_point()
+        if prob and lay.class_dim is not None:
+            fail(
+                fn,
+                "target",
+                "hold class indices when the classes are sharded (probability targets over a "
+                "sharded vocabulary are not supported)",
+                f"dtype {target.dtype}",
+                NotImplementedError,
+            )
         if prob:
             tl = _rows_local(fn, "target", target, lay, input.shape, xl.shape)
         else:
             tl = _rows_local(fn, "target", target, lay, rows_global, rows_local)
         sw = _rows_local(fn, "sample_weight", sample_weight, lay, rows_global, rows_local)
+        if weight is not None and tuple(weight.shape) != (input.shape[1],):
+            fail(fn, "weight", f"have shape ({input.shape[1]},)", f"shape {tuple(weight.shape)}")
     except Exception as exc:
         error = exc
-    _agree(fn, lay, error)
+    same = [
+        ("reduction", reduction),
+        ("ignore_index", ignore_index),
+        ("label_smoothing", label_smoothing),
+        ("z_loss", z_loss),
+        ("softcap", softcap),
+        ("weight", weight),
+        ("target", target if _plain_global(target, rows_global, rows_local) else None),
+    ]
+    _agree(fn, lay.mesh, error, same)
     tl, sw, w = _redistribute(tl, lay), _redistribute(sw, lay), _whole(weight)
     local_red = "none" if reduction == "none" else "sum"
     options: dict[str, Any] = dict(
@@ -256,7 +367,8 @@ def cross_entropy(
     )
     try:
         if lay.class_dim is not None:
-            x2 = (xl.movedim(1, -1) if xl.dim() > 2 else xl).reshape(-1, xl.shape[1])
+            rows = torch.Size(rows_local).numel()
+            x2 = (xl.movedim(1, -1) if xl.dim() > 2 else xl).reshape(rows, xl.shape[1])
             per = distributed.vocab_parallel_cross_entropy(
                 x2,
                 tl.reshape(-1),
@@ -273,7 +385,7 @@ def cross_entropy(
             per = local(xl, tl, w, reduction=local_red, sample_weight=sw, **options)
     except Exception as exc:
         error = exc
-    _agree(fn, lay, error)
+    _agree(fn, lay.mesh, error)
     if reduction == "none":
         return _wrap(per, lay, lay.rows(), rows_global)
     if reduction == "mean":
@@ -303,18 +415,24 @@ def token_stats(
 ) -> tuple[Any, Any, Any, Any]:
     """:func:`crossentropy.torch.token_stats` of DTensor logits ``(*, C)``: the four
     statistics as DTensors of the rows; ``local`` is the single-process function."""
+    _refuse_transforms(fn)
     if not _is_dtensor(logits):
         fail(fn, "logits", "be a DTensor when target is one", type(logits).__name__)
-    if logits.ndim != 2:
-        fail(fn, "logits", "have shape (N, C) as a DTensor", f"shape {tuple(logits.shape)}")
-    lay = _layout(fn, "logits", logits, 1)
+    lay = _layout(fn, "logits", logits, logits.ndim - 1)
     xl = logits.to_local()
+    rows_global, rows_local = tuple(logits.shape[:-1]), tuple(xl.shape[:-1])
     error: Exception | None = None
     try:
-        tl = _rows_local(fn, "target", target, lay, logits.shape[:1], xl.shape[:1])
+        tl = _rows_local(fn, "target", target, lay, rows_global, rows_local)
     except Exception as exc:
         error = exc
-    _agree(fn, lay, error)
+    same = [
+        ("ignore_index", ignore_index),
+        ("softcap", softcap),
+        ("temperature", temperature),
+        ("target", target if _plain_global(target, rows_global, rows_local) else None),
+    ]
+    _agree(fn, lay.mesh, error, same)
     tl = _redistribute(tl, lay)
     kw: dict[str, Any] = dict(
         ignore_index=ignore_index, softcap=softcap, impl=impl, temperature=temperature
@@ -323,15 +441,15 @@ def token_stats(
         if lay.class_dim is not None:
             group = lay.mesh.get_group(lay.class_dim)
             out = distributed.vocab_parallel_token_stats(
-                xl, tl, group=group, vocab_size=logits.shape[1], **kw
+                xl, tl, group=group, vocab_size=logits.shape[-1], **kw
             )
         else:
             out = local(xl, tl, **kw)
     except Exception as exc:
         error = exc
-    _agree(fn, lay, error)
+    _agree(fn, lay.mesh, error)
     rows = lay.rows()
-    return tuple(_wrap(o, lay, rows, logits.shape[:1]) for o in out)  # type: ignore[return-value]
+    return tuple(_wrap(o, lay, rows, rows_global) for o in out)  # type: ignore[return-value]
 
 
 @dataclass(frozen=True)
@@ -377,7 +495,8 @@ def linear(fn: str, hidden: Any, weight: Any, bias: Any) -> Linear:
         )
     if isinstance(hidden, DTensor):
         if not all(p.is_replicate() for p in hidden.placements) or hidden.device_mesh != mesh:
-            fail(fn, "hidden", "be replicated on the weight's mesh", f"{hidden.placements}")
+            shown = f"placements {tuple(hidden.placements)} on mesh {hidden.device_mesh}"
+            fail(fn, "hidden", f"be replicated on the weight's mesh {mesh}", shown)
         hidden = hidden.to_local()
     if bias is not None:
         if not isinstance(bias, DTensor) or tuple(bias.placements) != placements:
@@ -403,35 +522,80 @@ def class_slice(w: Any, lin: Linear) -> Any:
     return None if w is None else w[lin.start : lin.stop]
 
 
+def _replicated(a: Any) -> Any:
+    """A row-aligned argument of the linear forms (hidden is replicated) as a plain tensor of
+    every row."""
+    return a.full_tensor() if _is_dtensor(a) else a
+
+
+def _call(fn: str, call: Callable[[], Any]) -> Any:
+    """``call()`` (a vocabulary-parallel function: its errors are the same on every rank of
+    its group already) with our function's name in its errors."""
+    try:
+        return call()
+    except (TypeError, ValueError, NotImplementedError, RuntimeError) as exc:
+        text = str(exc).replace(f"vocab_parallel_{fn}:", f"{fn}:")
+        if text == str(exc):
+            raise
+        raise type(exc)(text) from exc
+
+
 def linear_cross_entropy(
-    fn: str, hidden: Any, weight: Any, target: Tensor, bias: Any, **options: Any
+    fn: str, hidden: Any, weight: Any, target: Any, bias: Any, **options: Any
 ) -> Any:
     """:func:`crossentropy.torch.linear_cross_entropy` with a DTensor weight: the
     vocabulary-parallel linear path over the weight's mesh (a replicated DTensor loss)."""
+    _refuse_transforms(fn)
     lin = linear(fn, hidden, weight, bias)
-    sample_weight = options.pop("sample_weight", None)
-    loss = vocab_parallel_linear_cross_entropy(
-        lin.hidden.reshape(-1, lin.hidden.shape[-1]),
-        lin.weight,
-        target.reshape(-1),
-        lin.bias,
-        group=lin.group,
-        class_weight=class_slice(options.pop("class_weight", None), lin),
-        sample_weight=None if sample_weight is None else sample_weight.reshape(-1),
-        vocab_size=lin.vocab,
-        **options,
+    target, sample_weight = _replicated(target), _replicated(options.pop("sample_weight", None))
+    class_weight = _whole(options.pop("class_weight", None))
+    error: Exception | None = None
+    try:
+        if not isinstance(target, Tensor):
+            fail(fn, "target", "be a Tensor (or a DTensor)", type(target).__name__, TypeError)
+        if class_weight is not None and tuple(class_weight.shape) != (lin.vocab,):
+            shown = f"shape {tuple(class_weight.shape)}"
+            fail(fn, "class_weight", f"have shape ({lin.vocab},)", shown)
+    except Exception as exc:
+        error = exc
+    # the class weights reach each rank as its slice: compared whole here
+    _agree(fn, lin.mesh, error, [("class_weight", class_weight)])
+    loss = _call(
+        fn,
+        lambda: vocab_parallel_linear_cross_entropy(
+            lin.hidden.reshape(-1, lin.hidden.shape[-1]),
+            lin.weight,
+            target.reshape(-1),
+            lin.bias,
+            group=lin.group,
+            class_weight=None if class_weight is None else class_weight[lin.start : lin.stop],
+            sample_weight=None if sample_weight is None else sample_weight.reshape(-1),
+            vocab_size=lin.vocab,
+            **options,
+        ),
     )
     shape = tuple(target.shape) if options.get("reduction", "mean") == "none" else ()
     return lin.wrap(loss.reshape(shape), shape)
 
 
 def linear_token_stats(
-    fn: str, hidden: Any, weight: Any, target: Tensor, bias: Any, **options: Any
+    fn: str, hidden: Any, weight: Any, target: Any, bias: Any, **options: Any
 ) -> tuple[Any, ...]:
     """:func:`crossentropy.torch.linear_token_stats` with a DTensor weight: the four
     statistics as replicated DTensors."""
+    _refuse_transforms(fn)
     lin = linear(fn, hidden, weight, bias)
-    out = vocab_parallel_linear_token_stats(
-        lin.hidden, lin.weight, target, lin.bias, group=lin.group, vocab_size=lin.vocab, **options
+    target = _replicated(target)
+    out = _call(
+        fn,
+        lambda: vocab_parallel_linear_token_stats(
+            lin.hidden,
+            lin.weight,
+            target,
+            lin.bias,
+            group=lin.group,
+            vocab_size=lin.vocab,
+            **options,
+        ),
     )
     return tuple(lin.wrap(o, tuple(target.shape)) for o in out)

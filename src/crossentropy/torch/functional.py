@@ -297,8 +297,6 @@ def cross_entropy(
             pass
     fn = "cross_entropy"
     if _dtensor.any_dtensor(input, target, weight, sample_weight):
-        if inplace_backward:
-            fail(fn, "inplace_backward", "be False with DTensor inputs", "True")
         return _dtensor.cross_entropy(  # type: ignore[no-any-return]
             fn,
             input,
@@ -312,6 +310,7 @@ def cross_entropy(
             sample_weight,
             impl,
             cross_entropy,
+            bool(inplace_backward),
         )
     x = check_tensor(fn, "input", input, floating=True)
     if x.dim() == 0:
