@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import statistics
@@ -17,7 +18,7 @@ import subprocess
 import sys
 import textwrap
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 # Where each benchmark writes its section; the smoke test points it elsewhere.
@@ -159,3 +160,22 @@ def run_ranks(script: str, world: int, args: Sequence[object], timeout: float) -
                 p.kill()
                 p.wait()
     return results
+
+
+# --------------------------------------------------------------------------- contention
+
+
+@contextlib.contextmanager
+def burners(count: int) -> Iterator[list[int]]:
+    """``count`` CPU-bound processes (a Python busy loop each) running beside the ``with``
+    block, as DataLoader workers or another job would; ended by pid when the block exits, also
+    on an exception. Yields their pids."""
+    procs = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(count)]
+    try:
+        time.sleep(0.5 if count else 0.0)  # let them reach the scheduler's steady state
+        yield [p.pid for p in procs]
+    finally:
+        for p in procs:
+            p.kill()
+        for p in procs:
+            p.wait()

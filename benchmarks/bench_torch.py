@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import functools
 import math
 import os
 import sys
@@ -30,6 +31,7 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _harness import (
     MiB,
+    burners,
     interleaved_times,
     machine_line,
     markdown_table,
@@ -42,6 +44,8 @@ import crossentropy.torch as cet
 from crossentropy.torch._types import override_tuning, tuning
 
 THREADS = 2
+#: CPU-bound processes beside the large cross-entropy cases: quiet, one, two (2 cores here)
+LOADS = (0, 1, 2)
 NOTES = (
     "Notes: the `exp` floor allocates its output like any fresh gradient does; the two "
     "'part of floor' rows split it into first touch of a fresh logits-sized buffer (page "
@@ -52,6 +56,7 @@ NOTES = (
     "like `F.cross_entropy`'s, so its error is bounded below by the final rounding.\n"
 )
 INPLACE = "crossentropy.torch.cross_entropy(inplace_backward=True)"
+TORCH_OPS = "crossentropy.torch.cross_entropy(impl='torch') (torch-op kernels, the fallback)"
 COMPILED = "torch.compile(F.cross_entropy) (inductor, warmed)"
 SMALL_NOTES = (
     "Notes: each timed sample is a loop of k calls (k chosen per implementation and shape so "
@@ -105,8 +110,10 @@ def _ce_peak(call: str, n: int, v: int, dtype: str) -> int:
 
 
 def bench_cross_entropy(
-    n: int, v: int, dtype: torch.dtype, repeats: int, check_memory: bool
+    n: int, v: int, dtype: torch.dtype, repeats: int, check_memory: bool, load: int = 0
 ) -> tuple[str, list[list[object]]]:
+    """One case's table and target rows; ``load`` CPU-bound processes run beside it (started
+    by the caller, :func:`_harness.burners`)."""
     g = torch.Generator().manual_seed(0)
     x = torch.randn(n, v, generator=g).to(dtype)
     t = torch.randint(0, v, (n,), generator=g)
@@ -126,6 +133,7 @@ def bench_cross_entropy(
     compiled = torch.compile(F.cross_entropy)
     fns = {
         "crossentropy.torch.cross_entropy": _fwd_bwd(cet.cross_entropy, x, t),
+        TORCH_OPS: _fwd_bwd(functools.partial(cet.cross_entropy, impl="torch"), x, t),
         "F.cross_entropy": _fwd_bwd(F.cross_entropy, x, t),
         COMPILED: _fwd_bwd(compiled, x, t),
         "floor: torch.exp(logits)": lambda: torch.exp(x),
@@ -171,14 +179,20 @@ def bench_cross_entropy(
     table = markdown_table(
         ["implementation", "median s", "× ours", "peak above input (MiB)", "× logits"], rows
     )
+    beside = f"{load} CPU-bound process{'es' if load != 1 else ''} beside it"
     title = (
-        f"### `cross_entropy`, {dname} logits ({n}, {v}), integer targets, fwd+bwd "
-        f"(1-minute load {os.getloadavg()[0]:.2f})"
+        f"### `cross_entropy`, {dname} logits ({n}, {v}), integer targets, fwd+bwd, "
+        f"{beside} (1-minute load {os.getloadavg()[0]:.2f})"
+    )
+    fresh = ours / times["floor: torch.exp(logits)"]
+    touched_ratio = ours / times["part of floor: torch.exp(logits, out=pre-touched buffer)"]
+    title += (
+        f"\n\nOurs is {fresh:.2f}× the floor `exp` into a fresh buffer and "
+        f"{touched_ratio:.2f}× `exp` into a touched one."
     )
     targets: list[list[object]] = []
     speedup = times["F.cross_entropy"] / ours
-    floor_ratio = ours / times["floor: torch.exp(logits)"]
-    case = f"{dname} ({n}, {v})"
+    case = f"{dname} ({n}, {v}), {beside}, load {os.getloadavg()[0]:.2f}"
     vs_compiled = ours / times[COMPILED]
     targets.append(
         [
@@ -188,25 +202,23 @@ def bench_cross_entropy(
             _mark(vs_compiled <= 1.0),
         ]
     )
-    if dtype == torch.float32:
-        targets.append(
-            [case, "≥ 4× faster than F.cross_entropy", f"{speedup:.2f}×", _mark(speedup >= 4)]
-        )
-        targets.append(
-            [case, "≤ 2.5× the exp floor", f"{floor_ratio:.2f}×", _mark(floor_ratio <= 2.5)]
-        )
-        peak = peaks["crossentropy.torch.cross_entropy"]
-        if peak is not None:
-            ratio = peak / logits_bytes
-            targets.append([case, "peak ≤ 1.1× logits", f"{ratio:.2f}×", _mark(ratio <= 1.1)])
-        sp_in = times["F.cross_entropy"] / times[INPLACE]
-        targets.append(
-            [case, "(opt-in inplace_backward) ≥ 4× faster", f"{sp_in:.2f}×", _mark(sp_in >= 4)]
-        )
-    else:
-        targets.append(
-            [case, "≥ 2× faster than F.cross_entropy", f"{speedup:.2f}×", _mark(speedup >= 2)]
-        )
+    need = 2.0 if load == 0 else 1.0
+    targets.append(
+        [
+            case,
+            f"{'≥ 2×' if load == 0 else ''} faster than F.cross_entropy".strip(),
+            f"{speedup:.2f}×",
+            _mark(speedup >= need if load == 0 else speedup > need),
+        ]
+    )
+    targets.append(
+        [case, "floors: × exp into fresh / touched", f"{fresh:.2f}× / {touched_ratio:.2f}×", "—"]
+    )
+    peak = peaks["crossentropy.torch.cross_entropy"]
+    if peak is not None:
+        ratio = peak / logits_bytes
+        targets.append([case, "peak ≤ 1.05× logits", f"{ratio:.2f}×", _mark(ratio <= 1.05)])
+    if dtype != torch.float32 and load == 0:
         exact = float(F.cross_entropy(x.double(), t))
         ours_err = abs(float(cet.cross_entropy(x, t)) - exact) / abs(exact)
         torch_err = abs(float(F.cross_entropy(x, t)) - exact) / abs(exact)
@@ -614,12 +626,16 @@ def main() -> int:
         small_shapes, small_samples, sample_s = SMALL_SHAPES, 31, 0.02
     sections, targets = [], []
     if args.only != "small":
-        for n, v, dtype in ce_cases:
-            print(f"cross_entropy {dtype} ({n}, {v}) ...", flush=True)
-            text, tg = bench_cross_entropy(n, v, dtype, repeats, check_memory=True)
-            print(text, flush=True)
-            sections.append(text)
-            targets += tg
+        for load in LOADS:
+            with burners(load):
+                for n, v, dtype in ce_cases:
+                    print(f"cross_entropy {dtype} ({n}, {v}), {load} burners ...", flush=True)
+                    text, tg = bench_cross_entropy(
+                        n, v, dtype, repeats, check_memory=load == 0, load=load
+                    )
+                    print(text, flush=True)
+                    sections.append(text)
+                    targets += tg
         print(f"linear_cross_entropy {lin_case} ...", flush=True)
         text, tg = bench_linear(*lin_case, repeats=repeats, check_memory=True)
         print(text, flush=True)

@@ -18,11 +18,12 @@ from types import ModuleType
 import torch
 from torch import Tensor
 
-__all__ = ["IMPLS", "select", "triton_available", "triton_interpreted"]
+__all__ = ["IMPLS", "select", "select_cpu", "triton_available", "triton_interpreted"]
 
 IMPLS = ("auto", "torch", "triton")
 
 _TRITON = "crossentropy.torch._triton"
+_COMPILED = "crossentropy.torch._compiled"
 
 
 def triton_available() -> bool:
@@ -53,3 +54,12 @@ def select(x: Tensor, impl: str) -> ModuleType | None:
     ):
         return None
     return importlib.import_module(_TRITON)
+
+
+def select_cpu(x: Tensor, impl: str) -> ModuleType | None:
+    """The compiled CPU kernel module (:mod:`._compiled`) if ``impl`` is ``"auto"`` and ``x``
+    is a CPU tensor, else ``None`` (torch ops; ``"torch"`` is the way to ask for them). The
+    module may still decline a call (switched off, no compiler, strided layouts)."""
+    if impl != "auto" or x.device.type != "cpu":
+        return None
+    return importlib.import_module(_COMPILED)

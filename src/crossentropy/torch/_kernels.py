@@ -50,7 +50,7 @@ from collections.abc import Iterator
 import torch
 from torch import Tensor
 
-from ._backend import select
+from ._backend import select, select_cpu
 from ._rows import (
     index_target_coefficients,
     merge_row_stats,
@@ -448,6 +448,22 @@ def logits_fused(
         out = empty_buffer(tuple(logits.shape), logits.dtype, logits.device)
     rows, num_classes = tuple(logits.shape[:-1]), logits.shape[-1]
     idx, inside = _local_index(target, 0, num_classes)
+    if (cc := select_cpu(logits, impl)) is not None and block_rows is None:
+        st = cc.logits_fused(
+            logits,
+            idx,
+            inside,
+            row_scale,
+            target_weight,
+            label_smoothing=label_smoothing,
+            weight_total=weight_total,
+            class_weight=class_weight,
+            out=out,
+            z_loss=z_loss,
+            softcap=softcap,
+        )
+        if st is not None:
+            return st, out
     eps = float(label_smoothing)
     x, g = (logits, out) if rows else (logits.unsqueeze(0), out.unsqueeze(0))
     if not rows:

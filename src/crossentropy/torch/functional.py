@@ -201,6 +201,13 @@ def cross_entropy(
         ``torch.func``, where the result is the same without the saving). A view of a whole
         tensor (``logits.view(-1, V)``, a transpose) is supported; a view of part of one (a
         slice) and double backward are refused with a clear error.
+    impl : {"auto", "torch", "triton"}
+        The fused path's kernels. ``"auto"``: Triton on CUDA tensors of float16, bfloat16 or
+        float32 when Triton is installed; on CPU one C++ kernel that ``torch.compile``
+        generates on first use (index targets; see :doc:`/guide/torch`, "CPU kernels"),
+        falling back to torch ops where it cannot be built; torch ops otherwise. ``"torch"``:
+        always the torch-op kernels. ``"triton"``: always Triton (CUDA tensors, or CPU tensors
+        with ``TRITON_INTERPRET=1``).
 
     Returns
     -------

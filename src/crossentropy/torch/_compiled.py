@@ -1,0 +1,253 @@
+r"""The fused cross-entropy pass on CPU as one kernel that inductor generates (C++, OpenMP).
+
+The torch-op kernels of :mod:`._kernels` run the fused pass as about 44 aten ops and 5 OpenMP
+parallel regions per 8 MiB row block: 663 regions at (8192, 32768). On a machine whose cores
+are shared, a preempted worker thread stalls every region's end while the other threads spin,
+so each region costs several times its work. Here the same pass is written once in torch ops,
+over the whole tensor, and compiled by ``torch.compile`` on first use: inductor turns it into
+*one* parallel region over rows (a few work-shared loops: the row max and the target column;
+``Σ_{c≠y} exp(x − m)``; the gradient), reading each logit from memory two to three times and
+writing the gradient once, with no logits-sized temporary in any dtype.
+
+The arithmetic contract of :mod:`._kernels` is kept: the statistics are the exact row max
+``m``, ``Σ_{c≠y} exp(x_c − m)`` with the target column excluded and ``x_y`` (see
+:class:`._types.RowStats`); the gradient is ``exp(x − m) · (α / Σ_c exp(x_c − m))`` off the
+target column and ``τ`` on it, from the same :func:`._rows.index_target_coefficients`; float16
+arrives prescaled by the caller. Only the order of the float32 (float64) sums differs from the
+torch-op kernels (inductor sums in vector lanes with a cascade), which moves results by a few
+ulps; the result is deterministic for a given thread count.
+
+``exp`` is computed again in the gradient loop rather than stored (``(x − m) · one`` with a
+runtime ``one``, which common-subexpression elimination cannot merge with the first ``exp``):
+storing it would need a float32 buffer the size of the logits for bfloat16 input.
+
+Where it is not used, and the torch-op kernels run instead:
+
+- ``CROSSENTROPY_CPU_KERNELS=torch`` in the environment, or ``impl="torch"``;
+- the first compile failed (no C++ compiler, an inductor error): a ``RuntimeWarning`` says so
+  once and the process keeps the torch-op kernels;
+- non-contiguous logits or gradient buffers, an empty tensor.
+
+Each option set (dtype; class weights; label smoothing; z-loss; softcap; gradient written over
+the logits) is its own compiled function with sizes and option values symbolic, so a new shape
+or a new value of ``label_smoothing`` never recompiles, and the variants never run into
+Dynamo's per-function recompile limit (falling back to eager there would allocate several
+logits-sized temporaries). The first call of a variant compiles it: a few seconds, or well
+under one when inductor's on-disk cache holds it from an earlier process.
+"""
+
+from __future__ import annotations
+
+import os
+import types
+import warnings
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from ._rows import index_target_coefficients, softcapped, target_exp
+from ._types import RowStats, compute_dtype
+
+__all__ = ["disabled_reason", "enabled", "logits_fused"]
+
+ENV = "CROSSENTROPY_CPU_KERNELS"
+
+_DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
+
+_broken: str | None = None  # the first compile failed: no variant is tried again
+_variants: dict[tuple[Any, ...], Callable[..., Any]] = {}
+_working: set[tuple[Any, ...]] = set()  # variants that have run
+_failed: dict[tuple[Any, ...], str] = {}  # variants that raised: the torch ops run them
+
+
+def enabled() -> bool:
+    """The compiled CPU kernels may run: not switched off by :data:`ENV`, no earlier compile
+    failed, and this torch has inductor."""
+    return disabled_reason() is None
+
+
+def disabled_reason() -> str | None:
+    """Why the compiled CPU kernels do not run, or ``None`` when they may."""
+    choice = os.environ.get(ENV, "auto").strip().lower()
+    if choice == "torch":
+        return f"{ENV}=torch"
+    if choice not in ("", "auto", "compiled"):
+        raise ValueError(f"{ENV} must be 'auto', 'compiled' or 'torch', got {choice!r}")
+    return _broken
+
+
+def _fused(
+    x: Tensor,
+    idx: Tensor,
+    inside: Tensor,
+    row_scale: Tensor,
+    target_weight: Tensor,
+    class_weight: Tensor | None,
+    out: Tensor | None,
+    one: Tensor,
+    eps: Tensor | None,
+    weight_total: Tensor,
+    z_loss: Tensor | None,
+    softcap: Tensor | None,
+) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
+    """The fused pass over ``x`` of shape ``(N, C)``; writes the gradient into ``out`` (``x``
+    itself when ``out`` is ``None``) and returns ``(m, Σ_{c≠y} e^{x−m}, x_y, Σ_c w_c x_c)``.
+
+    The option values are 0-d tensors (``None``: not in effect), never Python numbers: Dynamo
+    would specialise the graph on each value (a recompile per ``label_smoothing``)."""
+    num_classes = x.shape[-1]
+    z, t = softcapped(x.to(one.dtype), softcap)
+    m = z.amax(dim=-1, keepdim=True)
+    col = torch.arange(num_classes, device=x.device)
+    is_t = (col == idx) & inside.unsqueeze(-1)
+    sumexp = torch.where(is_t, 0.0, torch.exp(z - m)).sum(dim=-1)
+    xt = torch.where(is_t, z, 0.0).sum(dim=-1)
+    s = None
+    if eps is not None:
+        s = z.sum(dim=-1) if class_weight is None else (z * class_weight).sum(dim=-1)
+    stats = RowStats(m.squeeze(-1), sumexp, xt, inside, s)
+    coef = index_target_coefficients(
+        stats,
+        row_scale,
+        target_weight,
+        label_smoothing=0.0 if eps is None else eps,
+        num_classes=num_classes,
+        weight_total=weight_total,
+        z_loss=0.0 if z_loss is None else z_loss,
+    )
+    alpha = (coef.p_scale / (sumexp + target_exp(stats))).unsqueeze(-1)
+    g = torch.exp((z - m) * one) * alpha
+    if coef.smooth_scale is not None:
+        smooth = coef.smooth_scale.unsqueeze(-1)
+        g = g - (smooth if class_weight is None else smooth * class_weight)
+    g = torch.where(is_t, coef.target_grad.unsqueeze(-1), g)
+    if t is not None:
+        g = g * (1.0 - t * t)
+    # ignored rows (row scale 0) are exact zeros, also where their max is not finite
+    g = torch.where((row_scale == 0).unsqueeze(-1), 0.0, g)
+    (x if out is None else out).copy_(g)
+    return stats.max, sumexp, xt, s
+
+
+def _variant(key: tuple[Any, ...]) -> Callable[..., Any]:
+    """The compiled function of one option set: a copy of :func:`_fused` under its own code
+    object, so that Dynamo keeps a separate cache (and recompile count) for it."""
+    fn = _variants.get(key)
+    if fn is None:
+        name = "_fused_" + "_".join(str(k).replace("torch.", "") for k in key)
+        code = _fused.__code__.replace(co_name=name)
+        copy = types.FunctionType(code, _fused.__globals__, name)
+        fn = torch.compile(copy, dynamic=True, fullgraph=True)
+        _variants[key] = fn
+    return fn
+
+
+def logits_fused(
+    logits: Tensor,
+    idx: Tensor,
+    inside: Tensor,
+    row_scale: Tensor,
+    target_weight: Tensor,
+    *,
+    label_smoothing: float,
+    weight_total: float | Tensor,
+    class_weight: Tensor | None,
+    out: Tensor,
+    z_loss: float,
+    softcap: float | None,
+) -> RowStats | None:
+    """The statistics of :func:`._kernels.logits_fused` with the gradient written into
+    ``out``, or ``None`` when this kernel does not take the call (the caller runs the torch-op
+    kernels). ``logits`` is ``(*rows, C)``; ``idx`` ``(*rows, 1)`` and ``inside`` ``rows`` as
+    :func:`._kernels._local_index` gives them."""
+    if not enabled() or logits.device.type != "cpu" or logits.dtype not in _DTYPES:
+        return None
+    if logits.numel() == 0 or not (logits.is_contiguous() and out.is_contiguous()):
+        return None
+    rows, num_classes = tuple(logits.shape[:-1]), logits.shape[-1]
+    cdt = compute_dtype(logits.dtype)
+    inplace = out.data_ptr() == logits.data_ptr()
+    if not inplace and _overlap(logits, out):
+        return None
+    key = (
+        logits.dtype,
+        class_weight is not None,
+        bool(label_smoothing),
+        bool(z_loss),
+        softcap is not None,
+        inplace,
+    )
+    args = (
+        logits.reshape(-1, num_classes),
+        idx.reshape(-1, 1),
+        inside.reshape(-1),
+        row_scale.to(cdt).reshape(-1),
+        target_weight.to(cdt).reshape(-1),
+        None if class_weight is None else class_weight.to(cdt),
+        None if inplace else out.view(-1, num_classes),
+        torch.ones((), dtype=cdt),
+        _scalar(label_smoothing, cdt),
+        torch.as_tensor(weight_total, dtype=cdt),
+        _scalar(z_loss, cdt),
+        None if softcap is None else torch.tensor(softcap, dtype=cdt),
+    )
+    if key in _failed:
+        return None
+    try:
+        m, sumexp, xt, s = _variant(key)(*args)
+    except Exception as exc:  # no compiler, an inductor limitation: keep the torch ops
+        _give_up(key, exc)
+        return None
+    _working.add(key)
+    return RowStats(
+        m.view(rows),
+        sumexp.view(rows),
+        xt.view(rows),
+        inside,
+        None if s is None else s.view(rows),
+    )
+
+
+def _give_up(key: tuple[Any, ...], exc: Exception) -> None:
+    """Record a failed variant and warn once. Before any variant has run, a failure means the
+    platform cannot compile (no C++ compiler, say): every variant is given up. After one has
+    run, only this one is (an inductor limitation for this option set)."""
+    global _broken
+    text = str(exc).strip().splitlines()
+    reason = f"{type(exc).__name__}: {text[0] if text else ''}"
+    _failed[key] = reason
+    if not _working:
+        _broken = reason
+    warnings.warn(
+        f"crossentropy: the compiled CPU kernel for {_describe(key)} could not be built "
+        f"({reason}); the torch-op kernels run "
+        + ("every call from now on" if _broken else "this option set")
+        + f" (set {ENV}=torch to skip the attempt)",
+        RuntimeWarning,
+        stacklevel=4,
+    )
+
+
+def _describe(key: tuple[Any, ...]) -> str:
+    dtype, weight, smoothing, z_loss, softcap, inplace = key
+    names = ["class weights", "label smoothing", "z-loss", "softcap", "in place"]
+    on = [
+        n
+        for n, flag in zip(names, (weight, smoothing, z_loss, softcap, inplace), strict=True)
+        if flag
+    ]
+    return f"{str(dtype).replace('torch.', '')} logits" + (f" with {', '.join(on)}" if on else "")
+
+
+def _scalar(value: float, dtype: torch.dtype) -> Tensor | None:
+    """An option's value as a 0-d tensor, ``None`` when it is 0 (not in effect)."""
+    return torch.tensor(float(value), dtype=dtype) if value else None
+
+
+def _overlap(a: Tensor, b: Tensor) -> bool:
+    """Whether two contiguous tensors share memory without being the same buffer."""
+    a0, b0 = a.data_ptr(), b.data_ptr()
+    a1, b1 = a0 + a.numel() * a.element_size(), b0 + b.numel() * b.element_size()
+    return a0 < b1 and b0 < a1

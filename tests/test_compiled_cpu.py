@@ -1,0 +1,242 @@
+"""The compiled CPU kernel of the fused cross-entropy pass (``crossentropy.torch._compiled``).
+
+Each case runs the same call twice, through the compiled kernel (``impl="auto"``) and through
+the torch-op kernels (``impl="torch"``, the fallback), and compares both with
+``F.cross_entropy``; besides, the kernel is shown to run (not silently declined), never to
+recompile for a new shape or option value, to fall back with one warning when it cannot be
+built, and to work inside ``torch.compile(fullgraph=True)``.
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any
+
+import pytest
+
+torch = pytest.importorskip("torch")
+F = torch.nn.functional
+
+from crossentropy.torch import _compiled, cross_entropy, linear_cross_entropy  # noqa: E402
+
+pytestmark = pytest.mark.usefixtures("force_fused")
+
+DTYPES = [torch.float32, torch.float64, torch.bfloat16, torch.float16]
+#: relative to the gradient's largest entry: a few ulps of the dtype (sums in another order)
+TOL = {torch.float64: 1e-13, torch.float32: 2e-6, torch.bfloat16: 1e-2, torch.float16: 2e-3}
+
+OPTIONS: list[dict[str, Any]] = [
+    {},
+    {"label_smoothing": 0.1},
+    {"z_loss": 1e-3},
+    {"softcap": 20.0},
+    {"softcap": 15.0, "label_smoothing": 0.05, "z_loss": 1e-4},
+    {"weight": "rand", "ignore_index": 3, "label_smoothing": 0.1},
+    {"reduction": "sum", "weight": "rand"},
+    {"sample_weight": "rand"},
+]
+
+
+def _args(kw: dict[str, Any], dtype: Any, n: int, c: int) -> dict[str, Any]:
+    out = dict(kw)
+    if out.get("weight") == "rand":
+        out["weight"] = torch.rand(c, generator=torch.Generator().manual_seed(1)).to(dtype)
+    if out.get("sample_weight") == "rand":
+        out["sample_weight"] = torch.rand(n, generator=torch.Generator().manual_seed(2))
+    return out
+
+
+def _run(impl: str, x: Any, t: Any, **kw: Any) -> tuple[Any, Any]:
+    x = x.detach().clone().requires_grad_()
+    loss = cross_entropy(x, t, impl=impl, **kw)
+    loss.backward()
+    return loss.detach(), x.grad
+
+
+def _rel(a: Any, b: Any) -> float:
+    scale = b.double().abs().max().clamp_min(1e-300)
+    return float((a.double() - b.double()).abs().max() / scale)
+
+
+def _spy(monkeypatch: pytest.MonkeyPatch) -> list[bool]:
+    """Record whether each call of the compiled kernel took the call (True) or declined."""
+    took: list[bool] = []
+    inner = _compiled.logits_fused
+
+    def spy(*a: Any, **k: Any) -> Any:
+        res = inner(*a, **k)
+        took.append(res is not None)
+        return res
+
+    monkeypatch.setattr(_compiled, "logits_fused", spy)
+    return took
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("kw", OPTIONS, ids=lambda k: ",".join(k) or "plain")
+def test_matches_the_torch_op_kernels_and_F(
+    dtype: Any, kw: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    gen = torch.Generator().manual_seed(0)
+    n, c = 48, 700
+    x = (4 * torch.randn(n, c, generator=gen)).to(dtype)
+    t = torch.randint(0, c, (n,), generator=gen)
+    t[::5] = 3  # ignored where ignore_index=3
+    args = _args(kw, dtype, n, c)
+    took = _spy(monkeypatch)
+    loss, grad = _run("auto", x, t, **args)
+    assert took == [True]
+    loss_t, grad_t = _run("torch", x, t, **args)
+    assert grad.dtype == dtype and grad.shape == x.shape
+    assert _rel(grad, grad_t) <= TOL[dtype]
+    assert _rel(loss, loss_t) <= TOL[dtype]
+    if "z_loss" in kw or "softcap" in kw or "sample_weight" in kw:
+        return  # options F has not: the torch-op kernels are the reference (tested elsewhere)
+    ref_x = x.double().requires_grad_()
+    w = args.get("weight")
+    ref = F.cross_entropy(
+        ref_x,
+        t,
+        weight=None if w is None else w.double(),
+        ignore_index=args.get("ignore_index", -100),
+        reduction=args.get("reduction", "mean"),
+        label_smoothing=args.get("label_smoothing", 0.0),
+    )
+    ref.backward()
+    assert ref_x.grad is not None
+    assert _rel(grad, ref_x.grad) <= 4 * TOL[dtype]
+    assert _rel(loss, ref.detach()) <= 4 * TOL[dtype]
+
+
+def test_no_recompile_for_new_shapes_or_option_values(monkeypatch: pytest.MonkeyPatch) -> None:
+    from torch._dynamo.utils import counters
+
+    took = _spy(monkeypatch)
+    gen = torch.Generator().manual_seed(3)
+    shapes = [(37, 501), (64, 300), (129, 1000)]
+    before = None
+    for i, (eps, (n, c)) in enumerate(zip([0.05, 0.1, 0.3], shapes, strict=True)):
+        x = torch.randn(n, c, generator=gen)
+        t = torch.randint(0, c, (n,), generator=gen)
+        cross_entropy(x.requires_grad_(), t, label_smoothing=eps, z_loss=1e-4 * (i + 1)).backward()
+        if before is None:  # the first call may compile this option set
+            before = counters["stats"]["unique_graphs"]
+    assert took == [True] * 3
+    assert counters["stats"]["unique_graphs"] == before
+
+
+def test_dead_and_ignored_rows_get_exact_zero_gradients() -> None:
+    x = torch.randn(6, 400)
+    x[1] = float("-inf")  # an ignored row with every logit masked
+    t = torch.tensor([0, -100, 5, -100, 7, 9])
+    sw = torch.tensor([1.0, float("nan"), 1.0, float("inf"), 2.0, 1.0])
+    loss, grad = _run("auto", x, t, z_loss=1e-3, sample_weight=sw, label_smoothing=0.1)
+    _, grad_t = _run("torch", x, t, z_loss=1e-3, sample_weight=sw, label_smoothing=0.1)
+    assert torch.isfinite(grad).all() and torch.isfinite(loss)
+    assert (grad[1] == 0).all() and (grad[3] == 0).all()
+    assert _rel(grad, grad_t) <= TOL[torch.float32]
+
+
+def test_declines_strided_logits_and_the_result_is_unchanged(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    gen = torch.Generator().manual_seed(4)
+    base = torch.randn(500, 64, generator=gen)
+    x = base.T  # (64, 500), classes not contiguous
+    t = torch.randint(0, 500, (64,), generator=gen)
+    took = _spy(monkeypatch)
+    _, grad = _run("auto", x, t)
+    assert took == [False]
+    ref_x = x.detach().clone().requires_grad_()
+    F.cross_entropy(ref_x, t).backward()
+    assert _rel(grad, ref_x.grad) <= TOL[torch.float32]
+
+
+def test_switched_off_by_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(_compiled.ENV, "torch")
+    took = _spy(monkeypatch)
+    x, t = torch.randn(8, 300), torch.randint(0, 300, (8,))
+    _run("auto", x, t)
+    assert took == [False]
+    assert _compiled.disabled_reason() == f"{_compiled.ENV}=torch"
+    monkeypatch.setenv(_compiled.ENV, "fast")
+    with pytest.raises(ValueError, match=_compiled.ENV):
+        _run("auto", x, t)
+
+
+def test_a_failed_build_warns_once_and_falls_back(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No C++ compiler (or any inductor error) on the first compile: one RuntimeWarning, the
+    torch-op kernels' result, and no further attempt."""
+    monkeypatch.setattr(_compiled, "_broken", None)
+    monkeypatch.setattr(_compiled, "_working", set())
+    monkeypatch.setattr(_compiled, "_failed", {})
+    attempts: list[int] = []
+
+    def broken(key: Any) -> Any:
+        def fail(*args: Any) -> Any:
+            attempts.append(1)
+            raise RuntimeError("C++ compile error: cannot find a compiler")
+
+        return fail
+
+    monkeypatch.setattr(_compiled, "_variant", broken)
+    x, t = torch.randn(16, 300), torch.randint(0, 300, (16,))
+    with pytest.warns(RuntimeWarning, match="could not be built.*cannot find a compiler"):
+        loss, grad = _run("auto", x, t)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        loss2, grad2 = _run("auto", x, t, label_smoothing=0.1)  # another option set
+    assert attempts == [1]
+    assert not _compiled.enabled()
+    loss_t, grad_t = _run("torch", x, t)
+    assert torch.equal(grad, grad_t) and torch.equal(loss, loss_t)
+    loss_t, grad_t = _run("torch", x, t, label_smoothing=0.1)
+    assert torch.equal(grad2, grad_t) and torch.equal(loss2, loss_t)
+
+
+def test_in_place_gradient_and_linear_chunks(monkeypatch: pytest.MonkeyPatch) -> None:
+    took = _spy(monkeypatch)
+    gen = torch.Generator().manual_seed(5)
+    x, t = torch.randn(32, 600, generator=gen), torch.randint(0, 600, (32,), generator=gen)
+    leaf = x.clone().requires_grad_()
+    loss = cross_entropy(leaf * 1.0, t, inplace_backward=True)
+    loss.backward()
+    ref_x = x.clone().requires_grad_()
+    F.cross_entropy(ref_x, t).backward()
+    assert _rel(leaf.grad, ref_x.grad) <= TOL[torch.float32]
+    h = torch.randn(32, 16, generator=gen, requires_grad=True)
+    w = torch.randn(600, 16, generator=gen, requires_grad=True)
+    linear_cross_entropy(h, w, t, label_smoothing=0.1).backward()
+    h2, w2 = h.detach().clone().requires_grad_(), w.detach().clone().requires_grad_()
+    F.cross_entropy(h2 @ w2.T, t, label_smoothing=0.1).backward()
+    assert _rel(h.grad, h2.grad) <= TOL[torch.float32]
+    assert _rel(w.grad, w2.grad) <= TOL[torch.float32]
+    assert took and all(took)
+
+
+def test_inside_torch_compile_fullgraph_and_autocast(monkeypatch: pytest.MonkeyPatch) -> None:
+    took = _spy(monkeypatch)
+    gen = torch.Generator().manual_seed(6)
+    x, t = torch.randn(40, 800, generator=gen), torch.randint(0, 800, (40,), generator=gen)
+
+    def step(x: Any, t: Any) -> Any:
+        return cross_entropy(x, t, label_smoothing=0.1)
+
+    compiled = torch.compile(step, fullgraph=True)
+    ref_x = x.clone().requires_grad_()
+    F.cross_entropy(ref_x, t, label_smoothing=0.1).backward()
+    for autocast in (False, True):
+        xa = x.clone().requires_grad_()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            loss = compiled(xa, t)
+        loss.backward()
+        assert _rel(xa.grad, ref_x.grad) <= TOL[torch.float32]
+    assert took and all(took)
+
+
+def test_deterministic() -> None:
+    gen = torch.Generator().manual_seed(7)
+    x, t = torch.randn(300, 900, generator=gen), torch.randint(0, 900, (300,), generator=gen)
+    a = _run("auto", x, t, label_smoothing=0.1)
+    b = _run("auto", x, t, label_smoothing=0.1)
+    assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
