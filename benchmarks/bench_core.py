@@ -1,14 +1,18 @@
 """Core benchmark: ``value_and_grad(cross_entropy)`` against torch's forward+backward.
 
 Usage: ``python benchmarks/bench_core.py [--quick]``. Integer labels, float32 logits (N, V).
-Times are medians of interleaved runs in one process (see ../shared/BENCHMARKING.md); peak
-memory above the inputs is measured in a fresh subprocess per implementation and counts the
-returned gradient. Writes ``benchmarks/results/core.md``.
+Times are medians of interleaved runs in one process (see ../shared/BENCHMARKING.md), beside
+``F.cross_entropy``, a warmed ``torch.compile(F.cross_entropy)`` and the floor ``np.exp(x)``
+into a fresh array; each shape quiet and with one and two CPU-bound processes running beside
+it (started here, ended by pid), the 1-minute load in each row. Peak memory above the inputs is
+measured in a fresh subprocess per implementation (quiet rows only) and counts the returned
+gradient. Writes ``benchmarks/results/core.md``.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -18,6 +22,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _harness import (
+    burners,
     interleaved_times,
     machine_line,
     markdown_table,
@@ -62,8 +67,8 @@ def _peaks(n: int, v: int) -> tuple[int, int]:
     return ours, theirs
 
 
-def _times(n: int, v: int, repeats: int) -> tuple[float, float, float, float, float]:
-    """Median seconds (ours, ours value only, torch) and the loss / max gradient differences."""
+def _times(n: int, v: int, repeats: int) -> tuple[dict[str, float], float, float]:
+    """Median seconds by implementation and the loss / max gradient differences."""
     vg = ce.value_and_grad(ce.cross_entropy)
     rng = np.random.default_rng(0)
     x = rng.standard_normal((n, v), dtype=np.float32)
@@ -83,6 +88,17 @@ def _times(n: int, v: int, repeats: int) -> tuple[float, float, float, float, fl
         loss.backward()
         return loss
 
+    compiled_ce = torch.compile(F.cross_entropy)
+
+    def compiled() -> object:
+        xt.grad = None
+        loss = compiled_ce(xt, yt)
+        loss.backward()
+        return loss
+
+    def floor() -> object:
+        return np.exp(x)
+
     # Agreement first: same numbers, or the timing means nothing.
     value, grad = vg(x, y)
     loss = theirs()
@@ -91,27 +107,39 @@ def _times(n: int, v: int, repeats: int) -> tuple[float, float, float, float, fl
     err_g = float(np.max(np.abs(grad - xt.grad.numpy())))
     del grad
     xt.grad = None
-    times = interleaved_times(
-        {"ours": ours, "forward": forward_only, "torch": theirs}, repeats=repeats, warmup=1
-    )
+    fns = {
+        "ours": ours,
+        "forward": forward_only,
+        "torch": theirs,
+        "compiled": compiled,
+        "floor": floor,
+    }
+    times = interleaved_times(fns, repeats=repeats, warmup=1)
     xt.grad = None
-    t_ours, t_fwd, t_torch = (median(times[k]) for k in ("ours", "forward", "torch"))
-    return t_ours, t_fwd, t_torch, err_v, err_g
+    return {k: median(v_) for k, v_ in times.items()}, err_v, err_g
 
 
-def _measure(n: int, v: int, repeats: int) -> list[str]:
-    """One table row for logits (n, v); the timing arrays are freed before the memory probes."""
-    t_ours, t_fwd, t_torch, err_v, err_g = _times(n, v, repeats)
-    peak_ours, peak_torch = _peaks(n, v)
+def _measure(n: int, v: int, repeats: int, load: int) -> list[str]:
+    """One table row for logits (n, v) with ``load`` burners beside it; the timing arrays are
+    freed before the memory probes (quiet rows only)."""
+    with burners(load):
+        t, err_v, err_g = _times(n, v, repeats)
+        load_avg = os.getloadavg()[0]
     size = n * v * 4
+    peaks = ("—", "—")
+    if load == 0:
+        peak_ours, peak_torch = _peaks(n, v)
+        peaks = (f"{peak_ours / size:.2f}×", f"{peak_torch / size:.2f}×")
     row = [
         f"({n}, {v})",
-        f"{t_ours:.3f}",
-        f"{t_torch:.3f}",
-        f"**{t_torch / t_ours:.2f}×**",
-        f"{t_fwd:.3f}",
-        f"{peak_ours / size:.2f}×",
-        f"{peak_torch / size:.2f}×",
+        f"{load} ({load_avg:.2f})",
+        f"{t['ours']:.3f}",
+        f"{t['torch']:.3f}",
+        f"**{t['torch'] / t['ours']:.2f}×**",
+        f"{t['compiled']:.3f} ({t['ours'] / t['compiled']:.2f}×)",
+        f"{t['ours'] / t['floor']:.2f}×",
+        f"{t['forward']:.3f}",
+        *peaks,
         f"{err_v:.1e} / {err_g:.1e}",
     ]
     print(" | ".join(row), flush=True)
@@ -128,13 +156,17 @@ def main() -> int:
     print(f"torch threads: {torch.get_num_threads()} (NumPy ufuncs are single-threaded)")
     print(machine_line())
 
-    rows = [_measure(n, v, repeats) for n, v in (QUICK if args.quick else FULL)]
+    shapes = QUICK if args.quick else FULL
+    rows = [_measure(n, v, repeats, load) for load in (0, 1, 2) for n, v in shapes]
 
     headers = [
         "logits (N, V) fp32",
+        "burners (1-min load)",
         "ours fwd+grad (s)",
-        "torch fwd+bwd (s)",
-        "speed-up",
+        "F fwd+bwd (s)",
+        "speed-up vs F",
+        "compile(F) fwd+bwd (s) (ours ×)",
+        "ours × np.exp floor",
         "ours value only (s)",
         "peak above input, ours",
         "peak above input, torch",
@@ -147,9 +179,13 @@ def main() -> int:
             "",
             f"Command: `{command}`. {machine_line()}; torch {torch.__version__} with "
             f"`torch.set_num_threads({THREADS})`, NumPy {np.__version__} (single-threaded). "
-            f"Integer labels, medians of {repeats} interleaved runs after a warm-up. Peak "
-            "memory above the inputs in a fresh subprocess each, as a multiple of the logits' "
-            "size, counting the returned gradient (1.00× is the gradient alone).",
+            f"Integer labels, medians of {repeats} interleaved runs after a warm-up, beside "
+            "`F.cross_entropy`, a warmed `torch.compile(F.cross_entropy)` and the floor "
+            "`np.exp(x)` into a fresh array, with 0, 1 and 2 CPU-bound processes running beside "
+            "the measurement (the 1-minute load beside each row). Peak memory above the inputs "
+            "in a fresh subprocess each (quiet rows), as a multiple of the logits' size, "
+            "counting the returned gradient (1.00× is the gradient alone). The NumPy core runs "
+            "on one core; torch on two.",
             "",
             markdown_table(headers, rows),
         ]

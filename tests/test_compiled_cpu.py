@@ -108,6 +108,48 @@ def test_matches_the_torch_op_kernels_and_F(
     assert _rel(loss, ref.detach()) <= 4 * TOL[dtype]
 
 
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize(
+    "kw",
+    [{}, {"label_smoothing": 0.1, "weight": "rand"}, {"softcap": 10.0, "z_loss": 1e-3}],
+    ids=lambda k: ",".join(k) or "plain",
+)
+def test_statistics_and_gradient_passes(
+    dtype: Any, kw: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``reduction="none"`` runs the statistics pass forward and the gradient pass backward; a
+    loss under ``no_grad`` runs the statistics alone. Both compiled, both as the torch ops."""
+    calls: list[str] = []
+    for name in ("logits_row_stats", "logits_grad"):
+        inner = getattr(_compiled, name)
+
+        def spy(*a: Any, _inner: Any = inner, _name: str = name, **k: Any) -> Any:
+            res = _inner(*a, **k)
+            calls.append(_name if res is not None and res is not False else "declined")
+            return res
+
+        monkeypatch.setattr(_compiled, name, spy)
+    gen = torch.Generator().manual_seed(8)
+    n, c = 40, 600
+    x = (4 * torch.randn(n, c, generator=gen)).to(dtype)
+    t = torch.randint(0, c, (n,), generator=gen)
+    t[::4] = -100
+    args = _args(kw, dtype, n, c)
+    upstream = torch.linspace(-1.0, 2.0, n)
+    res = {}
+    for impl in ("auto", "torch"):
+        xx = x.clone().requires_grad_()
+        losses = cross_entropy(xx, t, reduction="none", impl=impl, **args)
+        (losses * upstream.to(losses.dtype)).sum().backward()
+        with torch.no_grad():
+            mean = cross_entropy(x, t, impl=impl, **args)
+        res[impl] = (losses.detach(), xx.grad, mean)
+    assert calls == ["logits_row_stats", "logits_grad", "logits_row_stats"]
+    for got, want in zip(res["auto"], res["torch"], strict=True):
+        assert got.dtype == want.dtype
+        assert _rel(got, want) <= TOL[dtype]
+
+
 def test_no_recompile_for_new_shapes_or_option_values(monkeypatch: pytest.MonkeyPatch) -> None:
     from torch._dynamo.utils import counters
 
@@ -172,7 +214,7 @@ def test_a_failed_build_warns_once_and_falls_back(monkeypatch: pytest.MonkeyPatc
     monkeypatch.setattr(_compiled, "_failed", {})
     attempts: list[int] = []
 
-    def broken(key: Any) -> Any:
+    def broken(key: Any, fresh: bool = False) -> Any:
         def fail(*args: Any) -> Any:
             attempts.append(1)
             raise RuntimeError("C++ compile error: cannot find a compiler")

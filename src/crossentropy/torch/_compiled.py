@@ -46,11 +46,12 @@ from typing import Any
 
 import torch
 from torch import Tensor
+from torch._dynamo.exc import FailOnRecompileLimitHit
 
 from ._rows import index_target_coefficients, softcapped, target_exp
-from ._types import RowStats, compute_dtype
+from ._types import GradCoefficients, RowStats, compute_dtype
 
-__all__ = ["disabled_reason", "enabled", "logits_fused"]
+__all__ = ["disabled_reason", "enabled", "logits_fused", "logits_grad", "logits_row_stats"]
 
 ENV = "CROSSENTROPY_CPU_KERNELS"
 
@@ -60,6 +61,7 @@ _broken: str | None = None  # the first compile failed: no variant is tried agai
 _variants: dict[tuple[Any, ...], Callable[..., Any]] = {}
 _working: set[tuple[Any, ...]] = set()  # variants that have run
 _failed: dict[tuple[Any, ...], str] = {}  # variants that raised: the torch ops run them
+_generation: dict[tuple[Any, ...], int] = {}  # fresh copies made after the recompile limit
 
 
 def enabled() -> bool:
@@ -76,6 +78,67 @@ def disabled_reason() -> str | None:
     if choice not in ("", "auto", "compiled"):
         raise ValueError(f"{ENV} must be 'auto', 'compiled' or 'torch', got {choice!r}")
     return _broken
+
+
+def _row_stats(
+    z: Tensor, idx: Tensor, inside: Tensor, class_weight: Tensor | None, with_sum: bool
+) -> tuple[Tensor, Tensor, Tensor, Tensor | None, Tensor]:
+    """``(m, Σ_{c≠y} e^{z−m}, z_y, Σ_c w_c z_c, is_target)`` of compute-dtype logits ``z``
+    (``m`` and ``is_target`` keep the class dimension); traced into each compiled pass."""
+    m = z.amax(dim=-1, keepdim=True)
+    col = torch.arange(z.shape[-1], device=z.device)
+    is_t = (col == idx) & inside.unsqueeze(-1)
+    sumexp = torch.where(is_t, 0.0, torch.exp(z - m)).sum(dim=-1)
+    xt = torch.where(is_t, z, 0.0).sum(dim=-1)
+    s = None
+    if with_sum:
+        s = z.sum(dim=-1) if class_weight is None else (z * class_weight).sum(dim=-1)
+    return m, sumexp, xt, s, is_t
+
+
+def _stats(
+    x: Tensor,
+    idx: Tensor,
+    inside: Tensor,
+    class_weight: Tensor | None,
+    one: Tensor,
+    with_sum: bool,
+    softcap: Tensor | None,
+) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
+    """The statistics pass (pass 1 of :mod:`._kernels`) over ``x`` of shape ``(N, C)``."""
+    z, _ = softcapped(x.to(one.dtype), softcap)
+    m, sumexp, xt, s, _ = _row_stats(z, idx, inside, class_weight, with_sum)
+    return m.squeeze(-1), sumexp, xt, s
+
+
+def _grad(
+    x: Tensor,
+    idx: Tensor,
+    inside: Tensor,
+    shift: Tensor,
+    p_scale: Tensor,
+    smooth_scale: Tensor | None,
+    target_grad: Tensor,
+    class_weight: Tensor | None,
+    out: Tensor | None,
+    one: Tensor,
+    softcap: Tensor | None,
+) -> None:
+    """The gradient pass (pass 2 of :mod:`._kernels`, :func:`._kernels.logits_grad` after it
+    folded the reference point): ``p_scale · e^{z − shift} − smooth_scale · w`` off the target
+    column, ``target_grad`` on it (when the target lies in this shard), times the softcap's
+    ``1 − t²``; written into ``out`` (``x`` itself when ``None``)."""
+    z, t = softcapped(x.to(one.dtype), softcap)
+    g = torch.exp(z - shift.unsqueeze(-1)) * p_scale.unsqueeze(-1)
+    if smooth_scale is not None:
+        smooth = smooth_scale.unsqueeze(-1)
+        g = g - (smooth if class_weight is None else smooth * class_weight)
+    col = torch.arange(z.shape[-1], device=z.device)
+    is_t = (col == idx) & inside.unsqueeze(-1)
+    g = torch.where(is_t, target_grad.unsqueeze(-1), g)
+    if t is not None:
+        g = g * (1.0 - t * t)
+    (x if out is None else out).copy_(g)
 
 
 def _fused(
@@ -99,14 +162,7 @@ def _fused(
     would specialise the graph on each value (a recompile per ``label_smoothing``)."""
     num_classes = x.shape[-1]
     z, t = softcapped(x.to(one.dtype), softcap)
-    m = z.amax(dim=-1, keepdim=True)
-    col = torch.arange(num_classes, device=x.device)
-    is_t = (col == idx) & inside.unsqueeze(-1)
-    sumexp = torch.where(is_t, 0.0, torch.exp(z - m)).sum(dim=-1)
-    xt = torch.where(is_t, z, 0.0).sum(dim=-1)
-    s = None
-    if eps is not None:
-        s = z.sum(dim=-1) if class_weight is None else (z * class_weight).sum(dim=-1)
+    m, sumexp, xt, s, is_t = _row_stats(z, idx, inside, class_weight, eps is not None)
     stats = RowStats(m.squeeze(-1), sumexp, xt, inside, s)
     coef = index_target_coefficients(
         stats,
@@ -131,17 +187,74 @@ def _fused(
     return stats.max, sumexp, xt, s
 
 
-def _variant(key: tuple[Any, ...]) -> Callable[..., Any]:
-    """The compiled function of one option set: a copy of :func:`_fused` under its own code
-    object, so that Dynamo keeps a separate cache (and recompile count) for it."""
+_PASSES: dict[str, Callable[..., Any]] = {"fused": _fused, "stats": _stats, "grad": _grad}
+
+
+def _variant(key: tuple[Any, ...], fresh: bool = False) -> Callable[..., Any]:
+    """The compiled function of one pass and option set (``key[0]`` names the pass): a copy of
+    the pass under its own code object, so that Dynamo keeps a separate cache (and recompile
+    count) for it. ``fresh``: a new copy with an empty cache (see :func:`_run`)."""
     fn = _variants.get(key)
-    if fn is None:
-        name = "_fused_" + "_".join(str(k).replace("torch.", "") for k in key)
-        code = _fused.__code__.replace(co_name=name)
-        copy = types.FunctionType(code, _fused.__globals__, name)
+    if fn is None or fresh:
+        base = _PASSES[key[0]]
+        _generation[key] = _generation.get(key, -1) + 1
+        name = "_" + "_".join(str(k).replace("torch.", "") for k in key)
+        name += f"_{_generation[key]}"
+        code = base.__code__.replace(co_name=name)
+        copy = types.FunctionType(code, base.__globals__, name)
         fn = torch.compile(copy, dynamic=True, fullgraph=True)
         _variants[key] = fn
     return fn
+
+
+def _run(key: tuple[Any, ...], args: tuple[Any, ...]) -> tuple[bool, Any]:
+    """``(True, result)`` of the compiled variant ``key`` on ``args``, or ``(False, None)``
+    when it is not available (it failed to build, now or before).
+
+    Sizes are symbolic, but Dynamo still specialises a size of 1 (a one-row batch) and keys a
+    graph on the thread count. Two measures keep such recompiles few and harmless: sizes are
+    never assumed equal because they happen to be (``use_duck_shape`` off during the call, so
+    a first call with ``N == C`` does not tie the two), and a variant that reaches Dynamo's
+    recompile limit is replaced by a fresh copy instead of being given up."""
+    if key in _failed:
+        return False, None
+    for attempt in range(2):
+        try:
+            with _no_duck_shapes():
+                res = _variant(key, fresh=attempt > 0)(*args)
+        except FailOnRecompileLimitHit:
+            if attempt == 0:
+                continue
+            raise
+        except Exception as exc:  # no compiler, an inductor limitation: keep the torch ops
+            _give_up(key, exc)
+            return False, None
+        _working.add(key)
+        return True, res
+    raise AssertionError("unreachable")
+
+
+def _no_duck_shapes() -> Any:
+    """A context in which Dynamo gives equal sizes separate symbols."""
+    from torch.fx.experimental import _config
+
+    return _config.patch(use_duck_shape=False)  # type: ignore[attr-defined]
+
+
+def _eligible(logits: Tensor, out: Tensor | None = None) -> bool:
+    """A call this module takes: switched on, a CPU tensor of a floating dtype it compiles,
+    not empty, contiguous (as is ``out``), and ``out`` either ``logits`` itself or apart."""
+    if not enabled() or logits.device.type != "cpu" or logits.dtype not in _DTYPES:
+        return False
+    if logits.numel() == 0 or not logits.is_contiguous():
+        return False
+    if logits.shape[-1] == 1 or logits.numel() == logits.shape[-1]:
+        return False  # one class or one row: Dynamo would specialise a size of 1 (a recompile)
+    if out is None:
+        return True
+    if not out.is_contiguous() or out.device.type != "cpu":
+        return False
+    return out.data_ptr() == logits.data_ptr() or not _overlap(logits, out)
 
 
 def logits_fused(
@@ -162,16 +275,13 @@ def logits_fused(
     ``out``, or ``None`` when this kernel does not take the call (the caller runs the torch-op
     kernels). ``logits`` is ``(*rows, C)``; ``idx`` ``(*rows, 1)`` and ``inside`` ``rows`` as
     :func:`._kernels._local_index` gives them."""
-    if not enabled() or logits.device.type != "cpu" or logits.dtype not in _DTYPES:
-        return None
-    if logits.numel() == 0 or not (logits.is_contiguous() and out.is_contiguous()):
+    if not _eligible(logits, out):
         return None
     rows, num_classes = tuple(logits.shape[:-1]), logits.shape[-1]
     cdt = compute_dtype(logits.dtype)
     inplace = out.data_ptr() == logits.data_ptr()
-    if not inplace and _overlap(logits, out):
-        return None
     key = (
+        "fused",
         logits.dtype,
         class_weight is not None,
         bool(label_smoothing),
@@ -179,35 +289,120 @@ def logits_fused(
         softcap is not None,
         inplace,
     )
-    args = (
-        logits.reshape(-1, num_classes),
-        idx.reshape(-1, 1),
-        inside.reshape(-1),
-        row_scale.to(cdt).reshape(-1),
-        target_weight.to(cdt).reshape(-1),
-        None if class_weight is None else class_weight.to(cdt),
-        None if inplace else out.view(-1, num_classes),
-        torch.ones((), dtype=cdt),
-        _scalar(label_smoothing, cdt),
-        torch.as_tensor(weight_total, dtype=cdt),
-        _scalar(z_loss, cdt),
-        None if softcap is None else torch.tensor(softcap, dtype=cdt),
+    ok, res = _run(
+        key,
+        (
+            logits.view(-1, num_classes),
+            idx.reshape(-1, 1),
+            inside.reshape(-1),
+            row_scale.to(cdt).reshape(-1),
+            target_weight.to(cdt).reshape(-1),
+            None if class_weight is None else class_weight.to(cdt),
+            None if inplace else out.view(-1, num_classes),
+            torch.ones((), dtype=cdt),
+            _scalar(label_smoothing, cdt),
+            torch.as_tensor(weight_total, dtype=cdt),
+            _scalar(z_loss, cdt),
+            _cap(softcap, cdt),
+        ),
     )
-    if key in _failed:
+    return _stats_of(res, rows, inside) if ok else None
+
+
+def logits_row_stats(
+    logits: Tensor,
+    idx: Tensor,
+    inside: Tensor,
+    *,
+    class_weight: Tensor | None,
+    with_sum: bool,
+    softcap: float | None,
+) -> RowStats | None:
+    """:func:`._kernels.logits_row_stats` (any shard: ``idx``/``inside`` from the shard's
+    offset), or ``None`` when this kernel does not take the call."""
+    if not _eligible(logits):
         return None
-    try:
-        m, sumexp, xt, s = _variant(key)(*args)
-    except Exception as exc:  # no compiler, an inductor limitation: keep the torch ops
-        _give_up(key, exc)
-        return None
-    _working.add(key)
+    rows, num_classes = tuple(logits.shape[:-1]), logits.shape[-1]
+    cdt = compute_dtype(logits.dtype)
+    key = (
+        "stats",
+        logits.dtype,
+        class_weight is not None and with_sum,
+        with_sum,
+        softcap is not None,
+    )
+    ok, res = _run(
+        key,
+        (
+            logits.view(-1, num_classes),
+            idx.reshape(-1, 1),
+            inside.reshape(-1),
+            None if class_weight is None or not with_sum else class_weight.to(cdt),
+            torch.ones((), dtype=cdt),
+            with_sum,
+            _cap(softcap, cdt),
+        ),
+    )
+    return _stats_of(res, rows, inside) if ok else None
+
+
+def logits_grad(
+    logits: Tensor,
+    idx: Tensor,
+    inside: Tensor,
+    shift: Tensor,
+    coef: GradCoefficients,
+    *,
+    class_weight: Tensor | None,
+    out: Tensor,
+    softcap: float | None,
+) -> bool:
+    """:func:`._kernels.logits_grad` after it folded the reference point into ``shift`` and
+    ``coef.p_scale``: writes ``out`` and returns ``True``, or returns ``False`` (nothing
+    written) when this kernel does not take the call."""
+    if not _eligible(logits, out):
+        return False
+    num_classes = logits.shape[-1]
+    cdt = compute_dtype(logits.dtype)
+    inplace = out.data_ptr() == logits.data_ptr()
+    smooth = coef.smooth_scale
+    key = (
+        "grad",
+        logits.dtype,
+        out.dtype,
+        class_weight is not None and smooth is not None,
+        smooth is not None,
+        softcap is not None,
+        inplace,
+    )
+    ok, _ = _run(
+        key,
+        (
+            logits.view(-1, num_classes),
+            idx.reshape(-1, 1),
+            inside.reshape(-1),
+            shift.to(cdt).reshape(-1),
+            coef.p_scale.to(cdt).reshape(-1),
+            None if smooth is None else smooth.to(cdt).reshape(-1),
+            coef.target_grad.to(cdt).reshape(-1),
+            None if class_weight is None or smooth is None else class_weight.to(cdt),
+            None if inplace else out.view(-1, num_classes),
+            torch.ones((), dtype=cdt),
+            _cap(softcap, cdt),
+        ),
+    )
+    return ok
+
+
+def _stats_of(res: Any, rows: tuple[int, ...], inside: Tensor) -> RowStats:
+    m, sumexp, xt, s = res
     return RowStats(
-        m.view(rows),
-        sumexp.view(rows),
-        xt.view(rows),
-        inside,
-        None if s is None else s.view(rows),
+        m.view(rows), sumexp.view(rows), xt.view(rows), inside, None if s is None else s.view(rows)
     )
+
+
+def _cap(softcap: float | None, dtype: torch.dtype) -> Tensor | None:
+    return None if softcap is None else torch.tensor(softcap, dtype=dtype)
 
 
 def _give_up(key: tuple[Any, ...], exc: Exception) -> None:
@@ -231,14 +426,18 @@ def _give_up(key: tuple[Any, ...], exc: Exception) -> None:
 
 
 def _describe(key: tuple[Any, ...]) -> str:
-    dtype, weight, smoothing, z_loss, softcap, inplace = key
-    names = ["class weights", "label smoothing", "z-loss", "softcap", "in place"]
-    on = [
-        n
-        for n, flag in zip(names, (weight, smoothing, z_loss, softcap, inplace), strict=True)
-        if flag
-    ]
-    return f"{str(dtype).replace('torch.', '')} logits" + (f" with {', '.join(on)}" if on else "")
+    """``the fused pass on float32 logits with ...`` for a variant key."""
+    kind, dtype, *flags = key
+    names = {
+        "fused": ["class weights", "label smoothing", "z-loss", "softcap", "in place"],
+        "stats": ["class weights", "the logits' sum", "softcap"],
+        "grad": ["class weights", "label smoothing", "softcap", "in place"],
+    }[kind]
+    if kind == "grad":
+        flags = flags[1:]  # the gradient's dtype
+    on = [n for n, flag in zip(names, flags, strict=True) if flag]
+    text = f"the {kind} pass on {str(dtype).replace('torch.', '')} logits"
+    return text + (f" with {', '.join(on)}" if on else "")
 
 
 def _scalar(value: float, dtype: torch.dtype) -> Tensor | None:

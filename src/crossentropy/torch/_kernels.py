@@ -246,6 +246,12 @@ def logits_row_stats(
     cdt = compute_dtype(logits.dtype)
     rows, num_local = tuple(logits.shape[:-1]), logits.shape[-1]
     idx, inside = _local_index(target, class_offset, num_local)
+    if (cc := select_cpu(logits, impl)) is not None and block_rows is None:
+        st = cc.logits_row_stats(
+            logits, idx, inside, class_weight=class_weight, with_sum=with_sum, softcap=softcap
+        )
+        if st is not None:
+            return st
     out = [torch.empty(rows, dtype=cdt, device=logits.device) for _ in range(3)]
     total = torch.empty(rows, dtype=cdt, device=logits.device) if with_sum else None
     n0 = rows[0] if rows else 1
@@ -363,6 +369,12 @@ def logits_grad(
         out = empty_buffer(tuple(logits.shape), logits.dtype, logits.device)
     rows, num_local = tuple(logits.shape[:-1]), logits.shape[-1]
     idx, inside = _local_index(target, class_offset, num_local)
+    if (cc := select_cpu(logits, impl)) is not None and block_rows is None:
+        done = cc.logits_grad(
+            logits, idx, inside, lse, coef, class_weight=class_weight, out=out, softcap=softcap
+        )
+        if done:
+            return out
     x, g = (logits, out) if rows else (logits.unsqueeze(0), out.unsqueeze(0))
     if not rows:
         idx, inside = idx.unsqueeze(0), inside.unsqueeze(0)
