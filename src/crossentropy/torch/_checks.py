@@ -275,3 +275,30 @@ def check_sample_weight(
     if s.device != device:
         fail(fn, "sample_weight", f"be on {device_of} device {device}", f"device {s.device}")
     return s
+
+
+def check_num_items(fn: str, num_items: object, reduction: object) -> float | Tensor:
+    """``num_items``: a finite number > 0 or a 0-d real tensor (its value is not read: no host
+    sync), given with the default ``reduction="mean"`` only."""
+    if reduction != "mean":
+        fail(
+            fn,
+            "reduction",
+            "be 'mean' (the default) when num_items is given: the loss is then the sum over "
+            "the kept positions divided by num_items",
+            repr(reduction),
+        )
+    if isinstance(num_items, Tensor):
+        if num_items.dim() != 0:
+            fail(fn, "num_items", "be a number or a 0-d tensor", f"shape {tuple(num_items.shape)}")
+        if num_items.is_complex() or num_items.dtype == torch.bool:
+            fail(fn, "num_items", "be a real number", f"dtype {num_items.dtype}", TypeError)
+        if num_items.requires_grad:
+            fail(fn, "num_items", "not require grad (it is a count)", "a tensor that does")
+        return num_items
+    if isinstance(num_items, bool) or not isinstance(num_items, numbers.Real):
+        fail(fn, "num_items", "be a number or a 0-d tensor", describe(num_items), TypeError)
+    value = float(num_items)  # type: ignore[arg-type]
+    if not (value > 0 and value != float("inf")):
+        fail(fn, "num_items", "be a finite number > 0", repr(num_items))
+    return value

@@ -407,3 +407,13 @@ def token_finish(
     lse = r + log_s
     logprob = torch.where(keep, (zy - r) - log_s, 0.0)
     return logprob, log_s + spread / s, lse, rounding_error(r, log_s, lse)
+
+
+def over_items(loss: Tensor, num_items: float | Tensor) -> Tensor:
+    """The summed ``loss`` divided by ``num_items`` (a count from the caller: HF's
+    ``num_items_in_batch``, torchtitan's ``global_valid_tokens``), in float32 (float64 for
+    float64) and returned in the loss's dtype: a half-precision count above 256 is not rounded
+    before the division."""
+    cdt = torch.float64 if loss.dtype == torch.float64 else torch.float32
+    n = num_items.to(device=loss.device, dtype=cdt) if isinstance(num_items, Tensor) else num_items
+    return (loss.to(cdt) / n).to(loss.dtype)

@@ -39,7 +39,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .._validation import fail
-from . import _dtensor
+from . import _dtensor, _rows
 from . import _reference as R
 from ._autograd import (
     _CrossEntropyIndex,
@@ -51,6 +51,7 @@ from ._checks import (
     check_chunk_size,
     check_class_weight,
     check_impl,
+    check_num_items,
     check_options,
     check_projection,
     check_sample_weight,
@@ -138,6 +139,7 @@ def cross_entropy(
     softcap: float | None = None,
     sample_weight: Tensor | None = None,
     inplace_backward: bool = False,
+    num_items: float | Tensor | None = None,
     impl: str = "auto",
 ) -> Tensor:
     r"""Softmax cross-entropy of logits: a fused drop-in for ``torch.nn.functional.cross_entropy``.
@@ -201,6 +203,14 @@ def cross_entropy(
         ``torch.func``, where the result is the same without the saving). A view of a whole
         tensor (``logits.view(-1, V)``, a transpose) is supported; a view of part of one (a
         slice) and double backward are refused with a clear error.
+    num_items : float or 0-d Tensor, optional
+        Not in ``F``: the loss becomes the *sum* over the kept positions divided by
+        ``num_items`` (with the default ``reduction="mean"`` only), the normaliser of gradient
+        accumulation and data parallelism: Hugging Face's ``num_items_in_batch``, torchtitan's
+        ``global_valid_tokens``, counted over every micro-batch or rank. Equal to
+        ``cross_entropy(..., reduction="sum") / num_items`` (divided in float32, then cast to
+        the loss's dtype); a tensor's value is not read (no host sync) and a zero count gives
+        inf or NaN, as the division would. Class and sample weights weight the sum.
     impl : {"auto", "torch", "triton"}
         The fused path's kernels. ``"auto"``: Triton on CUDA tensors of float16, bfloat16 or
         float32 when Triton is installed; on CPU one C++ kernel that ``torch.compile``
@@ -270,6 +280,26 @@ def cross_entropy(
     tensor([[-0.1072,  0.0876,  0.0196],
             [ 0.0226,  0.0226, -0.0453]])
     """
+    if num_items is not None:
+        n = check_num_items(
+            "cross_entropy", num_items, _legacy_reduction(size_average, reduce, reduction)
+        )
+        total = cross_entropy(
+            input,
+            target,
+            weight,
+            None,
+            ignore_index,
+            None,
+            "sum",
+            label_smoothing,
+            z_loss=z_loss,
+            softcap=softcap,
+            sample_weight=sample_weight,
+            inplace_backward=inplace_backward,
+            impl=impl,
+        )
+        return _rows.over_items(total, n)
     if (
         type(input) is Tensor
         and type(target) is Tensor
@@ -458,6 +488,7 @@ def linear_cross_entropy(
     softcap: float | None = None,
     sample_weight: Tensor | None = None,
     chunk_size: int | None = None,
+    num_items: float | Tensor | None = None,
     impl: str = "auto",
 ) -> Tensor:
     r"""``F.cross_entropy(hidden @ weight.T + bias, target, ...)`` without the full logits.
@@ -485,6 +516,9 @@ def linear_cross_entropy(
     chunk_size : int, optional
         Rows of logits alive at a time. Default: about 48 MiB of logits when gradients are
         computed, 128 MiB for a forward that needs none (no gradient buffer beside it).
+    num_items : float or 0-d Tensor, optional
+        The sum over the kept positions divided by ``num_items``, as in
+        :func:`cross_entropy` (``reduction="mean"`` only).
 
     Returns
     -------
@@ -525,6 +559,24 @@ def linear_cross_entropy(
     tensor(1.0094, grad_fn=<NllLossBackward0>)
     """
     fn = "linear_cross_entropy"
+    if num_items is not None:
+        n = check_num_items(fn, num_items, reduction)
+        total = linear_cross_entropy(
+            hidden,
+            weight,
+            target,
+            bias,
+            ignore_index,
+            "sum",
+            label_smoothing,
+            class_weight=class_weight,
+            z_loss=z_loss,
+            softcap=softcap,
+            sample_weight=sample_weight,
+            chunk_size=chunk_size,
+            impl=impl,
+        )
+        return _rows.over_items(total, n)
     if _dtensor.any_dtensor(hidden, weight, bias):
         return _dtensor.linear_cross_entropy(  # type: ignore[no-any-return]
             fn,
