@@ -27,6 +27,7 @@ loss's gradients against the same loss composed in float64 from the materialised
 from __future__ import annotations
 
 import math
+from fractions import Fraction
 from typing import NamedTuple
 
 import torch
@@ -49,10 +50,14 @@ def entropy_quantile_mask(entropy: torch.Tensor, mask: torch.Tensor, top_q: floa
         raise ValueError(f"entropy_quantile_mask: top_q must be in (0, 1], got {top_q}")
     flat_mask = mask.reshape(-1)
     n = int(flat_mask.sum())
-    k = math.ceil(top_q * n)
+    # ceil of the decimal product: top_q = 0.07 is 0.0700...0007 in binary, and its float
+    # product with 100 would round up to 8
+    k = math.ceil(Fraction(repr(float(top_q))) * n)
     scores = entropy.detach().reshape(-1).masked_fill(~flat_mask, float("-inf"))
     keep = torch.zeros_like(flat_mask)
-    keep[scores.topk(k).indices] = True
+    # a stable sort keeps equal entropies in position order (topk's order among ties is not
+    # specified)
+    keep[torch.sort(scores, descending=True, stable=True).indices[:k]] = True
     return keep.reshape(mask.shape)
 
 

@@ -83,7 +83,45 @@ class _State:
     original: Any  # the instance's own ``forward`` before patching (a wrapper), or None
     options: dict[str, Any]
     plan: _Plan
-    wrapper: Any = None  # the bound method patch() set as the instance's ``forward``
+    wrapper: Any = None  # the _InstanceForward patch() set as the instance's ``forward``
+
+
+class _InstanceForward:
+    """A ``forward`` set on one module instance: ``function(owner, *args, **kwargs)``, with a
+    bound method's ``__func__``, ``__self__`` and signature (Trainer and ``generate()`` read
+    it).
+
+    A ``types.MethodType`` would do but for pickling: a whole-model ``torch.save`` pickles a
+    bound method as ``getattr(owner, function.__name__)``, which the loaded model does not
+    have (``'Linear' object has no attribute '_head_forward'``). This pickles as its
+    ``source`` (a function importable by name) and its owner; ``wrap`` rebuilds the patched
+    forward of a model class from that class's forward (:func:`_forward_for`)."""
+
+    def __init__(self, source: Callable[..., Any], owner: Any, *, wrap: bool) -> None:
+        self.source, self.owner, self.wrap = source, owner, wrap
+        self.function = _forward_for(source) if wrap else source
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self.function(self.owner, *args, **kwargs)
+
+    @property
+    def __func__(self) -> Callable[..., Any]:
+        return self.function
+
+    @property
+    def __self__(self) -> Any:
+        return self.owner
+
+    @property
+    def __signature__(self) -> inspect.Signature:
+        return inspect.signature(types.MethodType(self.function, self.owner))
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_rebuild_forward, (self.source, self.owner, self.wrap))
+
+
+def _rebuild_forward(source: Callable[..., Any], owner: Any, wrap: bool) -> _InstanceForward:
+    return _InstanceForward(source, owner, wrap=wrap)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -525,7 +563,11 @@ def _make_forward(cls_forward: Callable[..., Any]) -> Callable[..., Any]:
             loss = loss + _get(self, state.plan.aux_coef_attr) * aux_loss.to(loss.device)
         fields = {key: value for key, value in out.items() if key not in ("loss", "logits")}
         result = type(out)(loss=loss, **fields)
-        return result if return_dict else result.to_tuple()
+        if return_dict:
+            return result
+        # the stock tuple's positions: (loss, logits, ...) with logits None (to_tuple() would
+        # drop it and shift the cache into its place)
+        return (loss, None, *(value for key, value in result.items() if key != "loss"))
 
     return forward
 
@@ -551,8 +593,10 @@ def patch(model: Any, **options: Any) -> Any:
     ``softcap``; ``logit_scale`` (Cohere) and ``logits_scaling`` (Granite) scale the hidden
     states; tied embeddings share one weight as in the stock model; a MoE model that returns
     router logits gets its auxiliary loss added with its coefficient, as its forward does.
-    The output's ``logits`` is ``None``. Without labels the stock forward runs as it was
-    (``generate()`` unchanged).
+    The output's ``logits`` is ``None`` (with ``return_dict=False``, the stock tuple's
+    positions with ``None`` in the logits' place). Without labels the stock forward runs as it
+    was (``generate()`` unchanged). The patched model deep-copies and pickles whole
+    (``torch.save(model)``) as a patched model.
 
     Parameters
     ----------
@@ -592,11 +636,11 @@ def patch(model: Any, **options: Any) -> Any:
         state.options, state.plan = dict(options), plan
         return model
     state = _State(vars(target).get("forward"), dict(options), plan)
-    state.wrapper = types.MethodType(_forward_for(type(target).forward), target)
+    state.wrapper = _InstanceForward(type(target).forward, target, wrap=True)
     setattr(target, _STATE, state)
     target.forward = state.wrapper
     head_module = getattr(target, head)
-    head_module.forward = types.MethodType(_head_forward, head_module)
+    head_module.forward = _InstanceForward(_head_forward, head_module, wrap=False)
     setattr(head_module, _SINK, None)
     return model
 

@@ -67,7 +67,7 @@ from ._modes import (
     compiling,
     transforms_active,
 )
-from ._types import Options, tuning
+from ._types import Options, compute_dtype, tuning
 
 __all__ = ["cross_entropy", "linear_cross_entropy"]
 
@@ -638,10 +638,17 @@ def linear_cross_entropy(
     sw1 = None if sw is None else sw.reshape(-1)
     if small or transforms_active() or (grad_on and sw is not None and sw.requires_grad):
         w_ref = cw if cw is None else cw.to(out_dtype if autocast else h.dtype)
+        # Half-precision logits go to F.cross_entropy in float32, as the fused path
+        # accumulates: F's CPU mean of float16 losses overflows once their sum passes 65504.
+        cdt = compute_dtype(out_dtype)
         ref = R.call(
             fn,
             lambda: R.composite(
-                F.linear(h, wt, b).reshape(rows, num_classes), t.reshape(-1), w_ref, sw1, opts
+                F.linear(h, wt, b).reshape(rows, num_classes).to(cdt),
+                t.reshape(-1),
+                w_ref if w_ref is None else w_ref.to(cdt),
+                sw1,
+                opts,
             ),
             t,
             num_classes,
