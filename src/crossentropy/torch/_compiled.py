@@ -1,40 +1,40 @@
-r"""The fused cross-entropy pass on CPU as one kernel that inductor generates (C++, OpenMP).
+r"""The CPU passes of the cross-entropy as C++ kernels that inductor generates (OpenMP).
 
 The torch-op kernels of :mod:`._kernels` run the fused pass as about 44 aten ops and 5 OpenMP
 parallel regions per 8 MiB row block: 663 regions at (8192, 32768). On a machine whose cores
 are shared, a preempted worker thread stalls every region's end while the other threads spin,
-so each region costs several times its work. Here the same pass is written once in torch ops,
-over the whole tensor, and compiled by ``torch.compile`` on first use: inductor turns it into
-*one* parallel region over rows (a few work-shared loops: the row max and the target column;
-``Σ_{c≠y} exp(x − m)``; the gradient), reading each logit from memory two to three times and
-writing the gradient once, with no logits-sized temporary in any dtype.
+so each region costs several times its work. Here each pass is written once in torch ops, over
+the whole tensor, and compiled by ``torch.compile`` on first use into *one* parallel region
+over rows:
+
+- the statistics pass (:func:`logits_row_stats`): per row, the max, the target logit and
+  ``Σ_{c≠y} exp(x − m)``, the row kept in cache between its loops (one read of the logits);
+- the gradient pass (:func:`logits_grad`): one more read, the gradient written once, no
+  logits-sized temporary in any dtype;
+- the fused pass (:func:`logits_fused`): the two, with the per-row coefficients between them
+  in plain torch ops on row-sized tensors.
 
 The arithmetic contract of :mod:`._kernels` is kept: the statistics are the exact row max
 ``m``, ``Σ_{c≠y} exp(x_c − m)`` with the target column excluded and ``x_y`` (see
-:class:`._types.RowStats`); the gradient is ``exp(x − m) · (α / Σ_c exp(x_c − m))`` off the
-target column and ``τ`` on it, from the same :func:`._rows.index_target_coefficients`; float16
-arrives prescaled by the caller. Only the order of the float32 (float64) sums differs from the
-torch-op kernels (inductor sums in vector lanes with a cascade), which moves results by a few
-ulps; the result is deterministic for a given thread count.
-
-``exp`` is computed again in the gradient loop rather than stored (``(x − m) · one`` with a
-runtime ``one``, which common-subexpression elimination cannot merge with the first ``exp``):
-storing it would need a float32 buffer the size of the logits for bfloat16 input.
+:class:`._types.RowStats`); the gradient is ``exp(x − m) · e^{−(lse − m)}`` times the
+coefficients of :func:`._rows.index_target_coefficients` off the target column and ``τ`` on
+it; float16 arrives prescaled by the caller. Only the order of the float32 (float64) sums
+differs from the torch-op kernels (inductor sums in vector lanes with a cascade), which moves
+results by a few ulps; the result is deterministic for a given thread count.
 
 Where it is not used, and the torch-op kernels run instead:
 
 - ``CROSSENTROPY_CPU_KERNELS=torch`` in the environment, or ``impl="torch"``;
 - the first compile failed (no C++ compiler, an inductor error): a ``RuntimeWarning`` says so
   once and the process keeps the torch-op kernels;
-- non-contiguous logits or gradient buffers, an empty tensor.
+- non-contiguous logits or gradient buffers, an empty tensor, one row or one class.
 
-Each option set (dtype; class weights; label smoothing; z-loss; softcap; gradient written over
-the logits) is its own compiled function with sizes and option values symbolic, so a new shape
-or a new value of ``label_smoothing`` never recompiles, and the variants never run into
+Each pass and option set (dtype; class weights; label smoothing; softcap; gradient written
+over the logits) is its own compiled function with sizes and option values symbolic, so a new
+shape or a new value of ``label_smoothing`` never recompiles, and the variants never share
 Dynamo's per-function recompile limit (falling back to eager there would allocate several
 logits-sized temporaries). The first call of a variant compiles it: a few seconds, or well
-under one when inductor's on-disk cache holds it from an earlier process.
-"""
+under one when inductor's on-disk cache holds it from an earlier process."""
 
 from __future__ import annotations
 
@@ -48,7 +48,7 @@ import torch
 from torch import Tensor
 from torch._dynamo.exc import FailOnRecompileLimitHit
 
-from ._rows import index_target_coefficients, softcapped, target_exp
+from ._rows import index_target_coefficients, row_lse_rel, softcapped
 from ._types import GradCoefficients, RowStats, compute_dtype
 
 __all__ = ["disabled_reason", "enabled", "logits_fused", "logits_grad", "logits_row_stats"]
@@ -138,56 +138,16 @@ def _grad(
     g = torch.where(is_t, target_grad.unsqueeze(-1), g)
     if t is not None:
         g = g * (1.0 - t * t)
+    # a row whose coefficients are all 0 (ignored) is exact zeros, whatever its logits (NaN,
+    # ±inf: 0 · NaN would be NaN)
+    dead = (p_scale == 0) & (target_grad == 0)
+    if smooth_scale is not None:
+        dead = dead & (smooth_scale == 0)
+    g = torch.where(dead.unsqueeze(-1), 0.0, g)
     (x if out is None else out).copy_(g)
 
 
-def _fused(
-    x: Tensor,
-    idx: Tensor,
-    inside: Tensor,
-    row_scale: Tensor,
-    target_weight: Tensor,
-    class_weight: Tensor | None,
-    out: Tensor | None,
-    one: Tensor,
-    eps: Tensor | None,
-    weight_total: Tensor,
-    z_loss: Tensor | None,
-    softcap: Tensor | None,
-) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
-    """The fused pass over ``x`` of shape ``(N, C)``; writes the gradient into ``out`` (``x``
-    itself when ``out`` is ``None``) and returns ``(m, Σ_{c≠y} e^{x−m}, x_y, Σ_c w_c x_c)``.
-
-    The option values are 0-d tensors (``None``: not in effect), never Python numbers: Dynamo
-    would specialise the graph on each value (a recompile per ``label_smoothing``)."""
-    num_classes = x.shape[-1]
-    z, t = softcapped(x.to(one.dtype), softcap)
-    m, sumexp, xt, s, is_t = _row_stats(z, idx, inside, class_weight, eps is not None)
-    stats = RowStats(m.squeeze(-1), sumexp, xt, inside, s)
-    coef = index_target_coefficients(
-        stats,
-        row_scale,
-        target_weight,
-        label_smoothing=0.0 if eps is None else eps,
-        num_classes=num_classes,
-        weight_total=weight_total,
-        z_loss=0.0 if z_loss is None else z_loss,
-    )
-    alpha = (coef.p_scale / (sumexp + target_exp(stats))).unsqueeze(-1)
-    g = torch.exp((z - m) * one) * alpha
-    if coef.smooth_scale is not None:
-        smooth = coef.smooth_scale.unsqueeze(-1)
-        g = g - (smooth if class_weight is None else smooth * class_weight)
-    g = torch.where(is_t, coef.target_grad.unsqueeze(-1), g)
-    if t is not None:
-        g = g * (1.0 - t * t)
-    # ignored rows (row scale 0) are exact zeros, also where their max is not finite
-    g = torch.where((row_scale == 0).unsqueeze(-1), 0.0, g)
-    (x if out is None else out).copy_(g)
-    return stats.max, sumexp, xt, s
-
-
-_PASSES: dict[str, Callable[..., Any]] = {"fused": _fused, "stats": _stats, "grad": _grad}
+_PASSES: dict[str, Callable[..., Any]] = {"stats": _stats, "grad": _grad}
 
 
 def _variant(key: tuple[Any, ...], fresh: bool = False) -> Callable[..., Any]:
@@ -273,40 +233,49 @@ def logits_fused(
 ) -> RowStats | None:
     """The statistics of :func:`._kernels.logits_fused` with the gradient written into
     ``out``, or ``None`` when this kernel does not take the call (the caller runs the torch-op
-    kernels). ``logits`` is ``(*rows, C)``; ``idx`` ``(*rows, 1)`` and ``inside`` ``rows`` as
-    :func:`._kernels._local_index` gives them."""
+    kernels; nothing has been written). ``logits`` is ``(*rows, C)``; ``idx`` ``(*rows, 1)``
+    and ``inside`` ``rows`` as :func:`._kernels._local_index` gives them.
+
+    Two compiled passes with the per-row coefficients between them in plain torch ops on
+    row-sized tensors (a few microseconds): the statistics kernel keeps each row in cache
+    between its max and its sums, and the gradient kernel reads the row once more. One kernel
+    for both (tried first) had inductor stream the whole tensor three times, with no row fusion
+    across the per-row coefficients: 1.6× the time at (2048, 4096), no faster at the large
+    shapes, and no more robust under load."""
     if not _eligible(logits, out):
         return None
-    rows, num_classes = tuple(logits.shape[:-1]), logits.shape[-1]
-    cdt = compute_dtype(logits.dtype)
-    inplace = out.data_ptr() == logits.data_ptr()
-    key = (
-        "fused",
-        logits.dtype,
-        class_weight is not None,
-        bool(label_smoothing),
-        bool(z_loss),
-        softcap is not None,
-        inplace,
+    stats = logits_row_stats(
+        logits,
+        idx,
+        inside,
+        class_weight=class_weight,
+        with_sum=bool(label_smoothing),
+        softcap=softcap,
     )
-    ok, res = _run(
-        key,
-        (
-            logits.view(-1, num_classes),
-            idx.reshape(-1, 1),
-            inside.reshape(-1),
-            row_scale.to(cdt).reshape(-1),
-            target_weight.to(cdt).reshape(-1),
-            None if class_weight is None else class_weight.to(cdt),
-            None if inplace else out.view(-1, num_classes),
-            torch.ones((), dtype=cdt),
-            _scalar(label_smoothing, cdt),
-            torch.as_tensor(weight_total, dtype=cdt),
-            _scalar(z_loss, cdt),
-            _cap(softcap, cdt),
-        ),
+    if stats is None:
+        return None
+    coef = index_target_coefficients(
+        stats,
+        row_scale,
+        target_weight,
+        label_smoothing=label_smoothing,
+        num_classes=logits.shape[-1],
+        weight_total=weight_total,
+        z_loss=z_loss,
     )
-    return _stats_of(res, rows, inside) if ok else None
+    # reference point the row max, as in _kernels.logits_grad(ref=...): exp(x − m) · e^{−(lse −
+    # m)}; an ignored row of all −inf logits gets exact zeros (shift 0, p_scale 0)
+    zero = coef.p_scale == 0
+    scaled = GradCoefficients(
+        torch.where(zero, 0.0, coef.p_scale * torch.exp(-row_lse_rel(stats))),
+        coef.smooth_scale,
+        coef.target_grad,
+    )
+    shift = torch.where(zero & ~torch.isfinite(stats.max), 0.0, stats.max)
+    done = logits_grad(
+        logits, idx, inside, shift, scaled, class_weight=class_weight, out=out, softcap=softcap
+    )
+    return stats if done else None
 
 
 def logits_row_stats(
