@@ -409,11 +409,6 @@ def _describe(key: tuple[Any, ...]) -> str:
     return text + (f" with {', '.join(on)}" if on else "")
 
 
-def _scalar(value: float, dtype: torch.dtype) -> Tensor | None:
-    """An option's value as a 0-d tensor, ``None`` when it is 0 (not in effect)."""
-    return torch.tensor(float(value), dtype=dtype) if value else None
-
-
 def _overlap(a: Tensor, b: Tensor) -> bool:
     """Whether two contiguous tensors share memory without being the same buffer."""
     a0, b0 = a.data_ptr(), b.data_ptr()

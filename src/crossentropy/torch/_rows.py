@@ -114,21 +114,15 @@ def other_prob(stats: RowStats) -> Tensor:
     return stats.sumexp / (stats.sumexp + et)
 
 
-def _nonzero(value: float | Tensor) -> bool:
-    """A scalar option is in effect: a nonzero number, or a tensor (never read on the host, so
-    a compiled caller's symbolic value stays symbolic)."""
-    return isinstance(value, Tensor) or bool(value)
-
-
 def index_target_coefficients(
     stats: RowStats,
     row_scale: Tensor,
     target_weight: Tensor,
     *,
-    label_smoothing: float | Tensor,
+    label_smoothing: float,
     num_classes: int,
     weight_total: float | Tensor,
-    z_loss: float | Tensor = 0.0,
+    z_loss: float = 0.0,
 ) -> GradCoefficients:
     """Gradient coefficients for index targets (see the module docstring).
 
@@ -140,22 +134,22 @@ def index_target_coefficients(
         ``s_i = ∂(reduced loss)/∂ℓ_i`` times the upstream gradient; 0 for ignored rows.
     target_weight : Tensor, shape ``rows``
         ``w_{y_i}`` (1 without class weights; any value for ignored rows).
-    label_smoothing : float or Tensor
-        ``ε`` (a 0-d tensor is taken as nonzero: a compiled caller keeps it symbolic).
+    label_smoothing : float
+        ``ε``.
     num_classes : int
         Global vocabulary size ``C``.
     weight_total : float or Tensor
         ``W = Σ_c w_c`` over the global vocabulary (``C`` without class weights).
-    z_loss : float or Tensor
-        ``z`` (a 0-d tensor is taken as nonzero): the row loss gains ``z w_y lse²``, so ``α``
-        and ``τ`` gain ``s · 2 z w_y lse`` (``lse`` from the global ``stats``).
+    z_loss : float
+        ``z``: the row loss gains ``z w_y lse²``, so ``α`` and ``τ`` gain ``s · 2 z w_y lse``
+        (``lse`` from the global ``stats``).
     """
-    zlse = (2.0 * z_loss) * row_lse(stats) if _nonzero(z_loss) else 0.0
+    zlse = (2.0 * z_loss) * row_lse(stats) if z_loss else 0.0
     return coefficients(
         other_prob(stats),
         row_scale,
         target_weight,
-        label_smoothing if isinstance(label_smoothing, Tensor) else float(label_smoothing),
+        float(label_smoothing),
         num_classes,
         weight_total,
         zlse,
@@ -238,7 +232,7 @@ def coefficients(
     q: Tensor,
     row_grad: Tensor,
     tw: Tensor,
-    eps: float | Tensor,
+    eps: float,
     num_classes: int,
     total: Tensor | float,
     zlse: Tensor | float = 0.0,
@@ -247,10 +241,10 @@ def coefficients(
     statistics' own, or saved by a forward) and ``zlse = 2 z lse`` per row with a z-loss.
     Ignored rows (row scale 0) get an exact 0 even if their statistics are not finite."""
     a = (1.0 - eps) * tw
-    if _nonzero(eps):
+    if eps:
         a = a + (eps / num_classes) * total
     zgrad = None
-    if _nonzero(zlse):
+    if not isinstance(zlse, float) or zlse:
         zgrad = tw * zlse
         a = a + zgrad
     p_scale = row_grad * a
@@ -258,7 +252,7 @@ def coefficients(
     if zgrad is not None:
         tgrad = tgrad + row_grad * zgrad
     smooth = None
-    if _nonzero(eps):
+    if eps:
         smooth = row_grad * (eps / num_classes)
         tgrad = tgrad + smooth * (total - tw)
     zero = row_grad == 0
