@@ -282,3 +282,104 @@ def test_deterministic() -> None:
     a = _run("auto", x, t, label_smoothing=0.1)
     b = _run("auto", x, t, label_smoothing=0.1)
     assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+@pytest.mark.parametrize(
+    "kw",
+    [
+        {},
+        {"weight": "rand", "ignore_index": 3, "label_smoothing": 0.1},
+        {"label_smoothing": 0.2, "z_loss": 1e-3, "sample_weight": "rand"},
+        {"inplace_backward": True},
+        {"inplace_backward": True, "weight": "rand", "label_smoothing": 0.1},
+    ],
+    ids=lambda k: ",".join(k) or "plain",
+)
+def test_one_exp_pass_is_bitwise_the_two_exp_pass(
+    dtype: Any, kw: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The fused pass that leaves ``e^{x − m}`` in the gradient buffer and scales it in place
+    gives the gradient of the kernel that computes ``exp`` again from the logits, bit for bit,
+    NaN and infinite logits on ignored rows included."""
+    gen = torch.Generator().manual_seed(7)
+    n, c = 40, 513
+    x = (5 * torch.randn(n, c, generator=gen)).to(dtype)
+    t = torch.randint(0, c, (n,), generator=gen)
+    t[::7] = 3
+    ign = kw.get("ignore_index", -100)
+    t[1] = ign
+    x[1, 4] = float("nan")
+    t[2] = ign
+    x[2] = float("-inf")
+    if kw.get("ignore_index") == 3:
+        x[0, 9] = float("inf")  # t[0] == 3: ignored
+    args = _args(kw, dtype, n, c)
+    keys: list[str] = []
+    run = _compiled._run
+
+    def spy(key: Any, a: Any) -> Any:
+        keys.append(key[0])
+        return run(key, a)
+
+    monkeypatch.setattr(_compiled, "_run", spy)
+
+    def fused() -> tuple[Any, Any]:
+        leaf = x.detach().clone().requires_grad_()
+        loss = cross_entropy(leaf * 1.0 if kw.get("inplace_backward") else leaf, t, **args)
+        loss.backward()
+        return loss.detach(), leaf.grad
+
+    loss1, grad1 = fused()
+    assert keys == ["stats", "scale"]
+    monkeypatch.setattr(_compiled, "_ONE_EXP", False)
+    keys.clear()
+    loss2, grad2 = fused()
+    assert keys == ["stats", "grad"]
+    assert torch.equal(loss1, loss2)
+    assert torch.equal(grad1, grad2)
+    assert grad1 is not None and torch.isfinite(grad1).all()
+    assert (grad1[1] == 0).all() and (grad1[2] == 0).all()
+
+
+@pytest.mark.parametrize("inplace", [False, True])
+def test_scale_kernel_unavailable_after_the_statistics_kernel_ran(
+    inplace: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The statistics kernel has written the exponentials, then the scale kernel cannot run:
+    the gradient is still right (from the logits, or, in place, from the exponentials)."""
+    gen = torch.Generator().manual_seed(8)
+    x = 3 * torch.randn(24, 300, generator=gen)
+    t = torch.randint(0, 300, (24,), generator=gen)
+    run = _compiled._run
+
+    def no_scale(key: Any, a: Any) -> Any:
+        return (False, None) if key[0] == "scale" else run(key, a)
+
+    monkeypatch.setattr(_compiled, "_run", no_scale)
+    leaf = x.clone().requires_grad_()
+    loss = cross_entropy(leaf * 1.0 if inplace else leaf, t, inplace_backward=inplace)
+    loss.backward()
+    ref_x = x.clone().requires_grad_()
+    ref = F.cross_entropy(ref_x, t)
+    ref.backward()
+    assert _rel(leaf.grad, ref_x.grad) <= TOL[torch.float32]
+    assert _rel(loss.detach(), ref.detach()) <= TOL[torch.float32]
+
+
+def test_size_threshold_picks_the_kernels(tuned: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Below ``Tuning.compiled_min_elements`` logits the torch-op kernels run, from it on the
+    compiled ones; both give the same loss and gradient to a few ulps."""
+    tuned(compiled_min_elements=1000)
+    took = _spy(monkeypatch)
+    gen = torch.Generator().manual_seed(9)
+    results = []
+    for n in (9, 10):  # 9 × 100 < 1000 <= 10 × 100
+        x, t = torch.randn(n, 100, generator=gen), torch.randint(0, 100, (n,), generator=gen)
+        loss, grad = _run("auto", x, t)
+        loss_t, grad_t = _run("torch", x, t)
+        results.append((_rel(loss, loss_t), _rel(grad, grad_t)))
+    assert took == [True]  # the 9-row call never reached the compiled module
+    assert max(max(r) for r in results) <= TOL[torch.float32]
+    with pytest.raises(ValueError, match="compiled_min_elements"):
+        tuned(compiled_min_elements=-1)

@@ -18,6 +18,8 @@ from types import ModuleType
 import torch
 from torch import Tensor
 
+from ._types import tuning
+
 __all__ = ["IMPLS", "select", "select_cpu", "triton_available", "triton_interpreted"]
 
 IMPLS = ("auto", "torch", "triton")
@@ -58,8 +60,10 @@ def select(x: Tensor, impl: str) -> ModuleType | None:
 
 def select_cpu(x: Tensor, impl: str) -> ModuleType | None:
     """The compiled CPU kernel module (:mod:`._compiled`) if ``impl`` is ``"auto"`` and ``x``
-    is a CPU tensor, else ``None`` (torch ops; ``"torch"`` is the way to ask for them). The
-    module may still decline a call (switched off, no compiler, strided layouts)."""
-    if impl != "auto" or x.device.type != "cpu":
+    is a CPU tensor of at least :attr:`Tuning.compiled_min_elements
+    <._types.Tuning.compiled_min_elements>` elements, else ``None`` (torch ops; ``"torch"`` is
+    the way to ask for them). The module may still decline a call (switched off, no compiler,
+    strided layouts)."""
+    if impl != "auto" or x.device.type != "cpu" or x.numel() < tuning().compiled_min_elements:
         return None
     return importlib.import_module(_COMPILED)

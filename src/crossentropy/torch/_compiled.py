@@ -62,6 +62,9 @@ _variants: dict[tuple[Any, ...], Callable[..., Any]] = {}
 _working: set[tuple[Any, ...]] = set()  # variants that have run
 _failed: dict[tuple[Any, ...], str] = {}  # variants that raised: the torch ops run them
 _generation: dict[tuple[Any, ...], int] = {}  # fresh copies made after the recompile limit
+#: the fused pass computes each exp once where it can (see :func:`logits_fused`); tests turn
+#: it off to compare with the two-exp gradient kernel bit for bit
+_ONE_EXP = True
 
 
 def enabled() -> bool:
@@ -104,11 +107,45 @@ def _stats(
     one: Tensor,
     with_sum: bool,
     softcap: Tensor | None,
+    exp_out: Tensor | None,
+    exp_over_x: bool,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
-    """The statistics pass (pass 1 of :mod:`._kernels`) over ``x`` of shape ``(N, C)``."""
+    """The statistics pass (pass 1 of :mod:`._kernels`) over ``x`` of shape ``(N, C)``; with
+    ``exp_out`` (of the compute dtype), or over ``x`` itself with ``exp_over_x``, it also writes
+    ``e^{z − m}``, in the same loop as its sum (see :func:`_scale`)."""
     z, _ = softcapped(x.to(one.dtype), softcap)
     m, sumexp, xt, s, _ = _row_stats(z, idx, inside, class_weight, with_sum)
+    if exp_over_x:
+        x.copy_(torch.exp(z - m))
+    elif exp_out is not None:
+        exp_out.copy_(torch.exp(z - m))
     return m.squeeze(-1), sumexp, xt, s
+
+
+def _scale(
+    g: Tensor,
+    idx: Tensor,
+    inside: Tensor,
+    p_scale: Tensor,
+    smooth_scale: Tensor | None,
+    target_grad: Tensor,
+    class_weight: Tensor | None,
+) -> None:
+    """The gradient pass over ``g = e^{z − m}`` as :func:`_stats` wrote it, in place:
+    ``p_scale · g − smooth_scale · w`` off the target column, ``target_grad`` on it; a row whose
+    ``p_scale`` is 0 contributes no ``p`` term whatever ``g`` holds (an ignored row of NaN or
+    ±inf logits: 0 · NaN would be NaN), and a row whose coefficients are all 0 is exact zeros.
+    The same products as :func:`_grad` with the row max as reference point, without a second
+    ``exp``: bit for bit the same gradient."""
+    p = p_scale.unsqueeze(-1)
+    out = torch.where(p == 0, 0.0, g * p)
+    if smooth_scale is not None:
+        smooth = smooth_scale.unsqueeze(-1)
+        out = out - (smooth if class_weight is None else smooth * class_weight)
+    col = torch.arange(g.shape[-1], device=g.device)
+    is_t = (col == idx) & inside.unsqueeze(-1)
+    out = torch.where(is_t, target_grad.unsqueeze(-1), out)
+    g.copy_(out)
 
 
 def _grad(
@@ -147,7 +184,7 @@ def _grad(
     (x if out is None else out).copy_(g)
 
 
-_PASSES: dict[str, Callable[..., Any]] = {"stats": _stats, "grad": _grad}
+_PASSES: dict[str, Callable[..., Any]] = {"stats": _stats, "grad": _grad, "scale": _scale}
 
 
 def _variant(key: tuple[Any, ...], fresh: bool = False) -> Callable[..., Any]:
@@ -244,6 +281,13 @@ def logits_fused(
     shapes, and no more robust under load."""
     if not _eligible(logits, out):
         return None
+    # one exp per logit: the statistics kernel leaves e^{x − m} in the gradient buffer and the
+    # gradient kernel scales it in place. Not with softcap (the gradient needs tanh of the
+    # logits, which an in-place call has overwritten) nor a half-precision gradient (e rounded
+    # to it, then scaled, would round twice).
+    one_exp = (
+        _ONE_EXP and softcap is None and out.dtype == logits.dtype == compute_dtype(logits.dtype)
+    )
     stats = logits_row_stats(
         logits,
         idx,
@@ -251,6 +295,7 @@ def logits_fused(
         class_weight=class_weight,
         with_sum=bool(label_smoothing),
         softcap=softcap,
+        exp_out=out if one_exp else None,
     )
     if stats is None:
         return None
@@ -271,6 +316,28 @@ def logits_fused(
         coef.smooth_scale,
         coef.target_grad,
     )
+    if one_exp:
+        cdt = out.dtype
+        smooth = scaled.smooth_scale
+        args = (
+            out.view(-1, logits.shape[-1]),
+            idx.reshape(-1, 1),
+            inside.reshape(-1),
+            scaled.p_scale.to(cdt).reshape(-1),
+            None if smooth is None else smooth.to(cdt).reshape(-1),
+            scaled.target_grad.to(cdt).reshape(-1),
+            None if class_weight is None or smooth is None else class_weight.to(cdt),
+        )
+        key = ("scale", cdt, class_weight is not None and smooth is not None, smooth is not None)
+        ok, _ = _run(key, args)
+        if ok:
+            return stats
+        # the scale kernel failed to build after the statistics kernel ran: the gradient
+        # kernel from the logits, or, where they were overwritten (in place), the same
+        # products in eager torch ops
+        if out.data_ptr() == logits.data_ptr():
+            _scale(*args)
+            return stats
     shift = torch.where(zero & ~torch.isfinite(stats.max), 0.0, stats.max)
     done = logits_grad(
         logits, idx, inside, shift, scaled, class_weight=class_weight, out=out, softcap=softcap
@@ -286,19 +353,24 @@ def logits_row_stats(
     class_weight: Tensor | None,
     with_sum: bool,
     softcap: float | None,
+    exp_out: Tensor | None = None,
 ) -> RowStats | None:
     """:func:`._kernels.logits_row_stats` (any shard: ``idx``/``inside`` from the shard's
-    offset), or ``None`` when this kernel does not take the call."""
-    if not _eligible(logits):
+    offset), or ``None`` when this kernel does not take the call. ``exp_out``: a contiguous
+    buffer of the compute dtype (``logits`` itself allowed) that receives ``e^{z − m}``."""
+    if not _eligible(logits, exp_out):
         return None
     rows, num_classes = tuple(logits.shape[:-1]), logits.shape[-1]
     cdt = compute_dtype(logits.dtype)
+    over_x = exp_out is not None and exp_out.data_ptr() == logits.data_ptr()
     key = (
         "stats",
         logits.dtype,
         class_weight is not None and with_sum,
         with_sum,
         softcap is not None,
+        exp_out is not None,
+        over_x,
     )
     ok, res = _run(
         key,
@@ -310,6 +382,8 @@ def logits_row_stats(
             torch.ones((), dtype=cdt),
             with_sum,
             _cap(softcap, cdt),
+            None if exp_out is None or over_x else exp_out.view(-1, num_classes),
+            over_x,
         ),
     )
     return _stats_of(res, rows, inside) if ok else None
@@ -399,8 +473,9 @@ def _describe(key: tuple[Any, ...]) -> str:
     kind, dtype, *flags = key
     names = {
         "fused": ["class weights", "label smoothing", "z-loss", "softcap", "in place"],
-        "stats": ["class weights", "the logits' sum", "softcap"],
+        "stats": ["class weights", "the logits' sum", "softcap", "exponentials", "in place"],
         "grad": ["class weights", "label smoothing", "softcap", "in place"],
+        "scale": ["class weights", "label smoothing"],
     }[kind]
     if kind == "grad":
         flags = flags[1:]  # the gradient's dtype

@@ -110,6 +110,15 @@ class Tuning:
         Bytes of logits per chunk of the linear kernels. Measured for (N, D, V) =
         (4096, 1024, 32768) fp32: 256-row chunks (32 MiB) lose ~10 % to the small inner
         dimension of the ``d weight`` matmul; 384 rows (48 MiB) match one big matmul.
+    compiled_min_elements : int
+        Logits from which the fused CPU pass runs the compiled kernels of
+        :mod:`._compiled` (below, the torch-op kernels, one row block or two). Measured on the
+        idle 2-core project machine, fp32 fwd+bwd against ``F.cross_entropy``: at 2**20 and
+        2**21 logits the torch-op kernels took 0.84-0.85× its time and the compiled kernels
+        1.13-1.36× (their fixed cost: two Dynamo guard checks and launches, ~0.3 ms); from
+        2**22 up the compiled kernels are as fast or faster, and they alone hold up when other
+        processes share the cores (one parallel region per pass instead of ~5 per 8 MiB
+        block). ``0``: always.
     direct_max_elements : int
         Logits up to which ``cross_entropy`` calls ``F.cross_entropy`` directly: below it the
         fused path's fixed cost (Python blocks, custom-op dispatch) exceeds what it saves
@@ -141,6 +150,7 @@ class Tuning:
     huge_pages: bool = False
     linear_chunk_bytes: int = 48 << 20
     linear_stats_chunk_bytes: int = 128 << 20
+    compiled_min_elements: int = 1 << 22
     direct_max_elements: int = 1 << 20
     linear_direct_max_elements: int = 1 << 19
     token_block_elements: int = 1 << 20
@@ -162,7 +172,8 @@ class Tuning:
                 ok = isinstance(value, bool)
             else:
                 ok = isinstance(value, int) and not isinstance(value, bool)
-                ok = ok and (value >= -1 if f.name.endswith("max_elements") else value >= 1)
+                least = {"max_elements": -1, "min_elements": 0}.get(f.name[-12:], 1)
+                ok = ok and value >= least
             if not ok:
                 raise ValueError(f"Tuning.{f.name}: invalid value {value!r}")
 
