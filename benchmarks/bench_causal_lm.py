@@ -196,7 +196,9 @@ torch.set_num_threads(B.THREADS)
 sizes = {sizes!r}
 model, call = B.build({name!r}, B.make_model(sizes["model"]))
 small = B.make_batch(sizes["model"][0], B.WARMUP_BATCH, 4)
-B.step(model, call, *small, {bf16!r})  # the lazy first-call work, on a small batch
+from crossentropy.torch._types import override_tuning
+with override_tuning(compiled_min_elements=0):  # the compiled CPU kernels' first use too
+    B.step(model, call, *small, {bf16!r})  # the lazy first-call work, on a small batch
 model.zero_grad(set_to_none=True)
 ids, labels = B.make_batch(sizes["model"][0], sizes["batch"], sizes["prompt"])
 """

@@ -79,7 +79,10 @@ def _rank_main(rank: int, world: int, port: int, impl: str, n: int, v: int) -> N
         return loss
 
     small = DTensor.from_local(local[:8].clone(), mesh, [Shard(1)], run_check=False)
-    step(small.requires_grad_(), target[:8])  # warm-up: the code paths, on 8 rows
+    from crossentropy.torch._types import override_tuning
+
+    with override_tuning(compiled_min_elements=0):  # the compiled CPU kernels' first use too
+        step(small.requires_grad_(), target[:8])  # warm-up: the code paths, on 8 rows
 
     import torch.distributed._functional_collectives as funcol
 

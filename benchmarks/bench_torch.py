@@ -91,7 +91,7 @@ torch.set_num_threads({threads})
 g = torch.Generator().manual_seed(0)
 # warm up lazily-initialised code paths on small inputs, the fused path included (small inputs
 # would otherwise take the direct F path and leave its first-call imports to the measurement)
-with override_tuning(direct_max_elements=-1):
+with override_tuning(direct_max_elements=-1, compiled_min_elements=0):
     for _ in range(2):
         w = torch.randn(64, 512).to({dtype}).requires_grad_()
         {call}(w, torch.randint(0, 512, (64,))).backward()
@@ -251,7 +251,7 @@ def torch_ref(h, w, t):
     return F.linear_cross_entropy(h, w, t)
 def torch_chunked(h, w, t):
     return F.linear_cross_entropy(h, w, t, options=torch.nn.LinearCrossEntropyOptions())
-with override_tuning(linear_direct_max_elements=-1):
+with override_tuning(linear_direct_max_elements=-1, compiled_min_elements=0):
     for _ in range(2):
         hs = torch.randn(256, 64).requires_grad_(); ws = torch.randn(512, 64).requires_grad_()
         {call}(hs, ws, torch.randint(0, 512, (256,))).backward()

@@ -1300,13 +1300,22 @@ def c_err_weight_shard1(mesh: Any) -> str:
 
 
 @case("2")
-def c_err_hidden_sharded_rows_with_shard0_weight(mesh: Any) -> str:
-    """hidden Shard(0) (not replicated) with a Shard(0) weight: refused clearly."""
+def c_hidden_sharded_rows_with_shard0_weight(mesh: Any) -> str:
+    """hidden Shard(0) with a Shard(0) weight is FSDP2's layout (each rank its own rows): the
+    weight gathered for the call, the loss that of the whole batch, the weight's gradient
+    summed back into its shards."""
     p = _lin_problem(54)
     ct = _ct()
-    hd = _dist(p["h"], mesh, [_S(0)])
-    Wd = _dist(p["W"], mesh, [_S(0)])
-    return _same_error(mesh, lambda: ct.linear_cross_entropy(hd, Wd, p["t"]), "hidden")
+    hd = _dist(p["h"], mesh, [_S(0)]).requires_grad_()
+    Wd = _dist(p["W"], mesh, [_S(0)]).requires_grad_()
+    got = ct.linear_cross_entropy(hd, Wd, p["t"], class_weight=p["w"])
+    got.backward()
+    h, W = p["h"].clone().requires_grad_(), p["W"].clone().requires_grad_()
+    ref = ct.linear_cross_entropy(h, W, p["t"], class_weight=p["w"])
+    ref.backward()
+    errs = {"loss": _err(_full(got), ref), "d_hidden": _err(_full(hd.grad), h.grad)}
+    errs["d_weight"] = _err(_full(Wd.grad), W.grad)
+    return _check(errs)
 
 
 @case("2")
@@ -1381,8 +1390,8 @@ def c_token_stats_3d_dtensor(mesh: Any) -> str:
 @case("2")
 def c_err_hidden_differs_between_ranks(mesh: Any) -> str:
     """A plain hidden that is not the same on every rank (the docs: hidden replicated) with a
-    Shard(0) weight: targets and sample weights are compared by digest, hidden must be too;
-    otherwise the loss is silently that of no hidden at all."""
+    Shard(0) weight: compared by checksum, refused on every rank; otherwise the loss is
+    silently that of no hidden at all."""
     p = _lin_problem(60)
     ct = _ct()
     h = p["h"] + mesh.get_rank()
@@ -1543,12 +1552,22 @@ def c_err_classes_target_list_on_rank_0(mesh: Any) -> str:
 
 
 @case("4")
-def c_err_weight_on_2d_mesh(mesh: Any) -> str:
+def c_weight_tensor_parallel_on_2d_mesh(mesh: Any) -> str:
+    """A weight replicated over dp and Shard(0) over tp, with a plain hidden (the same rows on
+    every rank): the vocabulary-parallel path over tp."""
     p = _lin_problem(55)
     ct = _ct()
     m2 = _mesh2d()
-    Wd = _dist(p["W"], m2, [_R(), _S(0)])
-    return _same_error(mesh, lambda: ct.linear_cross_entropy(p["h"], Wd, p["t"]), "weight")
+    Wd = _dist(p["W"], m2, [_R(), _S(0)]).requires_grad_()
+    h = p["h"].clone().requires_grad_()
+    got = ct.linear_cross_entropy(h, Wd, p["t"], label_smoothing=0.1)
+    got.backward()
+    h2, W2 = p["h"].clone().requires_grad_(), p["W"].clone().requires_grad_()
+    ref = ct.linear_cross_entropy(h2, W2, p["t"], label_smoothing=0.1)
+    ref.backward()
+    errs = {"loss": _err(_full(got), ref), "d_hidden": _err(h.grad, h2.grad)}
+    errs["d_weight"] = _err(_full(Wd.grad), W2.grad)
+    return _check(errs)
 
 
 @case("4")
@@ -1613,13 +1632,7 @@ def _worker(rank: int, world: int, port: int, out: Path) -> None:
 
 # ---------------------------------------------------------------------------- parent tests
 
-XFAIL: dict[str, str] = {
-    "2/err_hidden_differs_between_ranks": (
-        "documented limitation: hidden must be identical on every rank, and (as in the "
-        "vocabulary-parallel functions) its shape and requires_grad are checked, its values "
-        "are not (a digest of N x D values per call would cost more than the loss)"
-    ),
-}
+XFAIL: dict[str, str] = {}
 
 
 def _world(group: str) -> int:

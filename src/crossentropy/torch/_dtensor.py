@@ -27,15 +27,19 @@ placement: they are redistributed to the logits' rows) or plain tensors holding 
 (the global tensor, replicated, as ``loss_parallel`` takes it) or only this rank's rows. Class
 weights may be plain (all ``C`` of them) or DTensors.
 
-For the linear forms, a ``weight`` (and ``bias``) that is a DTensor sharded over its rows
-(``Shard(0)``: the classes, as ``ColwiseParallel`` shards an output layer) on a 1-D mesh, with
-``hidden`` replicated (a plain tensor, or a ``Replicate()`` DTensor), runs the
-vocabulary-parallel linear path without gathering the weight.
+For the linear forms, the ``weight`` (and ``bias``) is a DTensor ``Shard(0)`` or replicated on
+each mesh dimension, and ``hidden`` a plain tensor (the same rows on every rank) or a DTensor
+``Shard(0)`` or replicated on each: a dimension where the weight is sharded and ``hidden``
+replicated splits the classes (``ColwiseParallel``; the vocabulary-parallel linear path, the
+weight never gathered), one where ``hidden`` is sharded splits the rows (FSDP2's storage
+sharding or data parallelism: the weight gathered there for this use, its gradient summed
+back). See :func:`linear`.
 """
 
 from __future__ import annotations
 
 import hashlib
+import math
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -454,65 +458,162 @@ def token_stats(
 
 @dataclass(frozen=True)
 class Linear:
-    """The local pieces of a linear form whose weight is a DTensor."""
+    """The local pieces of a linear form whose weight is a DTensor: this rank's rows of
+    ``hidden``, its classes ``[start, stop)`` of the weight (whole over the data-parallel mesh
+    dimensions), the tensor-parallel group (``None``: the classes are whole here) and how the
+    rows are split (``rows.batch_dims``)."""
 
     hidden: Tensor
-    weight: Tensor  # this rank's rows (classes [start, stop))
+    weight: Tensor
     bias: Tensor | None
     group: Any
     start: int
     stop: int
     vocab: int
     mesh: Any
+    rows: _Layout
+    global_rows: tuple[int, ...]
 
-    def wrap(self, local: Tensor, shape: Sequence[int]) -> Any:
-        """A result (the same on every rank) as a replicated DTensor on the weight's mesh."""
-        from torch.distributed.tensor import Replicate
+    def wrap(self, local: Tensor, shape: Sequence[int], reduced: bool) -> Any:
+        """A result as a DTensor on the weight's mesh: per row (``Shard(0)`` where the rows
+        are split) or reduced (a pending sum there), replicated elsewhere."""
+        placements = self.rows.reduced() if reduced else self.rows.rows()
+        return _wrap(local, self.rows, placements, shape)
 
-        lay = _Layout(self.mesh, (), None, (), 0, 0)
-        return _wrap(local, lay, [Replicate()], shape)
+
+_LINEAR_WEIGHT = (
+    "be a DTensor sharded over its rows (Shard(0): the classes, as ColwiseParallel and FSDP2 "
+    "shard an output layer) or replicated, on each mesh dimension"
+)
+_LINEAR_HIDDEN = (
+    "be sharded over its rows (Shard(0): data parallel, FSDP2) or replicated (tensor "
+    "parallel) on each dimension of the weight's mesh"
+)
+
+
+def _dims(x: Any) -> list[str]:
+    """Each mesh dimension of a DTensor as ``"rep"``, ``"shard0"`` (``Shard(0)``, or FSDP2's
+    ``_StridedShard(0)`` of a weight that tensor parallelism also shards) or ``"other"``."""
+    kinds = []
+    for p in x.placements:
+        strided = type(p).__name__ == "_StridedShard"
+        if p.is_replicate():
+            kinds.append("rep")
+        elif (p.is_shard() or strided) and p.dim % x.ndim == 0:
+            kinds.append("shard0")
+        else:
+            kinds.append("other")
+    return kinds
 
 
 def linear(fn: str, hidden: Any, weight: Any, bias: Any) -> Linear:
-    """The local pieces of a linear form whose ``weight`` (and ``bias``) is a DTensor, with the
-    weight ``Shard(0)`` on a 1-D mesh and ``hidden`` replicated."""
-    from torch.distributed.tensor import DTensor
+    """The local pieces of a linear form whose ``weight`` (and ``bias``) is a DTensor.
+
+    Per mesh dimension, from the weight's and hidden's placements:
+
+    - weight ``Shard(0)``, hidden replicated (a plain tensor is replicated): tensor parallel,
+      the classes split over that dimension's group (one such dimension at most);
+    - weight ``Shard(0)``, hidden ``Shard(0)``: FSDP2's storage sharding with each rank its
+      own rows. The weight is gathered over that dimension for this one use, as FSDP2 does
+      before a forward, and its gradient reduce-scattered back (a sum: the gradient of the
+      global loss, whose parts are divided by the global denominator);
+    - weight replicated, hidden ``Shard(0)``: data parallel (the gradient summed likewise);
+    - both replicated: nothing to do.
+    """
+    from torch.distributed.tensor import DTensor, Partial, Replicate, Shard
     from torch.distributed.tensor._utils import compute_local_shape_and_global_offset
 
     if not isinstance(weight, DTensor):
         fail(fn, "weight", "be a DTensor when hidden or bias is one", type(weight).__name__)
     mesh = weight.device_mesh
-    placements = tuple(weight.placements)
-    first: Any = placements[0]
-    if mesh.ndim != 1 or not (first.is_shard() and first.dim % 2 == 0):
+    w_kinds = _dims(weight)
+    if "other" in w_kinds or weight.ndim != 2:
+        fail(fn, "weight", _LINEAR_WEIGHT, f"placements {tuple(weight.placements)}")
+    if isinstance(hidden, DTensor):
+        if hidden.device_mesh != mesh:
+            fail(fn, "hidden", f"be on the weight's mesh {mesh}", f"mesh {hidden.device_mesh}")
+        h_kinds = _dims(hidden)
+        if "other" in h_kinds or hidden.ndim < 2:
+            fail(fn, "hidden", _LINEAR_HIDDEN, f"placements {tuple(hidden.placements)}")
+        global_rows = tuple(hidden.shape[:-1])
+    else:
+        if sum(k == "shard0" for k in w_kinds) > 1:
+            fail(
+                fn,
+                "hidden",
+                "be a DTensor on the weight's mesh when the weight is sharded over more than "
+                "one mesh dimension (FSDP2 x tensor parallel): its placements say which "
+                "dimension splits the rows (Shard(0)) and which holds the same rows "
+                "(Replicate())",
+                "a plain tensor",
+                TypeError,
+            )
+        h_kinds = ["rep"] * mesh.ndim
+        global_rows = tuple(hidden.shape[:-1]) if isinstance(hidden, Tensor) else ()
+    tp = [i for i in range(mesh.ndim) if w_kinds[i] == "shard0" and h_kinds[i] == "rep"]
+    if len(tp) > 1:
         fail(
             fn,
             "weight",
-            "be a DTensor sharded over its rows (Shard(0), the classes) on a 1-D mesh, as "
-            "ColwiseParallel shards an output layer (inside an FSDP2 module's forward, its "
-            "parameters are already whole: pass them as they are)",
-            f"placements {placements} on a {mesh.ndim}-D mesh",
+            "split its classes over one mesh dimension at most (Shard(0) with hidden replicated)",
+            f"placements {tuple(weight.placements)} with hidden replicated on dimensions {tp}",
         )
-    if isinstance(hidden, DTensor):
-        if not all(p.is_replicate() for p in hidden.placements) or hidden.device_mesh != mesh:
-            shown = f"placements {tuple(hidden.placements)} on mesh {hidden.device_mesh}"
-            fail(fn, "hidden", f"be replicated on the weight's mesh {mesh}", shown)
-        hidden = hidden.to_local()
+    batch = tuple(i for i in range(mesh.ndim) if h_kinds[i] == "shard0")
     if bias is not None:
-        if not isinstance(bias, DTensor) or tuple(bias.placements) != placements:
-            fail(fn, "bias", "be a DTensor sharded like weight (Shard(0))", type(bias).__name__)
-        bias = bias.to_local()
-    local, offset = compute_local_shape_and_global_offset(weight.shape, mesh, placements)
-    start = offset[0]
+        if not isinstance(bias, DTensor) or bias.device_mesh != mesh or _dims(bias) != w_kinds:
+            shown = (
+                f"placements {tuple(bias.placements)}"
+                if isinstance(bias, DTensor)
+                else type(bias).__name__
+            )
+            fail(fn, "bias", f"be a DTensor placed like weight {tuple(weight.placements)}", shown)
+    # gather the weight over the row-splitting dimensions; its gradient there is a sum
+    whole = [Replicate() if i in batch else weight.placements[i] for i in range(mesh.ndim)]
+    grads = [Partial() if i in batch else whole[i] for i in range(mesh.ndim)]
+
+    def local(t: Any) -> Any:
+        return t.redistribute(mesh, whole).to_local(grad_placements=grads)
+
+    w_local = local(weight)
+    b_local = None if bias is None else local(bias)
+    h_local = hidden.to_local() if isinstance(hidden, DTensor) else hidden
+    start, stop, group = 0, weight.shape[0], None
+    if tp:
+        placed = [Shard(0) if i == tp[0] else Replicate() for i in range(mesh.ndim)]
+        shape, offset = compute_local_shape_and_global_offset(weight.shape, mesh, placed)
+        start, stop, group = offset[0], offset[0] + shape[0], mesh.get_group(tp[0])
+    rows = _Layout(mesh, tuple(weight.placements), None, batch, 0, weight.shape[0])
     return Linear(
-        hidden,
-        weight.to_local(),
-        bias,
-        mesh.get_group(0),
-        start,
-        start + local[0],
-        weight.shape[0],
-        mesh,
+        h_local, w_local, b_local, group, start, stop, weight.shape[0], mesh, rows, global_rows
+    )
+
+
+def _same_rows(fn: str, lin: Linear) -> Exception | None:
+    """Where the classes are split over a group, its ranks must multiply the same rows: an
+    FSDP2-sharded weight (each rank its own rows) passed with a plain ``hidden`` would
+    otherwise combine different rows' statistics. A checksum of ``hidden`` (its shape, its sum
+    and its row-position-weighted sum, accumulated in float64) is compared over the group by
+    one all-reduce of ten numbers, a collective every rank of the group runs whatever its own
+    checks found: ``N x D`` additions against the projection's ``N x D x V / P``
+    multiply-adds."""
+    if lin.group is None or lin.hidden.dim() < 1:
+        return None
+    h = lin.hidden.detach()
+    flat = h.reshape(math.prod(h.shape[:-1]), h.shape[-1])
+    rows = flat.sum(-1, dtype=torch.float64)  # accumulated in float64, no float64 copy of h
+    pos = torch.arange(1, rows.numel() + 1, dtype=torch.float64, device=rows.device)
+    size = torch.tensor([h.numel(), h.shape[-1], h.dim()], dtype=torch.float64)
+    mine = torch.cat([size.to(rows.device), torch.stack([rows.sum(), (rows * pos).sum()])])
+    both = torch.cat([mine, -mine])  # one MIN all-reduce gives the min and the max
+    dist.all_reduce(both, op=dist.ReduceOp.MIN, group=lin.group)
+    low, high = both[: mine.numel()], -both[mine.numel() :]
+    if torch.equal(low, high) or bool(torch.isnan(both).any()):
+        return None
+    return ValueError(
+        f"{fn}: hidden must hold the same rows on every rank of the group that splits the "
+        "classes (each rank multiplies them by its own classes), got different rows on this "
+        "group's ranks; for an FSDP2-sharded weight with each rank's own rows, pass hidden as a "
+        "DTensor sharded over its rows: DTensor.from_local(hidden, mesh, [Shard(0)])"
     )
 
 
@@ -540,62 +641,133 @@ def _call(fn: str, call: Callable[[], Any]) -> Any:
         raise type(exc)(text) from exc
 
 
+def _rows_target(fn: str, lin: Linear, a: Any, arg: str) -> Any:
+    """A row-aligned argument of the linear forms as this rank's rows: a DTensor is
+    redistributed to the rows' layout, a plain tensor may hold every row or this rank's."""
+    if a is None or not isinstance(a, Tensor):
+        return a
+    if not lin.rows.batch_dims:
+        return _replicated(a)
+    local_rows = tuple(lin.hidden.shape[:-1])
+    return _rows_local(fn, arg, a, lin.rows, lin.global_rows, local_rows)
+
+
 def linear_cross_entropy(
-    fn: str, hidden: Any, weight: Any, target: Any, bias: Any, **options: Any
+    fn: str,
+    hidden: Any,
+    weight: Any,
+    target: Any,
+    bias: Any,
+    local: Callable[..., Tensor],
+    **options: Any,
 ) -> Any:
-    """:func:`crossentropy.torch.linear_cross_entropy` with a DTensor weight: the
-    vocabulary-parallel linear path over the weight's mesh (a replicated DTensor loss)."""
+    """:func:`crossentropy.torch.linear_cross_entropy` with a DTensor weight (see
+    :func:`linear`): the vocabulary-parallel linear path over the tensor-parallel group, or
+    ``local`` (the single-process function) when the classes are whole here; a reduced loss is
+    ``Partial`` over the row-splitting mesh dimensions (a ``"mean"`` divided by the global
+    denominator), replicated elsewhere."""
     _refuse_transforms(fn)
     lin = linear(fn, hidden, weight, bias)
-    target, sample_weight = _replicated(target), _replicated(options.pop("sample_weight", None))
+    reduction = options.pop("reduction", "mean")
     class_weight = _whole(options.pop("class_weight", None))
     error: Exception | None = None
+    t = sw = None
     try:
         if not isinstance(target, Tensor):
             fail(fn, "target", "be a Tensor (or a DTensor)", type(target).__name__, TypeError)
+        if reduction not in ("mean", "sum", "none"):
+            fail(fn, "reduction", "be 'mean', 'sum' or 'none'", repr(reduction))
+        t = _rows_target(fn, lin, target, "target")
+        sw = _rows_target(fn, lin, options.pop("sample_weight", None), "sample_weight")
         if class_weight is not None and tuple(class_weight.shape) != (lin.vocab,):
             shown = f"shape {tuple(class_weight.shape)}"
             fail(fn, "class_weight", f"have shape ({lin.vocab},)", shown)
     except Exception as exc:
         error = exc
+    error = _same_rows(fn, lin) or error
     # the class weights reach each rank as its slice: compared whole here
     _agree(fn, lin.mesh, error, [("class_weight", class_weight)])
-    loss = _call(
-        fn,
-        lambda: vocab_parallel_linear_cross_entropy(
-            lin.hidden.reshape(-1, lin.hidden.shape[-1]),
+    t, sw = _redistribute(t, lin.rows), _redistribute(sw, lin.rows)
+    split_rows = bool(lin.rows.batch_dims)
+    red = "sum" if split_rows and reduction == "mean" else reduction
+    if lin.group is None:
+        loss = local(
+            lin.hidden,
             lin.weight,
-            target.reshape(-1),
+            t,
             lin.bias,
-            group=lin.group,
-            class_weight=None if class_weight is None else class_weight[lin.start : lin.stop],
-            sample_weight=None if sample_weight is None else sample_weight.reshape(-1),
-            vocab_size=lin.vocab,
+            class_weight=class_weight,
+            sample_weight=sw,
+            reduction=red,
             **options,
-        ),
-    )
-    shape = tuple(target.shape) if options.get("reduction", "mean") == "none" else ()
-    return lin.wrap(loss.reshape(shape), shape)
+        )
+    else:
+        loss = _call(
+            fn,
+            lambda: vocab_parallel_linear_cross_entropy(
+                lin.hidden.reshape(-1, lin.hidden.shape[-1]),
+                lin.weight,
+                t.reshape(-1),
+                lin.bias,
+                group=lin.group,
+                class_weight=None if class_weight is None else class_weight[lin.start : lin.stop],
+                sample_weight=None if sw is None else sw.reshape(-1),
+                vocab_size=lin.vocab,
+                reduction=red,
+                **options,
+            ),
+        )
+    if reduction == "none":
+        return lin.wrap(loss.reshape(t.shape), lin.global_rows, reduced=False)
+    if split_rows and reduction == "mean":
+        kept = t != options.get("ignore_index", -100)
+        if class_weight is None:
+            local_d = kept.sum().to(loss.dtype)
+        else:
+            picked = class_weight.to(loss.dtype)[torch.where(kept, t, 0).to(torch.int64)]
+            local_d = torch.where(kept, picked, 0.0).sum()
+        loss = loss / _global_sum(local_d, lin.rows)
+    return lin.wrap(loss.reshape(()), (), reduced=split_rows)
 
 
 def linear_token_stats(
-    fn: str, hidden: Any, weight: Any, target: Any, bias: Any, **options: Any
+    fn: str,
+    hidden: Any,
+    weight: Any,
+    target: Any,
+    bias: Any,
+    local: Callable[..., Any],
+    **options: Any,
 ) -> tuple[Any, ...]:
-    """:func:`crossentropy.torch.linear_token_stats` with a DTensor weight: the four
-    statistics as replicated DTensors."""
+    """:func:`crossentropy.torch.linear_token_stats` with a DTensor weight (see
+    :func:`linear`): the four statistics as DTensors, ``Shard(0)`` over the row-splitting mesh
+    dimensions and replicated elsewhere."""
     _refuse_transforms(fn)
     lin = linear(fn, hidden, weight, bias)
-    target = _replicated(target)
-    out = _call(
-        fn,
-        lambda: vocab_parallel_linear_token_stats(
-            lin.hidden,
-            lin.weight,
-            target,
-            lin.bias,
-            group=lin.group,
-            vocab_size=lin.vocab,
-            **options,
-        ),
-    )
-    return tuple(lin.wrap(o, tuple(target.shape)) for o in out)
+    error: Exception | None = None
+    t = None
+    try:
+        if not isinstance(target, Tensor):
+            fail(fn, "target", "be a Tensor (or a DTensor)", type(target).__name__, TypeError)
+        t = _rows_target(fn, lin, target, "target")
+    except Exception as exc:
+        error = exc
+    error = _same_rows(fn, lin) or error
+    _agree(fn, lin.mesh, error)
+    t = _redistribute(t, lin.rows)
+    if lin.group is None:
+        out = tuple(local(lin.hidden, lin.weight, t, lin.bias, **options))
+    else:
+        out = _call(
+            fn,
+            lambda: vocab_parallel_linear_token_stats(
+                lin.hidden,
+                lin.weight,
+                t,
+                lin.bias,
+                group=lin.group,
+                vocab_size=lin.vocab,
+                **options,
+            ),
+        )
+    return tuple(lin.wrap(o, lin.global_rows or tuple(t.shape), reduced=False) for o in out)

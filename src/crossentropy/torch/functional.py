@@ -593,6 +593,7 @@ def linear_cross_entropy(
             sample_weight=sample_weight,
             chunk_size=chunk_size,
             impl=impl,
+            local=linear_cross_entropy,
         )
     h = check_tensor(fn, "hidden", hidden, floating=True)
     if h.dim() == 0:

@@ -347,6 +347,7 @@ def linear_token_stats(
             softcap=softcap,
             impl=impl,
             temperature=temperature,
+            local=linear_token_stats,
         )
         return TokenStats(*out)
     h = check_tensor(fn, "hidden", hidden, floating=True)
