@@ -159,6 +159,32 @@ def _linear_cases(mesh: Any) -> dict[str, float]:
     return out
 
 
+def _compile_cases(mesh: Any) -> dict[str, float]:
+    """``torch.compile`` (default mode) of a loss over class-sharded and row-sharded logits:
+    Dynamo breaks the graph around the handshake's host reads and runs the rest compiled; the
+    loss and the gradient equal the eager call's."""
+    from torch.distributed.tensor import Shard, distribute_tensor
+
+    import crossentropy.torch as ct
+
+    p = _problem(5)
+    out: dict[str, float] = {}
+    for tag, pl in (("classes", [Shard(1)]), ("rows", [Shard(0)])):
+
+        def loss_fn(x: Any, t: Any) -> Any:
+            return ct.cross_entropy(x, t, weight=p["w"], label_smoothing=0.1, z_loss=1e-3)
+
+        xe = distribute_tensor(p["x"], mesh, pl).requires_grad_()
+        eager = loss_fn(xe, p["t"])
+        eager.backward()
+        xc = distribute_tensor(p["x"], mesh, pl).requires_grad_()
+        got = torch.compile(loss_fn)(xc, p["t"])
+        got.backward()
+        out[f"compile/{tag}/loss"] = _err(got.full_tensor(), eager.full_tensor())
+        out[f"compile/{tag}/grad"] = _err(xc.grad.full_tensor(), xe.grad.full_tensor())
+    return out
+
+
 def _errors(mesh: Any) -> dict[str, str]:
     """The messages of calls that must fail, the same on every rank."""
     from torch.distributed.tensor import Shard, distribute_tensor
@@ -269,6 +295,7 @@ def _run(rank: int, world: int) -> dict[str, Any]:
                 errs |= _loss_cases(mesh, pl, tag)
                 errs |= _stats_cases(mesh, pl, tag)
             errs |= _linear_cases(mesh)
+            errs |= _compile_cases(mesh)
             res["errors"] = errs
             res["messages"] = _errors(mesh)
             res["loss_parallel"] = _loss_parallel_cases(mesh)
@@ -299,7 +326,8 @@ def test_one_d_mesh_matches_the_whole_tensor_call(two: list[dict[str, Any]]) -> 
         assert "crash" not in res, res.get("crash")
         bad = {k: v for k, v in res["errors"].items() if not v <= TOL}
         assert not bad, (res["rank"], bad)
-        assert len(res["errors"]) >= 3 * (2 * 3 * 3 + 5) + 7
+        assert len(res["errors"]) >= 3 * (2 * 3 * 3 + 5) + 7 + 4
+        assert any(k.startswith("compile/classes") for k in res["errors"])
 
 
 @pytest.mark.slow

@@ -43,7 +43,7 @@ import math
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar, cast
 
 import torch
 import torch.distributed as dist
@@ -56,6 +56,8 @@ from .distributed import (
     vocab_parallel_linear_cross_entropy,
     vocab_parallel_linear_token_stats,
 )
+
+_F = TypeVar("_F", bound=Callable[..., Any])
 
 __all__ = ["Linear", "any_dtensor", "class_slice", "cross_entropy", "linear", "token_stats"]
 
@@ -206,6 +208,13 @@ def _redistribute(a: Any, lay: _Layout) -> Any:
     return a.redistribute(lay.mesh, lay.rows()).to_local() if _is_dtensor(a) else a
 
 
+def _host_only(fn: _F) -> _F:
+    """Run ``fn`` eagerly under ``torch.compile``: the handshake reads values on the host (a
+    graph break; Dynamo would otherwise trace into hashing and ``tolist`` piecewise)."""
+    return cast(_F, torch.compiler.disable(fn))  # type: ignore[no-untyped-call]
+
+
+@_host_only
 def _digest(value: object) -> int:
     """A 63-bit digest of an argument's value (a plain tensor by its bytes, dtype and shape)."""
     h = hashlib.blake2b(digest_size=8)
@@ -236,6 +245,7 @@ _KINDS = {
 }
 
 
+@_host_only
 def _agree(
     fn: str, mesh: Any, error: Exception | None, same: Sequence[tuple[str, object]] = ()
 ) -> None:
@@ -588,6 +598,7 @@ def linear(fn: str, hidden: Any, weight: Any, bias: Any) -> Linear:
     )
 
 
+@_host_only
 def _same_rows(fn: str, lin: Linear) -> Exception | None:
     """Where the classes are split over a group, its ranks must multiply the same rows: an
     FSDP2-sharded weight (each rank its own rows) passed with a plain ``hidden`` would
