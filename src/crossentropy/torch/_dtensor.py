@@ -180,6 +180,12 @@ def _rows_local(
     return whole.redistribute(lay.mesh, lay.rows()).to_local()  # a slice: no communication
 
 
+#: a value :func:`_agree` does not compare on this rank: a plain target that is this rank's
+#: rows, or that cannot be told apart from them (a rank holding every row, or none of them
+#: when there is one), is compared only where other ranks gave every row
+_SKIP = object()
+
+
 def _plain_global(a: Any, global_rows: Sequence[int], local_rows: Sequence[int]) -> bool:
     """A plain tensor holding every row (the same on every rank: compared), not only this
     rank's rows."""
@@ -227,7 +233,7 @@ def _digest(value: object) -> int:
         h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
     else:
         h.update(repr(value).encode())
-    return int.from_bytes(h.digest(), "little") >> 1
+    return (int.from_bytes(h.digest(), "little") >> 1) | 1  # never 0: that is _SKIP's
 
 
 def _groups(mesh: Any) -> list[Any]:
@@ -253,7 +259,7 @@ def _agree(
     before the next collective: no rank is left waiting in it. Also checks that each
     ``(argument, value)`` of ``same`` is the same on every rank. One all-gather of a few
     integers; the messages are exchanged only on failure."""
-    row = [0 if error is not None else 1, *(_digest(v) for _, v in same)]
+    row = [0 if error is not None else 1, *(0 if v is _SKIP else _digest(v) for _, v in same)]
     for group in _groups(mesh):
         mine = torch.tensor(row, dtype=torch.int64)
         parts = [torch.empty_like(mine) for _ in range(dist.get_world_size(group))]
@@ -274,8 +280,9 @@ def _agree(
             continue
         for k, (name, _) in enumerate(same, start=1):
             values = [r[k] for r in table]
-            if len(set(values)) > 1:
-                differ = [i for i, v in enumerate(values) if v != values[0]]
+            given = [v for v in values if v != 0]  # ranks that passed _SKIP compare nothing
+            if len(set(given)) > 1:
+                differ = [i for i, v in enumerate(values) if v not in (0, given[0])]
                 error = ValueError(
                     f"{fn}: {name} must be the same on every rank, got a different value on "
                     f"ranks {differ} of the group"
@@ -367,7 +374,7 @@ def cross_entropy(
         ("z_loss", z_loss),
         ("softcap", softcap),
         ("weight", weight),
-        ("target", target if _plain_global(target, rows_global, rows_local) else None),
+        ("target", target if _plain_global(target, rows_global, rows_local) else _SKIP),
     ]
     _agree(fn, lay.mesh, error, same)
     tl, sw, w = _redistribute(tl, lay), _redistribute(sw, lay), _whole(weight)
@@ -444,7 +451,7 @@ def token_stats(
         ("ignore_index", ignore_index),
         ("softcap", softcap),
         ("temperature", temperature),
-        ("target", target if _plain_global(target, rows_global, rows_local) else None),
+        ("target", target if _plain_global(target, rows_global, rows_local) else _SKIP),
     ]
     _agree(fn, lay.mesh, error, same)
     tl = _redistribute(tl, lay)
@@ -602,23 +609,39 @@ def linear(fn: str, hidden: Any, weight: Any, bias: Any) -> Linear:
 def _same_rows(fn: str, lin: Linear) -> Exception | None:
     """Where the classes are split over a group, its ranks must multiply the same rows: an
     FSDP2-sharded weight (each rank its own rows) passed with a plain ``hidden`` would
-    otherwise combine different rows' statistics. A checksum of ``hidden`` (its shape, its sum
-    and its row-position-weighted sum, accumulated in float64) is compared over the group by
-    one all-reduce of ten numbers, a collective every rank of the group runs whatever its own
-    checks found: ``N x D`` additions against the projection's ``N x D x V / P``
-    multiply-adds."""
+    otherwise combine different rows' statistics. A checksum of ``hidden`` (its shape, and two
+    sums of its values weighted by fixed pseudo-random factors per feature and per row, in
+    float64) is compared over the group by one all-reduce of twelve numbers, a collective every
+    rank of the group runs whatever its own checks found: ``N x D`` multiply-adds against the
+    projection's ``N x D x V / P``."""
     if lin.group is None or lin.hidden.dim() < 1:
         return None
     h = lin.hidden.detach()
-    flat = h.reshape(math.prod(h.shape[:-1]), h.shape[-1])
-    rows = flat.sum(-1, dtype=torch.float64)  # accumulated in float64, no float64 copy of h
-    pos = torch.arange(1, rows.numel() + 1, dtype=torch.float64, device=rows.device)
-    size = torch.tensor([h.numel(), h.shape[-1], h.dim()], dtype=torch.float64)
-    mine = torch.cat([size.to(rows.device), torch.stack([rows.sum(), (rows * pos).sum()])])
+    rows_n, feats = math.prod(h.shape[:-1]), h.shape[-1]
+    flat = h.reshape(rows_n, feats)
+    # fixed pseudo-random weights (the same on every rank) for features and rows: swapped
+    # features, permuted rows or one-hot rows with equal sums all change the checksum
+    gen = torch.Generator().manual_seed(0x5EED)
+    v = torch.rand(feats, 1, generator=gen, dtype=torch.float64).add_(0.5).to(h.device)
+    u = torch.rand(rows_n, generator=gen, dtype=torch.float64).add_(0.5).to(h.device)
+    proj = torch.empty(rows_n, dtype=torch.float64, device=h.device)
+    step = max(1, (1 << 20) // max(1, feats))  # float64 copies of at most 2**20 elements
+    for i in range(0, rows_n, step):
+        proj[i : i + step] = (flat[i : i + step].to(torch.float64) * v.T).sum(-1)
+    size = torch.tensor([h.numel(), feats, h.dim()], dtype=torch.float64).to(h.device)
+    sums = torch.stack([proj.sum(), (proj * u).sum(), (proj.abs() * u).sum()])
+    mine = torch.cat([size, sums])
     both = torch.cat([mine, -mine])  # one MIN all-reduce gives the min and the max
     dist.all_reduce(both, op=dist.ReduceOp.MIN, group=lin.group)
-    low, high = both[: mine.numel()], -both[mine.numel() :]
-    if torch.equal(low, high) or bool(torch.isnan(both).any()):
+    low, high = both[: mine.numel()].tolist(), (-both[mine.numel() :]).tolist()
+    if not all(math.isfinite(x) for x in low + high):
+        return None  # NaN or infinite values: not compared (the loss will show them)
+    # the sizes exactly; the sums to 1e-9 of their magnitude (ranks that sum in another
+    # order, e.g. with other thread counts, differ by rounding alone)
+    slack = 1e-9 * max(abs(low[-1]), abs(high[-1]), 1e-300)
+    if low[:3] == high[:3] and all(
+        b - a <= slack for a, b in zip(low[3:5], high[3:5], strict=True)
+    ):
         return None
     return ValueError(
         f"{fn}: hidden must hold the same rows on every rank of the group that splits the "
@@ -663,6 +686,14 @@ def _rows_target(fn: str, lin: Linear, a: Any, arg: str) -> Any:
     return _rows_local(fn, arg, a, lin.rows, lin.global_rows, local_rows)
 
 
+def _plain_global_rows(lin: Linear, a: Any) -> bool:
+    """A plain row-aligned argument of the linear forms holding every row (not only this
+    rank's): the same on every rank, compared."""
+    if not lin.rows.batch_dims:
+        return False
+    return _plain_global(a, lin.global_rows, tuple(lin.hidden.shape[:-1]))
+
+
 def linear_cross_entropy(
     fn: str,
     hidden: Any,
@@ -696,38 +727,53 @@ def linear_cross_entropy(
     except Exception as exc:
         error = exc
     error = _same_rows(fn, lin) or error
-    # the class weights reach each rank as its slice: compared whole here
-    _agree(fn, lin.mesh, error, [("class_weight", class_weight)])
+    # the options, the class weights (each rank gets its slice: compared whole) and a plain
+    # target of every row: the same on every rank of the mesh
+    same = [(k, options.get(k)) for k in ("ignore_index", "label_smoothing", "z_loss", "softcap")]
+    same += [("reduction", reduction), ("class_weight", class_weight)]
+    same.append(("target", target if _plain_global_rows(lin, target) else _SKIP))
+    _agree(fn, lin.mesh, error, same)
     t, sw = _redistribute(t, lin.rows), _redistribute(sw, lin.rows)
     split_rows = bool(lin.rows.batch_dims)
     red = "sum" if split_rows and reduction == "mean" else reduction
-    if lin.group is None:
-        loss = local(
-            lin.hidden,
-            lin.weight,
-            t,
-            lin.bias,
-            class_weight=class_weight,
-            sample_weight=sw,
-            reduction=red,
-            **options,
-        )
-    else:
-        loss = _call(
-            fn,
-            lambda: vocab_parallel_linear_cross_entropy(
-                lin.hidden.reshape(-1, lin.hidden.shape[-1]),
+    loss = None
+    try:  # this rank's own checks of its rows (class range, ...) happen in here
+        if lin.group is None:
+            loss = local(
+                lin.hidden,
                 lin.weight,
-                t.reshape(-1),
+                t,
                 lin.bias,
-                group=lin.group,
-                class_weight=None if class_weight is None else class_weight[lin.start : lin.stop],
-                sample_weight=None if sw is None else sw.reshape(-1),
-                vocab_size=lin.vocab,
+                class_weight=class_weight,
+                sample_weight=sw,
                 reduction=red,
                 **options,
-            ),
-        )
+            )
+        else:
+            loss = _call(
+                fn,
+                lambda: vocab_parallel_linear_cross_entropy(
+                    lin.hidden.reshape(-1, lin.hidden.shape[-1]),
+                    lin.weight,
+                    t.reshape(-1),
+                    lin.bias,
+                    group=lin.group,
+                    class_weight=None
+                    if class_weight is None
+                    else class_weight[lin.start : lin.stop],
+                    sample_weight=None if sw is None else sw.reshape(-1),
+                    vocab_size=lin.vocab,
+                    reduction=red,
+                    **options,
+                ),
+            )
+    except Exception as exc:
+        error = exc
+    if split_rows or lin.group is None:  # ranks that could fail alone: all raise, none waits
+        _agree(fn, lin.mesh, error)
+    elif error is not None:
+        raise error
+    assert loss is not None
     if reduction == "none":
         return lin.wrap(loss.reshape(t.shape), lin.global_rows, reduced=False)
     if split_rows and reduction == "mean":
@@ -764,21 +810,31 @@ def linear_token_stats(
     except Exception as exc:
         error = exc
     error = _same_rows(fn, lin) or error
-    _agree(fn, lin.mesh, error)
+    same = [(k, options.get(k)) for k in ("ignore_index", "softcap", "temperature")]
+    same.append(("target", target if _plain_global_rows(lin, target) else _SKIP))
+    _agree(fn, lin.mesh, error, same)
     t = _redistribute(t, lin.rows)
-    if lin.group is None:
-        out = tuple(local(lin.hidden, lin.weight, t, lin.bias, **options))
-    else:
-        out = _call(
-            fn,
-            lambda: vocab_parallel_linear_token_stats(
-                lin.hidden,
-                lin.weight,
-                t,
-                lin.bias,
-                group=lin.group,
-                vocab_size=lin.vocab,
-                **options,
-            ),
-        )
+    out: tuple[Any, ...] = ()
+    try:
+        if lin.group is None:
+            out = tuple(local(lin.hidden, lin.weight, t, lin.bias, **options))
+        else:
+            out = _call(
+                fn,
+                lambda: vocab_parallel_linear_token_stats(
+                    lin.hidden,
+                    lin.weight,
+                    t,
+                    lin.bias,
+                    group=lin.group,
+                    vocab_size=lin.vocab,
+                    **options,
+                ),
+            )
+    except Exception as exc:
+        error = exc
+    if lin.rows.batch_dims or lin.group is None:
+        _agree(fn, lin.mesh, error)
+    elif error is not None:
+        raise error
     return tuple(lin.wrap(o, lin.global_rows or tuple(t.shape), reduced=False) for o in out)
