@@ -266,14 +266,6 @@ def _none_grad_env(x: Any, y: Any) -> Any:
     return xx.grad
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="DEFECT: reduction='none' backward on the torch-op kernels (impl='torch', "
-    "CROSSENTROPY_CPU_KERNELS=torch / no compiler, strided or (N, C, d) logits) gives NaN "
-    "gradients on ignored rows whose logits hold NaN or +inf; the compiled kernels and every "
-    "'mean'/'sum' path give exact 0 there ('contributes neither loss nor gradient'; 'the torch-op "
-    "kernels run ... with the same results')",
-)
 @pytest.mark.parametrize(
     "path",
     [_none_grad_torch_op, _none_grad_transposed, _none_grad_classes_not_last, _none_grad_env],
@@ -515,13 +507,6 @@ def test_inplace_backward_through_views_of_whole_tensors(forced: None, impl: str
     assert _rel(loss, lr) <= 1e-6 and _rel(leaf.grad.t(), gr) <= 1e-6
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="DEFECT: inplace_backward refuses a transpose (a view of a whole tensor, documented "
-    "as supported) when the base itself is dense but not contiguous, e.g. the output of an "
-    "elementwise op on a transposed tensor; the error calls it 'a view of part of a tensor (a "
-    "slice)' and says 'got a view of 176 of its base's 176 elements'",
-)
 @pytest.mark.parametrize("impl", IMPLS)
 def test_inplace_backward_transpose_of_a_permuted_dense_base(forced: None, impl: str) -> None:
     x, y = _data(16, 11)

@@ -403,9 +403,26 @@ def logits_grad(
             work, idx[a:b], inside[a:b], coef.p_scale[a:b], ss, coef.target_grad[a:b], class_weight
         )
         _chain_softcap(work, t)
+        _zero_ignored_rows(work, coef.p_scale[a:b], ss, coef.target_grad[a:b])
         if not direct:
             gb.copy_(work)
     return out
+
+
+def _zero_ignored_rows(
+    work: Tensor, p_scale: Tensor, smooth_scale: Tensor | None, target_grad: Tensor
+) -> None:
+    """Exact zeros in the gradient of rows whose coefficients are all 0 (ignored), whatever
+    their logits: ``0 · NaN`` (a NaN or +inf logit) would otherwise reach the gradient, as the
+    compiled gradient kernel and the fused pass already prevent. On CPU only the ignored rows
+    are written (a boolean-mask assignment), none when there are none."""
+    dead = (p_scale == 0) & (target_grad == 0)
+    if smooth_scale is not None:
+        dead = dead & (smooth_scale == 0)
+    if work.device.type != "cpu":
+        work.masked_fill_(dead.unsqueeze(-1), 0.0)
+    elif bool(dead.any()):
+        work[dead] = 0.0
 
 
 def _zero_dead_rows(work: Tensor, m: Tensor, row_scale: Tensor) -> None:

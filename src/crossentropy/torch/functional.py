@@ -105,7 +105,7 @@ def _whole_storage_view(
         return x, None
     covers = (
         x.numel() == base.numel()
-        and base.is_contiguous()
+        and _dense(base)  # contiguous or a permutation of it (a transposed result)
         and x.storage_offset() == base.storage_offset()
         and _dense(x)
     )
