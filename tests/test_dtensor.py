@@ -185,6 +185,24 @@ def _compile_cases(mesh: Any) -> dict[str, float]:
     return out
 
 
+def _fullgraph_message(mesh: Any) -> str:
+    """``torch.compile(fullgraph=True)`` cannot trace the handshake: the error says so."""
+    from torch.distributed.tensor import Shard, distribute_tensor
+
+    import crossentropy.torch as ct
+
+    p = _problem(6)
+
+    def loss_fn(x: Any, t: Any) -> Any:
+        return ct.cross_entropy(x, t)
+
+    try:
+        torch.compile(loss_fn, fullgraph=True)(distribute_tensor(p["x"], mesh, [Shard(1)]), p["t"])
+    except Exception as exc:
+        return f"{type(exc).__name__}: {exc}"
+    return "no error"
+
+
 def _errors(mesh: Any) -> dict[str, str]:
     """The messages of calls that must fail, the same on every rank."""
     from torch.distributed.tensor import Shard, distribute_tensor
@@ -298,6 +316,7 @@ def _run(rank: int, world: int) -> dict[str, Any]:
             errs |= _compile_cases(mesh)
             res["errors"] = errs
             res["messages"] = _errors(mesh)
+            res["messages"]["fullgraph"] = _fullgraph_message(mesh)
             res["loss_parallel"] = _loss_parallel_cases(mesh)
         else:
             mesh = init_device_mesh("cpu", (2, 2), mesh_dim_names=("dp", "tp"))
@@ -341,6 +360,7 @@ def test_refusals_are_clear_and_the_same_on_every_rank(two: list[dict[str, Any]]
     assert "inplace_backward" in m["inplace-backward"], m
     assert "target" in m["target-wrong-shape"], m
     assert m["local-bad-on-rank-1"].endswith("on rank 1"), m
+    assert "crossentropy" in m["fullgraph"] and "fullgraph=True" in m["fullgraph"], m
 
 
 @pytest.mark.slow

@@ -217,7 +217,12 @@ def _redistribute(a: Any, lay: _Layout) -> Any:
 def _host_only(fn: _F) -> _F:
     """Run ``fn`` eagerly under ``torch.compile``: the handshake reads values on the host (a
     graph break; Dynamo would otherwise trace into hashing and ``tolist`` piecewise)."""
-    return cast(_F, torch.compiler.disable(fn))  # type: ignore[no-untyped-call]
+    reason = (
+        "crossentropy: the DTensor paths' handshake compares arguments across ranks on the host "
+        "and cannot be traced; compile without fullgraph=True (the call then runs with a graph "
+        "break here)"
+    )
+    return cast(_F, torch.compiler.disable(fn, reason=reason))  # type: ignore[no-untyped-call]
 
 
 @_host_only
