@@ -139,13 +139,26 @@ def _scale(
     ``exp``: bit for bit the same gradient."""
     p = p_scale.unsqueeze(-1)
     out = torch.where(p == 0, 0.0, g * p)
+    g.copy_(_smooth_and_target(out, idx, inside, smooth_scale, target_grad, class_weight))
+
+
+def _smooth_and_target(
+    g: Tensor,
+    idx: Tensor,
+    inside: Tensor,
+    smooth_scale: Tensor | None,
+    target_grad: Tensor,
+    class_weight: Tensor | None,
+) -> Tensor:
+    """``g − smooth_scale · w`` off the target column and ``target_grad`` on it (where the
+    target lies in this shard): the part of the gradient after the ``p`` term, shared by
+    :func:`_scale` and :func:`_grad` (traced into each)."""
     if smooth_scale is not None:
         smooth = smooth_scale.unsqueeze(-1)
-        out = out - (smooth if class_weight is None else smooth * class_weight)
+        g = g - (smooth if class_weight is None else smooth * class_weight)
     col = torch.arange(g.shape[-1], device=g.device)
     is_t = (col == idx) & inside.unsqueeze(-1)
-    out = torch.where(is_t, target_grad.unsqueeze(-1), out)
-    g.copy_(out)
+    return torch.where(is_t, target_grad.unsqueeze(-1), g)
 
 
 def _grad(
@@ -167,12 +180,7 @@ def _grad(
     ``1 − t²``; written into ``out`` (``x`` itself when ``None``)."""
     z, t = softcapped(x.to(one.dtype), softcap)
     g = torch.exp(z - shift.unsqueeze(-1)) * p_scale.unsqueeze(-1)
-    if smooth_scale is not None:
-        smooth = smooth_scale.unsqueeze(-1)
-        g = g - (smooth if class_weight is None else smooth * class_weight)
-    col = torch.arange(z.shape[-1], device=z.device)
-    is_t = (col == idx) & inside.unsqueeze(-1)
-    g = torch.where(is_t, target_grad.unsqueeze(-1), g)
+    g = _smooth_and_target(g, idx, inside, smooth_scale, target_grad, class_weight)
     if t is not None:
         g = g * (1.0 - t * t)
     # a row whose coefficients are all 0 (ignored) is exact zeros, whatever its logits (NaN,
