@@ -383,3 +383,85 @@ def test_size_threshold_picks_the_kernels(tuned: Any, monkeypatch: pytest.Monkey
     assert max(max(r) for r in results) <= TOL[torch.float32]
     with pytest.raises(ValueError, match="compiled_min_elements"):
         tuned(compiled_min_elements=-1)
+
+
+PROB_OPTIONS: list[dict[str, Any]] = [
+    {},
+    {"label_smoothing": 0.1},
+    {"weight": "rand", "label_smoothing": 0.2},
+    {"reduction": "none", "weight": "rand"},
+    {"softcap": 12.0, "z_loss": 1e-3},
+    {"sample_weight": "rand", "reduction": "sum"},
+]
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("kw", PROB_OPTIONS, ids=lambda k: ",".join(k) or "plain")
+def test_probability_targets_match_the_torch_op_kernels_and_F(
+    dtype: Any, kw: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Probability targets run the compiled statistics and gradient kernels: the same loss
+    and gradient as the torch-op kernels to a few ulps, and as ``F.cross_entropy`` in
+    float64 where it has the options."""
+    gen = torch.Generator().manual_seed(10)
+    n, c = 40, 333
+    x = (4 * torch.randn(n, c, generator=gen)).to(dtype)
+    y = torch.softmax(torch.randn(n, c, generator=gen), -1).to(dtype)
+    args = _args(kw, dtype, n, c)
+    calls: list[str] = []
+    for name in ("prob_row_stats", "prob_grad"):
+        inner = getattr(_compiled, name)
+
+        def spy(*a: Any, _inner: Any = inner, _name: str = name, **k: Any) -> Any:
+            res = _inner(*a, **k)
+            calls.append(_name if res is not None and res is not False else "declined")
+            return res
+
+        monkeypatch.setattr(_compiled, name, spy)
+    xa = x.clone().requires_grad_()
+    loss = cross_entropy(xa, y, impl="auto", **args)
+    loss.sum().backward() if loss.dim() else loss.backward()
+    assert calls == ["prob_row_stats", "prob_grad"], calls
+    xt = x.clone().requires_grad_()
+    loss_t = cross_entropy(xt, y, impl="torch", **args)
+    loss_t.sum().backward() if loss_t.dim() else loss_t.backward()
+    assert xa.grad is not None and xt.grad is not None
+    assert _rel(loss.detach(), loss_t.detach()) <= TOL[dtype]
+    assert _rel(xa.grad, xt.grad) <= TOL[dtype]
+    if "softcap" in kw or "sample_weight" in kw:
+        return
+    ref_x = x.double().requires_grad_()
+    w = args.get("weight")
+    ref = F.cross_entropy(
+        ref_x,
+        y.double(),
+        weight=None if w is None else w.double(),
+        reduction=args.get("reduction", "mean"),
+        label_smoothing=args.get("label_smoothing", 0.0),
+    )
+    ref.sum().backward() if ref.dim() else ref.backward()
+    assert ref_x.grad is not None
+    assert _rel(loss.detach(), ref.detach()) <= 4 * TOL[dtype]
+    assert _rel(xa.grad, ref_x.grad) <= 4 * TOL[dtype]
+
+
+def test_probability_targets_no_recompile_and_strided_targets_decline(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A new shape or smoothing value reuses the compiled kernels; a strided target takes the
+    torch-op kernels with the same result."""
+    from torch._dynamo.utils import counters
+
+    gen = torch.Generator().manual_seed(11)
+    x, y = torch.randn(20, 300, generator=gen), torch.softmax(torch.randn(20, 300), -1)
+    _run("auto", x, y, label_smoothing=0.1)  # compiled (or cached) once
+    before = counters["stats"]["unique_graphs"]
+    for n, c, eps in ((7, 301, 0.2), (33, 64, 0.05)):
+        xs, ys = torch.randn(n, c, generator=gen), torch.softmax(torch.randn(n, c), -1)
+        _run("auto", xs, ys, label_smoothing=eps)
+    assert counters["stats"]["unique_graphs"] == before
+    yt = torch.softmax(torch.randn(300, 20, generator=gen), 0).T  # (20, 300), strided
+    loss_s, grad_s = _run("auto", x, yt)
+    loss_c, grad_c = _run("auto", x, yt.contiguous())
+    assert _rel(loss_s, loss_c) <= TOL[torch.float32]
+    assert _rel(grad_s, grad_c) <= TOL[torch.float32]

@@ -12,7 +12,8 @@ over rows:
 - the gradient pass (:func:`logits_grad`): one more read, the gradient written once, no
   logits-sized temporary in any dtype;
 - the fused pass (:func:`logits_fused`): the two, with the per-row coefficients between them
-  in plain torch ops on row-sized tensors.
+  in plain torch ops on row-sized tensors;
+- the two passes of probability targets (:func:`prob_row_stats`, :func:`prob_grad`).
 
 The arithmetic contract of :mod:`._kernels` is kept: the statistics are the exact row max
 ``m``, ``Σ_{c≠y} exp(x_c − m)`` with the target column excluded and ``x_y`` (see
@@ -51,7 +52,15 @@ from torch._dynamo.exc import FailOnRecompileLimitHit
 from ._rows import index_target_coefficients, row_lse_rel, softcapped
 from ._types import GradCoefficients, RowStats, compute_dtype
 
-__all__ = ["disabled_reason", "enabled", "logits_fused", "logits_grad", "logits_row_stats"]
+__all__ = [
+    "disabled_reason",
+    "enabled",
+    "logits_fused",
+    "logits_grad",
+    "logits_row_stats",
+    "prob_grad",
+    "prob_row_stats",
+]
 
 ENV = "CROSSENTROPY_CPU_KERNELS"
 
@@ -192,7 +201,73 @@ def _grad(
     (x if out is None else out).copy_(g)
 
 
-_PASSES: dict[str, Callable[..., Any]] = {"stats": _stats, "grad": _grad, "scale": _scale}
+def _smoothed(y: Tensor, one: Tensor, keep: Tensor | None, share: Tensor | None) -> Tensor:
+    """``y' = (1 − ε) y + ε / C`` in the compute dtype (``keep = 1 − ε``, ``share = ε / C``,
+    each rounded to it once, as the torch-op kernels' Python scalars are), or ``y``."""
+    wy = y.to(one.dtype)
+    if keep is not None and share is not None:
+        wy = wy * keep + share
+    return wy
+
+
+def _prob_stats(
+    x: Tensor,
+    y: Tensor,
+    class_weight: Tensor | None,
+    one: Tensor,
+    keep: Tensor | None,
+    share: Tensor | None,
+    softcap: Tensor | None,
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Pass 1 for probability targets (:func:`._kernels.prob_row_stats`): per row the max
+    ``m`` (0 for a row of −inf), ``lse − m``, ``A (lse − m) − Σ w y' (x − m)`` and
+    ``A = Σ w y'``."""
+    z, _ = softcapped(x.to(one.dtype), softcap)
+    m = z.amax(dim=-1, keepdim=True)
+    m = torch.where(m == float("-inf"), 0.0, m)
+    shifted = z - m
+    rel = torch.log(torch.exp(shifted).sum(dim=-1))
+    wy = _smoothed(y, one, keep, share)
+    if class_weight is not None:
+        wy = wy * class_weight
+    amass = wy.sum(dim=-1)
+    loss = amass * rel - (wy * shifted).sum(dim=-1)
+    return m.squeeze(-1), rel, loss, amass
+
+
+def _prob_grad(
+    x: Tensor,
+    y: Tensor,
+    lse: Tensor,
+    p_scale: Tensor,
+    row_scale: Tensor,
+    class_weight: Tensor | None,
+    out: Tensor,
+    one: Tensor,
+    keep: Tensor | None,
+    share: Tensor | None,
+    softcap: Tensor | None,
+) -> None:
+    """Pass 2 for probability targets (:func:`._kernels.prob_grad`): ``s A e^{z − lse} − s w y'``
+    times the softcap's ``1 − t²``, written into ``out`` (``p_scale = s A``)."""
+    z, t = softcapped(x.to(one.dtype), softcap)
+    g = torch.exp(z - lse.unsqueeze(-1)) * p_scale.unsqueeze(-1)
+    wy = _smoothed(y, one, keep, share)
+    if class_weight is not None:
+        wy = wy * class_weight
+    g = g - wy * row_scale.unsqueeze(-1)
+    if t is not None:
+        g = g * (1.0 - t * t)
+    out.copy_(g)
+
+
+_PASSES: dict[str, Callable[..., Any]] = {
+    "stats": _stats,
+    "grad": _grad,
+    "scale": _scale,
+    "pstats": _prob_stats,
+    "pgrad": _prob_grad,
+}
 
 
 def _variant(key: tuple[Any, ...], fresh: bool = False) -> Callable[..., Any]:
@@ -445,6 +520,115 @@ def logits_grad(
     return ok
 
 
+def _prob_eligible(logits: Tensor, target: Tensor, out: Tensor | None = None) -> bool:
+    """A probability-target call this module takes: the logits as :func:`_eligible` wants
+    them, the target a contiguous CPU tensor of a floating dtype and the same shape."""
+    return (
+        _eligible(logits, out)
+        and target.device.type == "cpu"
+        and target.dtype in _DTYPES
+        and target.shape == logits.shape
+        and target.is_contiguous()
+    )
+
+
+def _smoothing_args(
+    label_smoothing: float, num_classes: int, dtype: torch.dtype
+) -> tuple[Tensor | None, Tensor | None]:
+    if not label_smoothing:
+        return None, None
+    keep = torch.tensor(1.0 - label_smoothing, dtype=dtype)
+    return keep, torch.tensor(label_smoothing / num_classes, dtype=dtype)
+
+
+def prob_row_stats(
+    logits: Tensor,
+    target: Tensor,
+    *,
+    class_weight: Tensor | None,
+    label_smoothing: float,
+    softcap: float | None,
+) -> tuple[Tensor, Tensor, Tensor, Tensor] | None:
+    """:func:`._kernels.prob_row_stats`, or ``None`` when this kernel does not take the
+    call."""
+    if not _prob_eligible(logits, target):
+        return None
+    rows, num_classes = tuple(logits.shape[:-1]), logits.shape[-1]
+    cdt = compute_dtype(logits.dtype)
+    keep, share = _smoothing_args(label_smoothing, num_classes, cdt)
+    key = (
+        "pstats",
+        logits.dtype,
+        target.dtype,
+        class_weight is not None,
+        keep is not None,
+        softcap is not None,
+    )
+    ok, res = _run(
+        key,
+        (
+            logits.view(-1, num_classes),
+            target.view(-1, num_classes),
+            None if class_weight is None else class_weight.to(cdt),
+            torch.ones((), dtype=cdt),
+            keep,
+            share,
+            _cap(softcap, cdt),
+        ),
+    )
+    if not ok:
+        return None
+    ref, rel, loss, amass = (r.view(rows) for r in res)
+    return ref, rel, loss, amass
+
+
+def prob_grad(
+    logits: Tensor,
+    target: Tensor,
+    lse: Tensor,
+    row_scale: Tensor,
+    amass: Tensor,
+    *,
+    class_weight: Tensor | None,
+    label_smoothing: float,
+    out: Tensor,
+    softcap: float | None,
+) -> bool:
+    """:func:`._kernels.prob_grad` after it folded the reference point into ``lse`` and
+    ``amass``: writes ``out`` and returns ``True``, or returns ``False`` (nothing written)."""
+    if not _prob_eligible(logits, target, out) or out.data_ptr() == logits.data_ptr():
+        return False
+    num_classes = logits.shape[-1]
+    cdt = compute_dtype(logits.dtype)
+    keep, share = _smoothing_args(label_smoothing, num_classes, cdt)
+    key = (
+        "pgrad",
+        logits.dtype,
+        target.dtype,
+        out.dtype,
+        class_weight is not None,
+        keep is not None,
+        softcap is not None,
+    )
+    ok, _ = _run(
+        key,
+        (
+            logits.view(-1, num_classes),
+            target.view(-1, num_classes),
+            lse.to(cdt).reshape(-1),
+            (row_scale * amass).to(cdt).reshape(-1),
+            row_scale.to(cdt).reshape(-1),
+            None if class_weight is None else class_weight.to(cdt),
+            out.view(-1, num_classes),
+            torch.ones((), dtype=cdt),
+            keep,
+            share,
+            _cap(softcap, cdt),
+        ),
+    )
+    return ok
+
+
 def _stats_of(res: Any, rows: tuple[int, ...], inside: Tensor) -> RowStats:
     m, sumexp, xt, s = res
     return RowStats(
@@ -484,11 +668,16 @@ def _describe(key: tuple[Any, ...]) -> str:
         "stats": ["class weights", "the logits' sum", "softcap", "exponentials", "in place"],
         "grad": ["class weights", "label smoothing", "softcap", "in place"],
         "scale": ["class weights", "label smoothing"],
+        "pstats": ["class weights", "label smoothing", "softcap"],
+        "pgrad": ["class weights", "label smoothing", "softcap"],
     }[kind]
-    if kind == "grad":
-        flags = flags[1:]  # the gradient's dtype
+    if kind in ("grad", "pstats"):
+        flags = flags[1:]  # the gradient's or the target's dtype
+    elif kind == "pgrad":
+        flags = flags[2:]  # the target's and the gradient's dtypes
     on = [n for n, flag in zip(names, flags, strict=True) if flag]
-    text = f"the {kind} pass on {str(dtype).replace('torch.', '')} logits"
+    what = {"pstats": "probability-target statistics", "pgrad": "probability-target gradient"}
+    text = f"the {what.get(kind, kind)} pass on {str(dtype).replace('torch.', '')} logits"
     return text + (f" with {', '.join(on)}" if on else "")
 
 

@@ -586,6 +586,16 @@ def prob_row_stats(
             label_smoothing=label_smoothing,
             **_softcap_kw(softcap),
         )
+    if (cc := select_cpu(logits, impl)) is not None and block_rows is None:
+        res = cc.prob_row_stats(
+            logits,
+            target,
+            class_weight=class_weight,
+            label_smoothing=label_smoothing,
+            softcap=softcap,
+        )
+        if res is not None:
+            return res  # type: ignore[no-any-return]
     cdt = compute_dtype(logits.dtype)
     rows, num_classes = tuple(logits.shape[:-1]), logits.shape[-1]
     x = logits if rows else logits.unsqueeze(0)
@@ -651,6 +661,20 @@ def prob_grad(
     cdt = compute_dtype(logits.dtype)
     if out is None:
         out = empty_buffer(tuple(logits.shape), logits.dtype, logits.device)
+    if (cc := select_cpu(logits, impl)) is not None and block_rows is None:
+        done = cc.prob_grad(
+            logits,
+            target,
+            lse,
+            row_scale,
+            amass,
+            class_weight=class_weight,
+            label_smoothing=label_smoothing,
+            out=out,
+            softcap=softcap,
+        )
+        if done:
+            return out
     rows, num_classes = tuple(logits.shape[:-1]), logits.shape[-1]
     x, y, g = (logits, target, out) if rows else (t.unsqueeze(0) for t in (logits, target, out))
     if not rows:
