@@ -8,11 +8,12 @@ composition for the options ``F`` lacks) and with ``impl="torch"``.
 from __future__ import annotations
 
 import pytest
-import torch
-import torch.nn.functional as F
 
-from crossentropy.torch import cross_entropy
-from crossentropy.torch._types import override_tuning
+torch = pytest.importorskip("torch")
+F = torch.nn.functional
+
+from crossentropy.torch import cross_entropy  # noqa: E402
+from crossentropy.torch._types import override_tuning  # noqa: E402
 
 D = torch.float64
 

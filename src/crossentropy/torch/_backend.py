@@ -18,14 +18,13 @@ from types import ModuleType
 import torch
 from torch import Tensor
 
-from ._types import tuning
-
 __all__ = ["IMPLS", "select", "select_cpu", "triton_available", "triton_interpreted"]
 
 IMPLS = ("auto", "torch", "triton")
 
 _TRITON = "crossentropy.torch._triton"
 _COMPILED = "crossentropy.torch._compiled"
+_TYPES = "crossentropy.torch._types"  # by name: this module imports none of the package
 
 
 def triton_available() -> bool:
@@ -64,6 +63,8 @@ def select_cpu(x: Tensor, impl: str) -> ModuleType | None:
     <._types.Tuning.compiled_min_elements>` elements, else ``None`` (torch ops; ``"torch"`` is
     the way to ask for them). The module may still decline a call (switched off, no compiler,
     strided layouts)."""
-    if impl != "auto" or x.device.type != "cpu" or x.numel() < tuning().compiled_min_elements:
+    if impl != "auto" or x.device.type != "cpu":
+        return None
+    if x.numel() < importlib.import_module(_TYPES).tuning().compiled_min_elements:
         return None
     return importlib.import_module(_COMPILED)
