@@ -49,7 +49,7 @@ import torch
 from torch import Tensor
 from torch._dynamo.exc import FailOnRecompileLimitHit
 
-from ._rows import index_target_coefficients, row_lse_rel, softcapped
+from ._rows import ignored_rows, index_target_coefficients, row_lse_rel, softcapped
 from ._types import GradCoefficients, RowStats, compute_dtype
 
 __all__ = [
@@ -194,9 +194,7 @@ def _grad(
         g = g * (1.0 - t * t)
     # a row whose coefficients are all 0 (ignored) is exact zeros, whatever its logits (NaN,
     # ±inf: 0 · NaN would be NaN)
-    dead = (p_scale == 0) & (target_grad == 0)
-    if smooth_scale is not None:
-        dead = dead & (smooth_scale == 0)
+    dead = ignored_rows(p_scale, smooth_scale, target_grad)
     g = torch.where(dead.unsqueeze(-1), 0.0, g)
     (x if out is None else out).copy_(g)
 
@@ -664,7 +662,6 @@ def _describe(key: tuple[Any, ...]) -> str:
     """``the fused pass on float32 logits with ...`` for a variant key."""
     kind, dtype, *flags = key
     names = {
-        "fused": ["class weights", "label smoothing", "z-loss", "softcap", "in place"],
         "stats": ["class weights", "the logits' sum", "softcap", "exponentials", "in place"],
         "grad": ["class weights", "label smoothing", "softcap", "in place"],
         "scale": ["class weights", "label smoothing"],

@@ -311,6 +311,20 @@ def _global_sum(x: Tensor, lay: _Layout) -> Tensor:
     return total
 
 
+def _global_kept_weight(
+    target: Tensor, ignore_index: int, weight: Tensor | None, dtype: torch.dtype, lay: _Layout
+) -> Tensor:
+    """The denominator of a ``"mean"`` over rows split across ranks: the class weights of the
+    kept targets (their count without weights), summed over the row-splitting dimensions."""
+    kept = target != ignore_index
+    if weight is None:
+        local = kept.sum().to(dtype)
+    else:
+        picked = weight.to(dtype)[torch.where(kept, target, 0).to(torch.int64)]
+        local = torch.where(kept, picked, 0.0).sum()
+    return _global_sum(local, lay)
+
+
 def _wrap(local: Tensor, lay: _Layout, placements: list[Any], shape: Sequence[int]) -> Any:
     """``local`` as this rank's part of a DTensor of the global ``shape`` (uneven row shards
     included)."""
@@ -418,13 +432,7 @@ def cross_entropy(
         if prob:
             count = per.new_tensor(float(torch.Size(rows_global).numel()))
         else:
-            kept = tl != ignore_index
-            if w is None:
-                local_d = kept.sum().to(per.dtype)
-            else:
-                picked = w.to(per.dtype)[torch.where(kept, tl, 0).to(torch.int64)]
-                local_d = torch.where(kept, picked, 0.0).sum()
-            count = _global_sum(local_d, lay)
+            count = _global_kept_weight(tl, ignore_index, w, per.dtype, lay)
         per = per / count
     return _wrap(per, lay, lay.reduced(), ())
 
@@ -691,6 +699,17 @@ def _rows_target(fn: str, lin: Linear, a: Any, arg: str) -> Any:
     return _rows_local(fn, arg, a, lin.rows, lin.global_rows, local_rows)
 
 
+def _agree_after_call(fn: str, lin: Linear, error: Exception | None) -> None:
+    """After a linear form's computation: where a rank could have failed alone (its own rows
+    checked by the single-process function, or a tensor-parallel group's error that the
+    other row-splitting ranks did not see) every rank raises, none waits in a collective;
+    elsewhere (one tensor-parallel group spanning the mesh) its error is already everyone's."""
+    if lin.rows.batch_dims or lin.group is None:
+        _agree(fn, lin.mesh, error)
+    elif error is not None:
+        raise error
+
+
 def _plain_global_rows(lin: Linear, a: Any) -> bool:
     """A plain row-aligned argument of the linear forms holding every row (not only this
     rank's): the same on every rank, compared."""
@@ -774,21 +793,13 @@ def linear_cross_entropy(
             )
     except Exception as exc:
         error = exc
-    if split_rows or lin.group is None:  # ranks that could fail alone: all raise, none waits
-        _agree(fn, lin.mesh, error)
-    elif error is not None:
-        raise error
+    _agree_after_call(fn, lin, error)
     assert loss is not None
     if reduction == "none":
         return lin.wrap(loss.reshape(t.shape), lin.global_rows, reduced=False)
     if split_rows and reduction == "mean":
-        kept = t != options.get("ignore_index", -100)
-        if class_weight is None:
-            local_d = kept.sum().to(loss.dtype)
-        else:
-            picked = class_weight.to(loss.dtype)[torch.where(kept, t, 0).to(torch.int64)]
-            local_d = torch.where(kept, picked, 0.0).sum()
-        loss = loss / _global_sum(local_d, lin.rows)
+        ignore = options.get("ignore_index", -100)
+        loss = loss / _global_kept_weight(t, ignore, class_weight, loss.dtype, lin.rows)
     return lin.wrap(loss.reshape(()), (), reduced=split_rows)
 
 
@@ -838,8 +849,5 @@ def linear_token_stats(
             )
     except Exception as exc:
         error = exc
-    if lin.rows.batch_dims or lin.group is None:
-        _agree(fn, lin.mesh, error)
-    elif error is not None:
-        raise error
+    _agree_after_call(fn, lin, error)
     return tuple(lin.wrap(o, lin.global_rows or tuple(t.shape), reduced=False) for o in out)

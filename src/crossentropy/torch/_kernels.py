@@ -52,6 +52,7 @@ from torch import Tensor
 
 from ._backend import select, select_cpu
 from ._rows import (
+    ignored_rows,
     index_target_coefficients,
     merge_row_stats,
     other_prob,
@@ -416,9 +417,7 @@ def _zero_ignored_rows(
     their logits: ``0 · NaN`` (a NaN or +inf logit) would otherwise reach the gradient, as the
     compiled gradient kernel and the fused pass already prevent. On CPU only the ignored rows
     are written (a boolean-mask assignment), none when there are none."""
-    dead = (p_scale == 0) & (target_grad == 0)
-    if smooth_scale is not None:
-        dead = dead & (smooth_scale == 0)
+    dead = ignored_rows(p_scale, smooth_scale, target_grad)
     if work.device.type != "cpu":
         work.masked_fill_(dead.unsqueeze(-1), 0.0)
     elif bool(dead.any()):

@@ -16,6 +16,7 @@ __all__ = [
     "RowWeights",
     "backward_coefficients",
     "coefficients",
+    "ignored_rows",
     "index_losses",
     "index_target_coefficients",
     "linear_zlse_bound",
@@ -157,6 +158,15 @@ def index_target_coefficients(
 
 
 # --------------------------------------------------------------------------- losses and scales
+
+
+def ignored_rows(p_scale: Tensor, smooth_scale: Tensor | None, target_grad: Tensor) -> Tensor:
+    """The rows whose gradient coefficients (:class:`._types.GradCoefficients`) are all 0:
+    their gradient is exact zeros whatever their logits (``0 · NaN`` would be NaN)."""
+    dead = (p_scale == 0) & (target_grad == 0)
+    if smooth_scale is not None:
+        dead = dead & (smooth_scale == 0)
+    return dead
 
 
 def row_scales(
