@@ -237,6 +237,81 @@ def bench_cross_entropy(
     return f"{title}\n\n{table}\n", targets
 
 
+# --------------------------------------------------------------------------- other passes
+
+
+def _rl_loss(out: object, adv: torch.Tensor) -> torch.Tensor:
+    return -(adv * out.logprob).mean() - 0.01 * out.entropy.mean()  # type: ignore[attr-defined]
+
+
+def _plain_token_loss(x: torch.Tensor, t: torch.Tensor, adv: torch.Tensor) -> torch.Tensor:
+    """The per-token RL loss in plain torch ops: what a user would write instead."""
+    logp = x.log_softmax(-1)
+    entropy = -(logp.exp() * logp).sum(-1)
+    logprob = logp.gather(-1, t.unsqueeze(-1)).squeeze(-1)
+    return -(adv * logprob).mean() - 0.01 * entropy.mean()
+
+
+def bench_other_passes(
+    n: int, v: int, repeats: int, load: int
+) -> tuple[list[str], list[list[object]]]:
+    """fp32 probability targets with label smoothing, and the per-token statistics' RL loss:
+    ours against our torch-op kernels, the plain torch code and its ``torch.compile``."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(n, v, generator=g)
+    soft = torch.softmax(torch.randn(n, v, generator=g), dim=-1)
+    t = torch.randint(0, v, (n,), generator=g)
+    adv = torch.randn(n, generator=g)
+    beside = f"{load} CPU-bound process{'es' if load != 1 else ''} beside it"
+    compiled_ce = torch.compile(F.cross_entropy)
+    compiled_tok = torch.compile(_plain_token_loss)
+    cases = {
+        "probability targets, label_smoothing=0.1": {
+            "ours": _fwd_bwd(functools.partial(cet.cross_entropy, label_smoothing=0.1), x, soft),
+            "torch-op kernels (impl='torch')": _fwd_bwd(
+                functools.partial(cet.cross_entropy, label_smoothing=0.1, impl="torch"), x, soft
+            ),
+            "plain: F.cross_entropy": _fwd_bwd(
+                functools.partial(F.cross_entropy, label_smoothing=0.1), x, soft
+            ),
+            "compiled: torch.compile(F.cross_entropy)": _fwd_bwd(
+                functools.partial(compiled_ce, label_smoothing=0.1), x, soft
+            ),
+        },
+        "token_stats, RL loss -(adv·logprob).mean() − 0.01·entropy.mean()": {
+            "ours": _fwd_bwd(lambda z: _rl_loss(cet.token_stats(z, t), adv), x),
+            "torch-op kernels (impl='torch')": _fwd_bwd(
+                lambda z: _rl_loss(cet.token_stats(z, t, impl="torch"), adv), x
+            ),
+            "plain: log_softmax, exp, gather": _fwd_bwd(_plain_token_loss, x, t, adv),
+            "compiled: torch.compile of the plain code": _fwd_bwd(compiled_tok, x, t, adv),
+        },
+    }
+    texts, targets = [], []
+    for what, fns in cases.items():
+        times = {k: median(v_) for k, v_ in interleaved_times(fns, repeats=repeats).items()}
+        ours = times["ours"]
+        load_now = os.getloadavg()[0]
+        rows = [[name, f"{sec:.3f}", f"{sec / ours:.2f}"] for name, sec in times.items()]
+        table = markdown_table(["implementation", "median s", "× ours"], rows)
+        texts.append(
+            f"### {what}: float32 ({n}, {v}), fwd+bwd, {beside} (1-minute load {load_now:.2f})"
+            f"\n\n{table}\n"
+        )
+        compiled = next(sec for name, sec in times.items() if name.startswith("compiled"))
+        plain = next(sec for name, sec in times.items() if name.startswith("plain"))
+        case = f"{what.split(',')[0]}, fp32 ({n}, {v}), {beside}, load {load_now:.2f}"
+        targets.append(
+            [
+                case,
+                "≤ 1.0× the time of the compiled plain code; × the plain code",
+                f"{ours / compiled:.2f}×; {plain / ours:.2f}× faster",
+                _mark(ours <= compiled),
+            ]
+        )
+    return texts, targets
+
+
 # --------------------------------------------------------------------------- linear
 
 _LIN_SETUP = """
@@ -613,6 +688,7 @@ def main() -> int:
             (256, 4096, torch.bfloat16),
         ]
         lin_case = (256, 128, 4096)
+        other_case = (256, 4096)
         repeats = 5
         small_shapes, small_samples, sample_s = SMALL_SHAPES_QUICK, 3, 0.002
     else:
@@ -622,6 +698,7 @@ def main() -> int:
             (4096, 32768, torch.bfloat16),
         ]
         lin_case = (4096, 1024, 32768)
+        other_case = (4096, 32768)
         repeats = 5
         small_shapes, small_samples, sample_s = SMALL_SHAPES, 31, 0.02
     sections, targets = [], []
@@ -635,6 +712,12 @@ def main() -> int:
                     )
                     print(text, flush=True)
                     sections.append(text)
+                    targets += tg
+                if load != 1:
+                    print(f"other passes {other_case}, {load} burners ...", flush=True)
+                    texts, tg = bench_other_passes(*other_case, repeats=repeats, load=load)
+                    print("\n".join(texts), flush=True)
+                    sections += texts
                     targets += tg
         print(f"linear_cross_entropy {lin_case} ...", flush=True)
         text, tg = bench_linear(*lin_case, repeats=repeats, check_memory=True)

@@ -26,6 +26,7 @@ SECTIONS = {
     "lm": ["`linear_token_stats`", "`cross_entropy(z_loss=1e-4, softcap=30.0)`"],
     "forward": ["`cross_entropy` forward only", "`linear_token_stats` forward only"],
     "causal_lm": ["### fp32", "### bf16 autocast", "crossentropy.transformers.patch(model)"],
+    "torch": ["probability targets, label_smoothing=0.1", "token_stats, RL loss"],
     "dtensor": ["`crossentropy.torch.cross_entropy`", "`loss_parallel()` + `F.cross_entropy`"],
 }
 # Benchmarks of an optional integration: skipped without it.

@@ -13,7 +13,10 @@ over rows:
   logits-sized temporary in any dtype;
 - the fused pass (:func:`logits_fused`): the two, with the per-row coefficients between them
   in plain torch ops on row-sized tensors;
-- the two passes of probability targets (:func:`prob_row_stats`, :func:`prob_grad`).
+- the two passes of probability targets (:func:`prob_row_stats`, :func:`prob_grad`);
+- the per-token statistics' passes (:func:`token_row_stats` over the caller's logits, and
+  :func:`token_vjp` over them or over each column-view chunk of the linear form; the linear
+  form's forward keeps the torch-op tiles, faster on a column view).
 
 The arithmetic contract of :mod:`._kernels` is kept: the statistics are the exact row max
 ``m``, ``Σ_{c≠y} exp(x_c − m)`` with the target column excluded and ``x_y`` (see
@@ -28,7 +31,9 @@ Where it is not used, and the torch-op kernels run instead:
 - ``CROSSENTROPY_CPU_KERNELS=torch`` in the environment, or ``impl="torch"``;
 - the first compile failed (no C++ compiler, an inductor error): a ``RuntimeWarning`` says so
   once and the process keeps the torch-op kernels;
-- non-contiguous logits or gradient buffers, an empty tensor, one row or one class.
+- non-contiguous logits or gradient buffers, an empty tensor, one row or one class;
+- under a Python dispatch mode (a tensor subclass's or a profiler's ``TorchDispatchMode``),
+  where Dynamo does not compile.
 
 Each pass and option set (dtype; class weights; label smoothing; softcap; gradient written
 over the logits) is its own compiled function with sizes and option values symbolic, so a new
@@ -49,7 +54,14 @@ import torch
 from torch import Tensor
 from torch._dynamo.exc import FailOnRecompileLimitHit
 
-from ._rows import ignored_rows, index_target_coefficients, row_lse_rel, softcapped
+from ._rows import (
+    exp_floor,
+    ignored_rows,
+    index_target_coefficients,
+    local_index,
+    row_lse_rel,
+    softcapped,
+)
 from ._types import GradCoefficients, RowStats, compute_dtype
 
 __all__ = [
@@ -60,6 +72,8 @@ __all__ = [
     "logits_row_stats",
     "prob_grad",
     "prob_row_stats",
+    "token_row_stats",
+    "token_vjp",
 ]
 
 ENV = "CROSSENTROPY_CPU_KERNELS"
@@ -208,6 +222,20 @@ def _smoothed(y: Tensor, one: Tensor, keep: Tensor | None, share: Tensor | None)
     return wy
 
 
+def _sum_exp(u: Tensor, e: Tensor | None = None) -> Tensor:
+    """``Σ e^u`` over the last dimension of rows ``u = z − m`` (``e = e^u`` if computed), the
+    entries at the reference point (``u = 0``, ``e^u = 1``) counted apart and added last.
+
+    Inductor sums each vector lane on its own: the lane that holds the max adds every one of
+    its other entries to 1, and entries below half an ulp of 1 are lost. For a confident row
+    (the rest ``e^{−20}`` each, 32768 classes) that dropped a sixteenth of the rest, a relative
+    error of ``1.6e-5`` in ``Σ e^u`` (the torch-op kernels' sum: ``6e-7``)."""
+    if e is None:
+        e = torch.exp(u)
+    top = u == 0
+    return torch.where(top, 0.0, e).sum(dim=-1) + top.to(e.dtype).sum(dim=-1)
+
+
 def _prob_stats(
     x: Tensor,
     y: Tensor,
@@ -224,7 +252,7 @@ def _prob_stats(
     m = z.amax(dim=-1, keepdim=True)
     m = torch.where(m == float("-inf"), 0.0, m)
     shifted = z - m
-    rel = torch.log(torch.exp(shifted).sum(dim=-1))
+    rel = torch.log(_sum_exp(shifted))
     wy = _smoothed(y, one, keep, share)
     if class_weight is not None:
         wy = wy * class_weight
@@ -259,12 +287,97 @@ def _prob_grad(
     out.copy_(g)
 
 
+def _token_logits(
+    x: Tensor, one: Tensor, softcap: Tensor | None, temperature: Tensor | None
+) -> tuple[Tensor, Tensor | None]:
+    """The per-token statistics' logits ``s·tanh(z / s) / T`` in the compute dtype (the
+    operations of :func:`._token_ops._stats_columns`), and ``tanh(z / s)`` for the chain."""
+    z, t = softcapped(x.to(one.dtype), softcap)
+    if temperature is not None:
+        z = z / temperature
+    return z, t
+
+
+def _token_stats(
+    x: Tensor,
+    idx: Tensor,
+    one: Tensor,
+    softcap: Tensor | None,
+    temperature: Tensor | None,
+    floor: Tensor,
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """The per-token statistics' partial sums of rows ``x`` (R, C) (the pass of
+    :func:`._token_ops._stats_columns`): the max ``m``, ``Σ e^u`` and ``−Σ e^u u`` with ``u = z
+    − r`` (``r = m``, or 0 where ``m`` is not finite), the logit at ``idx`` (the caller zeroes
+    it where the target is not a column) and the argmax, NaN counting as the largest."""
+    z, _ = _token_logits(x, one, softcap, temperature)
+    mx = z.amax(dim=-1)
+    best = z.argmax(dim=-1)
+    m = torch.where(torch.isfinite(mx), mx, 0.0).unsqueeze(-1)
+    u = z - m
+    e = torch.exp(u)
+    s = _sum_exp(u, e)
+    # 0 · log 0 = 0: a -inf logit's u clamped to a finite number whose exp is still 0 (the
+    # torch-op kernels leave out its 0 · (-inf) = NaN with nansum; an isnan is not vectorised
+    # here). A NaN or +inf logit makes s NaN or inf: the row's entropy is NaN either way.
+    spread = -(e * torch.clamp(u, min=floor)).sum(dim=-1)
+    return mx, s, spread, z.gather(-1, idx).squeeze(-1), best
+
+
+def _token_vjp(
+    x: Tensor,
+    idx: Tensor,
+    inside: Tensor,
+    lse: Tensor,
+    lse_lo: Tensor | None,
+    row: Tensor,
+    nb: Tensor | None,
+    k: Tensor,
+    a: Tensor | None,
+    out: Tensor | None,
+    over_x: bool,
+    one: Tensor,
+    softcap: Tensor | None,
+    temperature: Tensor | None,
+    floor: Tensor,
+) -> None:
+    """``G = p ⊙ (k − b log p)`` (``p ⊙ row`` without the entropy's upstream) plus ``a`` at the
+    target, times the softcap's and the temperature's chain factors, as
+    :func:`._token_ops._vjp_columns` computes it from the per-row coefficients of
+    :func:`._token_ops.vjp_coefficients`; written into ``out`` and, with ``over_x``, over ``x``
+    (rounded to its dtype)."""
+    z, t = _token_logits(x, one, softcap, temperature)
+    u = z - lse.unsqueeze(-1)
+    if lse_lo is not None:
+        u = u - lse_lo.unsqueeze(-1)
+    if nb is None:
+        g = torch.exp(u) * row.unsqueeze(-1)
+    else:
+        # 0 · log 0 = 0: log p clamped to a finite number whose exp is still 0
+        u = torch.clamp(u, min=floor)
+        g = (k.unsqueeze(-1) + u * nb.unsqueeze(-1)) * torch.exp(u)
+    if a is not None:
+        col = torch.arange(g.shape[-1], device=g.device)
+        is_t = (col == idx) & inside.unsqueeze(-1)
+        g = g + torch.where(is_t, a.unsqueeze(-1), 0.0)
+    if t is not None:
+        g = (1.0 - t * t) * g
+    if temperature is not None:
+        g = g / temperature
+    if out is not None:
+        out.copy_(g)
+    if over_x:
+        x.copy_(g)
+
+
 _PASSES: dict[str, Callable[..., Any]] = {
     "stats": _stats,
     "grad": _grad,
     "scale": _scale,
     "pstats": _prob_stats,
     "pgrad": _prob_grad,
+    "tstats": _token_stats,
+    "tvjp": _token_vjp,
 }
 
 
@@ -326,6 +439,8 @@ def _eligible(logits: Tensor, out: Tensor | None = None) -> bool:
         return False
     if logits.numel() == 0 or not logits.is_contiguous():
         return False
+    if torch._C._len_torch_dispatch_stack():
+        return False  # under a dispatch mode Dynamo compiles nothing: the torch ops run
     if logits.shape[-1] == 1 or logits.numel() == logits.shape[-1]:
         return False  # one class or one row: Dynamo would specialise a size of 1 (a recompile)
     if out is None:
@@ -352,7 +467,7 @@ def logits_fused(
     """The statistics of :func:`._kernels.logits_fused` with the gradient written into
     ``out``, or ``None`` when this kernel does not take the call (the caller runs the torch-op
     kernels; nothing has been written). ``logits`` is ``(*rows, C)``; ``idx`` ``(*rows, 1)``
-    and ``inside`` ``rows`` as :func:`._kernels._local_index` gives them.
+    and ``inside`` ``rows`` as :func:`._rows.local_index` gives them.
 
     Two compiled passes with the per-row coefficients between them in plain torch ops on
     row-sized tensors (a few microseconds): the statistics kernel keeps each row in cache
@@ -627,11 +742,111 @@ def prob_grad(
     return ok
 
 
+def _token_layout(z: Tensor, out: Tensor | None = None) -> bool | None:
+    """Whether rows ``z`` (R, C) are a column view (``z.t()`` contiguous: the linear path's
+    transposed chunks), ``False`` for contiguous rows, ``None`` when this module does not
+    take them (as :func:`_eligible` says for the rows, with ``out`` laid out like ``z``)."""
+    if z.dim() != 2:
+        return None
+    columns = not z.is_contiguous()
+    view = z.t() if columns else z
+    if not _eligible(view, None if out is None else (out.t() if columns else out)):
+        return None
+    return columns
+
+
+def _token_scalars(
+    dtype: torch.dtype, softcap: float | None, temperature: float
+) -> tuple[Tensor, Tensor | None, Tensor | None]:
+    return (
+        torch.ones((), dtype=dtype),
+        _cap(softcap, dtype),
+        None if temperature == 1.0 else torch.tensor(temperature, dtype=dtype),
+    )
+
+
+def token_row_stats(
+    z: Tensor,
+    target: Tensor,
+    out: tuple[Tensor, ...],
+    *,
+    class_offset: int,
+    softcap: float | None,
+    temperature: float,
+) -> bool:
+    """The partial sums ``(m, s, spread, z_y, argmax)`` of :func:`._token_ops._stats_columns`
+    of rows ``z`` (R, C) (contiguous, or a column view) written into ``out``: ``True``, or
+    ``False`` (nothing written) when this kernel does not take the call."""
+    columns = _token_layout(z)
+    if columns is None:
+        return False
+    cdt = compute_dtype(z.dtype)
+    idx, inside = local_index(target, class_offset, z.shape[-1])
+    key = ("tstats", z.dtype, columns, softcap is not None, temperature != 1.0)
+    ok, res = _run(key, (z, idx, *_token_scalars(cdt, softcap, temperature), _floor(cdt)))
+    if not ok:
+        return False
+    mx, s, spread, zy, best = res
+    m_out, s_out, spread_out, zy_out, argmax = out
+    m_out.copy_(mx)
+    s_out.copy_(s)
+    spread_out.copy_(spread)
+    zy_out.copy_(torch.where(inside, zy, 0.0))
+    argmax.copy_(best)
+    return True
+
+
+def token_vjp(
+    src: Tensor,
+    out: Tensor | None,
+    target: Tensor,
+    coefficients: tuple[Tensor, Tensor | None, Tensor, Tensor | None, Tensor, Tensor | None],
+    *,
+    class_offset: int,
+    softcap: float | None,
+    temperature: float,
+    over_src: bool,
+) -> bool:
+    """``G`` of :func:`._token_ops._vjp_columns` for rows ``src`` (R, C) (contiguous, or a
+    column view) from the per-row ``coefficients`` ``(lse, lse_lo, row, nb, k, a)`` of
+    :func:`._token_ops.vjp_coefficients`, written into ``out`` (laid out as ``src``, of any
+    floating dtype) and, with ``over_src``, over ``src``: ``True``, or ``False`` (nothing
+    written) when this kernel does not take the call."""
+    columns = _token_layout(src, out)
+    if columns is None or (out is not None and out.data_ptr() == src.data_ptr()):
+        return False
+    cdt = compute_dtype(src.dtype)
+    idx, inside = local_index(target, class_offset, src.shape[-1])
+    lse, lse_lo, row, nb, k, a = (None if c is None else c.to(cdt) for c in coefficients)
+    key = (
+        "tvjp",
+        src.dtype,
+        None if out is None else out.dtype,
+        columns,
+        over_src,
+        lse_lo is not None,
+        nb is not None,
+        a is not None,
+        softcap is not None,
+        temperature != 1.0,
+    )
+    one, cap, temp = _token_scalars(cdt, softcap, temperature)
+    floor = _floor(cdt)
+    ok, _ = _run(
+        key, (src, idx, inside, lse, lse_lo, row, nb, k, a, out, over_src, one, cap, temp, floor)
+    )
+    return ok
+
+
 def _stats_of(res: Any, rows: tuple[int, ...], inside: Tensor) -> RowStats:
     m, sumexp, xt, s = res
     return RowStats(
         m.view(rows), sumexp.view(rows), xt.view(rows), inside, None if s is None else s.view(rows)
     )
+
+
+def _floor(dtype: torch.dtype) -> Tensor:
+    return torch.tensor(exp_floor(dtype), dtype=dtype)
 
 
 def _cap(softcap: float | None, dtype: torch.dtype) -> Tensor | None:
@@ -667,13 +882,30 @@ def _describe(key: tuple[Any, ...]) -> str:
         "scale": ["class weights", "label smoothing"],
         "pstats": ["class weights", "label smoothing", "softcap"],
         "pgrad": ["class weights", "label smoothing", "softcap"],
+        "tstats": ["a column view", "softcap", "temperature"],
+        "tvjp": [
+            "a column view",
+            "the gradient over the logits",
+            "the rounding error of lse",
+            "the entropy's upstream",
+            "the log-probability's upstream",
+            "softcap",
+            "temperature",
+        ],
     }[kind]
     if kind in ("grad", "pstats"):
         flags = flags[1:]  # the gradient's or the target's dtype
     elif kind == "pgrad":
         flags = flags[2:]  # the target's and the gradient's dtypes
+    elif kind == "tvjp":
+        flags = flags[1:]  # the gradient's dtype
     on = [n for n, flag in zip(names, flags, strict=True) if flag]
-    what = {"pstats": "probability-target statistics", "pgrad": "probability-target gradient"}
+    what = {
+        "pstats": "probability-target statistics",
+        "pgrad": "probability-target gradient",
+        "tstats": "per-token statistics",
+        "tvjp": "per-token statistics' gradient",
+    }
     text = f"the {what.get(kind, kind)} pass on {str(dtype).replace('torch.', '')} logits"
     return text + (f" with {', '.join(on)}" if on else "")
 

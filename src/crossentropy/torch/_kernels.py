@@ -54,6 +54,7 @@ from ._backend import select, select_cpu
 from ._rows import (
     ignored_rows,
     index_target_coefficients,
+    local_index,
     merge_row_stats,
     other_prob,
     row_lse,
@@ -106,13 +107,6 @@ def empty_buffer(shape: tuple[int, ...], dtype: torch.dtype, device: torch.devic
     if dtype == torch.bfloat16:
         return torch.from_numpy(np.empty(shape, dtype=np.uint16)).view(torch.bfloat16)
     return torch.empty(shape, dtype=dtype, device=device)
-
-
-def _local_index(target: Tensor, class_offset: int, num_local: int) -> tuple[Tensor, Tensor]:
-    """(index into the shard clamped to a valid column, whether the target is in the shard)."""
-    local = target.to(torch.int64) - class_offset
-    inside = (local >= 0) & (local < num_local)
-    return torch.where(inside, local, 0).unsqueeze(-1), inside
 
 
 def _softcap_kw(softcap: float | None) -> dict[str, float]:
@@ -246,7 +240,7 @@ def logits_row_stats(
         )
     cdt = compute_dtype(logits.dtype)
     rows, num_local = tuple(logits.shape[:-1]), logits.shape[-1]
-    idx, inside = _local_index(target, class_offset, num_local)
+    idx, inside = local_index(target, class_offset, num_local)
     if (cc := select_cpu(logits, impl)) is not None and block_rows is None:
         st = cc.logits_row_stats(
             logits, idx, inside, class_weight=class_weight, with_sum=with_sum, softcap=softcap
@@ -369,7 +363,7 @@ def logits_grad(
     if out is None:
         out = empty_buffer(tuple(logits.shape), logits.dtype, logits.device)
     rows, num_local = tuple(logits.shape[:-1]), logits.shape[-1]
-    idx, inside = _local_index(target, class_offset, num_local)
+    idx, inside = local_index(target, class_offset, num_local)
     if (cc := select_cpu(logits, impl)) is not None and block_rows is None:
         done = cc.logits_grad(
             logits, idx, inside, lse, coef, class_weight=class_weight, out=out, softcap=softcap
@@ -475,7 +469,7 @@ def logits_fused(
     if out is None:
         out = empty_buffer(tuple(logits.shape), logits.dtype, logits.device)
     rows, num_classes = tuple(logits.shape[:-1]), logits.shape[-1]
-    idx, inside = _local_index(target, 0, num_classes)
+    idx, inside = local_index(target, 0, num_classes)
     if (cc := select_cpu(logits, impl)) is not None and block_rows is None:
         st = cc.logits_fused(
             logits,

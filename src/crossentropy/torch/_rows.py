@@ -40,6 +40,21 @@ __all__ = [
 FP16_TARGET = 2.0**14
 
 
+def exp_floor(dtype: torch.dtype) -> float:
+    """A finite ``u`` whose ``exp`` is exactly 0 in ``dtype`` (below the smallest subnormal's
+    log, -103.3 in float32 and -744.4 in float64): clamping ``u = z − lse`` to it changes no
+    probability, and keeps ``0 · u`` = 0 where a logit is ``-inf``."""
+    return -2048.0 if dtype == torch.float64 else -256.0
+
+
+def local_index(target: Tensor, class_offset: int, num_local: int) -> tuple[Tensor, Tensor]:
+    """(the target's column in a shard of ``num_local`` classes starting at ``class_offset``,
+    clamped to a valid column, as ``(*rows, 1)``; whether the target is in the shard)."""
+    local = target.to(torch.int64) - class_offset
+    inside = (local >= 0) & (local < num_local)
+    return torch.where(inside, local, 0).unsqueeze(-1), inside
+
+
 def softcapped(z: Tensor, softcap: float | Tensor | None) -> tuple[Tensor, Tensor | None]:
     """``(z', t)`` with ``z' = c·tanh(z / c)`` and ``t = tanh(z / c)``, kept for the chain
     factor ``∂z'/∂z = 1 − t²`` (the formula of torch's tanh backward), or ``(z, None)`` without

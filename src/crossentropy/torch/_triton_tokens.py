@@ -43,7 +43,7 @@ from ._triton import _block, _softcap_args, _tanh, _warps
 __all__ = ["token_row_stats", "token_vjp"]
 
 #: ``log p`` is clamped to this before ``p = e^{log p}`` in the entropy's term (its ``exp`` is
-#: exactly 0 in float32, as the torch path's :func:`.tokens._exp_floor`): ``0 · log 0 = 0``.
+#: exactly 0 in float32, as the torch path's :func:`._rows.exp_floor`): ``0 · log 0 = 0``.
 _LOG_FLOOR = -256.0
 
 
