@@ -222,20 +222,6 @@ def _smoothed(y: Tensor, one: Tensor, keep: Tensor | None, share: Tensor | None)
     return wy
 
 
-def _sum_exp(u: Tensor, e: Tensor | None = None) -> Tensor:
-    """``Σ e^u`` over the last dimension of rows ``u = z − m`` (``e = e^u`` if computed), the
-    entries at the reference point (``u = 0``, ``e^u = 1``) counted apart and added last.
-
-    Inductor sums each vector lane on its own: the lane that holds the max adds every one of
-    its other entries to 1, and entries below half an ulp of 1 are lost. For a confident row
-    (the rest ``e^{−20}`` each, 32768 classes) that dropped a sixteenth of the rest, a relative
-    error of ``1.6e-5`` in ``Σ e^u`` (the torch-op kernels' sum: ``6e-7``)."""
-    if e is None:
-        e = torch.exp(u)
-    top = u == 0
-    return torch.where(top, 0.0, e).sum(dim=-1) + top.to(e.dtype).sum(dim=-1)
-
-
 def _prob_stats(
     x: Tensor,
     y: Tensor,
@@ -244,21 +230,21 @@ def _prob_stats(
     keep: Tensor | None,
     share: Tensor | None,
     softcap: Tensor | None,
-) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """Pass 1 for probability targets (:func:`._kernels.prob_row_stats`): per row the max
-    ``m`` (0 for a row of −inf), ``lse − m``, ``A (lse − m) − Σ w y' (x − m)`` and
-    ``A = Σ w y'``."""
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """Pass 1 for probability targets (:func:`._kernels.prob_row_stats`), its sums only: per
+    row the max, ``Σ e^{z − m}`` without and the count of the entries at the max (``m`` is 0
+    for a row of −inf), ``A = Σ w y'`` and ``Σ w y' (z − m)``; :func:`prob_row_stats`
+    combines them on rows (see :func:`_token_stats` for the count and for why)."""
     z, _ = softcapped(x.to(one.dtype), softcap)
-    m = z.amax(dim=-1, keepdim=True)
-    m = torch.where(m == float("-inf"), 0.0, m)
-    shifted = z - m
-    rel = torch.log(_sum_exp(shifted))
+    mx = z.amax(dim=-1, keepdim=True)
+    shifted = z - torch.where(mx == float("-inf"), 0.0, mx)
+    top = shifted == 0
+    rest = torch.where(top, 0.0, torch.exp(shifted)).sum(dim=-1)
     wy = _smoothed(y, one, keep, share)
     if class_weight is not None:
         wy = wy * class_weight
-    amass = wy.sum(dim=-1)
-    loss = amass * rel - (wy * shifted).sum(dim=-1)
-    return m.squeeze(-1), rel, loss, amass
+    moved = (wy * shifted).sum(dim=-1)
+    return mx.squeeze(-1), rest, top.to(rest.dtype).sum(dim=-1), wy.sum(dim=-1), moved
 
 
 def _prob_grad(
@@ -305,23 +291,35 @@ def _token_stats(
     softcap: Tensor | None,
     temperature: Tensor | None,
     floor: Tensor,
-) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-    """The per-token statistics' partial sums of rows ``x`` (R, C) (the pass of
-    :func:`._token_ops._stats_columns`): the max ``m``, ``Σ e^u`` and ``−Σ e^u u`` with ``u = z
-    − r`` (``r = m``, or 0 where ``m`` is not finite), the logit at ``idx`` (the caller zeroes
-    it where the target is not a column) and the argmax, NaN counting as the largest."""
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """The per-token statistics' sums over rows ``x`` (R, C) (the pass of
+    :func:`._token_ops._stats_columns`): the max ``m``, ``Σ e^u`` without and the count of
+    the entries where ``u = 0``, ``Σ e^u u`` with ``u = z − r`` (``r = m``, or 0
+    where ``m`` is not finite), the logit in column ``idx`` and the argmax, NaN
+    counting as the largest.
+
+    The entries at the reference point (``e^0 = 1``) are counted apart and added last (by the
+    caller): inductor sums each vector lane on its own, and the lane that holds the max would
+    add its other entries to 1, losing those below half an ulp of 1. For a confident row (the
+    rest ``e^{−20}`` each, 32768 classes) that dropped a sixteenth of the rest, an error of
+    ``1.6e-5`` in ``Σ e^u`` (the torch-op kernels' sum: ``6e-7``).
+
+    Only reductions are returned (the caller combines them on rows): a pointwise result on
+    rows here would split inductor's one loop over rows, whose sweeps of a row run while it is
+    in cache, into two passes over the whole tensor."""
     z, _ = _token_logits(x, one, softcap, temperature)
-    mx = z.amax(dim=-1)
-    best = z.argmax(dim=-1)
-    m = torch.where(torch.isfinite(mx), mx, 0.0).unsqueeze(-1)
-    u = z - m
+    mx = z.amax(dim=-1, keepdim=True)
+    u = z - torch.where(torch.isfinite(mx), mx, 0.0)
     e = torch.exp(u)
-    s = _sum_exp(u, e)
+    top = u == 0
+    rest = torch.where(top, 0.0, e).sum(dim=-1)
     # 0 · log 0 = 0: a -inf logit's u clamped to a finite number whose exp is still 0 (the
     # torch-op kernels leave out its 0 · (-inf) = NaN with nansum; an isnan is not vectorised
     # here). A NaN or +inf logit makes s NaN or inf: the row's entropy is NaN either way.
-    spread = -(e * torch.clamp(u, min=floor)).sum(dim=-1)
-    return mx, s, spread, z.gather(-1, idx).squeeze(-1), best
+    eu = (e * torch.clamp(u, min=floor)).sum(dim=-1)
+    col = torch.arange(z.shape[-1], device=z.device)
+    zy = torch.where(col == idx, z, 0.0).sum(dim=-1)
+    return mx.squeeze(-1), rest, top.to(e.dtype).sum(dim=-1), eu, zy, z.argmax(dim=-1)
 
 
 def _token_vjp(
@@ -691,8 +689,10 @@ def prob_row_stats(
     )
     if not ok:
         return None
-    ref, rel, loss, amass = (r.view(rows) for r in res)
-    return ref, rel, loss, amass
+    mx, rest, top, amass, moved = (r.view(rows) for r in res)
+    ref = torch.where(mx == float("-inf"), 0.0, mx)
+    rel = torch.log(rest + top)  # the small terms first, the max's 1 (or ties) last
+    return ref, rel, amass * rel - moved, amass
 
 
 def prob_grad(
@@ -786,11 +786,11 @@ def token_row_stats(
     ok, res = _run(key, (z, idx, *_token_scalars(cdt, softcap, temperature), _floor(cdt)))
     if not ok:
         return False
-    mx, s, spread, zy, best = res
+    mx, rest, top, eu, zy, best = res
     m_out, s_out, spread_out, zy_out, argmax = out
     m_out.copy_(mx)
-    s_out.copy_(s)
-    spread_out.copy_(spread)
+    torch.add(rest, top, out=s_out)  # the small terms first, the max's 1 (or ties) last
+    torch.neg(eu, out=spread_out)
     zy_out.copy_(torch.where(inside, zy, 0.0))
     argmax.copy_(best)
     return True
