@@ -134,7 +134,12 @@ def force_fused(tuned: Callable[..., None]) -> None:
     """Send every ``crossentropy.torch`` call, however small, through the fused kernels (not
     the direct ``F.cross_entropy`` path that small problems take), on CPU through the compiled
     kernels whatever the size (``impl="torch"`` asks for the torch-op kernels)."""
-    tuned(direct_max_elements=-1, linear_direct_max_elements=-1, compiled_min_elements=0)
+    tuned(
+        direct_max_elements=-1,
+        linear_direct_max_elements=-1,
+        compiled_min_elements=0,
+        token_compiled_min_elements=0,
+    )
 
 
 #: The figures the demo report writes (``figures/*.svg``), for the report and CLI tests.

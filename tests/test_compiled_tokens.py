@@ -253,3 +253,28 @@ def test_no_recompile_for_new_shapes_or_upstreams() -> None:
     _call("auto", x, t, (0.3, 0.7, 0.0), {})
     assert counters["stats"]["unique_graphs"] == first
     assert first - before <= 2  # at most the two variants' first compile in this process
+
+
+def test_size_threshold_of_the_token_kernels(tuned: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``Tuning.token_compiled_min_elements``: below it the torch-op kernels run (the compiled
+    kernels are not asked), from it the compiled ones; the cross-entropy threshold
+    (``compiled_min_elements``) does not apply to them."""
+    calls: list[str] = []
+    for name in ("token_row_stats", "token_vjp"):
+        inner = getattr(_compiled, name)
+
+        def spy(*a: Any, _inner: Any = inner, _name: str = name, **k: Any) -> Any:
+            calls.append(_name)
+            return _inner(*a, **k)
+
+        monkeypatch.setattr(_compiled, name, spy)
+    x, t = _logits(16, 64, torch.float32), _target(16, 64)
+    tuned(token_compiled_min_elements=16 * 64 + 1, compiled_min_elements=1 << 40)
+    below, g_below = _call("auto", x, t, (1.0, -0.5, 0.0), {})
+    assert calls == []
+    tuned(token_compiled_min_elements=16 * 64, compiled_min_elements=1 << 40)
+    above, g_above = _call("auto", x, t, (1.0, -0.5, 0.0), {})
+    assert calls == ["token_row_stats", "token_vjp"]
+    for a, b in zip(above[:3], below[:3], strict=True):
+        assert _rel(a, b) < 1e-5
+    assert _rel(g_above, g_below) < 1e-5

@@ -57,14 +57,17 @@ def select(x: Tensor, impl: str) -> ModuleType | None:
     return importlib.import_module(_TRITON)
 
 
-def select_cpu(x: Tensor, impl: str) -> ModuleType | None:
+def select_cpu(x: Tensor, impl: str, tokens: bool = False) -> ModuleType | None:
     """The compiled CPU kernel module (:mod:`._compiled`) if ``impl`` is ``"auto"`` and ``x``
     is a CPU tensor of at least :attr:`Tuning.compiled_min_elements
-    <._types.Tuning.compiled_min_elements>` elements, else ``None`` (torch ops; ``"torch"`` is
+    <._types.Tuning.compiled_min_elements>` elements (with ``tokens``, the per-token
+    statistics': :attr:`Tuning.token_compiled_min_elements
+    <._types.Tuning.token_compiled_min_elements>`), else ``None`` (torch ops; ``"torch"`` is
     the way to ask for them). The module may still decline a call (switched off, no compiler,
     strided layouts)."""
     if impl != "auto" or x.device.type != "cpu":
         return None
-    if x.numel() < importlib.import_module(_TYPES).tuning().compiled_min_elements:
+    tuned = importlib.import_module(_TYPES).tuning()
+    if x.numel() < (tuned.token_compiled_min_elements if tokens else tuned.compiled_min_elements):
         return None
     return importlib.import_module(_COMPILED)

@@ -456,7 +456,7 @@ def _forward_impl(
             x, weight, bias, target, offset, chunk_size, softcap, temperature, out
         )
     if weight is None:  # the caller's logits: never written, each block copied into ``work``
-        cc = select_cpu(x, impl)
+        cc = select_cpu(x, impl, tokens=True)
         kw = {"class_offset": offset, "softcap": softcap, "temperature": temperature}
         if cc is not None and cc.token_row_stats(x, target, out, **kw):
             return out
@@ -617,7 +617,7 @@ def _backward_impl(
     direct = x.dtype == cdt
     coefs = vjp_coefficients(target, ignore_index, lse, entropy, ups, lse_lo)
     kw = {"class_offset": offset, "softcap": softcap, "temperature": temperature}
-    if weight is None and need_x and (cc := select_cpu(x, impl)) is not None:
+    if weight is None and need_x and (cc := select_cpu(x, impl, tokens=True)) is not None:
         dx = x.new_empty(x.shape)
         if cc.token_vjp(x, dx, target, coefs, over_src=False, **kw):
             return dx, x.new_empty(0), x.new_empty(0)
@@ -668,7 +668,7 @@ def _backward_impl(
         r1 = min(rows, r0 + step)
         zt = _linear_logits_t(x[r0:r1], weight, bias, buf)  # (C, R)
         gt = g32[: zt.numel()].view(zt.shape)
-        cc = select_cpu(zt, impl)
+        cc = select_cpu(zt, impl, tokens=True)
         part = tuple(None if c is None else c[r0:r1] for c in coefs)
         out = None if direct else gt.t()
         if cc is None or not cc.token_vjp(zt.t(), out, target[r0:r1], part, over_src=True, **kw):

@@ -119,6 +119,13 @@ class Tuning:
         2**22 up the compiled kernels are as fast or faster, and they alone hold up when other
         processes share the cores (one parallel region per pass instead of ~5 per 8 MiB
         block). ``0``: always.
+    token_compiled_min_elements : int
+        Logits from which the per-token statistics (``token_stats``; the backward of each
+        ``linear_token_stats`` chunk) run the compiled kernels. Their torch-op kernels cost
+        more per call than the fused pass's, so the crossover is lower: measured fp32 fwd+bwd
+        of an RL loss on the 2-core machine (min of 21 interleaved calls), the compiled
+        kernels took 0.96× the torch-op kernels' time at 2**16 logits, 0.85× at 2**18 and
+        0.56-0.87× from 2**20 to 2**23. ``0``: always.
     direct_max_elements : int
         Logits up to which ``cross_entropy`` calls ``F.cross_entropy`` directly: below it the
         fused path's fixed cost (Python blocks, custom-op dispatch) exceeds what it saves
@@ -151,6 +158,7 @@ class Tuning:
     linear_chunk_bytes: int = 48 << 20
     linear_stats_chunk_bytes: int = 128 << 20
     compiled_min_elements: int = 1 << 22
+    token_compiled_min_elements: int = 1 << 16
     direct_max_elements: int = 1 << 20
     linear_direct_max_elements: int = 1 << 19
     token_block_elements: int = 1 << 20
