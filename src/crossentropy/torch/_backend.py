@@ -18,9 +18,20 @@ from types import ModuleType
 import torch
 from torch import Tensor
 
-__all__ = ["IMPLS", "select", "select_cpu", "triton_available", "triton_interpreted"]
+__all__ = [
+    "CPU_KERNELS_ENV",
+    "IMPLS",
+    "cpu_kernels_choice",
+    "select",
+    "select_cpu",
+    "triton_available",
+    "triton_interpreted",
+]
 
 IMPLS = ("auto", "torch", "triton")
+#: ``auto`` (default) or ``compiled``: the compiled CPU kernels where they apply; ``torch``:
+#: the torch-op kernels always
+CPU_KERNELS_ENV = "CROSSENTROPY_CPU_KERNELS"
 
 _TRITON = "crossentropy.torch._triton"
 _COMPILED = "crossentropy.torch._compiled"
@@ -57,6 +68,18 @@ def select(x: Tensor, impl: str) -> ModuleType | None:
     return importlib.import_module(_TRITON)
 
 
+def cpu_kernels_choice() -> str:
+    """:data:`CPU_KERNELS_ENV` from the environment, checked on every CPU call (whatever its
+    size, so a typo shows at once): ``"auto"``, ``"compiled"`` or ``"torch"``."""
+    choice = os.environ.get(CPU_KERNELS_ENV, "auto").strip().lower() or "auto"
+    if choice not in ("auto", "compiled", "torch"):
+        raise ValueError(
+            f"crossentropy: the environment variable {CPU_KERNELS_ENV} must be 'auto', "
+            f"'compiled' or 'torch', got {choice!r}"
+        )
+    return choice
+
+
 def select_cpu(x: Tensor, impl: str, tokens: bool = False) -> ModuleType | None:
     """The compiled CPU kernel module (:mod:`._compiled`) if ``impl`` is ``"auto"`` and ``x``
     is a CPU tensor of at least :attr:`Tuning.compiled_min_elements
@@ -65,7 +88,7 @@ def select_cpu(x: Tensor, impl: str, tokens: bool = False) -> ModuleType | None:
     <._types.Tuning.token_compiled_min_elements>`), else ``None`` (torch ops; ``"torch"`` is
     the way to ask for them). The module may still decline a call (switched off, no compiler,
     strided layouts)."""
-    if impl != "auto" or x.device.type != "cpu":
+    if impl != "auto" or x.device.type != "cpu" or cpu_kernels_choice() == "torch":
         return None
     tuned = importlib.import_module(_TYPES).tuning()
     if x.numel() < (tuned.token_compiled_min_elements if tokens else tuned.compiled_min_elements):
