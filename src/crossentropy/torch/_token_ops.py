@@ -632,6 +632,26 @@ def _backward_impl(
     capped = softcap is not None
     tmp = _scratch(tile, cdt, dev, capped or ups[1] is not None)
     tmp2 = _scratch(tile, cdt, dev, capped and ups[1] is not None)
+
+    def rows_vjp(src: Tensor, dst: Tensor, work: Tensor | None, r0: int, r1: int) -> None:
+        """:func:`_vjp_columns` of rows ``r0:r1`` given as column views."""
+        _vjp_columns(
+            src,
+            dst,
+            target[r0:r1],
+            ignore_index,
+            lse[r0:r1],
+            entropy[r0:r1],
+            [None if d is None else d[r0:r1] for d in ups],
+            softcap,
+            work,
+            tmp,
+            tmp2,
+            None if lse_lo is None else lse_lo[r0:r1],
+            offset,
+            temperature,
+        )
+
     if weight is None:
         if not need_x:
             return x.new_empty(0), x.new_empty(0), x.new_empty(0)
@@ -639,22 +659,7 @@ def _backward_impl(
         work = _scratch(tile, cdt, dev, not direct)
         for r0 in range(0, rows, step):
             r1 = min(rows, r0 + step)
-            _vjp_columns(
-                x[r0:r1].t(),
-                dx[r0:r1].t(),
-                target[r0:r1],
-                ignore_index,
-                lse[r0:r1],
-                entropy[r0:r1],
-                [None if d is None else d[r0:r1] for d in ups],
-                softcap,
-                work,
-                tmp,
-                tmp2,
-                None if lse_lo is None else lse_lo[r0:r1],
-                offset,
-                temperature,
-            )
+            rows_vjp(x[r0:r1].t(), dx[r0:r1].t(), work, r0, r1)
         return dx, x.new_empty(0), x.new_empty(0)
     need_bias = need_bias and bias is not None
     dx = x.new_empty(x.shape) if need_x else x.new_empty(0)  # every row is written below
@@ -673,22 +678,7 @@ def _backward_impl(
         part = tuple(None if c is None else c[r0:r1] for c in coefs)
         out = None if direct else gt.t()
         if cc is None or not cc.token_vjp(zt.t(), out, target[r0:r1], part, over_src=True, **kw):
-            _vjp_columns(
-                zt,
-                zt,
-                target[r0:r1],
-                ignore_index,
-                lse[r0:r1],
-                entropy[r0:r1],
-                [None if d is None else d[r0:r1] for d in ups],
-                softcap,
-                gt,
-                tmp,
-                tmp2,
-                None if lse_lo is None else lse_lo[r0:r1],
-                offset,
-                temperature,
-            )
+            rows_vjp(zt, zt, gt, r0, r1)
         if need_x:
             torch.mm(zt.t(), weight, out=dx[r0:r1])
         if dw is not None:
