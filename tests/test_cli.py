@@ -250,6 +250,10 @@ def test_ctrl_c_prints_one_line_and_exits_130(
     assert list(tmp_path.iterdir()) == []
 
 
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_a_real_sigint_mid_run_keeps_the_previous_report(tmp_path: Path) -> None:
     out = tmp_path / "report"
     first = subprocess.run(
@@ -268,6 +272,9 @@ def test_a_real_sigint_mid_run_keeps_the_previous_report(tmp_path: Path) -> None
         stdout=subprocess.PIPE,
         text=True,
         env=ENV,
+        # SIGINT at its default in the child: a test run started in the background by a
+        # shell without job control inherits it ignored, and Python then installs no handler
+        preexec_fn=_default_sigint,
     )
     assert proc.stderr is not None
     # wait until the experiments are under way (past start-up), then press Ctrl-C
