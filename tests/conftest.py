@@ -142,6 +142,30 @@ def force_fused(tuned: Callable[..., None]) -> None:
     )
 
 
+@pytest.fixture
+def spy_compiled(monkeypatch: pytest.MonkeyPatch) -> Callable[..., list[str]]:
+    """``spy_compiled("a", "b")`` wraps those entry points of ``crossentropy.torch._compiled``
+    and returns the list each of their calls appends to: the name when the kernel took the
+    call, ``"declined"`` when it returned ``None`` or ``False`` (the torch-op kernels ran)."""
+
+    def install(*names: str) -> list[str]:
+        from crossentropy.torch import _compiled
+
+        calls: list[str] = []
+        for name in names:
+            inner = getattr(_compiled, name)
+
+            def spy(*a: Any, _inner: Any = inner, _name: str = name, **k: Any) -> Any:
+                res = _inner(*a, **k)
+                calls.append(_name if res is not None and res is not False else "declined")
+                return res
+
+            monkeypatch.setattr(_compiled, name, spy)
+        return calls
+
+    return install
+
+
 #: The figures the demo report writes (``figures/*.svg``), for the report and CLI tests.
 DEMO_SVGS = frozenset(
     {

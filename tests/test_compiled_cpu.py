@@ -114,21 +114,10 @@ def test_matches_the_torch_op_kernels_and_F(
     [{}, {"label_smoothing": 0.1, "weight": "rand"}, {"softcap": 10.0, "z_loss": 1e-3}],
     ids=lambda k: ",".join(k) or "plain",
 )
-def test_statistics_and_gradient_passes(
-    dtype: Any, kw: dict[str, Any], monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_statistics_and_gradient_passes(dtype: Any, kw: dict[str, Any], spy_compiled: Any) -> None:
     """``reduction="none"`` runs the statistics pass forward and the gradient pass backward; a
     loss under ``no_grad`` runs the statistics alone. Both compiled, both as the torch ops."""
-    calls: list[str] = []
-    for name in ("logits_row_stats", "logits_grad"):
-        inner = getattr(_compiled, name)
-
-        def spy(*a: Any, _inner: Any = inner, _name: str = name, **k: Any) -> Any:
-            res = _inner(*a, **k)
-            calls.append(_name if res is not None and res is not False else "declined")
-            return res
-
-        monkeypatch.setattr(_compiled, name, spy)
+    calls = spy_compiled("logits_row_stats", "logits_grad")
     gen = torch.Generator().manual_seed(8)
     n, c = 40, 600
     x = (4 * torch.randn(n, c, generator=gen)).to(dtype)
@@ -398,7 +387,7 @@ PROB_OPTIONS: list[dict[str, Any]] = [
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("kw", PROB_OPTIONS, ids=lambda k: ",".join(k) or "plain")
 def test_probability_targets_match_the_torch_op_kernels_and_F(
-    dtype: Any, kw: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+    dtype: Any, kw: dict[str, Any], spy_compiled: Any
 ) -> None:
     """Probability targets run the compiled statistics and gradient kernels: the same loss
     and gradient as the torch-op kernels to a few ulps, and as ``F.cross_entropy`` in
@@ -408,16 +397,7 @@ def test_probability_targets_match_the_torch_op_kernels_and_F(
     x = (4 * torch.randn(n, c, generator=gen)).to(dtype)
     y = torch.softmax(torch.randn(n, c, generator=gen), -1).to(dtype)
     args = _args(kw, dtype, n, c)
-    calls: list[str] = []
-    for name in ("prob_row_stats", "prob_grad"):
-        inner = getattr(_compiled, name)
-
-        def spy(*a: Any, _inner: Any = inner, _name: str = name, **k: Any) -> Any:
-            res = _inner(*a, **k)
-            calls.append(_name if res is not None and res is not False else "declined")
-            return res
-
-        monkeypatch.setattr(_compiled, name, spy)
+    calls = spy_compiled("prob_row_stats", "prob_grad")
     xa = x.clone().requires_grad_()
     loss = cross_entropy(xa, y, impl="auto", **args)
     loss.sum().backward() if loss.dim() else loss.backward()

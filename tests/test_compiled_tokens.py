@@ -255,19 +255,11 @@ def test_no_recompile_for_new_shapes_or_upstreams() -> None:
     assert first - before <= 2  # at most the two variants' first compile in this process
 
 
-def test_size_threshold_of_the_token_kernels(tuned: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_size_threshold_of_the_token_kernels(tuned: Any, spy_compiled: Any) -> None:
     """``Tuning.token_compiled_min_elements``: below it the torch-op kernels run (the compiled
     kernels are not asked), from it the compiled ones; the cross-entropy threshold
     (``compiled_min_elements``) does not apply to them."""
-    calls: list[str] = []
-    for name in ("token_row_stats", "token_vjp"):
-        inner = getattr(_compiled, name)
-
-        def spy(*a: Any, _inner: Any = inner, _name: str = name, **k: Any) -> Any:
-            calls.append(_name)
-            return _inner(*a, **k)
-
-        monkeypatch.setattr(_compiled, name, spy)
+    calls = spy_compiled("token_row_stats", "token_vjp")
     x, t = _logits(16, 64, torch.float32), _target(16, 64)
     tuned(token_compiled_min_elements=16 * 64 + 1, compiled_min_elements=1 << 40)
     below, g_below = _call("auto", x, t, (1.0, -0.5, 0.0), {})
