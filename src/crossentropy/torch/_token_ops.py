@@ -284,6 +284,11 @@ def _stats_columns(
     argmax.copy_(best)
 
 
+#: The per-row coefficients of the gradient, ``(lse, lse_lo, row, nb, k, a)``
+#: (:func:`vjp_coefficients`).
+Coefficients = tuple[Tensor, Tensor | None, Tensor, Tensor | None, Tensor, Tensor | None]
+
+
 def vjp_coefficients(
     target: Tensor,
     ignore_index: int,
@@ -291,7 +296,7 @@ def vjp_coefficients(
     entropy: Tensor,
     ups: list[Tensor | None],
     lse_lo: Tensor | None,
-) -> tuple[Tensor, Tensor | None, Tensor, Tensor | None, Tensor, Tensor | None]:
+) -> Coefficients:
     """The per-row parts of ``G = p ⊙ (c − a − b (log p + H))`` plus ``a`` at the target, for
     the upstream ``ups = [a, b, c]`` of ``logprob``, ``entropy``, ``lse`` (``None``: no term):
     ``(lse, lse_lo, row = c − a, nb = −b, k = row + nb·H, a)``, with ``a`` 0 on ignored rows.
@@ -319,24 +324,19 @@ def _vjp_columns(
     src: Tensor,
     dst: Tensor,
     target: Tensor,
-    ignore_index: int,
-    lse: Tensor,
-    entropy: Tensor,
-    ups: list[Tensor | None],
+    coefficients: Coefficients,
     softcap: float | None,
     work: Tensor | None,
     tmp: Tensor,
     tmp2: Tensor,
-    lse_lo: Tensor | None = None,
     class_offset: int = 0,
     temperature: float = 1.0,
 ) -> None:
     """``G = ∂L/∂z`` of the logits ``src`` into ``dst``, both column views (C, R) (``dst`` may
-    be ``src``; column ``j`` is class ``class_offset + j``), from the saved ``lse`` (with its
-    rounding error ``lse_lo``: ``log p = (z − lse) − lse_lo``) and ``entropy``, tile by tile of
-    classes:
-    ``G = p ⊙ (c − a − b (log p + H))`` plus ``a`` at the target, for the upstream ``a, b, c``
-    of ``logprob``, ``entropy``, ``lse`` (``None``: no term).
+    be ``src``; column ``j`` is class ``class_offset + j``), tile by tile of classes:
+    ``G = p ⊙ (c − a − b (log p + H))`` plus ``a`` at the target, from the per-row
+    ``coefficients`` ``(lse, lse_lo, row, nb, k, a)`` of :func:`vjp_coefficients` (``log p =
+    (z − lse) − lse_lo``).
 
     A tile is computed in place in ``dst`` when ``dst`` is of compute dtype, else in ``work``
     and then copied (rounded) into ``dst``: ``work`` is a flat tile-sized buffer, or a column
@@ -350,7 +350,7 @@ def _vjp_columns(
     classes, rows = src.shape
     step = _tiles(classes, rows)
     idx = target - class_offset
-    lse, _, row, nb, k, a = vjp_coefficients(target, ignore_index, lse, entropy, ups, None)
+    lse, lse_lo, row, nb, k, a = coefficients
     direct = dst.dtype == lse.dtype
     floor = exp_floor(lse.dtype)
     for c0 in range(0, classes, step):
@@ -618,11 +618,13 @@ def _backward_impl(
     direct = x.dtype == cdt
     coefs = vjp_coefficients(target, ignore_index, lse, entropy, ups, lse_lo)
     kw = {"class_offset": offset, "softcap": softcap, "temperature": temperature}
-    if weight is None and need_x and (cc := select_cpu(x, impl, tokens=True)) is not None:
-        dx = x.new_empty(x.shape)
-        if cc.token_vjp(x, dx, target, coefs, over_src=False, **kw):
-            return dx, x.new_empty(0), x.new_empty(0)
+    if weight is None and not need_x:
+        return x.new_empty(0), x.new_empty(0), x.new_empty(0)
     if weight is None:
+        dx = x.new_empty(x.shape)  # every row is written below
+        cc = select_cpu(x, impl, tokens=True)
+        if cc is not None and cc.token_vjp(x, dx, target, coefs, over_src=False, **kw):
+            return dx, x.new_empty(0), x.new_empty(0)
         step = _row_blocks(num_classes)
         tile = min(rows, step) * num_classes
     else:
@@ -633,29 +635,18 @@ def _backward_impl(
     tmp = _scratch(tile, cdt, dev, capped or ups[1] is not None)
     tmp2 = _scratch(tile, cdt, dev, capped and ups[1] is not None)
 
+    def part(r0: int, r1: int) -> Coefficients:
+        lse, lse_lo, row, nb, k, a = (None if c is None else c[r0:r1] for c in coefs)
+        assert lse is not None and row is not None and k is not None
+        return lse, lse_lo, row, nb, k, a
+
     def rows_vjp(src: Tensor, dst: Tensor, work: Tensor | None, r0: int, r1: int) -> None:
         """:func:`_vjp_columns` of rows ``r0:r1`` given as column views."""
-        _vjp_columns(
-            src,
-            dst,
-            target[r0:r1],
-            ignore_index,
-            lse[r0:r1],
-            entropy[r0:r1],
-            [None if d is None else d[r0:r1] for d in ups],
-            softcap,
-            work,
-            tmp,
-            tmp2,
-            None if lse_lo is None else lse_lo[r0:r1],
-            offset,
-            temperature,
-        )
+        coefficients = part(r0, r1)
+        args = (softcap, work, tmp, tmp2, offset, temperature)
+        _vjp_columns(src, dst, target[r0:r1], coefficients, *args)
 
     if weight is None:
-        if not need_x:
-            return x.new_empty(0), x.new_empty(0), x.new_empty(0)
-        dx = x.new_empty(x.shape)  # every row is written below
         work = _scratch(tile, cdt, dev, not direct)
         for r0 in range(0, rows, step):
             r1 = min(rows, r0 + step)
@@ -675,9 +666,9 @@ def _backward_impl(
         zt = _linear_logits_t(x[r0:r1], weight, bias, buf)  # (C, R)
         gt = g32[: zt.numel()].view(zt.shape)
         cc = select_cpu(zt, impl, tokens=True)
-        part = tuple(None if c is None else c[r0:r1] for c in coefs)
         out = None if direct else gt.t()
-        if cc is None or not cc.token_vjp(zt.t(), out, target[r0:r1], part, over_src=True, **kw):
+        rows_of = part(r0, r1)
+        if cc is None or not cc.token_vjp(zt.t(), out, target[r0:r1], rows_of, over_src=True, **kw):
             rows_vjp(zt, zt, gt, r0, r1)
         if need_x:
             torch.mm(zt.t(), weight, out=dx[r0:r1])
