@@ -754,11 +754,14 @@ def _token_layout(z: Tensor, out: Tensor | None = None) -> bool | None:
 
 def _token_scalars(
     dtype: torch.dtype, softcap: float | None, temperature: float
-) -> tuple[Tensor, Tensor | None, Tensor | None]:
+) -> tuple[Tensor, Tensor | None, Tensor | None, Tensor]:
+    """The last four arguments of both per-token kernels: ``one`` (the compute dtype),
+    ``softcap``, ``temperature`` (``None`` for 1) and :func:`._rows.exp_floor`, as tensors."""
     return (
         torch.ones((), dtype=dtype),
         _cap(softcap, dtype),
         None if temperature == 1.0 else torch.tensor(temperature, dtype=dtype),
+        torch.tensor(exp_floor(dtype), dtype=dtype),
     )
 
 
@@ -781,7 +784,7 @@ def token_row_stats(
     cdt = compute_dtype(z.dtype)
     idx, inside = local_index(target, class_offset, z.shape[-1])
     key = ("tstats", z.dtype, softcap is not None, temperature != 1.0)
-    ok, res = _run(key, (z, idx, *_token_scalars(cdt, softcap, temperature), _floor(cdt)))
+    ok, res = _run(key, (z, idx, *_token_scalars(cdt, softcap, temperature)))
     if not ok:
         return False
     mx, rest, top, eu, zy, best = res
@@ -828,11 +831,8 @@ def token_vjp(
         softcap is not None,
         temperature != 1.0,
     )
-    one, cap, temp = _token_scalars(cdt, softcap, temperature)
-    floor = _floor(cdt)
-    ok, _ = _run(
-        key, (src, idx, inside, lse, lse_lo, row, nb, k, a, out, over_src, one, cap, temp, floor)
-    )
+    scalars = _token_scalars(cdt, softcap, temperature)
+    ok, _ = _run(key, (src, idx, inside, lse, lse_lo, row, nb, k, a, out, over_src, *scalars))
     return ok
 
 
@@ -841,10 +841,6 @@ def _stats_of(res: Any, rows: tuple[int, ...], inside: Tensor) -> RowStats:
     return RowStats(
         m.view(rows), sumexp.view(rows), xt.view(rows), inside, None if s is None else s.view(rows)
     )
-
-
-def _floor(dtype: torch.dtype) -> Tensor:
-    return torch.tensor(exp_floor(dtype), dtype=dtype)
 
 
 def _cap(softcap: float | None, dtype: torch.dtype) -> Tensor | None:
