@@ -445,3 +445,68 @@ def test_probability_targets_no_recompile_and_strided_targets_decline(
     loss_c, grad_c = _run("auto", x, yt.contiguous())
     assert _rel(loss_s, loss_c) <= TOL[torch.float32]
     assert _rel(grad_s, grad_c) <= TOL[torch.float32]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_int64_columns_beyond_the_float32_range_give_the_same_results(
+    dtype: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Past 2**24 classes the kernels compare int64 column indices (float32 would round them):
+    with the limit lowered to 16 classes, every pass that singles out the target's column
+    (statistics, scale, gradient, token statistics' gradient) gives the float32-columns
+    result bit for bit, as its own variant (not a recompile of the float32 one)."""
+    from crossentropy.torch import token_stats
+
+    gen = torch.Generator().manual_seed(11)
+    n, c = 24, 37
+    x = (4 * torch.randn(n, c, generator=gen)).to(dtype)
+    t = torch.randint(0, c, (n,), generator=gen)
+    t[::5] = 3
+    t[1] = c - 1
+    t[2] = -100
+    adv = torch.linspace(-1.0, 1.0, n)
+
+    def passes() -> list[Any]:
+        out = []
+        for kw in ({}, {"label_smoothing": 0.1, "ignore_index": 3}):
+            tt = t if not kw else t.clamp_min(3)
+            out += _run("auto", x, tt, **kw)
+            xx = x.clone().requires_grad_()
+            losses = cross_entropy(xx, tt, reduction="none", softcap=8.0, **kw)
+            (losses * adv.to(losses.dtype)).sum().backward()
+            out += [losses.detach(), xx.grad]
+        xx = x.clone().requires_grad_()
+        st = token_stats(xx, t.clamp_min(0))
+        (st.logprob * adv.to(st.logprob.dtype)).sum().backward()
+        return [*out, st.logprob.detach(), xx.grad]
+
+    narrow = passes()
+    keys: list[Any] = []
+    run = _compiled._run
+
+    def spy(key: Any, a: Any) -> Any:
+        keys.append(key)
+        return run(key, a)
+
+    monkeypatch.setattr(_compiled, "_run", spy)
+    monkeypatch.setattr(_compiled, "_FLOAT_COLUMNS", 16)
+    wide = passes()
+    kinds = {k[0] for k in keys if k[-1] is True}
+    # bfloat16 gradients are computed apart from its statistics (no one-exp scale pass)
+    assert {"stats", "grad", "tvjp"} | ({"scale"} if dtype == torch.float32 else set()) <= kinds
+    for got, want in zip(wide, narrow, strict=True):
+        assert torch.equal(got, want)
+
+
+def test_float32_columns_are_exact_up_to_the_limit() -> None:
+    """The last columns below 2**24 stay distinct in float32, so ``cols == loc`` never
+    mistakes a neighbour for the target."""
+    idx = torch.tensor([[2**24 - 1], [2**24 - 2], [5]])
+    inside = torch.tensor([True, True, False])
+    cols, loc = _compiled._target_columns(idx, inside, 2**24)
+    assert cols.dtype == torch.float32 and loc.tolist() == [[2**24 - 1], [2**24 - 2], [-1]]
+    assert (cols == loc[0]).nonzero().flatten().tolist() == [2**24 - 1]
+    assert (cols == loc[1]).nonzero().flatten().tolist() == [2**24 - 2]
+    assert not (cols == loc[2]).any()
+    cols, loc = _compiled._target_columns(idx, inside, 2**24 + 1)
+    assert cols.dtype == loc.dtype == torch.int64
