@@ -60,6 +60,7 @@ from ._rows import (
     index_target_coefficients,
     local_index,
     row_lse_rel,
+    rowwise,
     softcapped,
 )
 from ._types import GradCoefficients, RowStats, compute_dtype
@@ -526,7 +527,7 @@ def logits_fused(
     # m)}; an ignored row of all −inf logits gets exact zeros (shift 0, p_scale 0)
     zero = coef.p_scale == 0
     scaled = GradCoefficients(
-        torch.where(zero, 0.0, coef.p_scale * torch.exp(-row_lse_rel(stats))),
+        torch.where(zero, 0.0, coef.p_scale * rowwise(torch.exp, -row_lse_rel(stats))),
         coef.smooth_scale,
         coef.target_grad,
     )
@@ -723,7 +724,7 @@ def prob_row_stats(
         return None
     mx, rest, top, amass, moved = (r.view(rows) for r in res)
     ref = torch.where(mx == float("-inf"), 0.0, mx)
-    rel = torch.log(rest + top)  # the small terms first, the max's 1 (or ties) last
+    rel = rowwise(torch.log, rest + top)  # the small terms first, the max's 1 (or ties) last
     return ref, rel, amass * rel - moved, amass
 
 

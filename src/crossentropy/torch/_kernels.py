@@ -60,6 +60,7 @@ from ._rows import (
     row_lse,
     row_lse_rel,
     row_nll,
+    rowwise,
     softcapped,
     target_exp,
 )
@@ -343,7 +344,7 @@ def logits_grad(
         # all −inf: reference point 0 (so e^{x − 0} = 0, not e^{−inf + inf} = NaN) and no
         # e^{−(lse − ref)} factor (NaN there).
         coef = GradCoefficients(
-            torch.where(zero, 0.0, coef.p_scale * torch.exp(-lse)),
+            torch.where(zero, 0.0, coef.p_scale * rowwise(torch.exp, -lse)),
             coef.smooth_scale,
             coef.target_grad,
         )
@@ -637,7 +638,7 @@ def prob_grad(
     (see :func:`logits_grad`). With ``softcap``, ``lse``/``ref`` are of ``x'`` and the result is
     multiplied by ``1 − (x'/c)²``."""
     if ref is not None:  # fold e^{-(lse - ref)} into A
-        amass = amass * torch.exp(-lse)
+        amass = amass * rowwise(torch.exp, -lse)
         lse = ref
     if (tr := select(logits, impl)) is not None:
         return tr.prob_grad(

@@ -26,6 +26,7 @@ import torch.distributed as dist
 from torch import Tensor
 
 from .._validation import fail
+from ._rows import rowwise
 from ._types import RowStats, Shard
 
 __all__ = [
@@ -91,7 +92,7 @@ def combine_token_partials(
     big = _global_max(m, shard)
     shift, ref = finite(big), finite(m)
     present = s != 0  # a shard row of only -inf logits adds nothing (its ref may exceed M)
-    scale = torch.where(present, torch.exp(ref - shift), 0.0)
+    scale = torch.where(present, rowwise(torch.exp, ref - shift), 0.0)
     packed = torch.stack(
         [
             scale * s,
@@ -129,7 +130,7 @@ def combine_row_stats(
     shift = finite(big)
     # exp(-inf - (-inf)) is NaN in the kernels: a row that is -inf on this shard adds nothing
     sumexp = torch.where(local.max == float("-inf"), 0.0, local.sumexp)
-    columns = [sumexp * torch.exp(local.max - shift), local.target_logit]
+    columns = [sumexp * rowwise(torch.exp, local.max - shift), local.target_logit]
     if local.sum_logits is not None:
         columns.append(local.sum_logits)
     if class_weight is not None:
