@@ -84,3 +84,20 @@ def test_falls_back_to_the_torch_op_where_numpy_cannot_stand_in():
     torch.testing.assert_close(compiled(xs[0]), torch.exp(xs[0]))
     # an op it has no NumPy twin for
     assert torch.equal(rowwise(torch.sigmoid, xs[0]), torch.sigmoid(xs[0]))
+
+
+def test_a_dispatch_mode_sees_the_torch_op():
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    seen: list[str] = []
+
+    class Record(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            seen.append(str(func))
+            return func(*args, **(kwargs or {}))
+
+    x = torch.randn(4000)
+    with Record():
+        y = rowwise(torch.log1p, x.abs())
+    assert any("log1p" in name for name in seen)
+    assert torch.equal(y, torch.log1p(x.abs()))
