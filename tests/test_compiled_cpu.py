@@ -510,3 +510,28 @@ def test_float32_columns_are_exact_up_to_the_limit() -> None:
     assert not (cols == loc[2]).any()
     cols, loc = _compiled._target_columns(idx, inside, 2**24 + 1)
     assert cols.dtype == loc.dtype == torch.int64
+
+
+def test_a_default_device_elsewhere_leaves_the_cpu_call_compiled(spy_compiled: Any) -> None:
+    """Under ``torch.set_default_device`` another device, CPU logits still take the compiled
+    kernels (their scalar and column-index arguments are made on the CPU), with the results of
+    the torch-op kernels."""
+    from crossentropy.torch import token_stats
+
+    calls = spy_compiled("logits_fused", "token_row_stats")
+    gen = torch.Generator().manual_seed(5)
+    x = 3 * torch.randn(48, 300, generator=gen)
+    t = torch.randint(0, 300, (48,), generator=gen)
+    want = _run("torch", x, t, label_smoothing=0.1, softcap=20.0)
+    want_tok = token_stats(x, t, softcap=20.0, temperature=0.7, impl="torch")
+    torch.set_default_device("meta")
+    try:
+        got = _run("auto", x, t, label_smoothing=0.1, softcap=20.0)
+        got_tok = token_stats(x, t, softcap=20.0, temperature=0.7)
+    finally:
+        torch.set_default_device(None)
+    assert calls == ["logits_fused", "token_row_stats"]
+    for a, b in zip(got, want, strict=True):
+        assert a.device.type == "cpu" and _rel(a, b) <= TOL[torch.float32]
+    assert _rel(got_tok.logprob, want_tok.logprob) <= TOL[torch.float32]
+    assert _rel(got_tok.entropy, want_tok.entropy) <= TOL[torch.float32]

@@ -490,6 +490,12 @@ def test_shard_whose_first_column_is_nan_for_rows_targeted_elsewhere(spy_compile
     assert st.target_logit[2] == x[2, 5] and st.target_logit[3] == x[3, 19]
     assert st.target_logit[5] == x[5, 1]
     torch.testing.assert_close(st.target_logit, st_t.target_logit, rtol=0, atol=0)
+    # a shard far past 2**24 (its own columns few): the local column, not the global index,
+    # is what the kernel compares
+    far = 2**25 + 7
+    st = _kernels.logits_row_stats(x, torch.where(t >= 0, t - 20 + far, t), class_offset=far)
+    assert st.has_target.tolist() == [False, False, True, True, False, True]
+    torch.testing.assert_close(st.target_logit, st_t.target_logit, rtol=0, atol=0)
     _took(calls, "logits_row_stats")
 
 
@@ -735,3 +741,62 @@ def test_token_stats_more_than_two_to_the_24_classes(
             assert abs(float(grad[r, col]) - want) <= 1e-5, (r, col, float(grad[r, col]), want)
     _took(calls, "token_row_stats", "token_vjp")
     assert any(k[0] == "tvjp" and k[-1] is True for k in keys), keys
+
+
+# --------------------------------------------------------------------------- public shards, threads
+
+
+def test_vocab_parallel_cross_entropy_single_process(spy_compiled: Any, tmp_path: Any) -> None:
+    """The public vocabulary-parallel function in a one-rank group (the whole vocabulary is
+    the shard): edge targets, softcap, smoothing and weights against float64."""
+    dist = pytest.importorskip("torch.distributed")
+    if not dist.is_available() or dist.is_initialized():
+        pytest.skip("no fresh process group here")
+    import crossentropy.torch.distributed as ced
+
+    calls = spy_compiled("logits_row_stats", "logits_grad")
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'pg'}", rank=0, world_size=1)
+    try:
+        c = 33
+        x, t = _edge_rows(c, torch.float32, seed=31)
+        t[::7] = -100
+        w = 0.3 + torch.rand(c, generator=torch.Generator().manual_seed(2))
+        kw = {"weight": w, "label_smoothing": 0.1, "softcap": 9.0, "z_loss": 1e-3}
+        xx = x.clone().requires_grad_()
+        loss = ced.vocab_parallel_cross_entropy(xx, t, **kw)
+        loss.backward()
+        ref_loss, ref_grad = _ref_ce(x, t, **kw)
+        assert _rel(loss.detach(), ref_loss) <= 1e-5
+        assert _rel(xx.grad, ref_grad) <= 1e-5
+        xx = x.clone().requires_grad_()
+        out = ced.vocab_parallel_token_stats(xx, t)
+        sw = torch.linspace(-1.0, 1.0, len(t), dtype=torch.float64)
+        _tok_loss(out, sw).backward()
+        xr = x.detach().double().requires_grad_()
+        _tok_loss(_ref_tokens(xr, t), sw).backward()
+        assert _rel(xx.grad, xr.grad) <= 1e-5
+    finally:
+        dist.destroy_process_group()
+    _took(calls, "logits_row_stats", "logits_grad")
+
+
+def test_one_thread_gives_the_same_edge_column_results(spy_compiled: Any) -> None:
+    """A change of thread count compiles the kernels again (another loop split over rows):
+    the target on every edge column still gives float64's loss and gradient."""
+    calls = spy_compiled("logits_fused", "token_row_stats", "token_vjp")
+    before = torch.get_num_threads()
+    x, t = _edge_rows(33, torch.float32, seed=41)
+    ref_loss, ref_grad = _ref_ce(x, t)
+    w = torch.linspace(-1.0, 1.0, len(t), dtype=torch.float64)
+    xr = x.detach().double().requires_grad_()
+    _tok_loss(_ref_tokens(xr, t), w).backward()
+    try:
+        torch.set_num_threads(1)
+        loss, grad = _ce(x, t)
+        xx = x.clone().requires_grad_()
+        _tok_loss(token_stats(xx, t), w).backward()
+    finally:
+        torch.set_num_threads(before)
+    assert _rel(loss, ref_loss) <= 1e-5 and _rel(grad, ref_grad) <= 1e-5
+    assert _rel(xx.grad, xr.grad) <= 1e-5
+    _took(calls, "logits_fused", "token_row_stats", "token_vjp")

@@ -8,7 +8,9 @@ the whole tensor, and compiled by ``torch.compile`` on first use into *one* para
 over rows:
 
 - the statistics pass (:func:`logits_row_stats`): per row, the max, the target logit and
-  ``Σ_{c≠y} exp(x − m)``, the row kept in cache between its loops (one read of the logits);
+  ``Σ_{c≠y} exp(x − m)``, the row kept in cache between its loops (one read of the logits;
+  with a softcap inductor first writes the capped logits to a float32 logits-sized buffer,
+  its rule for a ``tanh`` that several reductions read on CPU, as in :func:`_token_stats`);
 - the gradient pass (:func:`logits_grad`): one more read, the gradient written once, no
   logits-sized temporary in any dtype;
 - the fused pass (:func:`logits_fused`): the two, with the per-row coefficients between them
@@ -144,7 +146,7 @@ def _target_columns(idx: Tensor, inside: Tensor, num_classes: int) -> tuple[Tens
     differs from the vector one by an ulp."""
     dtype = torch.float32 if num_classes <= _FLOAT_COLUMNS else torch.int64
     loc = torch.where(inside.reshape(-1, 1), idx.reshape(-1, 1), -1).to(dtype)
-    return torch.arange(num_classes, dtype=dtype), loc
+    return torch.arange(num_classes, dtype=dtype, device=idx.device), loc
 
 
 def _stats(
@@ -604,7 +606,7 @@ def logits_row_stats(
             cols,
             loc,
             None if class_weight is None or not with_sum else class_weight.to(cdt),
-            torch.ones((), dtype=cdt),
+            torch.ones((), dtype=cdt, device="cpu"),
             with_sum,
             _cap(softcap, cdt),
             None if exp_out is None or over_x else exp_out.view(-1, num_classes),
@@ -657,7 +659,7 @@ def logits_grad(
             coef.target_grad.to(cdt).reshape(-1),
             None if class_weight is None or smooth is None else class_weight.to(cdt),
             None if inplace else out.view(-1, num_classes),
-            torch.ones((), dtype=cdt),
+            torch.ones((), dtype=cdt, device="cpu"),
             _cap(softcap, cdt),
         ),
     )
@@ -681,8 +683,8 @@ def _smoothing_args(
 ) -> tuple[Tensor | None, Tensor | None]:
     if not label_smoothing:
         return None, None
-    keep = torch.tensor(1.0 - label_smoothing, dtype=dtype)
-    return keep, torch.tensor(label_smoothing / num_classes, dtype=dtype)
+    keep = torch.tensor(1.0 - label_smoothing, dtype=dtype, device="cpu")
+    return keep, torch.tensor(label_smoothing / num_classes, dtype=dtype, device="cpu")
 
 
 def prob_row_stats(
@@ -714,7 +716,7 @@ def prob_row_stats(
             logits.view(-1, num_classes),
             target.view(-1, num_classes),
             None if class_weight is None else class_weight.to(cdt),
-            torch.ones((), dtype=cdt),
+            torch.ones((), dtype=cdt, device="cpu"),
             keep,
             share,
             _cap(softcap, cdt),
@@ -766,7 +768,7 @@ def prob_grad(
             row_scale.to(cdt).reshape(-1),
             None if class_weight is None else class_weight.to(cdt),
             out.view(-1, num_classes),
-            torch.ones((), dtype=cdt),
+            torch.ones((), dtype=cdt, device="cpu"),
             keep,
             share,
             _cap(softcap, cdt),
@@ -794,10 +796,10 @@ def _token_scalars(
     """The last four arguments of both per-token kernels: ``one`` (the compute dtype),
     ``softcap``, ``temperature`` (``None`` for 1) and :func:`._rows.exp_floor`, as tensors."""
     return (
-        torch.ones((), dtype=dtype),
+        torch.ones((), dtype=dtype, device="cpu"),
         _cap(softcap, dtype),
-        None if temperature == 1.0 else torch.tensor(temperature, dtype=dtype),
-        torch.tensor(exp_floor(dtype), dtype=dtype),
+        None if temperature == 1.0 else torch.tensor(temperature, dtype=dtype, device="cpu"),
+        torch.tensor(exp_floor(dtype), dtype=dtype, device="cpu"),
     )
 
 
@@ -883,7 +885,7 @@ def _stats_of(res: Any, rows: tuple[int, ...], inside: Tensor) -> RowStats:
 
 
 def _cap(softcap: float | None, dtype: torch.dtype) -> Tensor | None:
-    return None if softcap is None else torch.tensor(softcap, dtype=dtype)
+    return None if softcap is None else torch.tensor(softcap, dtype=dtype, device="cpu")
 
 
 def _give_up(key: tuple[Any, ...], exc: Exception) -> None:
