@@ -7,6 +7,7 @@ import math
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -123,20 +124,16 @@ def rowwise(op: Callable[[Tensor], Tensor], x: Tensor) -> Tensor:
         or torch._C._len_torch_dispatch_stack() > 0  # a mode sees (or fakes) every op
     ):
         return op(x)
-    import numpy as np
-
     with np.errstate(all="ignore"):  # log(0) = -inf, log(-1) = NaN, as torch gives them
         out = fn(x.detach().numpy().astype(np.float64))
     return torch.from_numpy(np.asarray(out, dtype=np.float32))
 
 
-def _numpy_ops() -> dict[Callable[..., Tensor], Callable[..., Any]]:
-    import numpy as np
-
-    return {torch.exp: np.exp, torch.log: np.log, torch.log1p: np.log1p}
-
-
-_NUMPY_OPS = _numpy_ops()
+_NUMPY_OPS: dict[Callable[..., Tensor], Callable[..., Any]] = {
+    torch.exp: np.exp,
+    torch.log: np.log,
+    torch.log1p: np.log1p,
+}
 
 
 def target_exp(stats: RowStats) -> Tensor:
